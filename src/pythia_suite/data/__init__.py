@@ -1,0 +1,1 @@
+"""Data stages: Pile shards, deduplication, tokenization, Megatron datasets, sample order."""

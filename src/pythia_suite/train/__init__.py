@@ -1,0 +1,1 @@
+"""Training backends: the PyTorch loop and the GPT-NeoX launcher."""
