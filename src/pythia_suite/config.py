@@ -1,0 +1,495 @@
+"""The suite's one config: loading, validation, the run matrix and everything derived from it.
+
+This module and `pythia_suite.cli` are the only places that know the config's layout. Stage
+modules receive plain values from here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+# Checkpoint resume state per parameter: fp16 weights (2) + fp32 master weights (4) + Adam's
+# two fp32 moments (8) + fp16 gradients (2), as GPT-NeoX/DeepSpeed keep them.
+RESUME_BYTES_PER_PARAM = 16
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the file (when known), the key and the value."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the suite: a size trained on a data variant with a seed."""
+
+    name: str
+    size: str
+    variant: str
+    seed: str
+    data_seed: int
+    weight_seed: int
+    dedup: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Merge `overlay` into a copy of `base`: mappings key by key, anything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read one YAML mapping. Raises ConfigError naming the file on a missing file or bad YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file: {err.strerror}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
+    """Read, deep-merge, validate (filling defaults) and check the config files, in order."""
+    if not paths:
+        raise ConfigError("no config file given")
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, read_yaml(path))
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    source = " + ".join(str(p) for p in paths)
+    validate_config(merged, source)
+    check_config(merged, source)
+    return merged
+
+
+@cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def validate_config(config: dict, source: str = "config") -> None:
+    """Validate `config` against the JSON schema, filling defaults in place.
+
+    Raises ConfigError naming the first offending key and value.
+    """
+    import jsonschema
+
+    validator_class = _defaults_filling(jsonschema.Draft202012Validator)
+    errors = sorted(
+        validator_class(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"{source}: {_key_path(err.absolute_path)}: {err.message}")
+
+
+def _defaults_filling(validator_class):
+    """A validator that fills `default`s of properties (the jsonschema FAQ recipe)."""
+    import jsonschema
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def check_config(config: dict, source: str = "config") -> None:
+    """Checks a schema cannot express. Raises ConfigError naming the key and the values."""
+    training = config["training"]
+    training.setdefault("lr_decay_iters", training["train_iters"])
+    for i, entry in enumerate(config["matrix"]):
+        for field, table in (("sizes", "sizes"), ("variants", "variants"), ("seeds", "seeds")):
+            for name in entry[field]:
+                if name not in config[table]:
+                    raise ConfigError(
+                        f"{source}: matrix[{i}].{field}: {name!r} is not defined under "
+                        f"'{table}' (defined: {', '.join(config[table])})"
+                    )
+    used_sizes = {size for entry in config["matrix"] for size in entry["sizes"]}
+    for name, size in config["sizes"].items():
+        if name not in used_sizes:
+            continue
+        key = f"sizes.{name}"
+        tp = size["tensor_parallel"]
+        devices = size["cluster"]["nodes"] * max(size["cluster"]["gpus_per_node"], 1)
+        if size["hidden"] % size["heads"]:
+            raise ConfigError(
+                f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
+                f"{size['heads']}"
+            )
+        if devices % tp:
+            raise ConfigError(
+                f"{source}: {key}.tensor_parallel: {tp} does not divide the {devices} devices "
+                f"of {key}.cluster"
+            )
+        batch = size["micro_batch"] * size["gas"] * devices // tp
+        if batch != training["global_batch"]:
+            raise ConfigError(
+                f"{source}: {key}: micro_batch x gas x GPUs / tensor_parallel = "
+                f"{size['micro_batch']} x {size['gas']} x {devices} / {tp} = {batch}, "
+                f"but training.global_batch is {training['global_batch']}"
+            )
+        if size["min_lr"] > size["lr"]:
+            raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
+        precision = size["precision"]
+        if isinstance(precision, dict):
+            for variant in precision:
+                if variant not in config["variants"]:
+                    raise ConfigError(
+                        f"{source}: {key}.precision: variant {variant!r} is not defined"
+                    )
+    iters = training["train_iters"]
+    for key, steps in (
+        ("training.checkpoints.extra", training["checkpoints"]["extra"]),
+        ("evaluation.zero_shot_steps", config["evaluation"]["zero_shot_steps"]),
+        ("evaluation.five_shot_steps", config["evaluation"]["five_shot_steps"]),
+    ):
+        beyond = [s for s in steps if s > iters]
+        if beyond:
+            raise ConfigError(
+                f"{source}: {key}: step {beyond[0]} is beyond training.train_iters ({iters})"
+            )
+    schedule = set(checkpoint_steps(config))
+    for key in ("zero_shot_steps", "five_shot_steps"):
+        missing = [s for s in config["evaluation"][key] if s not in schedule]
+        if missing:
+            raise ConfigError(
+                f"{source}: evaluation.{key}: step {missing[0]} is not a checkpoint step "
+                "(training.checkpoints)"
+            )
+    if config["data"]["source"] == "raw" and not config["data"]["raw"]["shards"]:
+        raise ConfigError(f"{source}: data.raw.shards: data.source is 'raw' but no shard is listed")
+    if config["evaluation"]["local_tasks"] and not config["data"]["raw"]["heldout"]:
+        raise ConfigError(
+            f"{source}: data.raw.heldout: evaluation.local_tasks needs a held-out shard"
+        )
+    runs = expand_runs(config)
+    if not runs:
+        raise ConfigError(f"{source}: matrix: no runs")
+
+
+# ----------------------------------------------------------------------------- the run matrix
+
+
+def expand_runs(config: dict) -> dict[str, Run]:
+    """All runs of the matrix by name, in matrix order. Raises ConfigError on a name clash."""
+    runs: dict[str, Run] = {}
+    prefix = config["suite"]["name"]
+    for entry in config["matrix"]:
+        for size in entry["sizes"]:
+            for variant in entry["variants"]:
+                for seed in entry["seeds"]:
+                    seed_cfg = config["seeds"][seed]
+                    variant_cfg = config["variants"][variant]
+                    name = f"{prefix}-{size}{variant_cfg['suffix']}{seed_cfg['suffix']}"
+                    run = Run(
+                        name=name,
+                        size=size,
+                        variant=variant,
+                        seed=seed,
+                        data_seed=seed_cfg["data_seed"],
+                        weight_seed=seed_cfg["weight_seed"],
+                        dedup=variant_cfg["dedup"],
+                    )
+                    if name in runs and runs[name] != run:
+                        raise ConfigError(
+                            f"matrix: two different runs are both named {name!r}: give the "
+                            "variants or seeds distinct suffixes"
+                        )
+                    runs[name] = run
+    return runs
+
+
+def get_run(config: dict, name: str) -> Run:
+    """The run called `name`. Raises ConfigError listing the runs when there is none."""
+    runs = expand_runs(config)
+    if name not in runs:
+        raise ConfigError(f"no run named {name!r} in the matrix (runs: {', '.join(runs)})")
+    return runs[name]
+
+
+def checkpoint_steps(config: dict) -> list[int]:
+    """Every checkpoint step, ascending: extra steps, multiples of factor, and the final step."""
+    training = config["training"]
+    iters = training["train_iters"]
+    factor = training["checkpoints"]["factor"]
+    steps = set(training["checkpoints"]["extra"]) | set(range(0, iters + 1, factor)) | {0, iters}
+    return sorted(s for s in steps if s <= iters)
+
+
+def previous_step(config: dict, step: int) -> int:
+    """The checkpoint a segment ending at `step` resumes from. Raises ConfigError if none."""
+    steps = checkpoint_steps(config)
+    if step not in steps or step == 0:
+        raise ConfigError(f"step {step} is not a checkpoint step after step0")
+    return steps[steps.index(step) - 1]
+
+
+def eval_batches(config: dict, shots: int) -> list[list[int]]:
+    """The evaluation steps for `shots` (0 or 5), chunked into lm-eval jobs."""
+    key = {0: "zero_shot_steps", 5: "five_shot_steps"}[shots]
+    steps = sorted(set(config["evaluation"][key]))
+    per_job = config["evaluation"]["steps_per_job"]
+    return [steps[i : i + per_job] for i in range(0, len(steps), per_job)]
+
+
+def precision(config: dict, run: Run) -> str:
+    """The run's training precision: the size's value, or its per-variant value."""
+    value = config["sizes"][run.size]["precision"]
+    if isinstance(value, dict):
+        return value.get(run.variant, "fp16")
+    return value
+
+
+def padded_vocab_size(config: dict, size: str) -> int:
+    """GPT-NeoX's padded vocabulary: the tokenizer size rounded up to 128 x tensor parallel."""
+    multiple = (
+        config["model"]["make_vocab_size_divisible_by"] * config["sizes"][size]["tensor_parallel"]
+    )
+    return math.ceil(config["data"]["tokenizer"]["vocab_size"] / multiple) * multiple
+
+
+def world_size(config: dict, size: str) -> int:
+    """Training ranks of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU nodes."""
+    layout = config["sizes"][size]["cluster"]
+    per_node = layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
+    return layout["nodes"] * per_node
+
+
+def run_config_hash(config: dict, run: Run) -> str:
+    """A short hash of everything that determines a run's training (for rerun triggers)."""
+    subset = {
+        "run": run.as_dict(),
+        "size": {k: v for k, v in config["sizes"][run.size].items() if k != "cluster"},
+        "model": config["model"],
+        "training": {
+            k: v
+            for k, v in config["training"].items()
+            if k not in ("state_interval", "log_interval", "keep_resume_states")
+        },
+        "data": data_fingerprint_subset(config, run),
+    }
+    blob = json.dumps(subset, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def data_fingerprint_subset(config: dict, run: Run) -> dict:
+    """The part of the config that determines a run's token stream."""
+    data = config["data"]
+    subset = {"source": data["source"], "tokenizer": data["tokenizer"], "seed": run.data_seed}
+    if data["source"] == "preshuffled":
+        subset["repo"] = data["preshuffled"].get(run.variant)
+    else:
+        subset["shards"] = data["raw"]["shards"]
+        if run.dedup:
+            subset["dedup"] = data["dedup"]
+    return subset
+
+
+# ----------------------------------------------------------------------------- derived configs
+
+
+def hf_config(config: dict, run: Run) -> dict:
+    """The transformers GPTNeoXConfig of a run, with Pythia's published fields, as a dict."""
+    size = config["sizes"][run.size]
+    model = config["model"]
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": padded_vocab_size(config, run.size),
+        "hidden_size": size["hidden"],
+        "num_hidden_layers": size["layers"],
+        "num_attention_heads": size["heads"],
+        "intermediate_size": model["mlp_ratio"] * size["hidden"],
+        "hidden_act": model["activation"],
+        "rotary_pct": model["rotary_pct"],
+        "rotary_emb_base": model["rotary_emb_base"],
+        "max_position_embeddings": model["seq_length"],
+        "initializer_range": 0.02,
+        "layer_norm_eps": model["layernorm_eps"],
+        "use_cache": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "tie_word_embeddings": model["tie_embeddings"],
+        "use_parallel_residual": model["parallel_residual"],
+        "attention_dropout": model["dropout"],
+        "hidden_dropout": model["dropout"],
+        "attention_bias": True,
+    }
+
+
+# NeoX key spellings: GPT-NeoX accepts '-' and '_' alike; these are the 70m config's.
+def neox_config(config: dict, run: Run, dataset_prefix: str | None = None) -> dict:
+    """The GPT-NeoX v1.0 training config of a run, key for key like Pythia's originals.
+
+    Keys a size's original config spells differently are normalised to the 70m config's
+    spelling; site paths (data, tokenizer) come from `dataset_prefix` and the config.
+    """
+    size = config["sizes"][run.size]
+    model = config["model"]
+    training = config["training"]
+    scaler = training["loss_scaler"]
+    out: dict[str, Any] = {
+        "model-parallel-size": size["tensor_parallel"],
+        "num-layers": size["layers"],
+        "hidden-size": size["hidden"],
+        "num-attention-heads": size["heads"],
+        "seq-length": model["seq_length"],
+        "max-position-embeddings": model["seq_length"],
+        "pos-emb": model["pos_emb"],
+        "rotary-pct": model["rotary_pct"],
+        "no-weight-tying": not model["tie_embeddings"],
+        "gpt-j-residual": model["parallel_residual"],
+        "attention-config": [[["flash"], size["layers"]]],
+        "init_method": size["init_method"],
+        "output_layer_init_method": size["output_layer_init_method"],
+        "optimizer": {
+            "type": "Adam",
+            "params": {
+                "lr": size["lr"],
+                "betas": [training["adam"]["beta1"], training["adam"]["beta2"]],
+                "eps": training["adam"]["eps"],
+            },
+        },
+        "min_lr": size["min_lr"],
+        "train_micro_batch_size_per_gpu": size["micro_batch"],
+        "gradient_accumulation_steps": size["gas"],
+        "gradient_clipping": training["gradient_clipping"],
+        "weight-decay": training["weight_decay"],
+        "hidden-dropout": model["dropout"],
+        "attention-dropout": model["dropout"],
+        "train-iters": training["train_iters"],
+        "lr-decay-iters": training["lr_decay_iters"],
+        "lr-decay-style": training["lr_decay_style"],
+        "warmup": training["warmup"],
+        "checkpoint-factor": training["checkpoints"]["factor"],
+        "extra-save-iters": sorted(training["checkpoints"]["extra"]),
+        "seed": run.weight_seed,
+        "make_vocab_size_divisible_by": model["make_vocab_size_divisible_by"],
+    }
+    mode = precision(config, run)
+    if mode == "fp16":
+        out["fp16"] = {
+            "fp16": True,
+            "enabled": True,
+            "loss_scale": 0,
+            "loss_scale_window": scaler["window"],
+            "initial_scale_power": scaler["initial_scale_power"],
+            "hysteresis": scaler["hysteresis"],
+            "min_loss_scale": scaler["min_scale"],
+        }
+    elif mode == "bf16":
+        out["bf16"] = {"enabled": True}
+    out = deep_merge(out, config["neox"])
+    out = deep_merge(out, size.get("neox", {}))
+    if dataset_prefix:
+        for key in ("train-data-paths", "valid-data-paths", "test-data-paths"):
+            out[key] = [dataset_prefix]
+    return out
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def parameter_counts(config: dict, size: str) -> tuple[int, int]:
+    """(total, non-embedding) parameters of a size, as Pythia counts them."""
+    s = config["sizes"][size]
+    h, layers = s["hidden"], s["layers"]
+    vocab = padded_vocab_size(config, size)
+    ffn = config["model"]["mlp_ratio"] * h
+    per_layer = (3 * h * h + 3 * h) + (h * h + h) + (h * ffn + ffn) + (ffn * h + h) + 4 * h
+    non_embedding = layers * per_layer + 2 * h
+    embeddings = vocab * h * (1 if config["model"]["tie_embeddings"] else 2)
+    return non_embedding + embeddings, non_embedding
+
+
+def training_flops_per_token(config: dict, size: str) -> int:
+    """Model FLOPs per token, forward + backward (Megatron's formula, no recomputation)."""
+    s = config["sizes"][size]
+    h, layers = s["hidden"], s["layers"]
+    seq = config["model"]["seq_length"]
+    vocab = padded_vocab_size(config, size)
+    return 72 * layers * h * h + 12 * layers * seq * h + 6 * vocab * h
+
+
+def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
+    """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU."""
+    training = config["training"]
+    tokens = training["train_iters"] * training["global_batch"] * config["model"]["seq_length"]
+    n_checkpoints = len(checkpoint_steps(config))
+    keep = min(training["keep_resume_states"], n_checkpoints)
+    publish_bytes = {"float16": 2, "bfloat16": 2, "float32": 4}[config["publish"]["dtype"]]
+    rows = []
+    for run in expand_runs(config).values():
+        total, non_embedding = parameter_counts(config, run.size)
+        flops = training_flops_per_token(config, run.size) * tokens
+        gpu_hours = flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
+        rows.append(
+            {
+                "run": run.name,
+                "params": total,
+                "non_embedding_params": non_embedding,
+                "tokens": tokens,
+                "train_flops": flops,
+                "checkpoints": n_checkpoints,
+                "published_bytes": total * publish_bytes * n_checkpoints,
+                "resume_bytes_all": total * RESUME_BYTES_PER_PARAM * n_checkpoints,
+                "resume_states_kept": keep,
+                "resume_bytes_kept": total * RESUME_BYTES_PER_PARAM * keep,
+                "gpus": config["sizes"][run.size]["cluster"]["nodes"]
+                * config["sizes"][run.size]["cluster"]["gpus_per_node"],
+                "gpu_hours": gpu_hours,
+            }
+        )
+    return rows
+
+
+def write_effective_config(config: dict, path: str | Path) -> None:
+    """Write the merged, validated config for the CLI, atomically; untouched if unchanged."""
+    path = Path(path)
+    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,46 @@
+# Training: step0 is the initial weights; each later checkpoint is one segment job that resumes
+# from the previous checkpoint. In-progress resume state lives in STATE, outside the outputs
+# (Snakemake deletes a failed job's outputs).
+
+
+rule init_checkpoint:
+    input:
+        training_data,
+    output:
+        directory(f"{RESULTS}/runs/{{run}}/checkpoints/step0"),
+    log:
+        f"{RESULTS}/logs/train/{{run}}/step0.log",
+    params:
+        config_hash=lambda wc: suite_config.run_config_hash(config, run_of(wc)),
+    resources:
+        runtime=30,
+    shell:
+        "{CLI} train-segment {wildcards.run:q} --step 0 --output {output:q} 2> {log:q}"
+
+
+rule train_segment:
+    input:
+        previous=previous_checkpoint,
+        data=training_data,
+    output:
+        directory(f"{RESULTS}/runs/{{run}}/checkpoints/step{{step}}"),
+    log:
+        f"{RESULTS}/logs/train/{{run}}/step{{step}}.log",
+    wildcard_constraints:
+        step=r"[1-9][0-9]*",
+    group:
+        segment_group
+    params:
+        config_hash=lambda wc: suite_config.run_config_hash(config, run_of(wc)),
+        launch=train_launch,
+    resources:
+        nodes=train_nodes,
+        tasks=train_tasks,
+        gpu=train_gpus,
+        mpi=train_mpi,
+        mem_mb=train_mem_mb,
+        cpus_per_task=config["cluster"]["cpus_per_task"],
+        runtime=config["cluster"]["minutes_per_segment"],
+    shell:
+        "{params.launch} {CLI} train-segment {wildcards.run:q} --step {wildcards.step}"
+        " --resume-from {input.previous:q} --output {output:q} 2> {log:q}"
