@@ -1,0 +1,608 @@
+"""The suite's report: evaluation curves, loss curves, final results, data-order check, spikes.
+
+Everything comes in explicitly (no config reading):
+
+- ``runs``: a table of dicts, one per run: ``name``, ``size`` (``"70m"``), ``variant``
+  (``"standard"`` | ``"deduped"``), ``params`` (int), optionally ``data_seed`` (runs are grouped
+  by variant and data seed for the data-order check).
+- ``eval_jsons``: ``{run name: [paths]}`` of Pythia-layout result files written by
+  :func:`pythia_suite.evaluate.evaluate_checkpoints` (``.../<run>_step<N>.json``); lm-eval's
+  ``.raw.json`` files are ignored if passed.
+- ``trainer_states``: ``{run name: [paths of trainer_state.json]}``, one per checkpoint segment.
+
+:func:`build_report` writes into ``out_dir``: ``report.md``, ``final_results.md``,
+``final_results.csv``, ``fingerprints.json``, ``spikes.csv``, ``eval_<shots>_<task>_<metric>.png``
+and ``loss_<run>.png`` / ``loss_all.png``. The data-order check runs first: runs that should
+have seen the same data in the same order but did not raise :class:`FingerprintMismatchError`
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EvalPoint",
+    "FingerprintMismatchError",
+    "FingerprintSummary",
+    "TrainingLog",
+    "build_report",
+    "check_fingerprints",
+    "final_results",
+    "load_eval_points",
+    "plot_eval_curves",
+    "plot_loss_curves",
+    "read_training_log",
+    "write_final_results",
+]
+
+_STEP_FILE = re.compile(r"_step(\d+)\.json$")
+_REQUIRED_RUN_KEYS = ("name", "size", "variant", "params")
+# Line style per data variant, as on Pythia's model card: standard solid, deduped dashed.
+_VARIANT_STYLE = {"standard": "-", "deduped": "--"}
+
+
+class FingerprintMismatchError(RuntimeError):
+    """Runs that must have consumed identical data, step by step, did not."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One metric of one task at one checkpoint of one run."""
+
+    run: str
+    step: int
+    shots: int
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+
+
+def _check_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """``runs`` keyed by name; every run must have name, size, variant and params."""
+    table = {}
+    for i, run in enumerate(runs):
+        missing = [k for k in _REQUIRED_RUN_KEYS if k not in run]
+        if missing:
+            raise ValueError(f"runs[{i}] ({run.get('name', '?')}): missing key(s) {missing}")
+        if run["name"] in table:
+            raise ValueError(f"runs[{i}]: duplicate run name {run['name']!r}")
+        table[run["name"]] = run
+    return table
+
+
+def load_eval_points(eval_jsons: Mapping[str, Iterable[str | os.PathLike]]) -> list[EvalPoint]:
+    """Every non-stderr metric of every Pythia-layout result file, with its stderr.
+
+    The step comes from the file name (``..._step<N>.json``), the number of shots from the
+    file's ``config.num_fewshot``. Files ending in ``.raw.json`` are skipped.
+
+    Raises:
+        ValueError: a file name has no ``_step<N>``, or a file lacks ``results`` or
+            ``config.num_fewshot`` (naming the file).
+    """
+    points = []
+    for run, paths in eval_jsons.items():
+        for path in map(Path, paths):
+            if path.name.endswith(".raw.json"):
+                continue
+            match = _STEP_FILE.search(path.name)
+            if not match:
+                raise ValueError(f"{path}: file name does not end in _step<N>.json")
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                results, shots = doc["results"], int(doc["config"]["num_fewshot"])
+            except (KeyError, TypeError):
+                raise ValueError(f"{path}: needs 'results' and 'config.num_fewshot'") from None
+            for task, metrics in results.items():
+                for metric, value in metrics.items():
+                    if metric.endswith("_stderr") or not isinstance(value, int | float):
+                        continue
+                    stderr = metrics.get(f"{metric}_stderr")
+                    stderr = float(stderr) if isinstance(stderr, int | float) else None
+                    points.append(
+                        EvalPoint(run, int(match[1]), shots, task, metric, float(value), stderr)
+                    )
+    return points
+
+
+@dataclass
+class TrainingLog:
+    """What a run's trainer_state.json files say: losses, data fingerprints, spikes, by step."""
+
+    run: str
+    losses: dict[int, float] = field(default_factory=dict)
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    spikes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _steps_and_values(entries: Any, value_key: str, path: Path, key: str) -> dict[int, Any]:
+    """``{step: value}`` from ``{step: value}``, ``[{step, value_key}]`` or ``[[step, value]]``."""
+    if isinstance(entries, Mapping):
+        return {int(step): value for step, value in entries.items()}
+    out = {}
+    for i, entry in enumerate(entries or []):
+        if isinstance(entry, Mapping) and "step" in entry and value_key in entry:
+            out[int(entry["step"])] = entry[value_key]
+        elif isinstance(entry, list | tuple) and len(entry) == 2:
+            out[int(entry[0])] = entry[1]
+        else:
+            raise ValueError(f"{path}: {key}[{i}] = {entry!r}: expected step and {value_key}")
+    return out
+
+
+def _fingerprint_entries(state: Mapping[str, Any]) -> tuple[str, Any]:
+    """The per-step fingerprints of a trainer state, under whichever key the trainer used."""
+    for key in ("step_fingerprints", "fingerprints", "data_fingerprints"):
+        if key in state:
+            return key, state[key]
+    nested = state.get("data_fingerprint")
+    if isinstance(nested, Mapping):
+        for key in ("steps", "per_step"):
+            if key in nested:
+                return f"data_fingerprint.{key}", nested[key]
+    return "fingerprints", None
+
+
+def read_training_log(run: str, trainer_states: Iterable[str | os.PathLike]) -> TrainingLog:
+    """Merge the trainer_state.json files of a run's segments into one :class:`TrainingLog`.
+
+    Per-step losses come from ``losses`` (a list of ``{step, loss, ...}`` or ``[step, loss]``);
+    fingerprints from ``step_fingerprints``/``fingerprints``/``data_fingerprints`` or
+    ``data_fingerprint.steps`` (``{step: hex}`` or a list of ``{step, fingerprint}``); spikes
+    from ``spikes``/``loss_spikes`` (a list of ``{step, loss, ...}`` or of steps). A
+    ``(step, loss)`` list in a ``.json`` file with no other keys is accepted too.
+
+    Raises:
+        ValueError: an entry is malformed, or two files disagree on a step's fingerprint
+            (naming the files' run and step).
+    """
+    log = TrainingLog(run)
+    for path in sorted(map(Path, trainer_states)):
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(state, list):
+            state = {"losses": state}
+        for step, loss in _steps_and_values(state.get("losses"), "loss", path, "losses").items():
+            log.losses[step] = float(loss)
+        key, entries = _fingerprint_entries(state)
+        for step, fp in _steps_and_values(entries, "fingerprint", path, key).items():
+            if log.fingerprints.get(step, fp) != fp:
+                raise ValueError(
+                    f"{run}: {path} gives step {step} fingerprint {fp}, an earlier segment "
+                    f"{log.fingerprints[step]}"
+                )
+            log.fingerprints[step] = str(fp)
+        for spike in state.get("spikes", state.get("loss_spikes", [])) or []:
+            entry = dict(spike) if isinstance(spike, Mapping) else {"step": int(spike)}
+            if entry not in log.spikes:
+                log.spikes.append(entry)
+    log.spikes.sort(key=lambda s: s.get("step", 0))
+    return log
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-order fingerprints
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FingerprintSummary:
+    """Per group of runs that must see identical data: runs, steps compared, verdict."""
+
+    groups: dict[str, dict[str, Any]]
+
+    def markdown(self) -> str:
+        lines = ["| data group | runs | steps compared | result |", "|---|---|---|---|"]
+        for name, g in self.groups.items():
+            steps = g["steps_compared"]
+            span = f"{len(steps)} ({steps[0]}..{steps[-1]})" if steps else "0"
+            lines.append(f"| {name} | {', '.join(g['runs'])} | {span} | {g['result']} |")
+        return "\n".join(lines)
+
+
+def check_fingerprints(
+    fingerprints: Mapping[str, Mapping[int, str]], groups: Mapping[str, Hashable]
+) -> FingerprintSummary:
+    """Check that runs of one data group consumed identical data, step by step.
+
+    Args:
+        fingerprints: ``{run: {step: fingerprint}}``.
+        groups: ``{run: group key}`` (e.g. ``(variant, data_seed)``); runs in one group must have
+            equal fingerprints at every step they both have. Steps only some runs reached (a run
+            still training) are not a mismatch.
+
+    Returns:
+        The summary (groups, runs, steps compared).
+
+    Raises:
+        FingerprintMismatchError: naming the group, the two runs, the first differing step and
+            both fingerprints.
+        KeyError: a run of ``fingerprints`` has no group.
+    """
+    members: dict[Hashable, list[str]] = defaultdict(list)
+    for run in sorted(fingerprints):
+        if run not in groups:
+            raise KeyError(f"run {run!r} has fingerprints but no data group")
+        members[groups[run]].append(run)
+    summary = {}
+    for key, runs in members.items():
+        reference = runs[0]
+        compared: set[int] = set()
+        for other in runs[1:]:
+            common = sorted(set(fingerprints[reference]) & set(fingerprints[other]))
+            for step in common:
+                a, b = fingerprints[reference][step], fingerprints[other][step]
+                if a != b:
+                    raise FingerprintMismatchError(
+                        f"data group {_group_name(key)}: runs {reference!r} and {other!r} consumed "
+                        f"different data: first differing step {step} ({a[:16]}... vs {b[:16]}...)"
+                    )
+            compared.update(common)
+        result = "identical" if len(runs) > 1 else "single run (nothing to compare)"
+        summary[_group_name(key)] = {
+            "runs": runs,
+            "steps_compared": sorted(compared),
+            "result": result,
+        }
+    return FingerprintSummary(summary)
+
+
+def _group_name(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return " / ".join(f"{k}" for k in key)
+    return str(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Save a figure atomically (temporary name in the same directory, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _size_colours(table: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One colour per model size, ordered by parameter count (tab10; viridis beyond 10)."""
+    plt = _pyplot()
+    params = defaultdict(list)
+    for run in table.values():
+        params[run["size"]].append(run["params"])
+    sizes = sorted(params, key=lambda size: min(params[size]))
+    cmap = plt.get_cmap("tab10") if len(sizes) <= 10 else plt.get_cmap("viridis", len(sizes))
+    return {size: cmap(i) for i, size in enumerate(sizes)}
+
+
+def _run_order(run: Mapping[str, Any]) -> tuple:
+    """Runs by size, then standard before deduped before other variants, then name."""
+    variant_rank = {"standard": 0, "deduped": 1}.get(run["variant"], 2)
+    return (run["params"], variant_rank, run["variant"], run["name"])
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_eval_curves(
+    points: Sequence[EvalPoint], runs: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
+) -> list[Path]:
+    """One PNG per (shots, task, metric): metric vs step for every run, as on Pythia's card.
+
+    x is symlog (step 0 at 0, then the log-spaced steps); one colour per size, solid for
+    standard and dashed for deduped data. Written as ``eval_<shots>shot_<task>_<metric>.png``.
+    """
+    plt = _pyplot()
+    table, out = _check_runs(runs), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = _size_colours(table)
+    series: dict[tuple[int, str, str], dict[str, list[EvalPoint]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for p in points:
+        series[(p.shots, p.task, p.metric)][p.run].append(p)
+    written = []
+    for (shots, task, metric), by_run in sorted(series.items()):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for run in sorted(by_run, key=lambda r: _run_order(table[r])):
+            pts = sorted(by_run[run], key=lambda p: p.step)
+            ax.plot(
+                [p.step for p in pts],
+                [p.value for p in pts],
+                _VARIANT_STYLE.get(table[run]["variant"], ":"),
+                marker="o",
+                markersize=3,
+                color=colours[table[run]["size"]],
+                label=run,
+            )
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{task} ({shots}-shot)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        path = out / f"eval_{shots}shot_{_safe(task)}_{_safe(metric)}.png"
+        written.append(_save_figure(fig, path))
+        plt.close(fig)
+    return written
+
+
+def plot_loss_curves(
+    logs: Sequence[TrainingLog], runs: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
+) -> list[Path]:
+    """``loss_<run>.png`` per run (spikes marked) and ``loss_all.png`` with every run."""
+    plt = _pyplot()
+    table, out = _check_runs(runs), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = _size_colours(table)
+    written = []
+    all_fig, all_ax = plt.subplots(figsize=(6.4, 4.0))
+    for log in logs:
+        if not log.losses:
+            continue
+        steps = sorted(log.losses)
+        losses = [log.losses[s] for s in steps]
+        style = _VARIANT_STYLE.get(table[log.run]["variant"], ":")
+        colour = colours[table[log.run]["size"]]
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        ax.plot(steps, losses, style, color=colour, linewidth=1)
+        spikes = [s["step"] for s in log.spikes if s.get("step") in log.losses]
+        if spikes:
+            ax.plot(spikes, [log.losses[s] for s in spikes], "x", color="red", label="spike")
+            ax.legend(fontsize=7)
+        for a in (ax, all_ax):
+            a.set_xscale("symlog", linthresh=1)
+            a.set_xlabel("step")
+            a.set_ylabel("training loss")
+            a.grid(True, alpha=0.3)
+        ax.set_title(log.run)
+        written.append(_save_figure(fig, out / f"loss_{_safe(log.run)}.png"))
+        plt.close(fig)
+        all_ax.plot(steps, losses, style, color=colour, linewidth=1, label=log.run)
+    if written:
+        all_ax.set_title("training loss")
+        all_ax.legend(fontsize=7)
+        written.append(_save_figure(all_fig, out / "loss_all.png"))
+    plt.close(all_fig)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Final-checkpoint table
+# ---------------------------------------------------------------------------------------------
+
+
+def final_results(
+    points: Sequence[EvalPoint], runs: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Rows (run, size, variant, params, shots, step, task, metric, value, stderr) at each
+    run's last evaluated step per number of shots, ordered by shots, size, variant, task."""
+    table = _check_runs(runs)
+    last: dict[tuple[str, int], int] = {}
+    for p in points:
+        last[(p.run, p.shots)] = max(p.step, last.get((p.run, p.shots), -1))
+    rows = [
+        {
+            "run": p.run,
+            "size": table[p.run]["size"],
+            "variant": table[p.run]["variant"],
+            "params": table[p.run]["params"],
+            "shots": p.shots,
+            "step": p.step,
+            "task": p.task,
+            "metric": p.metric,
+            "value": p.value,
+            "stderr": p.stderr,
+        }
+        for p in points
+        if p.step == last[(p.run, p.shots)]
+    ]
+    rows.sort(key=lambda r: (r["shots"], _run_order(table[r["run"]]), r["task"], r["metric"]))
+    return rows
+
+
+def _format_value(value: float, stderr: float | None) -> str:
+    if math.isnan(value):
+        return "nan"
+    text = f"{value:.4g}" if abs(value) >= 1000 else f"{value:.4f}"
+    return f"{text} ± {stderr:.4f}" if stderr is not None else text
+
+
+def _final_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One wide table per number of shots: a row per run, a column per task/metric."""
+    parts = []
+    for shots in sorted({r["shots"] for r in rows}):
+        sub = [r for r in rows if r["shots"] == shots]
+        columns = sorted({(r["task"], r["metric"]) for r in sub})
+        runs = list(dict.fromkeys(r["run"] for r in sub))
+        cells = {(r["run"], r["task"], r["metric"]): r for r in sub}
+        head = ["run", "params", "step"] + [f"{t} {m}" for t, m in columns]
+        lines = [f"### {shots}-shot", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for run in runs:
+            first = next(r for r in sub if r["run"] == run)
+            values = [
+                _format_value(c["value"], c["stderr"]) if (c := cells.get((run, t, m))) else ""
+                for t, m in columns
+            ]
+            lines.append(
+                f"| {run} | {first['params']:,} | {first['step']} | " + " | ".join(values) + " |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_final_results(
+    rows: Sequence[Mapping[str, Any]], md_path: str | os.PathLike, csv_path: str | os.PathLike
+) -> None:
+    """Write the final-results rows as Markdown (wide, per shots) and CSV (long), atomically."""
+    buffer = io.StringIO()
+    fields = [
+        "run",
+        "size",
+        "variant",
+        "params",
+        "shots",
+        "step",
+        "task",
+        "metric",
+        "value",
+        "stderr",
+    ]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(Path(csv_path), buffer.getvalue())
+    _write_text(Path(md_path), _final_markdown(rows) if rows else "No evaluation results.\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole report
+# ---------------------------------------------------------------------------------------------
+
+
+def _spike_rows(logs: Sequence[TrainingLog]) -> list[dict[str, Any]]:
+    return [{"run": log.run, **spike} for log in logs for spike in log.spikes]
+
+
+def build_report(
+    runs: Sequence[Mapping[str, Any]],
+    eval_jsons: Mapping[str, Iterable[str | os.PathLike]],
+    trainer_states: Mapping[str, Iterable[str | os.PathLike]],
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
+    """Build the report in ``out_dir`` from explicit inputs (see the module docstring).
+
+    Order: read everything, check data-order fingerprints (a mismatch raises before anything is
+    written), then plots, tables, ``fingerprints.json``, ``spikes.csv`` and ``report.md`` last,
+    so a directory with ``report.md`` is complete.
+
+    Returns:
+        ``{"report": path, "final_md": ..., "final_csv": ..., "fingerprints": ...,
+        "spikes": ..., "eval_plots": [...], "loss_plots": [...]}``.
+
+    Raises:
+        ValueError: a run lacks name/size/variant/params, or an input file is malformed.
+        KeyError: ``eval_jsons`` or ``trainer_states`` names a run not in ``runs``.
+        FingerprintMismatchError: runs of one data group (variant, data seed) consumed
+            different data; names the runs and the first differing step.
+    """
+    table = _check_runs(runs)
+    for source, mapping in (("eval_jsons", eval_jsons), ("trainer_states", trainer_states)):
+        unknown = sorted(set(mapping) - set(table))
+        if unknown:
+            raise KeyError(f"{source} names runs not in the runs table: {unknown}")
+    out = Path(out_dir)
+    points = load_eval_points(eval_jsons)
+    logs = [read_training_log(run, paths) for run, paths in sorted(trainer_states.items())]
+
+    groups = {
+        name: (run.get("data_variant", run["variant"]), f"data seed {run.get('data_seed', '-')}")
+        for name, run in table.items()
+    }
+    fp_summary = check_fingerprints({log.run: log.fingerprints for log in logs}, groups)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").unlink(missing_ok=True)  # incomplete until rewritten below
+    eval_plots = plot_eval_curves(points, runs, out)
+    loss_plots = plot_loss_curves(logs, runs, out)
+    rows = final_results(points, runs)
+    write_final_results(rows, out / "final_results.md", out / "final_results.csv")
+    _write_text(out / "fingerprints.json", json.dumps(fp_summary.groups, indent=2) + "\n")
+    spikes = _spike_rows(logs)
+    spike_fields = ["run"] + sorted({k for s in spikes for k in s if k != "run"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=spike_fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(spikes)
+    _write_text(out / "spikes.csv", buffer.getvalue())
+
+    report = _report_markdown(table, rows, fp_summary, spikes, eval_plots, loss_plots)
+    _write_text(out / "report.md", report)
+    return {
+        "report": out / "report.md",
+        "final_md": out / "final_results.md",
+        "final_csv": out / "final_results.csv",
+        "fingerprints": out / "fingerprints.json",
+        "spikes": out / "spikes.csv",
+        "eval_plots": eval_plots,
+        "loss_plots": loss_plots,
+    }
+
+
+def _report_markdown(
+    table: Mapping[str, Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    fp_summary: FingerprintSummary,
+    spikes: Sequence[Mapping[str, Any]],
+    eval_plots: Sequence[Path],
+    loss_plots: Sequence[Path],
+) -> str:
+    runs = ["| run | size | variant | params |", "|---|---|---|---|"] + [
+        f"| {r['name']} | {r['size']} | {r['variant']} | {r['params']:,} |"
+        for r in sorted(table.values(), key=_run_order)
+    ]
+    if spikes:
+        spike_lines = [
+            f"- {s['run']}: step {s.get('step', '?')}"
+            + (f", loss {s['loss']:.4f}" if isinstance(s.get("loss"), float) else "")
+            for s in spikes
+        ]
+    else:
+        spike_lines = ["No loss spikes were recorded."]
+    figures = [f"- [{p.name}]({p.name})" for p in [*eval_plots, *loss_plots]]
+    sections = [
+        "# Suite report",
+        "## Runs\n\n" + "\n".join(runs),
+        "## Final checkpoints\n\n" + (_final_markdown(rows) if rows else "No evaluation results."),
+        "## Data order\n\nRuns with the same data variant and data seed must consume identical "
+        "batches at every step (sha256 of the token ids of each step's batch).\n\n"
+        + fp_summary.markdown(),
+        "## Loss spikes\n\n" + "\n".join(spike_lines),
+        "## Figures\n\n" + ("\n".join(figures) if figures else "None."),
+    ]
+    return "\n\n".join(s.rstrip() for s in sections) + "\n"
