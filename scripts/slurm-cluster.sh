@@ -183,6 +183,7 @@ link_munge_socket() {
     fi
 }
 
+# shellcheck disable=SC2120  # called with arguments through wait_for
 db_sql() { mariadb --protocol=socket --socket="$DB_SOCKET" -uroot "$@"; }
 
 start_mariadb() {
@@ -207,6 +208,7 @@ start_mariadb() {
             --skip-name-resolve </dev/null >/dev/null 2>&1 &
         wait_for "MariaDB" "$STATE/log/mariadb.log" db_sql -e "SELECT 1"
     fi
+    # shellcheck disable=SC2119
     db_sql <<SQL || die "could not create database slurm_acct_db / user slurm"
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
@@ -281,11 +283,25 @@ node_idle() {
     esac
 }
 
+# Node names n1, n2 must resolve like on a real cluster: ranks take the first node's name as
+# their rendezvous address (MASTER_ADDR). Map them to 127.0.0.1 unless they already resolve.
+ensure_node_names_resolve() {
+    local node
+    for node in "${NODES[@]}"; do
+        getent hosts "$node" >/dev/null 2>&1 && continue
+        log "adding '127.0.0.1 ${NODES[*]}' to /etc/hosts"
+        printf '127.0.0.1 %s  # pythia-slurm\n' "${NODES[*]}" >>/etc/hosts ||
+            log "warning: cannot write /etc/hosts: node names will not resolve"
+        return 0
+    done
+}
+
 cmd_start() {
     ensure_root
     mkdir -p "$STATE"/{etc,log,run,spool/slurmctld,munge,mysql}
     install_packages
     write_configs
+    ensure_node_names_resolve
     start_munge
     start_mariadb
     start_slurmdbd

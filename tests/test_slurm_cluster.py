@@ -31,7 +31,7 @@ def cluster() -> None:
     if shutil.which("sinfo") is None:
         pytest.skip(f"SLURM not installed: {START_HINT}")
     try:
-        _run("scontrol", "ping", timeout=15)
+        _run("scontrol", "ping", timeout=5)
         states = dict(
             line.split()
             for line in _run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", timeout=15)
