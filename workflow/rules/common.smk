@@ -1,8 +1,10 @@
-# Helpers shared by the rules: the run matrix, paths, and resources derived from the config.
+# Helpers shared by the rules: the run matrix, paths (pythia_suite.layout) and resources
+# derived from the config.
 import re
 import shlex
 
 from pythia_suite import config as suite_config
+from pythia_suite import layout
 
 suite_config.check_config(config, "config")
 
@@ -14,8 +16,13 @@ STEPS = suite_config.checkpoint_steps(config)
 FINAL_STEP = STEPS[-1]
 PREVIOUS_STEP = dict(zip(STEPS[1:], STEPS[:-1]))
 RAW_SHARDS = [f"{i:02d}" for i in range(len(config["data"]["raw"]["shards"]))]
-VARIANTS = sorted({run.variant for run in RUNS.values()})
+BAND_GROUPS = [f"{i:03d}" for i in range(config["data"]["dedup"]["band_groups"])]
+RUN_CONFIG_HASH = {name: suite_config.run_config_hash(config, run) for name, run in RUNS.items()}
+TOKENIZER = layout.tokenizer(RESULTS)
+SHOTS = {"zero": 0, "five": 5}
+EVAL_BATCHES = {shots: suite_config.eval_batches(config, n) for shots, n in SHOTS.items()}
 CLI = f"pythia-suite --config {shlex.quote(EFFECTIVE_CONFIG)}"
+
 
 # Wildcards match only names the config defines, so no target can reach outside RESULTS.
 wildcard_constraints:
@@ -34,59 +41,36 @@ onstart:
     suite_config.write_effective_config(config, EFFECTIVE_CONFIG)
 
 
-def run_of(wildcards):
-    return RUNS[wildcards.run]
+def log(*parts):
+    return layout.log(RESULTS, *parts)
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def corpus_shards(variant):
-    return expand(f"{RESULTS}/data/corpus/{variant}/{{shard}}.jsonl.zst", shard=RAW_SHARDS)
-
-
-def tokenized_prefix(variant, shard):
-    return f"{RESULTS}/data/tokenized/{variant}/{shard}_text_document"
-
-
-def dataset_prefix(variant):
-    return f"{RESULTS}/data/datasets/{variant}/{variant}_text_document"
-
-
-def order_dir(variant, data_seed):
-    return f"{RESULTS}/data/order/{variant}/seed{data_seed}"
-
-
-def preshuffled_prefix(variant):
-    return f"{RESULTS}/data/preshuffled/{variant}/document"
+    return [layout.corpus_shard(RESULTS, variant, shard) for shard in RAW_SHARDS]
 
 
 def training_data(wildcards):
     """What a training segment reads: the dataset and its order, or the preshuffled set."""
-    run = run_of(wildcards)
+    run = RUNS[wildcards.run]
     if config["data"]["source"] == "preshuffled":
-        return multiext(preshuffled_prefix(run.variant), ".bin", ".idx")
+        return multiext(layout.preshuffled_prefix(RESULTS, run.variant), ".bin", ".idx")
     return [
-        *multiext(dataset_prefix(run.variant), ".bin", ".idx"),
-        order_dir(run.variant, run.data_seed),
+        *multiext(layout.dataset_prefix(RESULTS, run.variant), ".bin", ".idx"),
+        layout.order_dir(RESULTS, run.variant, run.data_seed),
     ]
-
-
-TOKENIZER = f"{RESULTS}/data/tokenizer/tokenizer.json"
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def checkpoint_dir(run, step):
-    return f"{RESULTS}/runs/{run}/checkpoints/step{step}"
-
-
 def previous_checkpoint(wildcards):
     step = int(wildcards.step)
     if step not in PREVIOUS_STEP:
-        raise ValueError(f"step{step} is not a checkpoint step of the schedule (training.checkpoints)")
-    return checkpoint_dir(wildcards.run, PREVIOUS_STEP[step])
+        raise ValueError(f"step{step} is not a checkpoint step (training.checkpoints)")
+    return layout.checkpoint_dir(RESULTS, wildcards.run, PREVIOUS_STEP[step])
 
 
 def segment_group(wildcards):
@@ -96,35 +80,41 @@ def segment_group(wildcards):
     return None
 
 
-def train_layout(wildcards):
-    run = run_of(wildcards)
-    layout = config["sizes"][run.size]["cluster"]
-    return layout, suite_config.world_size(config, run.size)
+def cluster_layout(wildcards):
+    return config["sizes"][RUNS[wildcards.run].size]["cluster"]
 
 
 def train_nodes(wildcards):
-    return train_layout(wildcards)[0]["nodes"]
+    return cluster_layout(wildcards)["nodes"]
 
 
 def train_tasks(wildcards):
-    return train_layout(wildcards)[1]
+    return suite_config.world_size(config, RUNS[wildcards.run].size)
 
 
 def train_gpus(wildcards):
-    layout, _ = train_layout(wildcards)
-    return layout["nodes"] * layout["gpus_per_node"]
+    layout_ = cluster_layout(wildcards)
+    return layout_["nodes"] * layout_["gpus_per_node"]
 
 
 def train_mem_mb(wildcards):
-    layout, _ = train_layout(wildcards)
-    per_node = max(layout["gpus_per_node"], 1) * config["cluster"]["mem_mb_per_gpu"]
-    return per_node
+    """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node."""
+    return max(cluster_layout(wildcards)["gpus_per_node"], 1) * config["cluster"]["mem_mb_per_gpu"]
+
+
+def launcher():
+    """How multi-rank segments start: cluster.launcher, where `auto` means srun under SLURM."""
+    chosen = config["cluster"]["launcher"]
+    if chosen != "auto":
+        return chosen
+    plugin = workflow.executor_plugin
+    return "srun" if plugin is not None and plugin.name.startswith("slurm") else "none"
 
 
 def train_mpi(wildcards):
-    """The launcher of multi-rank segments; the plugin's `mpi` resource under SLURM."""
-    launcher = config["cluster"]["launcher"]
-    if launcher == "srun" and train_tasks(wildcards) > 1:
+    """The plugin's `mpi` resource: set for multi-rank segments under SLURM, so that the
+    rule launches its own ranks across the allocation's nodes."""
+    if launcher() == "srun" and train_tasks(wildcards) > 1:
         return "srun"
     return ""
 
@@ -132,39 +122,27 @@ def train_mpi(wildcards):
 def train_launch(wildcards):
     """Command prefix that starts one process per rank (empty for a single process)."""
     tasks = train_tasks(wildcards)
-    launcher = config["cluster"]["launcher"]
-    if tasks == 1 or launcher == "none":
+    how = launcher()
+    if tasks == 1 or how == "none":
         return ""
-    if launcher == "torchrun":
+    if how == "torchrun":
         return f"torchrun --standalone --nproc-per-node {tasks}"
     nodes = train_nodes(wildcards)
     cpus = config["cluster"]["cpus_per_task"]
     return f"srun --nodes {nodes} --ntasks {tasks} --cpus-per-task {cpus} --kill-on-bad-exit=1"
 
 
-# ----------------------------------------------------------------------------- export, publish, eval
-
-
-def export_dir(run, step):
-    return f"{RESULTS}/runs/{run}/exports/step{step}"
-
-
-def receipt(run, step):
-    return f"{RESULTS}/runs/{run}/published/step{step}.json"
-
-
-SHOTS = {"zero": 0, "five": 5}
-EVAL_BATCHES = {shots: suite_config.eval_batches(config, n) for shots, n in SHOTS.items()}
+# ----------------------------------------------------------------------------- evaluation
 
 
 def eval_batch_exports(wildcards):
     steps = EVAL_BATCHES[wildcards.shots][int(wildcards.batch)]
-    return [export_dir(wildcards.run, step) for step in steps]
+    return [layout.export_dir(RESULTS, wildcards.run, step) for step in steps]
 
 
-def eval_batch_outputs(run):
+def eval_batch_dirs(wildcards):
     return [
-        f"{RESULTS}/runs/{run}/evals/{shots}-shot/batch{i:03d}"
+        layout.eval_batch_dir(RESULTS, wildcards.run, shots, f"{i:03d}")
         for shots, batches in EVAL_BATCHES.items()
         for i in range(len(batches))
     ]
@@ -172,21 +150,22 @@ def eval_batch_outputs(run):
 
 def eval_tasks_input(wildcards):
     if config["evaluation"]["local_tasks"]:
-        return f"{RESULTS}/data/eval_tasks"
+        return layout.eval_tasks_dir(RESULTS)
     return []
 
 
 # ----------------------------------------------------------------------------- targets
 
 
-def run_targets(run):
+def run_targets(wildcards):
     """Everything one run produces: every step trained, exported and published; its evals."""
+    run = wildcards.run
     return [
-        *(receipt(run, step) for step in STEPS),
-        f"{RESULTS}/evals/{run}",
-        f"{RESULTS}/runs/{run}/model_card/README.md",
+        *(layout.receipt(RESULTS, run, step) for step in STEPS),
+        layout.evals_dir(RESULTS, run),
+        layout.model_card(RESULTS, run),
     ]
 
 
 def all_targets():
-    return [f"{RESULTS}/runs/{run}/run.done" for run in RUNS] + [f"{RESULTS}/report"]
+    return [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]

@@ -4,58 +4,57 @@
 
 rule fetch_shard:
     output:
-        f"{RESULTS}/data/corpus/standard/{{shard}}.jsonl.zst",
+        layout.corpus_shard(RESULTS, "standard", "{shard}"),
     log:
-        f"{RESULTS}/logs/data/fetch_shard/{{shard}}.log",
+        log("data", "fetch_shard", "{shard}"),
     shell:
         "{CLI} fetch-shard {wildcards.shard:q} --output {output:q} 2> {log:q}"
 
 
 rule dedup_signatures:
     input:
-        f"{RESULTS}/data/corpus/standard/{{shard}}.jsonl.zst",
+        layout.corpus_shard(RESULTS, "standard", "{shard}"),
     output:
-        f"{RESULTS}/data/dedup/signatures/{{shard}}.npz",
+        layout.dedup_signatures(RESULTS, "{shard}"),
     log:
-        f"{RESULTS}/logs/data/dedup_signatures/{{shard}}.log",
+        log("data", "dedup_signatures", "{shard}"),
     shell:
-        "{CLI} dedup-signatures {input:q} --shard-index {wildcards.shard} --output {output:q} 2> {log:q}"
+        "{CLI} dedup-signatures {input:q} --shard-index {wildcards.shard}"
+        " --output {output:q} 2> {log:q}"
 
 
 rule dedup_buckets:
     input:
-        expand(f"{RESULTS}/data/dedup/signatures/{{shard}}.npz", shard=RAW_SHARDS),
+        [layout.dedup_signatures(RESULTS, shard) for shard in RAW_SHARDS],
     output:
-        f"{RESULTS}/data/dedup/edges/group{{band}}.npz",
+        layout.dedup_edges(RESULTS, "{band}"),
     log:
-        f"{RESULTS}/logs/data/dedup_buckets/{{band}}.log",
+        log("data", "dedup_buckets", "{band}"),
     shell:
-        "{CLI} dedup-buckets {input:q} --band-group {wildcards.band} --output {output:q} 2> {log:q}"
+        "{CLI} dedup-buckets {input:q} --band-group {wildcards.band}"
+        " --output {output:q} 2> {log:q}"
 
 
 rule dedup_cluster:
     input:
-        expand(
-            f"{RESULTS}/data/dedup/edges/group{{band}}.npz",
-            band=[f"{i:03d}" for i in range(config["data"]["dedup"]["band_groups"])],
-        ),
+        [layout.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
     output:
-        f"{RESULTS}/data/dedup/removals.npz",
+        layout.dedup_removals(RESULTS),
     log:
-        f"{RESULTS}/logs/data/dedup_cluster.log",
+        log("data", "dedup_cluster"),
     shell:
         "{CLI} dedup-cluster {input:q} --output {output:q} 2> {log:q}"
 
 
 rule dedup_filter:
     input:
-        shard=f"{RESULTS}/data/corpus/standard/{{shard}}.jsonl.zst",
-        removals=f"{RESULTS}/data/dedup/removals.npz",
+        shard=layout.corpus_shard(RESULTS, "standard", "{shard}"),
+        removals=layout.dedup_removals(RESULTS),
     output:
-        shard=f"{RESULTS}/data/corpus/deduped/{{shard}}.jsonl.zst",
-        report=f"{RESULTS}/data/dedup/reports/{{shard}}.json",
+        shard=layout.corpus_shard(RESULTS, "deduped", "{shard}"),
+        report=layout.dedup_shard_report(RESULTS, "{shard}"),
     log:
-        f"{RESULTS}/logs/data/dedup_filter/{{shard}}.log",
+        log("data", "dedup_filter", "{shard}"),
     shell:
         "{CLI} dedup-filter {input.shard:q} --shard-index {wildcards.shard}"
         " --removals {input.removals:q} --output {output.shard:q} --report {output.report:q}"
@@ -64,16 +63,15 @@ rule dedup_filter:
 
 rule dedup_report:
     input:
-        reports=expand(f"{RESULTS}/data/dedup/reports/{{shard}}.json", shard=RAW_SHARDS),
-        signatures=expand(f"{RESULTS}/data/dedup/signatures/{{shard}}.npz", shard=RAW_SHARDS),
-        standard=corpus_shards("standard"),
-        removals=f"{RESULTS}/data/dedup/removals.npz",
+        reports=[layout.dedup_shard_report(RESULTS, shard) for shard in RAW_SHARDS],
+        shards=corpus_shards("standard"),
+        removals=layout.dedup_removals(RESULTS),
     output:
-        report(f"{RESULTS}/data/dedup/report.json", category="Data", labels={"stage": "dedup"}),
+        report(layout.dedup_report(RESULTS), category="Data", labels={"stage": "dedup"}),
     log:
-        f"{RESULTS}/logs/data/dedup_report.log",
+        log("data", "dedup_report"),
     shell:
-        "{CLI} dedup-report --reports {input.reports:q} --shards {input.standard:q}"
+        "{CLI} dedup-report --reports {input.reports:q} --shards {input.shards:q}"
         " --removals {input.removals:q} --output {output:q} 2> {log:q}"
 
 
@@ -85,7 +83,7 @@ if config["data"]["tokenizer"]["kind"] == "train":
         output:
             TOKENIZER,
         log:
-            f"{RESULTS}/logs/data/train_tokenizer.log",
+            log("data", "train_tokenizer"),
         shell:
             "{CLI} train-tokenizer {input:q} --output {output:q} 2> {log:q}"
 
@@ -95,21 +93,21 @@ else:
         output:
             TOKENIZER,
         log:
-            f"{RESULTS}/logs/data/fetch_tokenizer.log",
+            log("data", "fetch_tokenizer"),
         shell:
             "{CLI} fetch-tokenizer --output {output:q} 2> {log:q}"
 
 
 rule tokenize_shard:
     input:
-        shard=f"{RESULTS}/data/corpus/{{variant}}/{{shard}}.jsonl.zst",
+        shard=layout.corpus_shard(RESULTS, "{variant}", "{shard}"),
         tokenizer=TOKENIZER,
     output:
-        multiext(f"{RESULTS}/data/tokenized/{{variant}}/{{shard}}_text_document", ".bin", ".idx"),
+        multiext(layout.tokenized_prefix(RESULTS, "{variant}", "{shard}"), ".bin", ".idx"),
     log:
-        f"{RESULTS}/logs/data/tokenize/{{variant}}/{{shard}}.log",
+        log("data", "tokenize", "{variant}", "{shard}"),
     params:
-        prefix=lambda wc: tokenized_prefix(wc.variant, wc.shard),
+        prefix=lambda wc: layout.tokenized_prefix(RESULTS, wc.variant, wc.shard),
     threads: 2
     shell:
         "{CLI} tokenize {input.shard:q} --tokenizer {input.tokenizer:q}"
@@ -118,31 +116,31 @@ rule tokenize_shard:
 
 rule merge_dataset:
     input:
-        lambda wc: expand(
-            f"{RESULTS}/data/tokenized/{wc.variant}/{{shard}}_text_document.{{ext}}",
-            shard=RAW_SHARDS,
-            ext=["bin", "idx"],
-        ),
+        lambda wc: [
+            path
+            for shard in RAW_SHARDS
+            for path in multiext(layout.tokenized_prefix(RESULTS, wc.variant, shard), ".bin", ".idx")
+        ],
     output:
-        multiext(f"{RESULTS}/data/datasets/{{variant}}/{{variant}}_text_document", ".bin", ".idx"),
+        multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
     log:
-        f"{RESULTS}/logs/data/merge/{{variant}}.log",
+        log("data", "merge", "{variant}"),
     params:
-        shards=lambda wc: [tokenized_prefix(wc.variant, shard) for shard in RAW_SHARDS],
-        prefix=lambda wc: dataset_prefix(wc.variant),
+        shards=lambda wc: [layout.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
+        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
     shell:
         "{CLI} merge-datasets {params.shards:q} --output-prefix {params.prefix:q} 2> {log:q}"
 
 
 rule build_order:
     input:
-        multiext(f"{RESULTS}/data/datasets/{{variant}}/{{variant}}_text_document", ".bin", ".idx"),
+        multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
     output:
-        directory(f"{RESULTS}/data/order/{{variant}}/seed{{seed}}"),
+        directory(layout.order_dir(RESULTS, "{variant}", "{seed}")),
     log:
-        f"{RESULTS}/logs/data/order/{{variant}}/seed{{seed}}.log",
+        log("data", "order", "{variant}", "seed{seed}"),
     params:
-        prefix=lambda wc: dataset_prefix(wc.variant),
+        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
     shell:
         "{CLI} build-order --dataset-prefix {params.prefix:q} --seed {wildcards.seed}"
         " --output {output:q} 2> {log:q}"
@@ -150,21 +148,22 @@ rule build_order:
 
 rule fetch_preshuffled:
     output:
-        multiext(f"{RESULTS}/data/preshuffled/{{variant}}/document", ".bin", ".idx"),
+        multiext(layout.preshuffled_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
     log:
-        f"{RESULTS}/logs/data/preshuffled/{{variant}}.log",
+        log("data", "preshuffled", "{variant}"),
     params:
-        prefix=lambda wc: preshuffled_prefix(wc.variant),
+        prefix=lambda wc: layout.preshuffled_prefix(RESULTS, wc.variant),
     shell:
-        "{CLI} fetch-preshuffled {wildcards.variant:q} --output-prefix {params.prefix:q} 2> {log:q}"
+        "{CLI} fetch-preshuffled {wildcards.variant:q} --output-prefix {params.prefix:q}"
+        " 2> {log:q}"
 
 
 rule eval_tasks:
     input:
         heldout=config["data"]["raw"]["heldout"] or [],
     output:
-        directory(f"{RESULTS}/data/eval_tasks"),
+        directory(layout.eval_tasks_dir(RESULTS)),
     log:
-        f"{RESULTS}/logs/data/eval_tasks.log",
+        log("data", "eval_tasks"),
     shell:
         "{CLI} build-eval-tasks {input.heldout:q} --output {output:q} 2> {log:q}"

@@ -1,5 +1,5 @@
 # Evaluation: lm-eval at the configured steps and shots. One job evaluates a batch of
-# checkpoints (evaluation.steps_per_job) to share the process and lm-eval start-up.
+# checkpoints (evaluation.steps_per_job) so they share the process and lm-eval start-up.
 
 
 rule evaluate:
@@ -7,9 +7,9 @@ rule evaluate:
         exports=eval_batch_exports,
         tasks=eval_tasks_input,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/evals/{{shots}}-shot/batch{{batch}}"),
+        directory(layout.eval_batch_dir(RESULTS, "{run}", "{shots}", "{batch}")),
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}/{{shots}}-shot/batch{{batch}}.log",
+        log("evaluate", "{run}", "{shots}-shot", "batch{batch}"),
     shell:
         "{CLI} evaluate {wildcards.run:q} --shots {wildcards.shots} --batch {wildcards.batch}"
         " --exports {input.exports:q} --output {output:q} 2> {log:q}"
@@ -17,10 +17,10 @@ rule evaluate:
 
 rule collect_evals:
     input:
-        lambda wc: eval_batch_outputs(wc.run),
+        eval_batch_dirs,
     output:
-        directory(f"{RESULTS}/evals/{{run}}"),
+        directory(layout.evals_dir(RESULTS, "{run}")),
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}/collect.log",
+        log("evaluate", "{run}", "collect"),
     shell:
         "{CLI} collect-evals {wildcards.run:q} {input:q} --output {output:q} 2> {log:q}"

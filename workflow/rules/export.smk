@@ -3,12 +3,12 @@
 
 rule export:
     input:
-        checkpoint=f"{RESULTS}/runs/{{run}}/checkpoints/step{{step}}",
+        checkpoint=layout.checkpoint_dir(RESULTS, "{run}", "{step}"),
         tokenizer=TOKENIZER,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/exports/step{{step}}"),
+        directory(layout.export_dir(RESULTS, "{run}", "{step}")),
     log:
-        f"{RESULTS}/logs/export/{{run}}/step{{step}}.log",
+        log("export", "{run}", "step{step}"),
     shell:
         "{CLI} export {input.checkpoint:q} --tokenizer {input.tokenizer:q} --output {output:q}"
         " 2> {log:q}"

@@ -1,14 +1,14 @@
 # Publish: each export to its branch (step{N}; main = the final step), verified before the
-# receipt is written. Local hub and/or the Hub, as config.publish says.
+# receipt is written; to a local hub and/or the Hub, as config.publish says.
 
 
 rule publish:
     input:
-        f"{RESULTS}/runs/{{run}}/exports/step{{step}}",
+        layout.export_dir(RESULTS, "{run}", "{step}"),
     output:
-        f"{RESULTS}/runs/{{run}}/published/step{{step}}.json",
+        layout.receipt(RESULTS, "{run}", "{step}"),
     log:
-        f"{RESULTS}/logs/publish/{{run}}/step{{step}}.log",
+        log("publish", "{run}", "step{step}"),
     shell:
         "{CLI} publish {wildcards.run:q} --step {wildcards.step} --export {input:q}"
         " --receipt {output:q} 2> {log:q}"
@@ -16,22 +16,23 @@ rule publish:
 
 rule model_card:
     input:
-        evals=f"{RESULTS}/evals/{{run}}",
-        final=lambda wc: receipt(wc.run, FINAL_STEP),
+        evals=layout.evals_dir(RESULTS, "{run}"),
+        final=lambda wc: layout.receipt(RESULTS, wc.run, FINAL_STEP),
     output:
-        f"{RESULTS}/runs/{{run}}/model_card/README.md",
+        layout.model_card(RESULTS, "{run}"),
     log:
-        f"{RESULTS}/logs/publish/{{run}}/model_card.log",
+        log("publish", "{run}", "model_card"),
     shell:
-        "{CLI} model-card {wildcards.run:q} --evals {input.evals:q} --output {output:q} 2> {log:q}"
+        "{CLI} model-card {wildcards.run:q} --evals {input.evals:q} --output {output:q}"
+        " 2> {log:q}"
 
 
 rule run_done:
     input:
-        lambda wc: run_targets(wc.run),
+        run_targets,
     output:
-        f"{RESULTS}/runs/{{run}}/run.done",
+        layout.run_done(RESULTS, "{run}"),
     log:
-        f"{RESULTS}/logs/{{run}}.done.log",
+        log("verify", "{run}"),
     shell:
         "{CLI} verify-run {wildcards.run:q} --output {output:q} 2> {log:q}"

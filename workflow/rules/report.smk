@@ -4,15 +4,15 @@
 
 rule report:
     input:
-        evals=expand(f"{RESULTS}/evals/{{run}}", run=RUNS),
-        checkpoints=[checkpoint_dir(run, step) for run in RUNS for step in STEPS],
+        evals=[layout.evals_dir(RESULTS, run) for run in RUNS],
+        checkpoints=[layout.checkpoint_dir(RESULTS, run, step) for run in RUNS for step in STEPS],
     output:
         report(
-            directory(f"{RESULTS}/report"),
-            patterns=["{name}.png", "{name}.md", "{name}.csv"],
+            directory(layout.report_dir(RESULTS)),
+            patterns=["{name}.png"],
             category="Results",
         ),
     log:
-        f"{RESULTS}/logs/report.log",
+        log("report"),
     shell:
         "{CLI} report --output {output:q} 2> {log:q}"

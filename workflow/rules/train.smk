@@ -1,17 +1,17 @@
 # Training: step0 is the initial weights; each later checkpoint is one segment job that resumes
-# from the previous checkpoint. In-progress resume state lives in STATE, outside the outputs
-# (Snakemake deletes a failed job's outputs).
+# from the previous checkpoint. In-progress resume state lives under paths.state, outside the
+# declared outputs (Snakemake deletes a failed job's outputs).
 
 
 rule init_checkpoint:
     input:
         training_data,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/checkpoints/step0"),
+        directory(layout.checkpoint_dir(RESULTS, "{run}", "0")),
     log:
-        f"{RESULTS}/logs/train/{{run}}/step0.log",
+        log("train", "{run}", "step0"),
     params:
-        config_hash=lambda wc: suite_config.run_config_hash(config, run_of(wc)),
+        config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
     resources:
         runtime=30,
     shell:
@@ -23,15 +23,15 @@ rule train_segment:
         previous=previous_checkpoint,
         data=training_data,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/checkpoints/step{{step}}"),
+        directory(layout.checkpoint_dir(RESULTS, "{run}", "{step}")),
     log:
-        f"{RESULTS}/logs/train/{{run}}/step{{step}}.log",
+        log("train", "{run}", "step{step}"),
     wildcard_constraints:
         step=r"[1-9][0-9]*",
     group:
         segment_group
     params:
-        config_hash=lambda wc: suite_config.run_config_hash(config, run_of(wc)),
+        config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
         launch=train_launch,
     resources:
         nodes=train_nodes,

@@ -1,0 +1,104 @@
+"""Where every artifact lives: the one definition of the results tree.
+
+The workflow builds its rule patterns from these functions (passing wildcard placeholders such
+as "{run}" for the values) and the CLI resolves concrete paths with them, so the two agree.
+"""
+
+from __future__ import annotations
+
+
+def corpus_shard(results: str, variant: str, shard: str) -> str:
+    """A Pile-format input shard; `deduped` shards are the dedup stage's output."""
+    return f"{results}/data/corpus/{variant}/{shard}.jsonl.zst"
+
+
+def tokenizer(results: str) -> str:
+    return f"{results}/data/tokenizer/tokenizer.json"
+
+
+def dedup_signatures(results: str, shard: str) -> str:
+    return f"{results}/data/dedup/signatures/{shard}.npz"
+
+
+def dedup_edges(results: str, band: str) -> str:
+    return f"{results}/data/dedup/edges/group{band}.npz"
+
+
+def dedup_removals(results: str) -> str:
+    return f"{results}/data/dedup/removals.npz"
+
+
+def dedup_shard_report(results: str, shard: str) -> str:
+    return f"{results}/data/dedup/reports/{shard}.json"
+
+
+def dedup_report(results: str) -> str:
+    return f"{results}/data/dedup/report.json"
+
+
+def tokenized_prefix(results: str, variant: str, shard: str) -> str:
+    return f"{results}/data/tokenized/{variant}/{shard}_text_document"
+
+
+def dataset_prefix(results: str, variant: str) -> str:
+    """The training dataset of a variant, named like GPT-NeoX's `*_text_document`."""
+    return f"{results}/data/datasets/{variant}/{variant}_text_document"
+
+
+def order_dir(results: str, variant: str, data_seed: int | str) -> str:
+    return f"{results}/data/order/{variant}/seed{data_seed}"
+
+
+def preshuffled_prefix(results: str, variant: str) -> str:
+    return f"{results}/data/preshuffled/{variant}/document"
+
+
+def eval_tasks_dir(results: str) -> str:
+    return f"{results}/data/eval_tasks"
+
+
+def checkpoint_dir(results: str, run: str, step: int | str) -> str:
+    return f"{results}/runs/{run}/checkpoints/step{step}"
+
+
+def export_dir(results: str, run: str, step: int | str) -> str:
+    return f"{results}/runs/{run}/exports/step{step}"
+
+
+def receipt(results: str, run: str, step: int | str) -> str:
+    return f"{results}/runs/{run}/published/step{step}.json"
+
+
+def eval_batch_dir(results: str, run: str, shots: str, batch: str) -> str:
+    return f"{results}/runs/{run}/evals/{shots}-shot/batch{batch}"
+
+
+def evals_dir(results: str, run: str) -> str:
+    """Pythia's evaluation layout for one run: {zero-shot,five-shot}/<run>_step<N>.json."""
+    return f"{results}/evals/{run}"
+
+
+def model_card(results: str, run: str) -> str:
+    return f"{results}/runs/{run}/model_card/README.md"
+
+
+def run_done(results: str, run: str) -> str:
+    return f"{results}/runs/{run}/run.done"
+
+
+def report_dir(results: str) -> str:
+    return f"{results}/report"
+
+
+def local_hub(results: str) -> str:
+    """The local hub: huggingface_hub's cache layout, usable as `cache_dir`."""
+    return f"{results}/hub"
+
+
+def state_dir(state: str, run: str) -> str:
+    """A run's in-progress resume state: outside every declared output."""
+    return f"{state}/{run}"
+
+
+def log(results: str, *parts: str) -> str:
+    return f"{results}/logs/" + "/".join(parts) + ".log"
