@@ -27,6 +27,8 @@ key                       required  meaning
 ``data_description``      no        one paragraph about the training data
 ``precision``             no        e.g. ``"fp16"``
 ``seed``                  no        data / init seed
+``tokenizer``             no        tokenizer description (default: the GPT-NeoX-20B BPE)
+``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
 ========================  ========  =====================================================
 
 ``results`` is either ``{task: {metric: value}}`` (Pythia's result files' ``"results"``)
@@ -181,7 +183,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
 
     data_text = run.get("data_description") or (
         f"{name} was trained on {_DATA_TEXT.get(run['variant'], dataset)} "
-        f"(`{dataset}`), tokenized with the GPT-NeoX-20B BPE tokenizer; each document ends "
+        f"(`{dataset}`), tokenized with {run.get('tokenizer') or 'the GPT-NeoX-20B BPE tokenizer'}"
+        "; each document ends "
         "with `<|endoftext|>` (token 0). All sizes of the suite see the same data in the same "
         "order."
     )
@@ -207,7 +210,7 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     if results:
         rows = _metric_rows(results)
         evaluation = (
-            f"Zero-shot results of the final checkpoint (`step{final}`), "
+            f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
             "lm-evaluation-harness:\n\n" + _table(("Task", "Metric", "Value", "Stderr"), rows)
         )
 
