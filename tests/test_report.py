@@ -62,14 +62,32 @@ def write_eval(root: Path, run: str, step: int, shots: int, acc: float) -> Path:
 
 
 def write_state(path: Path, steps: range, variant: str, spikes=()) -> Path:
+    """A trainer_state.json as pythia_suite.train.loop writes it (the keys the report reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    history = [
+        {
+            "iteration": s - 1,
+            "step": s,
+            "loss": 6.0 / (1 + s),
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+            "skipped": False,
+            "tokens_per_s": 10.0,
+            "tokens_sha256": fp(variant, s),
+        }
+        for s in steps
+    ]
     state = {
+        "format": "pythia-suite/trainer-state/1",
         "step": steps[-1],
-        "losses": [
-            {"step": s, "loss": 6.0 / (1 + s), "lr": 1e-3, "tokens_per_s": 10.0} for s in steps
-        ],
-        "step_fingerprints": {str(s): fp(variant, s) for s in steps},
+        "segment": {"start_step": steps[0] - 1, "end_step": steps[-1]},
+        "losses": [h["loss"] for h in history],
+        "history": history,
         "spikes": [{"step": s, "loss": 6.0 / (1 + s), "running_mean": 0.1} for s in spikes],
+        "data_fingerprint": {
+            "segment": "0" * 64,
+            "steps": {str(h["iteration"]): h["tokens_sha256"] for h in history},
+        },
     }
     path.write_text(json.dumps(state))
     return path
@@ -122,13 +140,18 @@ def test_read_training_log_merges_segments(inputs):
     plain = states["mini-b"][0].parent / "plain.json"
     plain.write_text(json.dumps([[1, 2.5], [2, 2.0]]))
     assert rp.read_training_log("x", [plain]).losses == {1: 2.5, 2: 2.0}
+    legacy = plain.with_name("legacy.json")
+    legacy.write_text(
+        json.dumps({"losses": [{"step": 3, "loss": 1.0}], "fingerprints": {"3": "ab"}})
+    )
+    assert rp.read_training_log("x", [legacy]).fingerprints == {3: "ab"}
 
 
 def test_read_training_log_rejects_conflicting_segments(tmp_path):
     a = write_state(tmp_path / "a/trainer_state.json", range(1, 3), "standard")
     b = tmp_path / "b/trainer_state.json"
     b.parent.mkdir()
-    b.write_text(json.dumps({"losses": [], "step_fingerprints": {"2": "ff"}}))
+    b.write_text(json.dumps({"history": [{"step": 2, "loss": 1.0, "tokens_sha256": "ff"}]}))
     with pytest.raises(ValueError, match=r"step 2 fingerprint"):
         rp.read_training_log("r", [a, b])
 
@@ -187,3 +210,60 @@ def test_build_report_rejects_bad_run_table(inputs, tmp_path):
         rp.build_report([{"name": "mini-a", "size": "a", "variant": "standard"}], {}, {}, tmp_path)
     with pytest.raises(KeyError, match="not in the runs table"):
         rp.build_report(RUNS[:1], evals, {}, tmp_path)
+
+
+def test_report_on_real_training_segments(tmp_path):
+    """The trainer's own trainer_state.json files: two sizes on one data order agree, another
+    data order in the same group is caught at its first step."""
+    pytest.importorskip("pythia_suite.train.loop", reason="training loop not available")
+    from train_support import TINY_CONFIG, RandomTokens, tiny_settings
+
+    from pythia_suite.train.loop import train_segment
+
+    runs = [
+        {"name": "t-a", "size": "a", "variant": "standard", "params": 1, "data_seed": 0},
+        {"name": "t-b", "size": "b", "variant": "standard", "params": 2, "data_seed": 0},
+        {"name": "t-a-deduped", "size": "a", "variant": "deduped", "params": 1, "data_seed": 0},
+    ]
+    widths = {"t-a": 32, "t-b": 48, "t-a-deduped": 32}
+    data_seeds = {"t-a": 0, "t-b": 0, "t-a-deduped": 1}  # the deduped run reads other data
+    states = {}
+    for name, width in widths.items():
+        config = {**TINY_CONFIG, "hidden_size": width}
+        samples, root = RandomTokens(seed=data_seeds[name]), tmp_path / name
+        common = dict(device="cpu", log=root / "train.log")
+        train_segment(
+            config,
+            tiny_settings(),
+            samples,
+            start_checkpoint=None,
+            start_step=0,
+            end_step=0,
+            out_dir=root / "step0",
+            **common,
+        )
+        train_segment(
+            config,
+            tiny_settings(),
+            samples,
+            start_checkpoint=root / "step0",
+            start_step=0,
+            end_step=3,
+            out_dir=root / "step3",
+            **common,
+        )
+        states[name] = [root / f"step{s}/trainer_state.json" for s in (0, 3)]
+
+    written = rp.build_report(runs, {}, states, tmp_path / "report")
+    fps = json.loads(written["fingerprints"].read_text())
+    assert fps["standard / data seed 0"] == {
+        "runs": ["t-a", "t-b"],
+        "steps_compared": [1, 2, 3],
+        "result": "identical",
+    }
+    assert {p.name for p in written["loss_plots"]} >= {"loss_t-a.png", "loss_t-b.png"}
+    assert len(rp.read_training_log("t-b", states["t-b"]).losses) == 3
+
+    mislabelled = [{**r, "variant": "standard"} for r in runs]
+    with pytest.raises(rp.FingerprintMismatchError, match=r"'t-a' and 't-a-deduped'.*step 1 "):
+        rp.build_report(mislabelled, {}, states, tmp_path / "report2")

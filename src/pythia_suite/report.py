@@ -149,40 +149,61 @@ def _steps_and_values(entries: Any, value_key: str, path: Path, key: str) -> dic
 
 
 def _fingerprint_entries(state: Mapping[str, Any]) -> tuple[str, Any]:
-    """The per-step fingerprints of a trainer state, under whichever key the trainer used."""
-    for key in ("step_fingerprints", "fingerprints", "data_fingerprints"):
+    """Per-step fingerprints of a trainer state without ``history``, under the key it used."""
+    for key in ("step_fingerprints", "fingerprints"):
         if key in state:
             return key, state[key]
-    nested = state.get("data_fingerprint")
-    if isinstance(nested, Mapping):
-        for key in ("steps", "per_step"):
-            if key in nested:
-                return f"data_fingerprint.{key}", nested[key]
     return "fingerprints", None
+
+
+def _history_entries(state: Mapping[str, Any], path: Path) -> tuple[dict, dict]:
+    """Losses and fingerprints by step from the trainer's ``history`` list.
+
+    ``pythia_suite.train.loop`` writes one entry per step: ``{"iteration", "step", "loss",
+    "lr", "grad_norm", "skipped", "tokens_per_s", "tokens_sha256"}`` (``step`` = iteration + 1,
+    the checkpoint the update produces).
+    """
+    losses, fingerprints = {}, {}
+    for i, entry in enumerate(state["history"]):
+        if not isinstance(entry, Mapping) or "step" not in entry or "loss" not in entry:
+            raise ValueError(f"{path}: history[{i}] = {entry!r}: expected 'step' and 'loss'")
+        losses[int(entry["step"])] = float(entry["loss"])
+        if entry.get("tokens_sha256"):
+            fingerprints[int(entry["step"])] = str(entry["tokens_sha256"])
+    return losses, fingerprints
 
 
 def read_training_log(run: str, trainer_states: Iterable[str | os.PathLike]) -> TrainingLog:
     """Merge the trainer_state.json files of a run's segments into one :class:`TrainingLog`.
 
-    Per-step losses come from ``losses`` (a list of ``{step, loss, ...}`` or ``[step, loss]``);
-    fingerprints from ``step_fingerprints``/``fingerprints``/``data_fingerprints`` or
-    ``data_fingerprint.steps`` (``{step: hex}`` or a list of ``{step, fingerprint}``); spikes
-    from ``spikes``/``loss_spikes`` (a list of ``{step, loss, ...}`` or of steps). A
-    ``(step, loss)`` list in a ``.json`` file with no other keys is accepted too.
+    Reads what ``pythia_suite.train.loop`` writes: ``history`` (per step ``step``, ``loss``,
+    ``tokens_sha256``) and ``spikes`` (``{step, loss, running_mean}``). Without ``history``,
+    losses come from ``losses`` (``{step, loss}`` dicts or ``[step, loss]`` pairs) and
+    fingerprints from ``step_fingerprints``/``fingerprints`` (``{step: hex}``); a bare
+    ``[[step, loss], ...]`` JSON list is accepted too.
 
     Raises:
         ValueError: an entry is malformed, or two files disagree on a step's fingerprint
-            (naming the files' run and step).
+            (naming the run, the file and the step).
     """
     log = TrainingLog(run)
     for path in sorted(map(Path, trainer_states)):
         state = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(state, list):
             state = {"losses": state}
-        for step, loss in _steps_and_values(state.get("losses"), "loss", path, "losses").items():
-            log.losses[step] = float(loss)
-        key, entries = _fingerprint_entries(state)
-        for step, fp in _steps_and_values(entries, "fingerprint", path, key).items():
+        if "history" in state:
+            losses, fingerprints = _history_entries(state, path)
+        else:
+            losses = {
+                step: float(loss)
+                for step, loss in _steps_and_values(
+                    state.get("losses"), "loss", path, "losses"
+                ).items()
+            }
+            key, entries = _fingerprint_entries(state)
+            fingerprints = _steps_and_values(entries, "fingerprint", path, key)
+        log.losses.update(losses)
+        for step, fp in fingerprints.items():
             if log.fingerprints.get(step, fp) != fp:
                 raise ValueError(
                     f"{run}: {path} gives step {step} fingerprint {fp}, an earlier segment "
