@@ -249,8 +249,15 @@ class _MinHasher:
         self.num_perm = num_perm
 
     def _permuted(self, hashes: np.ndarray) -> np.ndarray:
-        # uint32 array arithmetic wraps, which is the intended "mod 2**32".
-        return _fmix32(hashes)[:, None] * self.a + self.b
+        """``(num_perm, len(hashes))`` permuted hashes.
+
+        Permutations along rows so that the per-document minimum (``reduceat``) runs along the
+        contiguous axis: 10x faster than along axis 0. uint32 array arithmetic wraps, which is
+        the intended "mod 2**32".
+        """
+        permuted = self.a[:, None] * _fmix32(hashes)[None, :]
+        permuted += self.b[:, None]
+        return permuted
 
     def signatures(self, shingle_hashes: Sequence[np.ndarray]) -> np.ndarray:
         """Return the ``(len(shingle_hashes), num_perm)`` uint32 signatures.
@@ -268,7 +275,7 @@ class _MinHasher:
                 return
             starts = np.cumsum([0] + [len(h) for h in batch[:-1]])
             permuted = self._permuted(np.concatenate(batch))
-            out[batch_docs] = np.minimum.reduceat(permuted, starts, axis=0)
+            out[batch_docs] = np.minimum.reduceat(permuted, starts, axis=1).T
             batch_docs.clear()
             batch.clear()
             batch_rows = 0
@@ -278,7 +285,7 @@ class _MinHasher:
                 continue
             if len(hashes) > _PERMUTE_CHUNK:  # one long document: bound memory by slicing it
                 for start in range(0, len(hashes), _PERMUTE_CHUNK):
-                    chunk = self._permuted(hashes[start : start + _PERMUTE_CHUNK]).min(axis=0)
+                    chunk = self._permuted(hashes[start : start + _PERMUTE_CHUNK]).min(axis=1)
                     out[i] = np.minimum(out[i], chunk)
                 continue
             if batch_rows + len(hashes) > _PERMUTE_CHUNK:
