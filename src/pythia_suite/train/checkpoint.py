@@ -399,5 +399,6 @@ def check_free_space(needs: dict[Path, int]) -> None:
         if free < nbytes:
             raise InsufficientDiskSpaceError(
                 f"not enough free space under {path}: need {nbytes / 2**30:.2f} GiB "
-                f"({nbytes} bytes) for checkpoint and snapshots, {free / 2**30:.2f} GiB free"
+                f"({nbytes} bytes) for checkpoint and snapshots, only {free / 2**30:.2f} GiB "
+                f"({free} bytes) free"
             )

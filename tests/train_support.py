@@ -1,0 +1,185 @@
+"""Shared helpers of the training tests: a tiny model, fake data, and rank processes.
+
+Rank processes come from a ``forkserver`` that has torch and transformers imported once, so a
+2-rank run or a run that kills itself costs a fork, not a 5-second interpreter start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+TINY_CONFIG = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    rotary_pct=0.25,
+    rotary_emb_base=10000,
+    use_parallel_residual=True,
+    tie_word_embeddings=False,
+    max_position_embeddings=64,
+    layer_norm_eps=1e-5,
+    hidden_act="gelu",
+    attention_dropout=0.0,
+    hidden_dropout=0.0,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+SEQ = 16
+
+
+class RandomTokens:
+    """A ``samples`` object: batch ``s`` is a fixed function of (seed, s), like the real order.
+
+    Tokens follow ``t[i+1] = (a * t[i] + b) mod V`` with a per-row ``(a, b)`` from a small set,
+    so there is something to learn and the loss goes down.
+    """
+
+    def __init__(self, vocab: int = 128, seq_length: int = SEQ, seed: int = 0) -> None:
+        self.vocab, self.seq_length, self.seed = vocab, seq_length, seed
+
+    def batch(self, step: int, global_batch: int) -> np.ndarray:
+        rs = np.random.RandomState(self.seed * 1_000_003 + step)
+        a = rs.choice([1, 3, 5], size=(global_batch, 1))
+        b = rs.choice([1, 2], size=(global_batch, 1))
+        out = np.empty((global_batch, self.seq_length + 1), dtype=np.int64)
+        out[:, :1] = rs.randint(0, self.vocab, size=(global_batch, 1))
+        for i in range(self.seq_length):
+            out[:, i + 1 : i + 2] = (a * out[:, i : i + 1] + b) % self.vocab
+        return out
+
+
+def tiny_settings(**overrides):
+    """TrainSettings for the tiny model: 8 sequences of 16 tokens per step, deterministic."""
+    from pythia_suite.train.loop import TrainSettings
+
+    base = dict(
+        global_batch=8,
+        micro_batch=4,
+        seq_length=SEQ,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_iters=2,
+        decay_iters=20,
+        log_interval=1,
+        deterministic=True,
+    )
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(checkpoint) / "model.safetensors"))
+
+
+def assert_weights_close(a: dict, b: dict, *, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+    """Compare two checkpoints' tensors, leaving out the attention key biases.
+
+    A key bias adds the same ``q . b_k`` to every score of a query, so softmax ignores it and its
+    true gradient is 0: what it gets is rounding noise, which Adam normalises into full-size
+    steps of either sign. It differs between any two summation orders and carries no signal.
+    """
+    heads = TINY_CONFIG["num_attention_heads"]
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if key.endswith("query_key_value.bias"):
+            x, y = x.view(heads, 3, -1)[:, [0, 2]], y.view(heads, 3, -1)[:, [0, 2]]
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- rank processes
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = mp.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(
+            ["torch", "transformers", "pythia_suite.train.loop", "train_support"]
+        )
+    return _CONTEXT
+
+
+def _worker(spec: dict) -> None:
+    """Run one rank: set the launcher's environment, train, die where ``spec['fault']`` says."""
+    torch.set_num_threads(1)
+    os.environ.update(spec.get("environ", {}))
+    fault = spec.get("fault")  # {"event": ..., "step": ..., "action": "SIGKILL"|"SIGTERM"|"raise"}
+
+    def hook(event: str, step: int) -> None:
+        if fault and event == fault["event"] and step == fault["step"]:
+            if fault["action"] == "raise":
+                raise RuntimeError(f"injected failure at {event} {step}")
+            os.kill(os.getpid(), getattr(signal, fault["action"]))
+
+    from pythia_suite.train.loop import train_segment
+
+    try:
+        train_segment(
+            TINY_CONFIG,
+            tiny_settings(**spec.get("settings", {})),
+            RandomTokens(),
+            hook=hook,
+            log=spec.get("log"),
+            **spec["segment"],
+        )
+    except BaseException:
+        traceback.print_exc()
+        os._exit(3)
+
+
+def run_ranks(
+    world_size: int, segment: dict, *, settings=None, fault=None, timeout=120, log=None
+) -> list[int]:
+    """Run ``train_segment`` as ``world_size`` rank processes (torchrun-style environment).
+
+    Returns the exit codes (negative: killed by that signal). Kills leftovers on timeout.
+    """
+    ctx = _context()
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        environ = {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        spec = {
+            "environ": environ,
+            "segment": segment,
+            "settings": settings or {},
+            "fault": fault,
+            "log": log,
+        }
+        proc = ctx.Process(target=_worker, args=(spec,))
+        proc.start()
+        procs.append(proc)
+    codes = []
+    for proc in procs:
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        codes.append(proc.exitcode)
+    return codes
