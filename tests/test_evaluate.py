@@ -291,3 +291,18 @@ def test_compare_reports_missing_and_perplexity_tolerance():
     assert ev.compare_with_reference(five, final, 1e9).passed
     strict = ev.compare_with_reference(five, final, 1e9, require_all=True)
     assert not strict.passed and any(m.startswith("crows_pairs") for m in strict.missing)
+
+
+def test_five_shot_uses_the_fewshot_pool_and_five_shot_dir(corpus, task_dir, tmp_path):
+    _, texts = corpus
+    model = make_tiny_model(tmp_path / "m", texts, seed=1)
+    written = ev.evaluate_checkpoints(
+        {8: model}, ["mini_lambada"], 5, tmp_path / "out", "mini-a", task_dir=task_dir, limit=4
+    )
+    path = written[8]
+    assert path == tmp_path / "out/mini-a/five-shot/mini-a_step8.json"
+    doc = json.loads(path.read_text())
+    assert doc["config"]["num_fewshot"] == 5 and doc["config"]["limit"] == 4
+    raw = json.loads(path.with_suffix(".raw.json").read_text())
+    assert raw["n-shot"]["mini_lambada"] == 5
+    assert raw["configs"]["mini_lambada"]["fewshot_split"] == "train"
