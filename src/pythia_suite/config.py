@@ -421,6 +421,8 @@ def neox_config(config: dict, run: Run, dataset_prefix: str | None = None) -> di
         out["bf16"] = {"enabled": True}
     out = deep_merge(out, config["neox"])
     out = deep_merge(out, size.get("neox", {}))
+    # A null in a size's `neox` removes the key: that size's original relied on the default.
+    out = {key: value for key, value in out.items() if value is not None}
     if dataset_prefix:
         for key in ("train-data-paths", "valid-data-paths", "test-data-paths"):
             out[key] = [dataset_prefix]
@@ -493,3 +495,54 @@ def write_effective_config(config: dict, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
+    """Keyword arguments for `pythia_suite.train.loop.TrainSettings` of a run.
+
+    The PyTorch backend has no tensor parallelism: every rank is data parallel, so a rank's
+    micro-batch is the size's micro_batch where it divides the per-rank share of the global
+    batch, else their greatest common divisor (gradient accumulation makes up the rest).
+    """
+    size = config["sizes"][run.size]
+    training = config["training"]
+    scaler = training["loss_scaler"]
+    per_rank, remainder = divmod(training["global_batch"], world_size(config, run.size))
+    if remainder or per_rank == 0:
+        raise ConfigError(
+            f"training.global_batch: {training['global_batch']} sequences do not split evenly "
+            f"over the {world_size(config, run.size)} ranks of sizes.{run.size}.cluster"
+        )
+    return {
+        "global_batch": training["global_batch"],
+        "micro_batch": math.gcd(per_rank, size["micro_batch"]),
+        "seq_length": config["model"]["seq_length"],
+        "lr": size["lr"],
+        "min_lr": size["min_lr"],
+        # GPT-NeoX v1.0: warmup_iter = warmup x lr_decay_iters (a float; 1430 for Pythia).
+        "warmup_iters": training["warmup"] * training["lr_decay_iters"],
+        "decay_iters": training["lr_decay_iters"],
+        "weight_decay": training["weight_decay"],
+        "adam_beta1": training["adam"]["beta1"],
+        "adam_beta2": training["adam"]["beta2"],
+        "adam_eps": training["adam"]["eps"],
+        "grad_clip": training["gradient_clipping"],
+        "init_method": size["init_method"],
+        "output_layer_init_method": size["output_layer_init_method"],
+        "weight_seed": run.weight_seed,
+        "precision": precision(config, run),
+        "loss_scale_initial": 2.0 ** scaler["initial_scale_power"],
+        "loss_scale_window": scaler["window"],
+        "loss_scale_hysteresis": scaler["hysteresis"],
+        "loss_scale_min": float(scaler["min_scale"]),
+        "spike_factor": training["spike_factor"],
+        "log_interval": training["log_interval"],
+        "state_interval": training["state_interval"],
+        "deterministic": training["deterministic"],
+    }
+
+
+def num_samples(config: dict) -> int:
+    """Samples GPT-NeoX requests for training: ceil(train_iters x global_batch x 1.005)."""
+    training = config["training"]
+    return math.ceil(training["train_iters"] * training["global_batch"] * 1.005)

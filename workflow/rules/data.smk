@@ -66,13 +66,14 @@ rule dedup_report:
         reports=[layout.dedup_shard_report(RESULTS, shard) for shard in RAW_SHARDS],
         shards=corpus_shards("standard"),
         removals=layout.dedup_removals(RESULTS),
+        edges=[layout.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
     output:
         report(layout.dedup_report(RESULTS), category="Data", labels={"stage": "dedup"}),
     log:
         log("data", "dedup_report"),
     shell:
         "{CLI} dedup-report --reports {input.reports:q} --shards {input.shards:q}"
-        " --removals {input.removals:q} --output {output:q} 2> {log:q}"
+        " --removals {input.removals:q} --edges {input.edges:q} --output {output:q} 2> {log:q}"
 
 
 if config["data"]["tokenizer"]["kind"] == "train":

@@ -1,0 +1,786 @@
+"""`pythia-suite`: the one command every workflow rule calls; every step runnable by hand.
+
+Each subcommand reads the same config as the workflow (`--config`, repeatable: overlays are
+deep-merged in order) and imports only what it needs, since torch and transformers cost seconds
+per process. Errors print one line naming the file, key or value, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pythia_suite import config as cfg
+from pythia_suite import layout
+from pythia_suite.provenance import Recorder
+
+DEFAULT_CONFIG = "config.yaml"
+HOPPER_BF16_TFLOPS = 989.0  # H100 SXM dense bf16/fp16 peak
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _results(config: dict) -> str:
+    return config["paths"]["results"]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _dump_yaml(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def _run_table(config: dict) -> list[dict]:
+    """Plain dicts describing each run, for the report and model cards."""
+    rows = []
+    for run in cfg.expand_runs(config).values():
+        total, non_embedding = cfg.parameter_counts(config, run.size)
+        size = config["sizes"][run.size]
+        rows.append(
+            {
+                **run.as_dict(),
+                "params": total,
+                "non_embedding_params": non_embedding,
+                "layers": size["layers"],
+                "hidden": size["hidden"],
+                "heads": size["heads"],
+            }
+        )
+    return rows
+
+
+def _training_samples(config: dict, run: cfg.Run):
+    """The run's token stream: GPT-NeoX order over the dataset, or the preshuffled set."""
+    results = _results(config)
+    seq_length = config["model"]["seq_length"]
+    if config["data"]["source"] == "preshuffled":
+        from pythia_suite.data.preshuffled import PreshuffledSamples
+
+        return PreshuffledSamples(layout.preshuffled_prefix(results, run.variant))
+    from pythia_suite.data.order import GPTNeoXSamples
+
+    return GPTNeoXSamples(
+        layout.dataset_prefix(results, run.variant),
+        layout.order_dir(results, run.variant, run.data_seed),
+        cfg.num_samples(config),
+        seq_length,
+        run.data_seed,
+    )
+
+
+# ----------------------------------------------------------------------------- suite commands
+
+
+def cmd_runs(config: dict, args) -> None:
+    for run in cfg.expand_runs(config).values():
+        print(run.name)
+
+
+def cmd_neox_config(config: dict, args) -> None:
+    run = cfg.get_run(config, args.run)
+    prefix = args.dataset_prefix
+    if prefix is None and config["data"]["source"] == "raw":
+        prefix = layout.dataset_prefix(_results(config), run.variant)
+    sys.stdout.write(_dump_yaml(cfg.neox_config(config, run, prefix)))
+
+
+def cmd_hf_config(config: dict, args) -> None:
+    run = cfg.get_run(config, args.run)
+    print(json.dumps(cfg.hf_config(config, run), indent=2))
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T", "P", "E"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}Z{unit}"
+
+
+def _bytes(n: float) -> str:
+    for suffix in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024:
+            return f"{n:.3g} {suffix}"
+        n /= 1024
+    return f"{n:.3g} EiB"
+
+
+def cmd_plan(config: dict, args) -> None:
+    rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    header = (
+        f"{'run':<28} {'params':>8} {'non-emb':>8} {'tokens':>8} {'FLOPs':>8} {'ckpts':>5} "
+        f"{'published':>10} {'resume (all)':>12} {'resume (kept)':>13} {'GPUs':>5} "
+        f"{'GPU-hours':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['run']:<28} {_human(r['params']):>8} {_human(r['non_embedding_params']):>8} "
+            f"{_human(r['tokens']):>8} {_human(r['train_flops']):>8} {r['checkpoints']:>5} "
+            f"{_bytes(r['published_bytes']):>10} {_bytes(r['resume_bytes_all']):>12} "
+            f"{_bytes(r['resume_bytes_kept']) + ' x' + str(r['resume_states_kept']):>13} "
+            f"{r['gpus']:>5} {r['gpu_hours']:>10,.0f}"
+        )
+    total = sum(r["gpu_hours"] for r in rows)
+    print(
+        f"\n{len(rows)} runs, {total:,.0f} GPU-hours at {args.gpu_peak_tflops:g} TFLOP/s peak and "
+        f"{args.mfu:.0%} MFU; resume states kept per run: training.keep_resume_states"
+    )
+
+
+# ----------------------------------------------------------------------------- data commands
+
+
+def cmd_fetch_shard(config: dict, args) -> None:
+    from pythia_suite.data.shards import fetch_shard
+
+    shards = config["data"]["raw"]["shards"]
+    index = int(args.shard)
+    if index >= len(shards):
+        raise cfg.ConfigError(f"data.raw.shards: no shard {args.shard} (there are {len(shards)})")
+    entry = shards[index]
+    source = entry.get("path") or entry["url"]
+    recorder = Recorder(Path(args.output), "corpus-shard", {"shard": entry})
+    sha = fetch_shard(source, args.output, sha256=entry.get("sha256"))
+    if not entry.get("sha256"):
+        _say(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": entry.get("sha256")}
+    recorder.write()
+
+
+def _dedup_params(config: dict):
+    from pythia_suite.data.dedup import DedupParams
+
+    d = config["data"]["dedup"]
+    return DedupParams(
+        threshold=d["threshold"], ngram=d["ngram"], num_perm=d["num_perm"], seed=d["seed"]
+    )
+
+
+def cmd_dedup_signatures(config: dict, args) -> None:
+    from pythia_suite.data.dedup import compute_signatures
+
+    recorder = Recorder(
+        Path(args.output), "dedup-signatures", config["data"]["dedup"], [Path(args.shard)]
+    )
+    compute_signatures(args.shard, int(args.shard_index), args.output, _dedup_params(config))
+    recorder.write()
+
+
+def cmd_dedup_buckets(config: dict, args) -> None:
+    from pythia_suite.data.dedup import bucket_band
+
+    params = _dedup_params(config)
+    groups = config["data"]["dedup"]["band_groups"]
+    group = int(args.band_group)
+    bands = [b for b in range(params.bands) if b % groups == group]
+    recorder = Recorder(
+        Path(args.output),
+        "dedup-edges",
+        config["data"]["dedup"],
+        [Path(p) for p in args.signatures],
+    )
+    bucket_band(args.signatures, bands, args.output)
+    recorder.write()
+
+
+def cmd_dedup_cluster(config: dict, args) -> None:
+    from pythia_suite.data.dedup import cluster
+
+    recorder = Recorder(
+        Path(args.output), "dedup-removals", config["data"]["dedup"], [Path(p) for p in args.edges]
+    )
+    cluster(args.edges, args.output)
+    recorder.write()
+
+
+def cmd_dedup_filter(config: dict, args) -> None:
+    from pythia_suite.data.dedup import filter_shard
+
+    inputs = [Path(args.shard), Path(args.removals)]
+    recorder = Recorder(Path(args.output), "corpus-shard-deduped", config["data"]["dedup"], inputs)
+    filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
+    recorder.write()
+
+
+def cmd_dedup_report(config: dict, args) -> None:
+    from pythia_suite.data.dedup import SampleCheck, merge_reports
+
+    check = SampleCheck(
+        shard_paths={int(Path(p).name.split(".")[0]): p for p in args.shards},
+        removals_path=args.removals,
+        edge_paths=args.edges,
+    )
+    inputs = [Path(p) for p in (*args.reports, *args.edges)]
+    recorder = Recorder(Path(args.output), "dedup-report", config["data"]["dedup"], inputs)
+    merge_reports(args.reports, args.output, sample_check=check)
+    recorder.write()
+
+
+def cmd_train_tokenizer(config: dict, args) -> None:
+    from pythia_suite.data.tokenize import train_tokenizer
+
+    tok = config["data"]["tokenizer"]
+    recorder = Recorder(Path(args.output), "tokenizer", tok, [Path(p) for p in args.shards])
+    train_tokenizer(args.shards, tok["vocab_size"], args.output)
+    recorder.write()
+
+
+def cmd_fetch_tokenizer(config: dict, args) -> None:
+    """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
+    tok = config["data"]["tokenizer"]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tok["path"]:
+        shutil.copyfile(tok["path"], tmp)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        shutil.copyfile(hf_hub_download(tok["repo"], tok["file"]), tmp)
+    tmp.replace(out)
+    Recorder(out, "tokenizer", tok).write()
+
+
+def cmd_tokenize(config: dict, args) -> None:
+    from pythia_suite.data.tokenize import tokenize_shard
+
+    recorder = Recorder(
+        Path(args.output_prefix + ".bin"),
+        "tokenized-shard",
+        config["data"]["tokenizer"],
+        [Path(args.shard), Path(args.tokenizer)],
+    )
+    stats = tokenize_shard(args.shard, args.tokenizer, args.output_prefix, workers=args.workers)
+    recorder.extra = stats
+    recorder.write()
+
+
+def cmd_merge_datasets(config: dict, args) -> None:
+    from pythia_suite.data.tokenize import merge_datasets
+
+    inputs = [Path(p + ext) for p in args.prefixes for ext in (".bin", ".idx")]
+    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", {}, inputs)
+    recorder.extra = merge_datasets(args.prefixes, args.output_prefix)
+    recorder.write()
+
+
+def cmd_build_order(config: dict, args) -> None:
+    from pythia_suite.data.order import build_index_maps
+
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    settings = {
+        "num_samples": cfg.num_samples(config),
+        "seq_length": config["model"]["seq_length"],
+        "seed": args.seed,
+    }
+    recorder = Recorder(
+        out, "index-maps", settings, [Path(args.dataset_prefix + ext) for ext in (".bin", ".idx")]
+    )
+    build_index_maps(args.dataset_prefix, tmp, **settings)
+    tmp.replace(out)
+    recorder.write()
+
+
+def cmd_fetch_preshuffled(config: dict, args) -> None:
+    from pythia_suite.data import preshuffled
+
+    repo = config["data"]["preshuffled"].get(args.variant)
+    if not repo:
+        raise cfg.ConfigError(f"data.preshuffled.{args.variant}: no repository configured")
+    download_dir = Path(args.output_prefix).parent / "download"
+    preshuffled.fetch_and_merge(
+        repo, download_dir, args.output_prefix, revision=config["data"]["preshuffled"]["revision"]
+    )
+    Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
+
+
+def cmd_batch(config: dict, args) -> None:
+    import numpy as np
+
+    run = cfg.get_run(config, args.run)
+    samples = _training_samples(config, run)
+    tokens = samples.batch(args.step, config["training"]["global_batch"])
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp.npy")
+        np.save(tmp, tokens)
+        tmp.replace(out)
+        _say(f"{out}: step {args.step} of {run.name}: tokens {tokens.shape}")
+    if args.decode:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(layout.tokenizer(_results(config)))
+        for row in tokens[: args.decode]:
+            print(tokenizer.decode(row.tolist(), skip_special_tokens=False))
+            print("-" * 72)
+
+
+def cmd_build_eval_tasks(config: dict, args) -> None:
+    from pythia_suite.evaluate import build_local_tasks
+
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    limit = config["evaluation"]["limit"] or 500
+    build_local_tasks(args.heldout, tmp, n_docs=limit, seed=1234)
+    tmp.replace(out)
+    Recorder(out, "eval-tasks", {"n_docs": limit}, [Path(args.heldout)]).write()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def cmd_train_segment(config: dict, args) -> None:
+    run = cfg.get_run(config, args.run)
+    if config["training"]["backend"] == "neox":
+        from pythia_suite.train import neox
+
+        neox.run_segment_from_config(config, run, args.step, args.output)
+        return
+    from pythia_suite.train.loop import TrainSettings, train_segment
+
+    settings = TrainSettings(**cfg.train_settings_values(config, run))
+    start_step = 0 if args.step == 0 else cfg.previous_step(config, args.step)
+    if args.step > 0 and not args.resume_from:
+        args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
+    inputs = [Path(args.resume_from)] if args.resume_from else []
+    recorder = Recorder(
+        Path(args.output),
+        "checkpoint",
+        {"run": run.as_dict(), "settings": cfg.train_settings_values(config, run)},
+        inputs,
+    )
+    state = train_segment(
+        cfg.hf_config(config, run),
+        settings,
+        _training_samples(config, run),
+        start_checkpoint=args.resume_from,
+        start_step=start_step,
+        end_step=args.step,
+        out_dir=args.output,
+        state_dir=layout.state_dir(config["paths"]["state"], run.name),
+    )
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        recorder.extra = {
+            "fingerprint": state.get("fingerprint"),
+            "world_size": state.get("world_size"),
+        }
+        recorder.write()
+
+
+# ----------------------------------------------------------------------------- export, publish
+
+
+def cmd_export(config: dict, args) -> None:
+    from pythia_suite.export import export_checkpoint
+
+    out = Path(args.output)
+    recorder = Recorder(
+        out,
+        "export",
+        {"dtype": config["publish"]["dtype"]},
+        [Path(args.checkpoint), Path(args.tokenizer)],
+    )
+    export_checkpoint(args.checkpoint, args.tokenizer, out, dtype=config["publish"]["dtype"])
+    recorder.write()
+
+
+def _repo_id(config: dict, run: cfg.Run) -> str:
+    return f"{config['suite']['hub_org']}/{run.name}"
+
+
+def cmd_publish(config: dict, args) -> None:
+    from pythia_suite import publish
+
+    run = cfg.get_run(config, args.run)
+    final = args.step == cfg.checkpoint_steps(config)[-1]
+    repo_id = _repo_id(config, run)
+    receipt = Path(args.receipt)
+    receipt.parent.mkdir(parents=True, exist_ok=True)
+    record = {"repo_id": repo_id, "branch": f"step{args.step}", "step": args.step}
+    if config["publish"]["local_hub"]:
+        cache = layout.local_hub(_results(config))
+        record["local_commit"] = publish.publish_local(
+            cache, repo_id, f"step{args.step}", args.export
+        )
+        if final:
+            publish.publish_local(cache, repo_id, "main", args.export)
+    if config["publish"]["hub"]:
+        from huggingface_hub import HfApi
+
+        hub_receipt = receipt.with_name(f".{receipt.name}.hub.json")
+        result = publish.publish_step(
+            HfApi(),
+            repo_id,
+            args.step,
+            args.export,
+            final=final,
+            receipt_path=hub_receipt,
+            private=config["publish"]["private"],
+        )
+        record["hub"] = json.loads(hub_receipt.read_text())
+        hub_receipt.unlink()
+        _say(f"{repo_id}@step{args.step}: {'uploaded' if result.sent else 'already up to date'}")
+    record["files"] = {
+        name: {"size": f.size, "sha256": f.sha256}
+        for name, f in publish.local_files(args.export).items()
+    }
+    record["verified"] = True
+    tmp = receipt.with_name(f".{receipt.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    recorder = Recorder(
+        receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
+    )
+    tmp.replace(receipt)
+    recorder.write()
+
+
+def cmd_model_card(config: dict, args) -> None:
+    from pythia_suite.modelcard import render_model_card
+
+    run = cfg.get_run(config, args.run)
+    size = config["sizes"][run.size]
+    training = config["training"]
+    total, non_embedding = cfg.parameter_counts(config, run.size)
+    info = {
+        **run.as_dict(),
+        "repo_id": _repo_id(config, run),
+        "params": total,
+        "non_embedding_params": non_embedding,
+        "layers": size["layers"],
+        "hidden": size["hidden"],
+        "heads": size["heads"],
+        "lr": size["lr"],
+        "min_lr": size["min_lr"],
+        "global_batch": training["global_batch"],
+        "seq_length": config["model"]["seq_length"],
+        "train_iters": training["train_iters"],
+        "tokens": training["train_iters"]
+        * training["global_batch"]
+        * config["model"]["seq_length"],
+        "steps": cfg.checkpoint_steps(config),
+        "precision": cfg.precision(config, run),
+        "cache_dir": layout.local_hub(_results(config)),
+    }
+    from pythia_suite.report import load_eval_points
+
+    evals = sorted(str(p) for p in Path(args.evals).rglob("*_step*.json") if ".raw." not in p.name)
+    points = load_eval_points({run.name: evals})
+    final_step = cfg.checkpoint_steps(config)[-1]
+    results = {
+        f"{p.task} {p.metric} ({p.shots}-shot)": p.value for p in points if p.step == final_step
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render_model_card(info, results or None), encoding="utf-8")
+    recorder = Recorder(out, "model-card", info, [Path(args.evals)])
+    tmp.replace(out)
+    recorder.write()
+    if config["publish"]["local_hub"]:
+        _publish_card_locally(config, run, out)
+
+
+def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
+    """Put the card on the local hub's main branch beside the final step's files."""
+    import tempfile
+
+    from pythia_suite import publish
+
+    results = _results(config)
+    final_export = Path(layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]))
+    with tempfile.TemporaryDirectory(dir=card.parent) as staging:
+        for path in final_export.iterdir():
+            if path.is_file() and path.name != "provenance.json":
+                os.link(path, Path(staging) / path.name)
+        shutil.copyfile(card, Path(staging) / "README.md")
+        publish.publish_local(layout.local_hub(results), _repo_id(config, run), "main", staging)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _eval_tasks(config: dict) -> list[str]:
+    return list(config["evaluation"]["tasks"])
+
+
+def cmd_evaluate(config: dict, args) -> None:
+    from pythia_suite.evaluate import evaluate_checkpoints
+
+    run = cfg.get_run(config, args.run)
+    shots = {"zero": 0, "five": 5}[args.shots]
+    steps = cfg.eval_batches(config, shots)[int(args.batch)]
+    if len(steps) != len(args.exports):
+        raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    local = config["evaluation"]["local_tasks"]
+    recorder = Recorder(out, "eval", config["evaluation"], [Path(p) for p in args.exports])
+    evaluate_checkpoints(
+        dict(zip(steps, args.exports, strict=True)),
+        _eval_tasks(config),
+        shots,
+        tmp,
+        run.name,
+        batch_size=config["evaluation"]["batch_size"],
+        task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
+        include_defaults=not local,
+        limit=None if local else config["evaluation"]["limit"],
+    )
+    tmp.replace(out)
+    recorder.write()
+
+
+def cmd_collect_evals(config: dict, args) -> None:
+    """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for batch in args.batches:
+        for path in Path(batch).rglob("*.json"):
+            if path.name == "provenance.json":
+                continue
+            dest = tmp / path.parent.name / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+    tmp.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(out, "evals", {}, [Path(p) for p in args.batches])
+    tmp.replace(out)
+    recorder.write()
+
+
+def cmd_verify_run(config: dict, args) -> None:
+    """Check every receipt of a run says verified, and no two branches serve the same weights
+    except where training says they must (step0 = step1: the first update has LR 0)."""
+    run = cfg.get_run(config, args.run)
+    results = _results(config)
+    steps = cfg.checkpoint_steps(config)
+    weights: dict[str, list[int]] = {}
+    for step in steps:
+        receipt = json.loads(Path(layout.receipt(results, run.name, step)).read_text())
+        if not receipt.get("verified"):
+            raise RuntimeError(f"{layout.receipt(results, run.name, step)}: not verified")
+        weights.setdefault(receipt["files"]["model.safetensors"]["sha256"], []).append(step)
+    allowed = {(0, 1)}
+    duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) not in allowed]
+    if duplicates:
+        raise RuntimeError(f"{run.name}: branches serve identical weights: steps {duplicates}")
+    out = Path(args.output)
+    out.write_text(
+        json.dumps({"run": run.name, "steps": len(steps), "identical_allowed": [[0, 1]]}) + "\n"
+    )
+
+
+def cmd_report(config: dict, args) -> None:
+    from pythia_suite.report import build_report
+
+    results = _results(config)
+    runs = _run_table(config)
+    steps = cfg.checkpoint_steps(config)
+    eval_jsons = {
+        r["name"]: sorted(
+            str(p)
+            for p in Path(layout.evals_dir(results, r["name"])).rglob("*_step*.json")
+            if ".raw." not in p.name
+        )
+        for r in runs
+    }
+    trainer_states = {
+        r["name"]: [
+            str(Path(layout.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
+            for s in steps
+        ]
+        for r in runs
+    }
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
+    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
+    build_report(runs, eval_jsons, trainer_states, tmp)
+    tmp.replace(out)
+    recorder.write()
+
+
+def cmd_verify(config: dict, args) -> None:
+    from pythia_suite.provenance import verify
+
+    result = verify(args.target)
+    for path in result.checked:
+        print(f"ok    {path}")
+    for root in result.roots:
+        print(f"root  {root}")
+    if not result.ok:
+        print(f"BREAK {result.break_}")
+        raise SystemExit(1)
+    print(f"chain intact: {len(result.checked)} records, {len(result.roots)} raw inputs")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pythia-suite", description="Rebuild the Pythia Scaling Suite from one config."
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="config file; repeat to deep-merge overlays in order (default: config.yaml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    add("runs", cmd_runs, "list the runs of the matrix")
+    p = add("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run")
+    p.add_argument("run")
+    p.add_argument("--dataset-prefix", help="data path written into the config")
+    p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
+    p.add_argument("run")
+    p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
+    p.add_argument("--gpu-peak-tflops", type=float, default=HOPPER_BF16_TFLOPS)
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (0-1)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard")
+    p.add_argument("shard", help="index into data.raw.shards, e.g. 00")
+    p.add_argument("--output", required=True)
+    p = add("dedup-signatures", cmd_dedup_signatures, "MinHash band hashes of one shard")
+    p.add_argument("shard")
+    p.add_argument("--shard-index", required=True)
+    p.add_argument("--output", required=True)
+    p = add("dedup-buckets", cmd_dedup_buckets, "candidate duplicate pairs of a group of bands")
+    p.add_argument("signatures", nargs="+")
+    p.add_argument("--band-group", required=True)
+    p.add_argument("--output", required=True)
+    p = add("dedup-cluster", cmd_dedup_cluster, "duplicate clusters -> documents to remove")
+    p.add_argument("edges", nargs="+")
+    p.add_argument("--output", required=True)
+    p = add("dedup-filter", cmd_dedup_filter, "write one shard without its duplicates")
+    p.add_argument("shard")
+    p.add_argument("--shard-index", required=True)
+    p.add_argument("--removals", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--report", required=True)
+    p = add("dedup-report", cmd_dedup_report, "merge per-shard dedup reports, check a sample")
+    p.add_argument("--reports", nargs="+", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--removals", required=True)
+    p.add_argument("--edges", nargs="+", required=True)
+    p.add_argument("--output", required=True)
+    p = add("train-tokenizer", cmd_train_tokenizer, "train a BPE with GPT-NeoX-20B's specials")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--output", required=True)
+    p = add("fetch-tokenizer", cmd_fetch_tokenizer, "copy or download the configured tokenizer")
+    p.add_argument("--output", required=True)
+    p = add("tokenize", cmd_tokenize, "tokenize one shard into a Megatron mmap dataset")
+    p.add_argument("shard")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--output-prefix", required=True)
+    p.add_argument("--workers", type=int, default=None)
+    p = add("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order")
+    p.add_argument("prefixes", nargs="+")
+    p.add_argument("--output-prefix", required=True)
+    p = add("build-order", cmd_build_order, "GPT-NeoX v1.0 index maps (the sample order)")
+    p.add_argument("--dataset-prefix", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
+    p.add_argument("variant")
+    p.add_argument("--output-prefix", required=True)
+    p = add("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run")
+    p.add_argument("run")
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--output", help="write the batch as .npy")
+    p.add_argument(
+        "--decode",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="N",
+        help="print the first N sequences as text",
+    )
+    p = add("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text")
+    p.add_argument("heldout")
+    p.add_argument("--output", required=True)
+
+    p = add("train-segment", cmd_train_segment, "train one checkpoint segment of a run")
+    p.add_argument("run")
+    p.add_argument("--step", type=int, required=True, help="the checkpoint step to produce")
+    p.add_argument("--resume-from", help="the previous checkpoint (default: from the schedule)")
+    p.add_argument("--output", required=True)
+
+    p = add("export", cmd_export, "a checkpoint as a Hugging Face model directory")
+    p.add_argument("checkpoint")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--output", required=True)
+    p = add("publish", cmd_publish, "publish one step to its branch and verify it")
+    p.add_argument("run")
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--receipt", required=True)
+    p = add("model-card", cmd_model_card, "render a run's model card")
+    p.add_argument("run")
+    p.add_argument("--evals", required=True)
+    p.add_argument("--output", required=True)
+    p = add("verify-run", cmd_verify_run, "check a run's receipts and branch uniqueness")
+    p.add_argument("run")
+    p.add_argument("--output", required=True)
+
+    p = add("evaluate", cmd_evaluate, "lm-eval on a batch of a run's checkpoints")
+    p.add_argument("run")
+    p.add_argument("--shots", choices=["zero", "five"], required=True)
+    p.add_argument("--batch", required=True)
+    p.add_argument("--exports", nargs="+", required=True)
+    p.add_argument("--output", required=True)
+    p = add("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout")
+    p.add_argument("run")
+    p.add_argument("batches", nargs="+")
+    p.add_argument("--output", required=True)
+    p = add("report", cmd_report, "plots, tables and the data-order check over all runs")
+    p.add_argument("--output", required=True)
+    p = add("verify", cmd_verify, "walk the provenance chain from an artifact to the raw data")
+    p.add_argument("target")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        config = cfg.load_config(args.config or [DEFAULT_CONFIG])
+        args.func(config, args)
+    except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"pythia-suite {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    if args.command not in ("runs", "neox-config", "hf-config", "plan", "verify"):
+        _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The one config: the suite it describes, its derived configs, and the errors it gives."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pythia_suite import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ORIGINALS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia" / "models"
+
+# Keys that name places on EleutherAI's cluster, not training behaviour.
+SITE_KEYS = {"train-data-paths", "valid-data-paths", "test-data-paths", "vocab-file"}
+# NeoX defaults the generated configs spell out (the originals rely on them).
+EXPLICIT_DEFAULTS = {"seed": 1234, "make-vocab-size-divisible-by": 128}
+SYNONYMS = {"gas": "gradient-accumulation-steps"}
+
+
+@pytest.fixture(scope="module")
+def suite() -> dict:
+    return cfg.load_config([REPO / "config.yaml"])
+
+
+@pytest.fixture(scope="module")
+def mini() -> dict:
+    return cfg.load_config([REPO / "config.yaml", REPO / "config" / "mini.yaml"])
+
+
+def normalise(neox: dict) -> dict:
+    """GPT-NeoX accepts '-' and '_' alike, and 'gas' for gradient accumulation."""
+    out = {}
+    for key, value in neox.items():
+        key = key.replace("_", "-")
+        key = SYNONYMS.get(key, key)
+        out[key] = normalise(value) if isinstance(value, dict) else value
+    return out
+
+
+def read_original(path: Path) -> dict:
+    text = path.read_text()
+    # Erratum 2: pythia-12b.yml lacks the comma after "attention-config" (not valid YAML).
+    text = re.sub(r'("attention-config": \[\[\["flash"\], \d+\]\])\s*\n', r"\1,\n", text)
+    return yaml.safe_load(text)
+
+
+def original_config_path(run: cfg.Run) -> Path:
+    folder = {"1.4b": "1.4B", "2.8b": "2.8B", "6.9b": "6.9B"}.get(run.size, run.size.upper())
+    return ORIGINALS / folder / f"{run.name}.yml"
+
+
+def apply_errata(run: cfg.Run, original: dict) -> dict:
+    fixed = copy.deepcopy(original)
+    if run.size in ("6.9b", "12b"):  # erratum 1: no init method set, GPT-NeoX's defaults used
+        fixed["init_method"], fixed["output_layer_init_method"] = "normal", "scaled_normal"
+    if run.name == "pythia-12b-deduped":  # erratum 2: 36 layers / 40 heads, not 40 / 36
+        fixed["num-layers"], fixed["num-attention-heads"] = 36, 40
+    if run.name == "pythia-1b":  # erratum 3: standard 1b trained in bf16
+        del fixed["fp16"]
+        fixed["bf16"] = {"enabled": True}
+    return fixed
+
+
+def test_default_matrix_is_the_16_run_suite(suite):
+    runs = cfg.expand_runs(suite)
+    sizes = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]
+    expected = [f"pythia-{s}{v}" for s in sizes for v in ("", "-deduped")]
+    assert list(runs) == expected
+
+
+def test_checkpoint_schedule_is_pythias_154_steps(suite):
+    steps = cfg.checkpoint_steps(suite)
+    assert len(steps) == 154
+    assert steps[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
+    assert steps[-1] == 143000 and all(
+        b - a == 1000 for a, b in zip(steps[11:], steps[12:], strict=False)
+    )
+
+
+def test_eval_schedule_is_pythias(suite):
+    assert len(suite["evaluation"]["zero_shot_steps"]) == 27
+    assert len(suite["evaluation"]["five_shot_steps"]) == 15
+
+
+@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
+@pytest.mark.parametrize(
+    "run_name",
+    [
+        f"pythia-{s}{v}"
+        for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+        for v in ("", "-deduped")
+    ],
+)
+def test_neox_config_equals_original_training_config(suite, run_name):
+    run = cfg.get_run(suite, run_name)
+    ours = normalise(cfg.neox_config(suite, run))
+    original = normalise(apply_errata(run, read_original(original_config_path(run))))
+    for key in SITE_KEYS:
+        original.pop(key, None)
+        ours.pop(key, None)
+    for key, value in EXPLICIT_DEFAULTS.items():
+        assert ours.pop(key) == value
+    assert ours == original
+
+
+@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
+@pytest.mark.parametrize("size", ["14m", "31m"])
+def test_small_sizes_match_their_original_configs(suite, size):
+    config = copy.deepcopy(suite)
+    config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
+    run = cfg.get_run(config, f"pythia-{size}")
+    ours = normalise(cfg.neox_config(config, run))
+    original = normalise(read_original(ORIGINALS / size.upper() / f"pythia-{size}.yml"))
+    for key in SITE_KEYS | {"launcher", "deepspeed-slurm"}:
+        original.pop(key, None)
+        ours.pop(key, None)
+    for key in EXPLICIT_DEFAULTS:
+        ours.pop(key)
+    assert ours == original
+
+
+@pytest.mark.parametrize(
+    "size", ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]
+)
+def test_hf_config_builds_a_model_with_the_published_parameter_counts(suite, size):
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = copy.deepcopy(suite)
+    config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
+    run = cfg.get_run(config, f"pythia-{size}")
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**cfg.hf_config(config, run)))
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = (
+        model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    )
+    published = suite["sizes"][size]["published_params"]
+    assert total == published["total"]
+    assert total - embeddings == published["non_embedding"]
+    assert cfg.parameter_counts(config, size) == (published["total"], published["non_embedding"])
+
+
+def test_mini_overlay_keeps_the_log_spaced_early_checkpoints(mini):
+    assert cfg.checkpoint_steps(mini) == [0, 1, 2, 4, 8, 16, 32, 64, 96, 128]
+    assert len(cfg.expand_runs(mini)) == 4
+
+
+def test_polypythia_seeds_are_a_config_change(suite):
+    config = copy.deepcopy(suite)
+    config["matrix"] = [
+        {"sizes": ["410m"], "variants": ["standard"], "seeds": ["seed3"]},
+        {"sizes": ["160m"], "variants": ["standard"], "seeds": ["data-seed1", "weight-seed2"]},
+    ]
+    cfg.check_config(config)
+    runs = cfg.expand_runs(config)
+    assert list(runs) == ["pythia-410m-seed3", "pythia-160m-data-seed1", "pythia-160m-weight-seed2"]
+    assert runs["pythia-160m-data-seed1"].data_seed == 1
+    assert runs["pythia-160m-data-seed1"].weight_seed == 1234
+    assert cfg.neox_config(config, runs["pythia-160m-weight-seed2"])["seed"] == 2
+
+
+def test_precision_per_variant_encodes_erratum_3(suite):
+    assert cfg.precision(suite, cfg.get_run(suite, "pythia-1b")) == "bf16"
+    assert cfg.precision(suite, cfg.get_run(suite, "pythia-1b-deduped")) == "fp16"
+
+
+def test_plan_rows(suite):
+    rows = {r["run"]: r for r in cfg.plan_rows(suite, 989.0, 0.4)}
+    row = rows["pythia-12b"]
+    assert row["tokens"] == 299_892_736_000
+    assert row["checkpoints"] == 154
+    assert row["resume_bytes_all"] == 11_846_072_320 * 16 * 154  # ~29 TB for one 12b run
+    assert row["resume_bytes_kept"] == 11_846_072_320 * 16 * suite["training"]["keep_resume_states"]
+    assert row["gpus"] == 256 and row["gpu_hours"] > 0
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def write_overlay(tmp_path: Path, overlay: dict) -> Path:
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (
+            {"training": {"global_batch": "many"}},
+            r"training\.global_batch: 'many' is not of type 'integer'",
+        ),
+        ({"sizes": {"70m": {"layers": 6.5}}}, r"sizes\.70m\.layers: 6\.5 is not of type 'integer'"),
+        (
+            {"training": {"checkpoint": {"factor": 10}}},
+            r"training: Additional properties .*'checkpoint'",
+        ),
+        ({"matrix": [{"sizes": ["3b"]}]}, r"matrix\[0\]\.sizes: '3b' is not defined under 'sizes'"),
+        (
+            {"sizes": {"410m": {"micro_batch": 16}}},
+            r"sizes\.410m: micro_batch x gas x GPUs / tensor_parallel = 16 x 1 x 32 / 1 = 512, "
+            r"but training\.global_batch is 1024",
+        ),
+        (
+            {"training": {"checkpoints": {"extra": [0, 150000]}}},
+            r"training\.checkpoints\.extra: step 150000 is beyond training\.train_iters \(143000\)",
+        ),
+        (
+            {"evaluation": {"five_shot_steps": [3500]}},
+            r"evaluation\.five_shot_steps: step 3500 is not a checkpoint step",
+        ),
+        ({"data": {"source": "torrent"}}, r"data\.source: 'torrent' is not one of"),
+    ],
+)
+def test_bad_configs_are_rejected_naming_the_key(tmp_path, overlay, message):
+    with pytest.raises(cfg.ConfigError, match=message) as err:
+        cfg.load_config([REPO / "config.yaml", write_overlay(tmp_path, overlay)])
+    assert "overlay.yaml" in str(err.value)
+
+
+def test_unreadable_config_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(cfg.ConfigError, match="bad.yaml: not valid YAML"):
+        cfg.load_config([bad])
+    with pytest.raises(cfg.ConfigError, match="missing.yaml: cannot read config file"):
+        cfg.load_config([tmp_path / "missing.yaml"])
+
+
+def test_cli_subcommands_share_the_config_and_fail_clearly(tmp_path, capsys):
+    from pythia_suite.cli import main
+
+    assert main(["--config", str(REPO / "config.yaml"), "hf-config", "pythia-70m"]) == 0
+    assert '"hidden_size": 512' in capsys.readouterr().out
+    overlay = write_overlay(tmp_path, {"sizes": {"70m": {"hidden": 500}}})
+    assert (
+        main(
+            [
+                "--config",
+                str(REPO / "config.yaml"),
+                "--config",
+                str(overlay),
+                "hf-config",
+                "pythia-70m",
+            ]
+        )
+        == 1
+    )
+    assert "sizes.70m.hidden: 500 is not divisible by heads 8" in capsys.readouterr().err
+    assert main(["--config", str(REPO / "config.yaml"), "neox-config", "pythia-3b"]) == 1
+    assert "no run named 'pythia-3b'" in capsys.readouterr().err
