@@ -228,19 +228,23 @@ start_slurmdbd() {
     wait_for "slurmdbd" "$STATE/log/slurmdbd.log" sacctmgr -n show cluster
 }
 
+# sacctmgr with a deadline: a slurmdbd that died after starting must not hang `start`.
+sacctmgr_t() { timeout 60 sacctmgr "$@" || die "sacctmgr $* failed or took over 60 s"; }
+
 ensure_associations() {
-    if [[ -z "$(sacctmgr -nP show cluster "$CLUSTER" format=cluster)" ]]; then
+    if [[ -z "$(sacctmgr_t -nP show cluster "$CLUSTER" format=cluster)" ]]; then
         log "registering cluster $CLUSTER"
-        sacctmgr -i add cluster "$CLUSTER" >/dev/null
+        sacctmgr_t -i add cluster "$CLUSTER" >/dev/null
     fi
-    if [[ -z "$(sacctmgr -nP show account "$ACCOUNT" format=account)" ]]; then
-        sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" \
+    if [[ -z "$(sacctmgr_t -nP show account "$ACCOUNT" format=account)" ]]; then
+        sacctmgr_t -i add account "$ACCOUNT" Cluster="$CLUSTER" \
             Description="pythia-suite jobs" Organization=pythia >/dev/null
     fi
-    if [[ -z "$(sacctmgr -nP show assoc where user=root account="$ACCOUNT" format=user)" ]]; then
-        sacctmgr -i add user root Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null
+    if [[ -z "$(sacctmgr_t -nP show assoc where user=root account="$ACCOUNT" format=user)" ]]; then
+        sacctmgr_t -i add user root Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null
     fi
-    sacctmgr -i modify user root set DefaultAccount="$ACCOUNT" >/dev/null 2>&1 || true
+    # "Nothing modified" (already the default) exits non-zero: not an error.
+    timeout 60 sacctmgr -i modify user root set DefaultAccount="$ACCOUNT" >/dev/null 2>&1 || true
 }
 
 start_slurmctld() {
