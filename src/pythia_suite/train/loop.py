@@ -70,9 +70,18 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-# Settings that change how a segment is observed, not what it computes: a rerun may change them
-# and still resume from the snapshots.
-_COSMETIC_SETTINGS = ("log_interval", "state_interval", "spike_factor", "spike_window")
+# Settings left out of the segment key: how the segment is observed (logging, snapshots, spike
+# detection) and how each global batch is laid out over ranks and micro-steps (like the world
+# size, these change rounding, not the mathematics), so a rerun may change them and still resume.
+_NOT_IN_SEGMENT_KEY = (
+    "log_interval",
+    "state_interval",
+    "spike_factor",
+    "spike_window",
+    "micro_batch",
+    "deterministic",
+    "zero_optimizer",
+)
 
 
 class BatchSource(Protocol):
@@ -176,7 +185,7 @@ def segment_key(
     every setting that changes the computation. Not the world size: any world size resumes.
     """
     computed = {
-        k: v for k, v in dataclasses.asdict(settings).items() if k not in _COSMETIC_SETTINGS
+        k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_SEGMENT_KEY
     }
     identity = {
         "start": start_state,
@@ -464,10 +473,11 @@ def train_segment(
 
         train_model = model
         if env.world_size > 1:
+            # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
             train_model = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[device] if device.type == "cuda" else None,
-                broadcast_buffers=False,
+                forward_sync_buffers=False,
             )
         autocast = _autocast_factory(settings.precision, device)
         params = [p for p in model.parameters()]
