@@ -122,3 +122,14 @@ def test_missing_key_is_named() -> None:
         render_model_card(run)
     with pytest.raises(ModelCardError, match="'steps' must be a non-empty list of int"):
         render_model_card(RUN_410M | {"steps": []})
+
+
+def test_lead_style_run_dict_and_flat_results() -> None:
+    run = {k: v for k, v in RUN_410M.items() if k != "batch"} | {
+        "global_batch": 1024,
+        "cache_dir": "/results/hub",
+    }
+    card = render_model_card(run, {"piqa acc (0-shot)": 0.6676, "sciq acc (5-shot)": 0.811})
+    assert "| Batch size (sequences) | 1024 |" in card
+    assert "| piqa acc (0-shot) |  | 0.6676 |  |" in card
+    assert card.count('cache_dir="/results/hub"') == 2

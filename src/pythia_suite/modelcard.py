@@ -14,7 +14,7 @@ key                       required  meaning
 ``hidden``                yes       model dimension
 ``heads``                 yes       attention heads
 ``lr``                    yes       peak learning rate
-``batch``                 yes       global batch, in sequences
+``batch``                 yes       global batch, in sequences (``global_batch`` accepted too)
 ``seq_length``            yes       sequence length, in tokens
 ``train_iters``           yes       training iterations
 ``steps``                 yes       checkpoint steps (list of int); the last is ``main``
@@ -29,10 +29,12 @@ key                       required  meaning
 ``seed``                  no        data / init seed
 ``tokenizer``             no        tokenizer description (default: the GPT-NeoX-20B BPE)
 ``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
+``cache_dir``             no        quickstart ``cache_dir`` (default ``./{name}/step{N}``)
 ========================  ========  =====================================================
 
-``results`` is either ``{task: {metric: value}}`` (Pythia's result files' ``"results"``)
-or an lm-eval output dict with a ``"results"`` key (metric names like ``"acc,none"``).
+``results`` is ``{task: {metric: value}}`` (Pythia's result files' ``"results"``), an lm-eval
+output dict with a ``"results"`` key (metric names like ``"acc,none"``), or a flat
+``{label: value}`` (e.g. ``{"piqa acc (0-shot)": 0.62}``).
 A ``<metric>_stderr`` / ``<metric>_stderr,<filter>`` entry is shown beside its metric.
 """
 
@@ -105,8 +107,11 @@ def _metric_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for task in sorted(results):
         metrics = results[task]
+        if isinstance(metrics, int | float) and not isinstance(metrics, bool):
+            rows.append((task, "", f"{metrics:.4f}", ""))  # flat {label: value}
+            continue
         if not isinstance(metrics, Mapping):
-            raise ModelCardError(f"results[{task!r}]: expected a mapping of metrics")
+            raise ModelCardError(f"results[{task!r}]: expected a number or a mapping of metrics")
         for key in sorted(metrics):
             name, _, filt = key.partition(",")
             value = metrics[key]
@@ -143,6 +148,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     Raises:
         ModelCardError: a required key is missing or ``steps``/``results`` is malformed.
     """
+    if run.get("batch") is None and run.get("global_batch") is not None:
+        run = {**run, "batch": run["global_batch"]}
     _check(run)
     steps = sorted(run["steps"])
     final = steps[-1]
@@ -214,18 +221,19 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
             "lm-evaluation-harness:\n\n" + _table(("Task", "Metric", "Value", "Stderr"), rows)
         )
 
+    cache_dir = run.get("cache_dir") or f"./{name}/step{example}"
     quickstart = f"""```python
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 model = GPTNeoXForCausalLM.from_pretrained(
     "{repo_id}",
     revision="step{example}",
-    cache_dir="./{name}/step{example}",
+    cache_dir="{cache_dir}",
 )
 tokenizer = AutoTokenizer.from_pretrained(
     "{repo_id}",
     revision="step{example}",
-    cache_dir="./{name}/step{example}",
+    cache_dir="{cache_dir}",
 )
 
 inputs = tokenizer("Hello, I am", return_tensors="pt")
