@@ -387,7 +387,8 @@ def main() -> None:
             f"identical sets: {ours_removed == ds_removed}"
         )
         report = json.loads((tmp / "work" / "report.json").read_text())
-        print("verification:", json.dumps(report["verification"]["removed_vs_kept"]))
+        for kind in ("removed_vs_kept", "candidate_pairs", "random_pairs"):
+            print(f"verification {kind}:", json.dumps(report["verification"][kind]))
 
         sig = next(m for n, m in rows if n.endswith("signatures"))
         band = next(m for n, m in rows if n.endswith("bucket (1 band)"))
