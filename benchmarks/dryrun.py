@@ -1,0 +1,90 @@
+"""Full-suite dry run: wall time and peak memory, against a bare Snakefile of the same shape.
+
+    python benchmarks/dryrun.py [--repeat 3]
+
+Runs `snakemake --profile profiles/slurm -n all` from the repository root and
+`snakemake -n` on benchmarks/bare_dryrun/Snakefile, each as a child process, and reports the
+best wall time and the peak resident memory (ru_maxrss of the child) over the repeats, with
+the number of jobs planned. Goal: the suite's dry run <= 1.5x the bare one and <= 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, jobs planned) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out, _ = proc.communicate()
+    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    jobs = re.search(r"^total\s+(\d+)", out, re.M)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, rss, int(jobs.group(1)) if jobs else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    snakemake = shutil.which("snakemake") or sys.exit("snakemake not on PATH")
+    rows = []
+    with tempfile.TemporaryDirectory() as bare_dir:
+        shutil.copy(REPO / "benchmarks" / "bare_dryrun" / "Snakefile", bare_dir)
+        cases = [
+            ("bare Snakefile, same shape", [snakemake, "-n", "--quiet", "rules"], Path(bare_dir)),
+            (
+                "suite: --profile profiles/slurm -n all",
+                [snakemake, "--profile", "profiles/slurm", "-n", "--quiet", "rules", "all"],
+                REPO,
+            ),
+        ]
+        for label, cmd, cwd in cases:
+            best = None
+            for _ in range(args.repeat):
+                # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure
+                # each case in a fresh interpreter so the peaks do not mix.
+                probe = subprocess.run(
+                    [sys.executable, __file__, "--one", *cmd],
+                    cwd=cwd,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                wall, rss, jobs = map(float, probe.stdout.split())
+                if best is None or wall < best[0]:
+                    best = (wall, rss, int(jobs))
+            rows.append((label, *best))
+    print(f"{'case':<42} {'jobs':>6} {'wall s':>8} {'peak MiB':>9}")
+    for label, wall, rss, jobs in rows:
+        print(f"{label:<42} {jobs:>6} {wall:>8.1f} {rss:>9.0f}")
+    (_, bare_wall, bare_rss, _), (_, wall, rss, _) = rows
+    print(
+        f"\nratio suite/bare: time {wall / bare_wall:.2f}x, memory {rss / bare_rss:.2f}x "
+        f"(goal <= 1.5x and <= 1024 MiB)"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        wall, rss, jobs = measure(sys.argv[2:], Path.cwd())
+        print(wall, rss, jobs)
+    else:
+        main()
