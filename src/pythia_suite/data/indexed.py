@@ -158,6 +158,25 @@ class IndexedDatasetWriter:
         self.add_item(tokens)
         self.end_document()
 
+    def add_documents(self, tokens: np.ndarray, sizes: np.ndarray) -> None:
+        """Append many single-item documents at once: ``tokens`` is their concatenation in this
+        writer's dtype, ``sizes`` the length of each.
+
+        Raises:
+            ValueError: ``tokens`` has another dtype, or ``sizes`` does not sum to its length.
+        """
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if tokens.dtype != self.dtype:
+            raise ValueError(f"{self._bin_path}: tokens are {tokens.dtype}, expected {self.dtype}")
+        if tokens.ndim != 1 or int(sizes.sum()) != tokens.size:
+            raise ValueError(
+                f"{self._bin_path}: sizes sum to {int(sizes.sum())} but {tokens.size} tokens given"
+            )
+        first = len(self._sizes)
+        self._bin.write(tokens.tobytes())
+        self._sizes.extend(sizes.tolist())
+        self._doc_idx.extend(range(first + 1, first + 1 + sizes.size))
+
     def add_items_from(self, dataset: IndexedDataset, chunk_items: int = 65536) -> None:
         """Append every item and document boundary of ``dataset``, copying ``.bin`` bytes in
         chunks (never the whole dataset in memory).
