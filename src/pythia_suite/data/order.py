@@ -1,0 +1,560 @@
+"""GPT-NeoX v1.0's training sample order, rebuilt exactly, plus a batch viewer and fingerprints.
+
+GPT-NeoX v1.0 (the version Pythia was trained with) turns a Megatron mmap dataset into
+``seq_length + 1``-token samples through three "index maps", built once by
+``megatron/data/gpt2_dataset.py::_build_index_mappings`` and cached as ``.npy`` files:
+
+``doc_idx`` (int32, ``num_epochs * num_documents``)
+    ``arange(num_documents)`` repeated ``num_epochs`` times, flattened, cast to int32 and shuffled
+    in place by ``np.random.RandomState(seed).shuffle``: all epochs are shuffled together.
+``sample_idx`` (int32, ``(total_samples + 1, 2)``)
+    Row ``j`` is ``(position in doc_idx, token offset in that document)`` of the first token of
+    sample ``j`` in the concatenation of the documents in ``doc_idx`` order. Sample ``j`` spans the
+    tokens ``[j * seq_length, (j + 1) * seq_length]`` of that stream (both ends included), so
+    consecutive samples share one token. ``total_samples = (num_epochs * tokens_per_epoch - 1)
+    // seq_length``: every sample that fits the epochs, not only the ``num_samples`` requested.
+``shuffle_idx`` (uint32, or int64 when ``total_samples >= 2**32 - 2``, ``total_samples``)
+    ``arange(total_samples)`` shuffled by the *same* RandomState, after ``doc_idx``.
+
+Global sample ``i`` of training is sample ``shuffle_idx[i]``; iteration ``s`` consumes global
+samples ``[s * B, (s + 1) * B)`` whatever the number of GPUs. ``num_epochs`` is the smallest ``e``
+with ``(e * tokens_per_epoch - 1) // seq_length >= num_samples``; GPT-NeoX's caller requests
+``num_samples = ceil(train_iters * global_batch * 1.005)``.
+
+This module mirrors GPT-NeoX's Python code line by line for ``doc_idx`` and ``shuffle_idx`` (the
+two RandomState shuffles *are* the order: they cannot be replaced by anything faster), and
+replaces the C++ ``helpers.build_sample_idx`` loop by a vectorised equivalent: the document
+containing stream position ``p`` is found with a cumulative sum of document lengths and
+``searchsorted``, processed in chunks of ``doc_idx`` so memory stays below GPT-NeoX's own peak.
+
+Details taken on trust or reasoned out rather than read in the v1.0 tag itself (the source read
+was GPT-NeoX ``main`` of 2023, whose functions for the "packed" path are the same code):
+
+* The cache file names use ``name = "train_0"``: GPT-NeoX builds one dataset per entry of
+  ``train-data-paths`` and names it ``f"train_{i}"``; Pythia's configs give one path. With the
+  ``data-path`` + ``split`` form GPT-NeoX names it ``"train"``; pass ``name=`` for that.
+* ``sample_idx`` is int32 as in v1.0's ``build_sample_idx`` (later versions switch to int64 for
+  huge maps). v1.0 would silently wrap past 2**31 - 1; we raise instead.
+* ``len(GPTNeoXSamples)`` mirrors ``GPT2Dataset.__len__`` = ``min(len(shuffle_idx) - 1,
+  len(sample_idx) - 1)``: the last shuffled sample is never served by GPT-NeoX.
+* ``RandomState.shuffle`` is numpy's frozen legacy algorithm, so numpy 2.x reproduces the
+  permutation numpy 1.x produced in 2022; it depends on the array length only, not its dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_NAME",
+    "IndexMapPaths",
+    "IndexMapError",
+    "GPTNeoXSamples",
+    "SampleBatches",
+    "build_doc_idx",
+    "build_index_maps",
+    "build_sample_idx",
+    "build_shuffle_idx",
+    "compute_index_maps",
+    "fingerprint",
+    "fingerprint_steps",
+    "index_map_paths",
+    "num_epochs",
+    "total_samples",
+]
+
+#: GPT-NeoX names the training dataset built from ``train-data-paths[0]`` "train_0".
+DEFAULT_NAME = "train_0"
+
+# Documents per chunk when building sample_idx: ~100 MB of temporaries per chunk.
+_SAMPLE_IDX_CHUNK = 1 << 23
+
+
+class IndexMapError(ValueError):
+    """Raised when a dataset or a cached index map cannot be used; the message names the file."""
+
+
+class IndexMapPaths(NamedTuple):
+    """The three cached index maps of one (dataset, num_samples, seq_length, seed)."""
+
+    doc_idx: Path
+    sample_idx: Path
+    shuffle_idx: Path
+
+
+# --------------------------------------------------------------------------------------------
+# The pure computation (no files)
+# --------------------------------------------------------------------------------------------
+
+
+def num_epochs(tokens_per_epoch: int, seq_length: int, num_samples: int) -> int:
+    """Smallest ``e >= 1`` with ``(e * tokens_per_epoch - 1) // seq_length >= num_samples``.
+
+    Closed form of GPT-NeoX's ``_num_epochs`` loop. Raises ``ValueError`` when the dataset has
+    no tokens (GPT-NeoX would loop forever).
+    """
+    tokens_per_epoch, seq_length, num_samples = (
+        int(tokens_per_epoch),
+        int(seq_length),
+        int(num_samples),
+    )
+    if tokens_per_epoch <= 0:
+        raise ValueError(f"tokens_per_epoch must be positive, got {tokens_per_epoch}")
+    if seq_length <= 1 or num_samples < 0:
+        raise ValueError(
+            f"need seq_length > 1 and num_samples >= 0, got {seq_length}, {num_samples}"
+        )
+    # (e*T - 1) // sl >= n  <=>  e*T - 1 >= n*sl  <=>  e >= (n*sl + 1) / T
+    return max(1, -(-(num_samples * seq_length + 1) // tokens_per_epoch))
+
+
+def total_samples(tokens_per_epoch: int, seq_length: int, epochs: int) -> int:
+    """Samples that fit ``epochs`` epochs: ``(epochs * tokens_per_epoch - 1) // seq_length``."""
+    return (int(epochs) * int(tokens_per_epoch) - 1) // int(seq_length)
+
+
+def build_doc_idx(num_documents: int, epochs: int, rng: np.random.RandomState) -> np.ndarray:
+    """GPT-NeoX's ``_build_doc_idx`` for ``documents = arange(num_documents)``.
+
+    ``arange`` tiled ``epochs`` times, as int32, shuffled in place by ``rng`` (first RNG use).
+    GPT-NeoX builds it through ``np.mgrid`` (two int64 copies); the values are the same.
+    """
+    if num_documents * epochs > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"{num_documents} documents x {epochs} epochs overflow GPT-NeoX v1.0's int32 doc_idx"
+        )
+    doc_idx = np.tile(np.arange(num_documents, dtype=np.int32), epochs)
+    rng.shuffle(doc_idx)
+    return doc_idx
+
+
+def build_sample_idx(
+    sizes: np.ndarray,
+    doc_idx: np.ndarray,
+    seq_length: int,
+    epochs: int,
+    tokens_per_epoch: int,
+) -> np.ndarray:
+    """Vectorised equivalent of GPT-NeoX's C++ ``helpers.build_sample_idx`` (int32 result).
+
+    Row ``j >= 1`` holds the document (position in ``doc_idx``) and offset of stream position
+    ``j * seq_length``: the document ``k`` with ``start_k <= j * seq_length < end_k``. Empty
+    documents are skipped exactly as the C++ loop skips them; row 0 is always ``(0, 0)``.
+    """
+    count = total_samples(tokens_per_epoch, seq_length, epochs)
+    if count < 0:
+        raise ValueError("the dataset holds no tokens")
+    if len(doc_idx) > np.iinfo(np.int32).max:
+        raise ValueError(f"doc_idx of {len(doc_idx)} entries overflows an int32 sample_idx")
+    sample_idx = np.empty((count + 1, 2), dtype=np.int32)
+    sample_idx[0] = (0, 0)
+    next_row = 1  # first row not yet filled
+    stream_pos = 0  # stream position where the current chunk starts
+    for chunk_start in range(0, len(doc_idx), _SAMPLE_IDX_CHUNK):
+        if next_row > count:
+            break
+        lengths = sizes[doc_idx[chunk_start : chunk_start + _SAMPLE_IDX_CHUNK]].astype(np.int64)
+        ends = np.cumsum(lengths)
+        ends += stream_pos
+        chunk_end = int(ends[-1])
+        last_row = min(count, (chunk_end - 1) // seq_length)  # last row whose position < chunk_end
+        if last_row >= next_row:
+            positions = np.arange(next_row, last_row + 1, dtype=np.int64)
+            positions *= seq_length
+            docs = np.searchsorted(ends, positions, side="right")  # first doc ending after pos
+            starts = ends[docs] - lengths[docs]
+            rows = sample_idx[next_row : last_row + 1]
+            rows[:, 0] = docs + chunk_start
+            rows[:, 1] = positions - starts
+            next_row = last_row + 1
+        stream_pos = chunk_end
+    if next_row != count + 1:  # only possible if sizes disagree with tokens_per_epoch
+        raise ValueError(
+            f"doc_idx holds fewer tokens than {epochs} x {tokens_per_epoch}: "
+            f"filled {next_row} of {count + 1} sample_idx rows"
+        )
+    return sample_idx
+
+
+def build_shuffle_idx(size: int, rng: np.random.RandomState) -> np.ndarray:
+    """GPT-NeoX's ``_build_shuffle_idx``: ``arange(size)`` (uint32, int64 if huge), shuffled."""
+    dtype = np.uint32 if size < np.iinfo(np.uint32).max - 1 else np.int64
+    shuffle_idx = np.arange(size, dtype=dtype)
+    rng.shuffle(shuffle_idx)
+    return shuffle_idx
+
+
+def compute_index_maps(
+    sizes: np.ndarray, num_samples: int, seq_length: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(doc_idx, sample_idx, shuffle_idx)`` in memory, for the item ``sizes`` of a dataset."""
+    sizes = _as_int32_sizes(sizes)
+    tokens_per_epoch = int(sizes.sum(dtype=np.int64))
+    epochs = num_epochs(tokens_per_epoch, seq_length, num_samples)
+    rng = np.random.RandomState(seed=seed)
+    doc_idx = build_doc_idx(len(sizes), epochs, rng)
+    sample_idx = build_sample_idx(sizes, doc_idx, seq_length, epochs, tokens_per_epoch)
+    shuffle_idx = build_shuffle_idx(sample_idx.shape[0] - 1, rng)
+    return doc_idx, sample_idx, shuffle_idx
+
+
+def _as_int32_sizes(sizes: np.ndarray) -> np.ndarray:
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 1 or len(sizes) == 0:
+        raise ValueError(f"sizes must be a non-empty 1-D array, got shape {sizes.shape}")
+    if sizes.dtype != np.int32:
+        if sizes.min() < 0 or sizes.max() > np.iinfo(np.int32).max:
+            raise ValueError("document sizes must fit int32 (GPT-NeoX's sizes dtype)")
+        sizes = sizes.astype(np.int32)
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# The cache, under GPT-NeoX's file names
+# --------------------------------------------------------------------------------------------
+
+
+def index_map_paths(
+    dataset_prefix: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    seq_length: int,
+    seed: int,
+    name: str = DEFAULT_NAME,
+) -> IndexMapPaths:
+    """GPT-NeoX's cache file names, placed in ``out_dir``.
+
+    ``{basename(prefix)}_{name}_indexmap_{num_samples}ns_{seq_length}sl_{seed}s_{doc,sample,
+    shuffle}_idx.npy``. GPT-NeoX v1.0 looks for them next to the dataset (``out_dir`` =
+    the prefix's directory); copy or link them there for it to reuse them.
+    """
+    stem = (
+        f"{Path(dataset_prefix).name}_{name}_indexmap_"
+        f"{int(num_samples)}ns_{int(seq_length)}sl_{int(seed)}s"
+    )
+    out_dir = Path(out_dir)
+    return IndexMapPaths(
+        *(out_dir / f"{stem}_{kind}_idx.npy" for kind in ("doc", "sample", "shuffle"))
+    )
+
+
+def build_index_maps(
+    dataset_prefix: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    seq_length: int,
+    seed: int,
+    *,
+    name: str = DEFAULT_NAME,
+) -> IndexMapPaths:
+    """Build (or reuse) GPT-NeoX v1.0's index maps of the dataset ``{dataset_prefix}.idx``.
+
+    A complete, consistent cache in ``out_dir`` is reused. An unreadable or inconsistent one
+    (truncated file, wrong dtype or shape) is rebuilt with a ``UserWarning`` naming the file.
+    Each file is written under a temporary name and renamed when complete, ``shuffle_idx`` last.
+    Raises ``IndexMapError`` naming the ``.idx`` file when the dataset cannot be read.
+    """
+    paths = index_map_paths(dataset_prefix, out_dir, num_samples, seq_length, seed, name)
+    sizes = read_sizes(dataset_prefix)
+    tokens_per_epoch = int(sizes.sum(dtype=np.int64))
+    if tokens_per_epoch == 0:
+        raise IndexMapError(f"{dataset_prefix}.idx: the dataset holds no tokens")
+    epochs = num_epochs(tokens_per_epoch, seq_length, num_samples)
+    expected = _expected_shapes(
+        len(sizes), epochs, total_samples(tokens_per_epoch, seq_length, epochs)
+    )
+    problem = _cache_problem(paths, expected)
+    if problem is None:
+        return paths
+    if any(p.exists() for p in paths):
+        warnings.warn(f"rebuilding GPT-NeoX index maps: {problem}", stacklevel=2)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    # Same steps and RNG order as GPT-NeoX; each array is saved and dropped as soon as possible
+    # so that at most doc_idx + sample_idx (or sample_idx + shuffle_idx) are alive at once.
+    rng = np.random.RandomState(seed=seed)
+    doc_idx = build_doc_idx(len(sizes), epochs, rng)
+    sample_idx = build_sample_idx(sizes, doc_idx, seq_length, epochs, tokens_per_epoch)
+    tmp_doc = _save_tmp(paths.doc_idx, doc_idx)
+    del doc_idx
+    tmp_sample = _save_tmp(paths.sample_idx, sample_idx)
+    shuffle_idx = build_shuffle_idx(sample_idx.shape[0] - 1, rng)
+    del sample_idx
+    tmp_shuffle = _save_tmp(paths.shuffle_idx, shuffle_idx)
+    del shuffle_idx
+    for tmp, final in zip((tmp_doc, tmp_sample, tmp_shuffle), paths, strict=True):
+        os.replace(tmp, final)
+    return paths
+
+
+def _expected_shapes(num_documents: int, epochs: int, count: int) -> dict[str, tuple]:
+    shuffle_dtype = np.uint32 if count < np.iinfo(np.uint32).max - 1 else np.int64
+    return {
+        "doc_idx": (np.dtype(np.int32), (num_documents * epochs,)),
+        "sample_idx": (np.dtype(np.int32), (count + 1, 2)),
+        "shuffle_idx": (np.dtype(shuffle_dtype), (count,)),
+    }
+
+
+def _cache_problem(paths: IndexMapPaths, expected: dict[str, tuple]) -> str | None:
+    """Why the cache cannot be reused (naming the file), or None when it can."""
+    for field, path in zip(paths._fields, paths, strict=True):
+        if not path.is_file():
+            return f"{path}: missing"
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            return f"{path}: unreadable ({err})"
+        dtype, shape = expected[field]
+        if array.dtype != dtype or array.shape != shape:
+            return f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}"
+        del array
+    return None
+
+
+def _save_tmp(final: Path, array: np.ndarray) -> Path:
+    """Save ``array`` as ``.npy`` beside ``final`` under a temporary name; return that name."""
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=True)  # GPT-NeoX passes allow_pickle=True; no effect
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the Megatron mmap dataset
+# --------------------------------------------------------------------------------------------
+
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_DTYPES = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float32,
+    7: np.float64,
+    8: np.uint16,
+}
+
+
+class _MMapDataset:
+    """Minimal reader of GPT-NeoX's mmap dataset layout (see pythia.md): ``sizes`` and ``get``."""
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.idx_path = Path(f"{os.fspath(prefix)}.idx")
+        self.bin_path = Path(f"{os.fspath(prefix)}.bin")
+        try:
+            with open(self.idx_path, "rb") as fh:
+                header = fh.read(34)
+        except OSError as err:
+            raise IndexMapError(f"{self.idx_path}: cannot read ({err})") from err
+        if len(header) < 34 or header[:9] != _IDX_MAGIC:
+            raise IndexMapError(
+                f"{self.idx_path}: not a Megatron mmap index (bad magic at offset 0)"
+            )
+        version, code, count, doc_count = struct.unpack("<QBQQ", header[9:34])
+        if version != 1 or code not in _DTYPES:
+            raise IndexMapError(
+                f"{self.idx_path}: unsupported version {version} or dtype code {code}"
+            )
+        need = 34 + count * 12 + doc_count * 8
+        if self.idx_path.stat().st_size < need:
+            raise IndexMapError(
+                f"{self.idx_path}: truncated, {count} items need {need} bytes, "
+                f"file has {self.idx_path.stat().st_size}"
+            )
+        self.dtype = np.dtype(_DTYPES[code])
+        index = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
+        self.sizes = np.frombuffer(index, dtype="<i4", count=count, offset=34)
+        self.pointers = np.frombuffer(index, dtype="<i8", count=count, offset=34 + count * 4)
+        self.doc_idx = np.frombuffer(index, dtype="<i8", count=doc_count, offset=34 + count * 12)
+        expected_bin = (
+            int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0
+        )
+        actual_bin = self.bin_path.stat().st_size if self.bin_path.exists() else -1
+        if actual_bin < expected_bin:
+            raise IndexMapError(
+                f"{self.bin_path}: expected at least {expected_bin} bytes "
+                f"per {self.idx_path.name}, "
+                f"found {actual_bin if actual_bin >= 0 else 'no file'}"
+            )
+        self._bin = np.memmap(self.bin_path, mode="r", dtype=self.dtype) if count else None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        """Tokens ``[offset, offset + length)`` of item ``i`` (to its end when length is None)."""
+        if length is None:
+            length = int(self.sizes[i]) - offset
+        start = int(self.pointers[i]) // self.dtype.itemsize + offset
+        return self._bin[start : start + length]
+
+
+def open_dataset(prefix: str | os.PathLike) -> _MMapDataset:
+    """Open ``{prefix}.idx``/``.bin`` for reading; raises ``IndexMapError`` naming a bad file."""
+    return _MMapDataset(prefix)
+
+
+def read_sizes(prefix: str | os.PathLike) -> np.ndarray:
+    """The int32 item sizes of ``{prefix}.idx`` (GPT-NeoX's ``indexed_dataset.sizes``)."""
+    return np.asarray(open_dataset(prefix).sizes, dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Samples, batches, fingerprints
+# --------------------------------------------------------------------------------------------
+
+
+class SampleBatches:
+    """Batch views shared by every sample source: ``batch``, ``local_batch``.
+
+    Subclasses provide ``__len__`` and ``__getitem__(i) -> int64 array of seq_length + 1``.
+    """
+
+    seq_length: int
+
+    def batch(self, step: int, global_batch: int) -> np.ndarray:
+        """Samples ``[step * global_batch, (step + 1) * global_batch)`` as a ``(B, seq+1)`` int64
+        array: the data iteration ``step`` consumes, whatever the number of GPUs."""
+        return self.samples_range(step * global_batch, (step + 1) * global_batch)
+
+    def local_batch(
+        self,
+        step: int,
+        global_batch: int,
+        rank: int,
+        world_size: int,
+        micro_step: int = 0,
+        grad_accum: int = 1,
+    ) -> np.ndarray:
+        """The micro-batch data-parallel ``rank`` reads at ``micro_step`` of iteration ``step``.
+
+        GPT-NeoX's ``DistributedBatchSampler`` cuts the global batch into ``grad_accum`` chunks of
+        ``micro * world_size`` consecutive samples and gives rank ``r`` the ``r``-th ``micro``
+        slice of each, so concatenating ranks then micro-steps gives back ``batch(step)``.
+        """
+        micro, rest = divmod(global_batch, world_size * grad_accum)
+        if rest or not 0 <= rank < world_size or not 0 <= micro_step < grad_accum:
+            raise ValueError(
+                f"global_batch {global_batch} must split into grad_accum {grad_accum} x "
+                f"world_size {world_size} micro-batches; rank {rank}, micro_step {micro_step}"
+            )
+        first = step * global_batch + micro_step * micro * world_size + rank * micro
+        return self.samples_range(first, first + micro)
+
+    def samples_range(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` stacked as a ``(stop - start, seq_length + 1)`` int64 array."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"samples [{start}, {stop}) outside [0, {len(self)})")
+        out = np.empty((stop - start, self.seq_length + 1), dtype=np.int64)
+        for row, i in enumerate(range(start, stop)):
+            out[row] = self[i]
+        return out
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GPTNeoXSamples(SampleBatches):
+    """Training samples of a Megatron dataset in GPT-NeoX v1.0's order (a batch viewer).
+
+    ``samples[i]`` is global sample ``i`` (int64, ``seq_length + 1`` tokens), exactly what
+    GPT-NeoX's ``GPT2Dataset.__getitem__(i)`` returns as ``"text"``. The index maps are built in
+    ``order_dir`` on first use (see ``build_index_maps``) and memory-mapped afterwards.
+    """
+
+    def __init__(
+        self,
+        dataset_prefix: str | os.PathLike,
+        order_dir: str | os.PathLike,
+        num_samples: int,
+        seq_length: int,
+        seed: int,
+        *,
+        name: str = DEFAULT_NAME,
+    ):
+        self.seq_length = int(seq_length)
+        self.num_samples = int(num_samples)
+        self.paths = build_index_maps(
+            dataset_prefix, order_dir, num_samples, seq_length, seed, name=name
+        )
+        self.dataset = open_dataset(dataset_prefix)
+        self.doc_idx = np.load(self.paths.doc_idx, mmap_mode="r")
+        self.sample_idx = np.load(self.paths.sample_idx, mmap_mode="r")
+        self.shuffle_idx = np.load(self.paths.shuffle_idx, mmap_mode="r")
+
+    def __len__(self) -> int:
+        # GPT2Dataset.__len__: min(len(shuffle_idx) - 1, len(sample_idx) - 1)
+        return min(self.shuffle_idx.shape[0] - 1, self.sample_idx.shape[0] - 1)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} outside [0, {n})")
+        j = int(self.shuffle_idx[i % n])
+        (first_doc, first_offset), (last_doc, last_offset) = self.sample_idx[j : j + 2].tolist()
+        get = self.dataset.get
+        if first_doc == last_doc:
+            tokens = get(int(self.doc_idx[first_doc]), first_offset, last_offset - first_offset + 1)
+        else:
+            pieces = [get(int(self.doc_idx[first_doc]), first_offset)]
+            pieces += [get(int(self.doc_idx[k])) for k in range(first_doc + 1, last_doc)]
+            pieces.append(get(int(self.doc_idx[last_doc]), 0, last_offset + 1))
+            tokens = np.concatenate(pieces)
+        if len(tokens) != self.seq_length + 1:  # cannot happen with consistent index maps
+            raise IndexMapError(
+                f"{self.paths.sample_idx}: sample {j} has {len(tokens)} tokens, "
+                f"expected {self.seq_length + 1}"
+            )
+        return tokens.astype(np.int64)
+
+
+def fingerprint(tokens: np.ndarray | Iterable[np.ndarray]) -> str:
+    """Data-order fingerprint: hex sha256 of the token ids as little-endian int64, in C order.
+
+    Accepts one integer array (any shape; only the ids and their order count, not the shape) or
+    an iterable of them, hashed as their concatenation: ``fingerprint([a, b]) ==
+    fingerprint(np.concatenate([a.ravel(), b.ravel()]))``. Raises ``TypeError`` for non-integer
+    arrays.
+    """
+    digest = hashlib.sha256()
+    arrays = [tokens] if isinstance(tokens, np.ndarray) else tokens
+    for array in arrays:
+        array = np.asarray(array)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"fingerprint needs integer token ids, got dtype {array.dtype}")
+        digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_steps(
+    samples: SampleBatches, first_step: int, last_step: int, global_batch: int
+) -> str:
+    """``fingerprint`` of the batches of iterations ``first_step <= s < last_step``.
+
+    Half-open like a checkpoint segment: the segment ``(a, b]`` (load ``step{a}``, write
+    ``step{b}``) runs iterations ``a .. b-1``, so its fingerprint is
+    ``fingerprint_steps(samples, a, b, B)``. Streams one batch at a time.
+    """
+    if last_step < first_step:
+        raise ValueError(f"last_step {last_step} < first_step {first_step}")
+    return fingerprint(samples.batch(s, global_batch) for s in range(first_step, last_step))
