@@ -216,3 +216,24 @@ def test_fetch_url_http_error(tmp_path, http_server):
     with pytest.raises(OSError, match="HTTP 404"):
         fetch_shard(f"{base}/missing", tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+MINI_PILE = Path(__file__).resolve().parents[1] / "data" / "mini-pile"
+
+
+def test_shipped_mini_pile_matches_manifest_and_heldout_is_disjoint():
+    manifest = json.loads((MINI_PILE / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == [
+        "heldout/heldout.jsonl.zst",
+        "train/00.jsonl.zst",
+        "train/01.jsonl.zst",
+    ]
+    texts = {"train": set(), "heldout": set()}
+    for name, info in manifest["files"].items():
+        path = MINI_PILE / name
+        assert sha256_file(path) == info["sha256"], f"{path} differs from manifest.json"
+        docs = [doc for _, doc in iter_documents(path)]
+        assert len(docs) == info["documents"] and path.stat().st_size == info["bytes"]
+        assert all(doc["text"] and doc["meta"]["pile_set_name"] for doc in docs)
+        texts[name.split("/")[0]] |= {doc["text"] for doc in docs}
+    assert texts["heldout"] and not texts["heldout"] & texts["train"]
