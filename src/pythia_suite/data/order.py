@@ -74,8 +74,8 @@ __all__ = [
 #: GPT-NeoX names the training dataset built from ``train-data-paths[0]`` "train_0".
 DEFAULT_NAME = "train_0"
 
-# Documents per chunk when building sample_idx: ~100 MB of temporaries per chunk.
-_SAMPLE_IDX_CHUNK = 1 << 23
+# Documents per chunk when building sample_idx: ~150 MB of temporaries per chunk.
+_SAMPLE_IDX_CHUNK = 1 << 22
 
 
 class IndexMapError(ValueError):
@@ -148,6 +148,7 @@ def build_sample_idx(
     Row ``j >= 1`` holds the document (position in ``doc_idx``) and offset of stream position
     ``j * seq_length``: the document ``k`` with ``start_k <= j * seq_length < end_k``. Empty
     documents are skipped exactly as the C++ loop skips them; row 0 is always ``(0, 0)``.
+    ``doc_idx`` is processed in chunks, so the temporaries stay near 150 MB at any scale.
     """
     count = total_samples(tokens_per_epoch, seq_length, epochs)
     if count < 0:
@@ -157,23 +158,38 @@ def build_sample_idx(
     sample_idx = np.empty((count + 1, 2), dtype=np.int32)
     sample_idx[0] = (0, 0)
     next_row = 1  # first row not yet filled
-    stream_pos = 0  # stream position where the current chunk starts
+    stream_pos = 0  # stream position where the current chunk of doc_idx starts
     for chunk_start in range(0, len(doc_idx), _SAMPLE_IDX_CHUNK):
         if next_row > count:
             break
-        lengths = sizes[doc_idx[chunk_start : chunk_start + _SAMPLE_IDX_CHUNK]].astype(np.int64)
-        ends = np.cumsum(lengths)
-        ends += stream_pos
-        chunk_end = int(ends[-1])
-        last_row = min(count, (chunk_end - 1) // seq_length)  # last row whose position < chunk_end
-        if last_row >= next_row:
-            positions = np.arange(next_row, last_row + 1, dtype=np.int64)
-            positions *= seq_length
-            docs = np.searchsorted(ends, positions, side="right")  # first doc ending after pos
-            starts = ends[docs] - lengths[docs]
+        chunk = doc_idx[chunk_start : chunk_start + _SAMPLE_IDX_CHUNK]
+        # starts[k]: stream position of document k of the chunk, relative to the chunk
+        starts = np.empty(len(chunk) + 1, dtype=np.int64)
+        starts[0] = 0
+        np.cumsum(sizes[chunk], dtype=np.int64, out=starts[1:])
+        chunk_end = stream_pos + int(starts[-1])
+        last_row = min(count, (chunk_end - 1) // seq_length)  # last row whose position < end
+        n_rows = last_row - next_row + 1
+        if n_rows > 0:
+            # The document holding position p is the last one starting at or before p (an empty
+            # document shares its start with the next one, so it is never the last). Counting
+            # documents by the first row at or after their start, a prefix sum of the counts
+            # gives, for every row, how many documents start at or before it: linear time.
+            first_row = starts[:-1] + (stream_pos + seq_length - 1 - next_row * seq_length)
+            first_row //= seq_length
+            np.clip(first_row, 0, n_rows, out=first_row)
+            docs = np.cumsum(np.bincount(first_row, minlength=n_rows + 1)[:n_rows])
+            docs -= 1
+            del first_row
+            offsets = np.arange(n_rows, dtype=np.int64)
+            offsets *= seq_length
+            offsets += next_row * seq_length - stream_pos
+            offsets -= starts[docs]
             rows = sample_idx[next_row : last_row + 1]
-            rows[:, 0] = docs + chunk_start
-            rows[:, 1] = positions - starts
+            docs += chunk_start
+            rows[:, 0] = docs
+            rows[:, 1] = offsets
+            del docs, offsets
             next_row = last_row + 1
         stream_pos = chunk_end
     if next_row != count + 1:  # only possible if sizes disagree with tokens_per_epoch
