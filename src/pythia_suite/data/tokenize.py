@@ -215,7 +215,9 @@ def tokenize_shard(
     Every document becomes ``encode(text).ids + [0]``; documents with no tokens are dropped;
     items are in line order. The dtype is uint16 for vocabularies under 65500, else int32.
     ``workers`` processes encode in parallel (default: the CPUs available; 1 = in this process);
-    the output is byte-identical for any number of workers.
+    the output is byte-identical for any number of workers. Workers are started with ``spawn``,
+    so a calling script must guard its entry point with ``if __name__ == "__main__":``.
+    Progress lines (documents, tokens, tokens/s) go to stderr every few seconds if ``progress``.
 
     Returns:
         ``{"documents": kept, "dropped": empty, "tokens": total, "seconds": wall time}``.
