@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import warnings
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from pythia_suite.data import order
+from pythia_suite.data.indexed import IndexedDatasetWriter, IndexFormatError
 from pythia_suite.data.order import (
     GPTNeoXSamples,
     build_index_maps,
@@ -107,22 +107,14 @@ def neox_getitem(documents, doc_idx, sample_idx, shuffle_idx, idx):
 
 
 # ----------------------------------------------------------------------------------------------
-# Fixtures: a Megatron mmap dataset written with numpy, following pythia.md's byte layout.
+# Fixtures: Megatron mmap datasets written by pythia_suite.data.indexed.
 # ----------------------------------------------------------------------------------------------
 
 
 def write_megatron(prefix: Path, documents: list[np.ndarray], dtype=np.uint16) -> Path:
-    sizes = np.array([len(d) for d in documents], dtype=np.int32)
-    pointers = np.zeros(len(sizes), dtype=np.int64)
-    np.cumsum(sizes[:-1].astype(np.int64) * np.dtype(dtype).itemsize, out=pointers[1:])
-    doc_idx = np.arange(len(sizes) + 1, dtype=np.int64)
-    code = {np.uint16: 8, np.int32: 4}[dtype]
-    with open(f"{prefix}.bin", "wb") as fh:
-        for d in documents:
-            fh.write(np.asarray(d, dtype=dtype).tobytes())
-    with open(f"{prefix}.idx", "wb") as fh:
-        fh.write(b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, code, len(sizes), len(doc_idx)))
-        fh.write(sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
+    with IndexedDatasetWriter(prefix, dtype) as writer:
+        for doc in documents:
+            writer.add_document(np.asarray(doc, dtype=dtype))
     return prefix
 
 
@@ -289,14 +281,17 @@ def test_cache_for_another_dataset_is_rebuilt(tmp_path):
 
 def test_bad_dataset_errors_name_the_file(tmp_path):
     (tmp_path / "x.idx").write_bytes(b"NOTANIDX" + bytes(40))
-    with pytest.raises(order.IndexMapError, match=r"x\.idx.*magic"):
+    with pytest.raises(IndexFormatError, match=r"x\.idx.*magic"):
         build_index_maps(tmp_path / "x", tmp_path, 10, 8, 1)
-    with pytest.raises(order.IndexMapError, match=r"missing\.idx"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.idx"):
         build_index_maps(tmp_path / "missing", tmp_path, 10, 8, 1)
     prefix = write_megatron(tmp_path / "short", [np.arange(10), np.arange(5)])
     Path(f"{prefix}.bin").write_bytes(b"\0\0")
-    with pytest.raises(order.IndexMapError, match=r"short\.bin"):
+    with pytest.raises(IndexFormatError, match=r"short\.bin"):
         build_index_maps(prefix, tmp_path, 10, 8, 1)
+    empty = write_megatron(tmp_path / "empty", [np.arange(0), np.arange(0)])
+    with pytest.raises(order.IndexMapError, match=r"empty\.idx.*no tokens"):
+        build_index_maps(empty, tmp_path, 10, 8, 1)
     assert not list(tmp_path.glob("*indexmap*"))
 
 

@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from pythia_suite.data.indexed import IndexedDataset
 
 __all__ = [
     "DEFAULT_NAME",
@@ -79,7 +80,7 @@ _SAMPLE_IDX_CHUNK = 1 << 22
 
 
 class IndexMapError(ValueError):
-    """Raised when a dataset or a cached index map cannot be used; the message names the file."""
+    """A dataset or index map cannot give an order; the message names the file."""
 
 
 class IndexMapPaths(NamedTuple):
@@ -276,7 +277,8 @@ def build_index_maps(
     A complete, consistent cache in ``out_dir`` is reused. An unreadable or inconsistent one
     (truncated file, wrong dtype or shape) is rebuilt with a ``UserWarning`` naming the file.
     Each file is written under a temporary name and renamed when complete, ``shuffle_idx`` last.
-    Raises ``IndexMapError`` naming the ``.idx`` file when the dataset cannot be read.
+    Raises ``FileNotFoundError``/``IndexFormatError`` (from ``indexed.IndexedDataset``) naming
+    the file when the dataset cannot be read, ``IndexMapError`` when it holds no tokens.
     """
     paths = index_map_paths(dataset_prefix, out_dir, num_samples, seq_length, seed, name)
     sizes = read_sizes(dataset_prefix)
@@ -352,79 +354,13 @@ def _save_tmp(final: Path, array: np.ndarray) -> Path:
 # Reading the Megatron mmap dataset
 # --------------------------------------------------------------------------------------------
 
-_IDX_MAGIC = b"MMIDIDX\x00\x00"
-_DTYPES = {
-    1: np.uint8,
-    2: np.int8,
-    3: np.int16,
-    4: np.int32,
-    5: np.int64,
-    6: np.float32,
-    7: np.float64,
-    8: np.uint16,
-}
 
+def open_dataset(prefix: str | os.PathLike) -> IndexedDataset:
+    """Open ``{prefix}.idx``/``.bin`` for reading (``pythia_suite.data.indexed``).
 
-class _MMapDataset:
-    """Minimal reader of GPT-NeoX's mmap dataset layout (see pythia.md): ``sizes`` and ``get``."""
-
-    def __init__(self, prefix: str | os.PathLike):
-        self.idx_path = Path(f"{os.fspath(prefix)}.idx")
-        self.bin_path = Path(f"{os.fspath(prefix)}.bin")
-        try:
-            with open(self.idx_path, "rb") as fh:
-                header = fh.read(34)
-        except OSError as err:
-            raise IndexMapError(f"{self.idx_path}: cannot read ({err})") from err
-        if len(header) < 34 or header[:9] != _IDX_MAGIC:
-            raise IndexMapError(
-                f"{self.idx_path}: not a Megatron mmap index (bad magic at offset 0)"
-            )
-        version, code, count, doc_count = struct.unpack("<QBQQ", header[9:34])
-        if version != 1 or code not in _DTYPES:
-            raise IndexMapError(
-                f"{self.idx_path}: unsupported version {version} or dtype code {code}"
-            )
-        need = 34 + count * 12 + doc_count * 8
-        if self.idx_path.stat().st_size < need:
-            raise IndexMapError(
-                f"{self.idx_path}: truncated, {count} items need {need} bytes, "
-                f"file has {self.idx_path.stat().st_size}"
-            )
-        self.dtype = np.dtype(_DTYPES[code])
-        index = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
-        self.sizes = np.frombuffer(index, dtype="<i4", count=count, offset=34)
-        self.pointers = np.frombuffer(index, dtype="<i8", count=count, offset=34 + count * 4)
-        self.doc_idx = np.frombuffer(index, dtype="<i8", count=doc_count, offset=34 + count * 12)
-        expected_bin = (
-            int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0
-        )
-        actual_bin = self.bin_path.stat().st_size if self.bin_path.exists() else -1
-        if actual_bin < expected_bin:
-            raise IndexMapError(
-                f"{self.bin_path}: expected at least {expected_bin} bytes "
-                f"per {self.idx_path.name}, "
-                f"found {actual_bin if actual_bin >= 0 else 'no file'}"
-            )
-        self._bin = np.memmap(self.bin_path, mode="r", dtype=self.dtype) if count else None
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.get(i)
-
-    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
-        """Tokens ``[offset, offset + length)`` of item ``i`` (to its end when length is None)."""
-        if length is None:
-            length = int(self.sizes[i]) - offset
-        start = int(self.pointers[i]) // self.dtype.itemsize + offset
-        return self._bin[start : start + length]
-
-
-def open_dataset(prefix: str | os.PathLike) -> _MMapDataset:
-    """Open ``{prefix}.idx``/``.bin`` for reading; raises ``IndexMapError`` naming a bad file."""
-    return _MMapDataset(prefix)
+    Raises ``FileNotFoundError`` or ``IndexFormatError`` naming the file (and byte offset).
+    """
+    return IndexedDataset(prefix)
 
 
 def read_sizes(prefix: str | os.PathLike) -> np.ndarray:
