@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import itertools
 import multiprocessing
 import os
@@ -226,6 +227,7 @@ def tokenize_shard(
     Raises:
         DataFormatError: the shard is malformed (names file and line). No output is left.
         FileNotFoundError, ValueError: the tokenizer file is missing, invalid, or has no EOD 0.
+        RuntimeError: a worker process died or could not start.
     """
     shard_path, tokenizer_json = Path(shard_path), Path(tokenizer_json)
     tokenizer = load_tokenizer(tokenizer_json)
@@ -265,7 +267,7 @@ def _encode_chunks(
     """Encode chunks in order, in this process (workers == 1) or in ``workers`` processes.
 
     Raises:
-        concurrent.futures.process.BrokenProcessPool: a worker died or could not start.
+        RuntimeError: a worker died or could not start.
     """
     global _worker_tokenizer, _worker_dtype
     if workers == 1:
@@ -291,6 +293,12 @@ def _encode_chunks(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        raise RuntimeError(
+            f"tokenizer worker processes died or could not start ({exc}). Workers use 'spawn': "
+            "the calling script must guard its entry point with if __name__ == '__main__' and "
+            "cannot be read from stdin; or pass workers=1"
+        ) from exc
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
