@@ -413,7 +413,8 @@ def train_segment(
             _rank0_check(env, lambda: None)
 
         # --- model and optimizer ---------------------------------------------------------
-        model = build_model(hf_config, device)
+        # Every parameter is overwritten below (GPT-NeoX init or the checkpoint's weights).
+        model = build_model(hf_config, device, empty=True)
         names = _param_names(model)
         n_params = count_parameters(model)
         _rank0_check(env, lambda: _check_disk_space(n_params, out_dir, state_dir, settings))

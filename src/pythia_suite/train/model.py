@@ -17,6 +17,7 @@ seed or the order in which modules are built (PolyPythias' weight-seed variants 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 
@@ -51,11 +52,13 @@ _INPUT_SIDE = (
 _OUTPUT_SIDE = ("attention.dense.weight", "dense_4h_to_h.weight")
 
 
-def build_model(hf_config: dict, device: torch.device | str = "cpu") -> nn.Module:
+def build_model(hf_config: dict, device: torch.device | str = "cpu", *, empty: bool = False):
     """``GPTNeoXForCausalLM(GPTNeoXConfig(**hf_config))`` on ``device``, in fp32, in train mode.
 
-    Uses eager attention on the CPU (deterministic and as fast as SDPA at these sizes) and
-    transformers' default (SDPA / flash) on GPUs. Raises ``ValueError`` naming the key when
+    ``empty=True`` skips transformers' own weight init (half the construction time of a 70m
+    model on a CPU) and leaves the parameters uninitialised: only for callers that overwrite
+    every parameter next (``init_gpt_neox_weights`` or loading a checkpoint). Buffers (the
+    rotary frequencies) are computed either way. Raises ``ValueError`` naming the problem when
     ``hf_config`` is not a valid GPTNeoX config.
     """
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -65,7 +68,12 @@ def build_model(hf_config: dict, device: torch.device | str = "cpu") -> nn.Modul
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid GPTNeoX hf_config: {exc}") from exc
     config.use_cache = False
-    with torch.device(device):
+    skip_init = contextlib.nullcontext()
+    if empty:
+        from transformers.initialization import no_init_weights
+
+        skip_init = no_init_weights()
+    with torch.device(device), skip_init:
         model = GPTNeoXForCausalLM(config)
     return model.float().train()
 
