@@ -245,3 +245,19 @@ def test_batch_fingerprint_is_sha256_of_int64_ids():
     assert (
         batch_fingerprint(tokens) == hashlib.sha256(np.arange(6, dtype="<i8").tobytes()).hexdigest()
     )
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    state = train_segment(
+        TINY_CONFIG,
+        tiny_settings(precision="bf16"),
+        RandomTokens(),
+        start_checkpoint=None,
+        start_step=0,
+        end_step=3,
+        out_dir=tmp_path / "step3",
+        log=io.StringIO(),
+    )
+    assert all(np.isfinite(state["losses"])) and state["loss_scaler"] is None
+    # Master weights stay fp32 whatever the compute precision.
+    assert all(t.dtype == torch.float32 for t in read_weights(tmp_path / "step3").values())
