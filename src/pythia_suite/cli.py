@@ -182,12 +182,14 @@ def cmd_dedup_signatures(config: dict, args) -> None:
 
 
 def cmd_dedup_buckets(config: dict, args) -> None:
-    from pythia_suite.data.dedup import bucket_band
+    from pythia_suite.data.dedup import EXACT_BAND, bucket_band
 
     params = _dedup_params(config)
     groups = config["data"]["dedup"]["band_groups"]
     group = int(args.band_group)
     bands = [b for b in range(params.bands) if b % groups == group]
+    if group == 0:
+        bands.append(EXACT_BAND)  # exact duplicates: the whole-text hash, in the first group
     recorder = Recorder(
         Path(args.output),
         "dedup-edges",
@@ -517,8 +519,12 @@ def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _eval_tasks(config: dict) -> list[str]:
-    return list(config["evaluation"]["tasks"])
+def _eval_tasks(config: dict, shots: int) -> list[str]:
+    """The tasks at `shots`: evaluation.tasks, or evaluation.five_shot_tasks for 5-shot."""
+    evaluation = config["evaluation"]
+    if shots and evaluation["five_shot_tasks"] is not None:
+        return list(evaluation["five_shot_tasks"])
+    return list(evaluation["tasks"])
 
 
 def cmd_evaluate(config: dict, args) -> None:
@@ -536,7 +542,7 @@ def cmd_evaluate(config: dict, args) -> None:
     recorder = Recorder(out, "eval", config["evaluation"], [Path(p) for p in args.exports])
     evaluate_checkpoints(
         dict(zip(steps, args.exports, strict=True)),
-        _eval_tasks(config),
+        _eval_tasks(config, shots),
         shots,
         tmp,
         run.name,

@@ -168,4 +168,7 @@ def run_targets(wildcards):
 
 
 def all_targets():
-    return [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]
+    targets = [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]
+    if config["data"]["source"] == "raw" and any(run.dedup for run in RUNS.values()):
+        targets.append(layout.dedup_report(RESULTS))
+    return targets

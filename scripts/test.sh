@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the tests. As root (CI) it also installs graphviz and starts the local
+# two-node SLURM cluster (scripts/slurm-cluster.sh), so the SLURM tests run instead of
+# skipping. Extra arguments go to pytest (e.g. -m "not slow").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+if [ "$(id -u)" = 0 ]; then
+  if ! command -v dot >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+  fi
+  bash scripts/slurm-cluster.sh start
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+ruff check src tests benchmarks scripts
+python -m pytest "$@"
