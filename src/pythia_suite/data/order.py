@@ -23,12 +23,16 @@ with ``(e * tokens_per_epoch - 1) // seq_length >= num_samples``; GPT-NeoX's cal
 
 This module mirrors GPT-NeoX's Python code line by line for ``doc_idx`` and ``shuffle_idx`` (the
 two RandomState shuffles *are* the order: they cannot be replaced by anything faster), and
-replaces the C++ ``helpers.build_sample_idx`` loop by a vectorised equivalent: the document
-containing stream position ``p`` is found with a cumulative sum of document lengths and
-``searchsorted``, processed in chunks of ``doc_idx`` so memory stays below GPT-NeoX's own peak.
+replaces the C++ ``helpers.build_sample_idx`` loop by a vectorised, linear-time equivalent: the
+document holding stream position ``p`` is the last one starting at or before ``p``, found for all
+``p`` at once from a cumulative sum of document lengths and a prefix sum of per-row document
+counts (``bincount``), chunk by chunk of ``doc_idx``. It needs no C++ build, and by building
+``doc_idx`` with ``np.tile`` instead of ``np.mgrid`` and saving each map as soon as it is done,
+the peak memory is well below GPT-NeoX's (numbers in ``benchmarks/index_maps.py``).
 
-Details taken on trust or reasoned out rather than read in the v1.0 tag itself (the source read
-was GPT-NeoX ``main`` of 2023, whose functions for the "packed" path are the same code):
+Details taken on trust or reasoned out rather than read in the v1.0 tag itself (the sources
+read were GPT-NeoX's 2023 ``gpt2_dataset.py``, whose helper functions are unchanged since
+Megatron-LM 2020, and the int32-only ``helpers.cpp`` ``build_sample_idx`` of the v1.0 era):
 
 * The cache file names use ``name = "train_0"``: GPT-NeoX builds one dataset per entry of
   ``train-data-paths`` and names it ``f"train_{i}"``; Pythia's configs give one path. With the
@@ -37,8 +41,10 @@ was GPT-NeoX ``main`` of 2023, whose functions for the "packed" path are the sam
   huge maps). v1.0 would silently wrap past 2**31 - 1; we raise instead.
 * ``len(GPTNeoXSamples)`` mirrors ``GPT2Dataset.__len__`` = ``min(len(shuffle_idx) - 1,
   len(sample_idx) - 1)``: the last shuffled sample is never served by GPT-NeoX.
-* ``RandomState.shuffle`` is numpy's frozen legacy algorithm, so numpy 2.x reproduces the
-  permutation numpy 1.x produced in 2022; it depends on the array length only, not its dtype.
+* ``RandomState.shuffle`` is numpy's frozen legacy stream, so numpy 2.x is assumed to reproduce
+  the permutation numpy 1.x produced in 2022 (numpy documents RandomState as frozen); checked
+  here: it depends on the array length only, not its dtype.
+* ``doc_idx`` longer than 2**31 - 1 (GPT-NeoX's ``astype(np.int32)`` would wrap) raises.
 """
 
 from __future__ import annotations
