@@ -352,9 +352,7 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
 def cmd_train_segment(config: dict, args) -> None:
     run = cfg.get_run(config, args.run)
     if config["training"]["backend"] == "neox":
-        from pythia_suite.train import neox
-
-        neox.run_segment_from_config(config, run, args.step, args.output)
+        _train_segment_neox(config, run, args.step, Path(args.output))
         return
     from pythia_suite.train.loop import TrainSettings, train_segment
 
@@ -385,6 +383,81 @@ def cmd_train_segment(config: dict, args) -> None:
             "world_size": state.get("world_size"),
         }
         recorder.write()
+
+
+def _train_segment_neox(config: dict, run: cfg.Run, step: int, output: Path) -> None:
+    """Train the segment ending at `step` with GPT-NeoX v1.0, then convert its checkpoint
+    with GPT-NeoX's own converter into this package's checkpoint layout.
+
+    GPT-NeoX keeps its own checkpoints (`global_stepN`, with ZeRO shards) under paths.state,
+    outside the declared outputs. Step 0 is saved by the first segment (0 is in
+    extra-save-iters), so the step0 job runs that segment and later jobs reuse what exists.
+    """
+    from pythia_suite.train import neox
+
+    settings = config["training"]["neox"]
+    if not settings["dir"]:
+        raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
+    if config["data"]["source"] != "raw":
+        raise cfg.ConfigError(
+            "data.source: the neox backend trains from a Megatron dataset (data.source: raw)"
+        )
+    results = _results(config)
+    steps = cfg.checkpoint_steps(config)
+    end = step if step > 0 else steps[1]
+    start = cfg.previous_step(config, end)
+    base = Path(layout.state_dir(config["paths"]["state"], run.name)) / "neox"
+    save_dir, work = base / "checkpoints", base / f"step{end}"
+    prefix = layout.dataset_prefix(results, run.variant)
+    segment_yml = neox.write_segment_config(
+        cfg.neox_config(config, run, prefix),
+        work / "segment.yml",
+        save_dir=save_dir,
+        load_dir=save_dir,
+        start_step=start,
+        end_step=end,
+        train_data_paths=[prefix],
+        vocab_file=layout.tokenizer(results),
+    )
+    global_dir = save_dir / f"global_step{step}"
+    if not global_dir.exists():
+        neox.run_neox_segment(
+            settings["dir"],
+            segment_yml,
+            save_dir=save_dir,
+            start_step=start,
+            end_step=end,
+            gpus_per_node=config["sizes"][run.size]["cluster"]["gpus_per_node"],
+            work_dir=work,
+            master_port=settings["master_port"],
+            python=settings["python"],
+        )
+    hf_dir = neox.convert_neox_checkpoint(
+        settings["dir"], global_dir, segment_yml, work / f"hf-step{step}", python=settings["python"]
+    )
+    _checkpoint_from_hf_dir(hf_dir, output, cfg.hf_config(config, run), step, global_dir)
+
+
+def _checkpoint_from_hf_dir(
+    hf_dir: Path, output: Path, hf_config: dict, step: int, source: Path
+) -> None:
+    """A converted GPT-NeoX checkpoint in this package's checkpoint layout (weights only)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = hf_dir / "model.safetensors"
+    if weights.exists():
+        tensors = load_file(weights)
+    else:
+        tensors = torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors")
+    (tmp / "hf_config.json").write_text(json.dumps(hf_config, indent=1) + "\n")
+    state = {"step": step, "backend": "neox", "neox_checkpoint": str(source), "history": []}
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(output)
 
 
 # ----------------------------------------------------------------------------- export, publish
