@@ -66,7 +66,9 @@ def _training_samples(config: dict, run: cfg.Run):
     if config["data"]["source"] == "preshuffled":
         from pythia_suite.data.preshuffled import PreshuffledSamples
 
-        return PreshuffledSamples(layout.preshuffled_prefix(results, run.variant))
+        return PreshuffledSamples(
+            layout.preshuffled_prefix(results, run.variant), seq_length=seq_length
+        )
     from pythia_suite.data.order import GPTNeoXSamples
 
     return GPTNeoXSamples(
@@ -301,15 +303,24 @@ def cmd_build_order(config: dict, args) -> None:
 
 
 def cmd_fetch_preshuffled(config: dict, args) -> None:
+    """Download Pythia's preshuffled set of a variant, verify it, and merge its shards."""
     from pythia_suite.data import preshuffled
 
     repo = config["data"]["preshuffled"].get(args.variant)
     if not repo:
         raise cfg.ConfigError(f"data.preshuffled.{args.variant}: no repository configured")
-    download_dir = Path(args.output_prefix).parent / "download"
-    preshuffled.fetch_and_merge(
-        repo, download_dir, args.output_prefix, revision=config["data"]["preshuffled"]["revision"]
+    seq_length = config["model"]["seq_length"]
+    out = Path(args.output_prefix)
+    files = preshuffled.fetch_preshuffled(
+        repo,
+        out.parent / "download",
+        config["data"]["preshuffled"]["revision"],
+        seq_length=seq_length,
     )
+    tmp_idx = out.with_name(f".{out.name}.idx.tmp")
+    shutil.copyfile(files.idx, tmp_idx)
+    preshuffled.merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
+    tmp_idx.replace(out.with_name(out.name + ".idx"))
     Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
@@ -340,10 +351,14 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    limit = config["evaluation"]["limit"] or 500
-    build_local_tasks(args.heldout, tmp, n_docs=limit, seed=1234)
+    evaluation = config["evaluation"]
+    counts = {
+        "n_docs": evaluation["local_task_docs"],
+        "n_heldout": evaluation["local_heldout_docs"],
+    }
+    build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
     tmp.replace(out)
-    Recorder(out, "eval-tasks", {"n_docs": limit}, [Path(args.heldout)]).write()
+    Recorder(out, "eval-tasks", counts, [Path(args.heldout)]).write()
 
 
 # ----------------------------------------------------------------------------- training

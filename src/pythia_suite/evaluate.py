@@ -296,6 +296,7 @@ def build_local_tasks(
     max_sentences: int = 4,
     min_words: int = 12,
     max_heldout_chars: int | None = 4000,
+    n_heldout: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the miniature suite's lm-eval tasks from held-out Pile-format documents.
 
@@ -315,6 +316,8 @@ def build_local_tasks(
         out_dir: directory to write the task files into (created if missing).
         n_docs: documents per task.
         seed: seed of the document order.
+        n_heldout: documents of ``mini_heldout`` when it should differ from ``n_docs``
+            (rolling perplexity costs about twice a passage per document).
 
     Returns:
         ``{task_name: lm-eval task config dict}`` with absolute data paths, ready for
@@ -336,13 +339,14 @@ def build_local_tasks(
     random.Random(seed).shuffle(order)
 
     heldout = [{"text": _truncate_words(texts[i].strip(), max_heldout_chars)} for i in order]
-    heldout = heldout[:n_docs]
+    n_heldout = n_docs if n_heldout is None else n_heldout
+    heldout = heldout[:n_heldout]
     passages: list[dict[str, str]] = []
     for i in order:
         passage = _lambada_passage(texts[i], max_sentences, min_words)
         if passage is not None:
             passages.append({"text": passage})
-    if len(heldout) < n_docs or len(passages) < n_docs:
+    if len(heldout) < n_heldout or len(passages) < n_docs:
         raise ValueError(
             f"{shard}: {len(texts)} non-empty documents give {len(passages)} LAMBADA-style "
             f"passages (>= {min_words} words ending in an alphabetic word); n_docs={n_docs} "

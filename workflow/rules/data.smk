@@ -7,8 +7,12 @@ rule fetch_shard:
         layout.corpus_shard(RESULTS, "standard", "{shard}"),
     log:
         log("data", "fetch_shard", "{shard}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} fetch-shard {wildcards.shard:q} --output {output:q} 2> {log:q}"
+        "{params.cli} fetch-shard {wildcards.shard:q} --output {output:q} 2> {log:q}"
 
 
 rule dedup_signatures:
@@ -18,8 +22,12 @@ rule dedup_signatures:
         layout.dedup_signatures(RESULTS, "{shard}"),
     log:
         log("data", "dedup_signatures", "{shard}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} dedup-signatures {input:q} --shard-index {wildcards.shard}"
+        "{params.cli} dedup-signatures {input:q} --shard-index {wildcards.shard}"
         " --output {output:q} 2> {log:q}"
 
 
@@ -30,8 +38,12 @@ rule dedup_buckets:
         layout.dedup_edges(RESULTS, "{band}"),
     log:
         log("data", "dedup_buckets", "{band}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} dedup-buckets {input:q} --band-group {wildcards.band}"
+        "{params.cli} dedup-buckets {input:q} --band-group {wildcards.band}"
         " --output {output:q} 2> {log:q}"
 
 
@@ -42,8 +54,12 @@ rule dedup_cluster:
         layout.dedup_removals(RESULTS),
     log:
         log("data", "dedup_cluster"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} dedup-cluster {input:q} --output {output:q} 2> {log:q}"
+        "{params.cli} dedup-cluster {input:q} --output {output:q} 2> {log:q}"
 
 
 rule dedup_filter:
@@ -55,8 +71,12 @@ rule dedup_filter:
         report=layout.dedup_shard_report(RESULTS, "{shard}"),
     log:
         log("data", "dedup_filter", "{shard}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} dedup-filter {input.shard:q} --shard-index {wildcards.shard}"
+        "{params.cli} dedup-filter {input.shard:q} --shard-index {wildcards.shard}"
         " --removals {input.removals:q} --output {output.shard:q} --report {output.report:q}"
         " 2> {log:q}"
 
@@ -71,8 +91,12 @@ rule dedup_report:
         report(layout.dedup_report(RESULTS), category="Data", labels={"stage": "dedup"}),
     log:
         log("data", "dedup_report"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} dedup-report --reports {input.reports:q} --shards {input.shards:q}"
+        "{params.cli} dedup-report --reports {input.reports:q} --shards {input.shards:q}"
         " --removals {input.removals:q} --edges {input.edges:q} --output {output:q} 2> {log:q}"
 
 
@@ -85,8 +109,12 @@ if config["data"]["tokenizer"]["kind"] == "train":
             TOKENIZER,
         log:
             log("data", "train_tokenizer"),
+        params:
+            cli=CLI,
+        conda:
+            "../../envs/data.yaml"
         shell:
-            "{CLI} train-tokenizer {input:q} --output {output:q} 2> {log:q}"
+            "{params.cli} train-tokenizer {input:q} --output {output:q} 2> {log:q}"
 
 else:
 
@@ -95,8 +123,12 @@ else:
             TOKENIZER,
         log:
             log("data", "fetch_tokenizer"),
+        params:
+            cli=CLI,
+        conda:
+            "../../envs/data.yaml"
         shell:
-            "{CLI} fetch-tokenizer --output {output:q} 2> {log:q}"
+            "{params.cli} fetch-tokenizer --output {output:q} 2> {log:q}"
 
 
 rule tokenize_shard:
@@ -108,10 +140,13 @@ rule tokenize_shard:
     log:
         log("data", "tokenize", "{variant}", "{shard}"),
     params:
+        cli=CLI,
         prefix=lambda wc: layout.tokenized_prefix(RESULTS, wc.variant, wc.shard),
     threads: 2
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} tokenize {input.shard:q} --tokenizer {input.tokenizer:q}"
+        "{params.cli} tokenize {input.shard:q} --tokenizer {input.tokenizer:q}"
         " --output-prefix {params.prefix:q} --workers {threads} 2> {log:q}"
 
 
@@ -127,10 +162,13 @@ rule merge_dataset:
     log:
         log("data", "merge", "{variant}"),
     params:
+        cli=CLI,
         shards=lambda wc: [layout.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
         prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} merge-datasets {params.shards:q} --output-prefix {params.prefix:q} 2> {log:q}"
+        "{params.cli} merge-datasets {params.shards:q} --output-prefix {params.prefix:q} 2> {log:q}"
 
 
 rule build_order:
@@ -141,9 +179,12 @@ rule build_order:
     log:
         log("data", "order", "{variant}", "seed{seed}"),
     params:
+        cli=CLI,
         prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} build-order --dataset-prefix {params.prefix:q} --seed {wildcards.seed}"
+        "{params.cli} build-order --dataset-prefix {params.prefix:q} --seed {wildcards.seed}"
         " --output {output:q} 2> {log:q}"
 
 
@@ -153,9 +194,12 @@ rule fetch_preshuffled:
     log:
         log("data", "preshuffled", "{variant}"),
     params:
+        cli=CLI,
         prefix=lambda wc: layout.preshuffled_prefix(RESULTS, wc.variant),
+    conda:
+        "../../envs/data.yaml"
     shell:
-        "{CLI} fetch-preshuffled {wildcards.variant:q} --output-prefix {params.prefix:q}"
+        "{params.cli} fetch-preshuffled {wildcards.variant:q} --output-prefix {params.prefix:q}"
         " 2> {log:q}"
 
 
@@ -166,5 +210,9 @@ rule eval_tasks:
         directory(layout.eval_tasks_dir(RESULTS)),
     log:
         log("data", "eval_tasks"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/evaluate.yaml"
     shell:
-        "{CLI} build-eval-tasks {input.heldout:q} --output {output:q} 2> {log:q}"
+        "{params.cli} build-eval-tasks {input.heldout:q} --output {output:q} 2> {log:q}"

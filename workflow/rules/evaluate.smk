@@ -10,8 +10,12 @@ rule evaluate:
         directory(layout.eval_batch_dir(RESULTS, "{run}", "{shots}", "{batch}")),
     log:
         log("evaluate", "{run}", "{shots}-shot", "batch{batch}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/evaluate.yaml"
     shell:
-        "{CLI} evaluate {wildcards.run:q} --shots {wildcards.shots} --batch {wildcards.batch}"
+        "{params.cli} evaluate {wildcards.run:q} --shots {wildcards.shots} --batch {wildcards.batch}"
         " --exports {input.exports:q} --output {output:q} 2> {log:q}"
 
 
@@ -22,5 +26,9 @@ rule collect_evals:
         directory(layout.evals_dir(RESULTS, "{run}")),
     log:
         log("evaluate", "{run}", "collect"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/evaluate.yaml"
     shell:
-        "{CLI} collect-evals {wildcards.run:q} {input:q} --output {output:q} 2> {log:q}"
+        "{params.cli} collect-evals {wildcards.run:q} {input:q} --output {output:q} 2> {log:q}"

@@ -9,6 +9,10 @@ rule export:
         directory(layout.export_dir(RESULTS, "{run}", "{step}")),
     log:
         log("export", "{run}", "step{step}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/publish.yaml"
     shell:
-        "{CLI} export {input.checkpoint:q} --tokenizer {input.tokenizer:q} --output {output:q}"
+        "{params.cli} export {input.checkpoint:q} --tokenizer {input.tokenizer:q} --output {output:q}"
         " 2> {log:q}"

@@ -9,8 +9,12 @@ rule publish:
         layout.receipt(RESULTS, "{run}", "{step}"),
     log:
         log("publish", "{run}", "step{step}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/publish.yaml"
     shell:
-        "{CLI} publish {wildcards.run:q} --step {wildcards.step} --export {input:q}"
+        "{params.cli} publish {wildcards.run:q} --step {wildcards.step} --export {input:q}"
         " --receipt {output:q} 2> {log:q}"
 
 
@@ -22,8 +26,12 @@ rule model_card:
         layout.model_card(RESULTS, "{run}"),
     log:
         log("publish", "{run}", "model_card"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/publish.yaml"
     shell:
-        "{CLI} model-card {wildcards.run:q} --evals {input.evals:q} --output {output:q}"
+        "{params.cli} model-card {wildcards.run:q} --evals {input.evals:q} --output {output:q}"
         " 2> {log:q}"
 
 
@@ -34,5 +42,9 @@ rule run_done:
         layout.run_done(RESULTS, "{run}"),
     log:
         log("verify", "{run}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/publish.yaml"
     shell:
-        "{CLI} verify-run {wildcards.run:q} --output {output:q} 2> {log:q}"
+        "{params.cli} verify-run {wildcards.run:q} --output {output:q} 2> {log:q}"

@@ -14,5 +14,9 @@ rule report:
         ),
     log:
         log("report"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/publish.yaml"
     shell:
-        "{CLI} report --output {output:q} 2> {log:q}"
+        "{params.cli} report --output {output:q} 2> {log:q}"

@@ -11,11 +11,14 @@ rule init_checkpoint:
     log:
         log("train", "{run}", "step0"),
     params:
+        cli=CLI,
         config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
     resources:
         runtime=30,
+    conda:
+        "../../envs/train.yaml"
     shell:
-        "{CLI} train-segment {wildcards.run:q} --step 0 --output {output:q} 2> {log:q}"
+        "{params.cli} train-segment {wildcards.run:q} --step 0 --output {output:q} 2> {log:q}"
 
 
 rule train_segment:
@@ -31,6 +34,7 @@ rule train_segment:
     group:
         segment_group
     params:
+        cli=CLI,
         config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
         launch=train_launch,
     resources:
@@ -41,6 +45,8 @@ rule train_segment:
         mem_mb=train_mem_mb,
         cpus_per_task=config["cluster"]["cpus_per_task"],
         runtime=config["cluster"]["minutes_per_segment"],
+    conda:
+        "../../envs/train.yaml"
     shell:
-        "{params.launch} {CLI} train-segment {wildcards.run:q} --step {wildcards.step}"
+        "{params.launch} {params.cli} train-segment {wildcards.run:q} --step {wildcards.step}"
         " --resume-from {input.previous:q} --output {output:q} 2> {log:q}"
