@@ -366,6 +366,12 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
 
 def cmd_train_segment(config: dict, args) -> None:
     run = cfg.get_run(config, args.run)
+    from pythia_suite.slurm import checkpoint_complete
+
+    if checkpoint_complete(args.output, args.step):
+        # Written by another job of this segment that `await-segment` waited for (issue 7).
+        _say(f"{args.output}: already a complete checkpoint of step {args.step}; not training")
+        return
     if config["training"]["backend"] == "neox":
         _train_segment_neox(config, run, args.step, Path(args.output))
         return
@@ -398,6 +404,20 @@ def cmd_train_segment(config: dict, args) -> None:
             "world_size": state.get("world_size"),
         }
         recorder.write()
+
+
+def cmd_await_segment(config: dict, args) -> None:
+    """Wait for another live writer of the segment (a SLURM job still running after its
+    Snakemake died, or a local process holding the state dir lock); see pythia_suite.slurm."""
+    from pythia_suite import slurm
+
+    run = cfg.get_run(config, args.run)
+    slurm.await_segment(
+        layout.state_dir(config["paths"]["state"], run.name),
+        slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(args.step)]),
+        timeout_s=args.timeout,
+        log=_say,
+    )
 
 
 def _train_segment_neox(config: dict, run: cfg.Run, step: int, output: Path) -> None:
@@ -827,6 +847,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, required=True, help="the checkpoint step to produce")
     p.add_argument("--resume-from", help="the previous checkpoint (default: from the schedule)")
     p.add_argument("--output", required=True)
+
+    p = add("await-segment", cmd_await_segment, "wait for another job training the segment")
+    p.add_argument("run")
+    p.add_argument("--step", type=int, required=True, help="the checkpoint step of the segment")
+    p.add_argument("--timeout", type=float, help="seconds to wait at most (default: no limit)")
 
     p = add("export", cmd_export, "a checkpoint as a Hugging Face model directory")
     p.add_argument("checkpoint")

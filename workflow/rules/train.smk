@@ -48,5 +48,10 @@ rule train_segment:
     conda:
         "../../envs/train.yaml"
     shell:
+        # await-segment: a restarted Snakemake must not start a second writer while the job
+        # its predecessor submitted still trains this segment (issue 7, pythia_suite.slurm);
+        # train-segment then exits 0 if that job left the checkpoint. The log is appended to:
+        # the other job's lines come first.
+        "{params.cli} await-segment {wildcards.run:q} --step {wildcards.step} 2>> {log:q} && "
         "{params.launch} {params.cli} train-segment {wildcards.run:q} --step {wildcards.step}"
-        " --resume-from {input.previous:q} --output {output:q} 2> {log:q}"
+        " --resume-from {input.previous:q} --output {output:q} 2>> {log:q}"
