@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the run matrix, paths (pythia_suite.layout) and resources
 # derived from the config.
+import os
 import re
 import shlex
 
@@ -103,12 +104,20 @@ def train_mem_mb(wildcards):
 
 
 def launcher():
-    """How multi-rank segments start: cluster.launcher, where `auto` means srun under SLURM."""
+    """How multi-rank segments start: cluster.launcher, where `auto` means srun under SLURM.
+
+    Under SLURM the rule's command is run by a Snakemake nested inside the job (the jobstep
+    plugin starts one with the local executor), which re-evaluates this: it must answer as
+    the submitting Snakemake did, or the command runs without srun (one rank) and the changed
+    `params.launch` makes the nested Snakemake rerun (delete) finished upstream segments.
+    Inside a job SLURM_JOB_ID survives the jobstep plugin's environment cleaning.
+    """
     chosen = config["cluster"]["launcher"]
     if chosen != "auto":
         return chosen
     plugin = workflow.executor_plugin
-    return "srun" if plugin is not None and plugin.name.startswith("slurm") else "none"
+    under_slurm = plugin is not None and plugin.name.startswith("slurm")
+    return "srun" if under_slurm or "SLURM_JOB_ID" in os.environ else "none"
 
 
 def train_mpi(wildcards):
