@@ -158,7 +158,7 @@ def test_waits_for_the_lock_holders_job_until_it_leaves_the_queue(fake, tmp_path
     sleeps: list[float] = []
     waited = slurm.await_segment(
         state,
-        "rule_train_segment_wildcards_pythia-0.4m_8",
+        ["rule_train_segment_wildcards_pythia-0.4m_8"],
         own_job_id="202",
         log=messages.append,
         squeue=fake.squeue,
@@ -174,18 +174,25 @@ def test_waits_for_the_lock_holders_job_until_it_leaves_the_queue(fake, tmp_path
 
 def test_waits_for_a_pending_job_of_the_same_segment_only(fake, tmp_path):
     state = tmp_path / "state" / "pythia-0.4m"
-    comment = slurm.plugin_comment("train_segment", ["pythia-0.4m", "8"])
+    comment = slurm.plugin_comment("train_segment", ["pythia-0.4m", "2"])
+    group = slurm.group_comment("early_pythia-0.4m", ["train_segment"])
+    assert group == "rule_early_pythia-0.4m_train_segment"
     fake.jobs(
         **{
             "301": {"state": "PENDING", "comment": comment, "polls": 2},
             "302": {"state": "RUNNING", "comment": "rule_train_segment_wildcards_pythia-0.4m_16"},
             "303": {"state": "RUNNING", "comment": comment},  # ourselves
+            "304": {"state": "CONFIGURING", "comment": group},
+            "305": {"state": "RUNNING", "comment": "rule_early_pythia-0.4m-deduped_train_segment"},
         }
     )
     writers = slurm.find_other_writers(
-        state, comment, own_job_id="303", squeue=fake.squeue, sacct=fake.sacct
+        state, [comment, group], own_job_id="303", squeue=fake.squeue, sacct=fake.sacct
     )
-    assert [(w.job_id, w.why) for w in writers] == [("301", f"PENDING, comment {comment}")]
+    assert [(w.job_id, w.why) for w in writers] == [
+        ("301", f"PENDING, comment {comment}"),
+        ("304", f"CONFIGURING, comment {group}"),
+    ]
 
 
 def test_our_own_allocation_is_not_another_writer(fake, tmp_path):
@@ -195,7 +202,7 @@ def test_our_own_allocation_is_not_another_writer(fake, tmp_path):
     fake.jobs(**{"404": {"state": "RUNNING", "polls": 99}})
     assert (
         slurm.await_segment(
-            state, None, own_job_id="404", squeue=fake.squeue, sacct=fake.sacct, sleep=no_sleep
+            state, [], own_job_id="404", squeue=fake.squeue, sacct=fake.sacct, sleep=no_sleep
         )
         == []
     )
@@ -205,7 +212,7 @@ def test_a_finished_holder_is_no_writer(fake, tmp_path):
     state = tmp_path / "state" / "pythia-0.4m"
     write_holder(state, "505")
     fake.jobs(**{"505": {"state": "RUNNING", "polls": 0, "final": "NODE_FAIL"}})
-    assert slurm.find_other_writers(state, None, own_job_id="1", squeue=fake.squeue) == []
+    assert slurm.find_other_writers(state, [], own_job_id="1", squeue=fake.squeue) == []
 
 
 def test_timeout_names_the_job_and_starts_nothing(fake, tmp_path):
@@ -220,7 +227,7 @@ def test_timeout_names_the_job_and_starts_nothing(fake, tmp_path):
     with pytest.raises(slurm.SegmentWaitTimeout, match=r"SLURM job 606 .*after 30 s"):
         slurm.await_segment(
             state,
-            None,
+            [],
             own_job_id="1",
             timeout_s=30,
             log=lambda m: None,
@@ -237,7 +244,7 @@ def test_outside_slurm_only_the_local_lock_counts(fake, tmp_path):
     state = tmp_path / "state" / "pythia-0.4m"
     write_holder(state, "707")
     fake.jobs(**{"707": {"state": "RUNNING", "polls": 10**6}})
-    assert slurm.find_other_writers(state, "c", own_job_id=None, squeue=fake.squeue) == []
+    assert slurm.find_other_writers(state, ["c"], own_job_id=None, squeue=fake.squeue) == []
     assert fake.calls() == []
 
     holder = subprocess.Popen(
@@ -254,7 +261,7 @@ def test_outside_slurm_only_the_local_lock_counts(fake, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert slurm.lock_is_held(state)
-        writers = slurm.find_other_writers(state, "c", own_job_id=None)
+        writers = slurm.find_other_writers(state, ["c"], own_job_id=None)
         assert len(writers) == 1 and writers[0].job_id is None
         assert "holds" in str(writers[0]) and "pid 4242" in str(writers[0])
     finally:

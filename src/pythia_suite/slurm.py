@@ -12,7 +12,8 @@ waits for it to end:
   may not reach (some shared filesystems do not propagate them);
 - a job of the same segment that has not taken the lock yet (pending, starting up): the
   Snakemake SLURM plugin (2.8.0) submits every job with ``--comment
-  rule_<rule>_wildcards_<values joined by _>``, so ``squeue``'s comment names the segment;
+  rule_<rule>_wildcards_<values joined by _>`` (a group job: ``rule_<group>_<rules>``), so
+  ``squeue``'s comment names the segment (or the group of early segments holding it);
 - a process on this host holding the ``fcntl`` lock (no SLURM, e.g. ``profiles/local``).
 
 Our own job (``SLURM_JOB_ID``) is never a writer to wait for: the early segments of a run share
@@ -46,6 +47,7 @@ __all__ = [
     "list_jobs",
     "lock_holder",
     "lock_is_held",
+    "group_comment",
     "plugin_comment",
 ]
 
@@ -113,6 +115,12 @@ def plugin_comment(rule: str, wildcard_values: Sequence[str]) -> str:
     """
     values = [str(v).replace("/", "_") for v in wildcard_values]
     return f"rule_{rule}_wildcards_{'_'.join(values)}" if values else f"rule_{rule}"
+
+
+def group_comment(group: str, rules: Sequence[str]) -> str:
+    """The ``--comment`` of a Snakemake group job: ``rule_<group>_<sorted rule names>``
+    (the group job's name; it has no wildcards of its own)."""
+    return f"rule_{group}_{'_'.join(sorted(set(rules)))}"
 
 
 def _query(argv: list[str], run: Runner) -> subprocess.CompletedProcess:
@@ -208,7 +216,7 @@ def lock_is_held(state_dir: Path | str) -> bool:
 
 def find_other_writers(
     state_dir: Path | str,
-    comment: str | None,
+    comments: Sequence[str],
     *,
     own_job_id: str | None,
     squeue: str = "squeue",
@@ -217,10 +225,11 @@ def find_other_writers(
 ) -> list[Writer]:
     """Live writers of the segment other than ourselves (see the module docstring).
 
-    ``comment`` is the plugin's comment for the segment's job (:func:`plugin_comment`);
-    ``None`` skips that check. SLURM is asked only when we run in a SLURM job ourselves
-    (``own_job_id`` set): outside SLURM (a local Snakemake) only the ``fcntl`` lock counts,
-    and a machine with SLURM's clients but no controller up must not fail local runs.
+    ``comments`` are the plugin's comments a job of the segment may carry
+    (:func:`plugin_comment`, :func:`group_comment`); empty skips that check. SLURM is asked
+    only when we run in a SLURM job ourselves (``own_job_id`` set): outside SLURM (a local
+    Snakemake) only the ``fcntl`` lock counts, and a machine with SLURM's clients but no
+    controller up must not fail local runs.
     Raises ``SlurmQueryError`` when ``squeue``/``sacct`` fail inside a job.
     """
     writers: list[Writer] = []
@@ -232,12 +241,12 @@ def find_other_writers(
         if state in ACTIVE_STATES:
             where = f"host {holder.get('host')}, pid {holder.get('pid')}"
             writers.append(Writer(str(holder_job), f"{state}, holds {state_dir}/lock: {where}"))
-    if comment and slurm_here:
+    if comments and slurm_here:
         for job in list_jobs(user=_user(), squeue=squeue, run=run):
-            if job.comment != comment or job.job_id == str(own_job_id):
+            if job.comment not in comments or job.job_id == str(own_job_id):
                 continue
             if job.state in ACTIVE_STATES and all(w.job_id != job.job_id for w in writers):
-                writers.append(Writer(job.job_id, f"{job.state}, comment {comment}"))
+                writers.append(Writer(job.job_id, f"{job.state}, comment {job.comment}"))
     if not writers and lock_is_held(state_dir):
         who = f"host {holder.get('host')}, pid {holder.get('pid')}" if holder else "unknown"
         writers.append(Writer(None, f"a process holds {state_dir}/lock ({who})"))
@@ -246,7 +255,7 @@ def find_other_writers(
 
 def await_segment(
     state_dir: Path | str,
-    comment: str | None,
+    comments: Sequence[str],
     *,
     own_job_id: str | None = None,
     timeout_s: float | None = None,
@@ -273,7 +282,7 @@ def await_segment(
     waited: dict[str, Writer] = {}
     while True:
         writers = find_other_writers(
-            state_dir, comment, own_job_id=own_job_id, squeue=squeue, sacct=sacct, run=run
+            state_dir, comments, own_job_id=own_job_id, squeue=squeue, sacct=sacct, run=run
         )
         if not writers:
             if waited:
