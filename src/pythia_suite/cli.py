@@ -412,9 +412,13 @@ def cmd_await_segment(config: dict, args) -> None:
     from pythia_suite import slurm
 
     run = cfg.get_run(config, args.run)
+    comments = [slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(args.step)])]
+    if args.step <= config["training"]["early_group_max_step"]:
+        # workflow/rules/common.smk, segment_group: the early segments share a group job.
+        comments.append(slurm.group_comment(f"early_{run.name}", [slurm.SEGMENT_RULE]))
     slurm.await_segment(
         layout.state_dir(config["paths"]["state"], run.name),
-        slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(args.step)]),
+        comments,
         timeout_s=args.timeout,
         log=_say,
     )
