@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 RECORD_NAME = "provenance.json"
+PRUNED_NAME = "pruned.json"  # written by pythia_suite.retention
+# Files in a directory artifact that are not its content.
+_NOT_CONTENT = (RECORD_NAME, PRUNED_NAME, ".snakemake_timestamp")
 PACKAGES = (
     "pythia-suite",
     "torch",
@@ -63,7 +66,10 @@ def _sha256_file(path: Path) -> str:
 def content_hash(artifact: str | os.PathLike) -> str:
     """sha256 of a file, or of a directory's sorted (relative path, file sha256) list.
 
-    A directory's own provenance record is left out, so writing it does not change the hash.
+    A directory's own provenance record is left out, so writing it does not change the hash, and
+    so is Snakemake's `.snakemake_timestamp` (touched after the job). Files that storage
+    retention removed (`pythia_suite.retention`) count with the sha256 its `pruned.json`
+    recorded just before removing them, so pruning a checkpoint does not change its hash.
     Raises FileNotFoundError naming the artifact when it does not exist.
     """
     artifact = Path(artifact)
@@ -71,13 +77,27 @@ def content_hash(artifact: str | os.PathLike) -> str:
         return _sha256_file(artifact)
     if not artifact.is_dir():
         raise FileNotFoundError(f"{artifact}: artifact does not exist")
+    present = {p.relative_to(artifact).as_posix(): p for p in artifact.rglob("*") if p.is_file()}
+    for name in _NOT_CONTENT:
+        present.pop(name, None)
+    removed = _pruned_hashes(artifact)
     digest = hashlib.sha256()
-    for path in sorted(p for p in artifact.rglob("*") if p.is_file()):
-        rel = path.relative_to(artifact).as_posix()
-        if rel == RECORD_NAME:
-            continue
-        digest.update(f"{rel}\0{_sha256_file(path)}\n".encode())
+    for rel in sorted(present.keys() | removed.keys()):
+        sha = _sha256_file(present[rel]) if rel in present else removed[rel]
+        digest.update(f"{rel}\0{sha}\n".encode())
     return digest.hexdigest()
+
+
+def _pruned_hashes(directory: Path) -> dict[str, str]:
+    """Relative path -> sha256 of the files retention removed from `directory` (none: {})."""
+    path = directory / PRUNED_NAME
+    if not path.is_file():
+        return {}
+    try:
+        removed = json.loads(path.read_text(encoding="utf-8"))["removed"]
+        return {rel: entry["sha256"] for rel, entry in removed.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ProvenanceError(f"{path}: unreadable retention marker: {err!r}") from None
 
 
 def config_digest(subset: Any) -> str:
