@@ -388,22 +388,39 @@ def cmd_train_segment(config: dict, args) -> None:
         {"run": run.as_dict(), "settings": cfg.train_settings_values(config, run)},
         inputs,
     )
-    state = train_segment(
-        cfg.hf_config(config, run),
-        settings,
-        _training_samples(config, run),
-        start_checkpoint=args.resume_from,
-        start_step=start_step,
-        end_step=args.step,
-        out_dir=args.output,
-        state_dir=layout.state_dir(config["paths"]["state"], run.name),
-    )
+    try:
+        state = train_segment(
+            cfg.hf_config(config, run),
+            settings,
+            _training_samples(config, run),
+            start_checkpoint=args.resume_from,
+            start_step=start_step,
+            end_step=args.step,
+            out_dir=args.output,
+            state_dir=layout.state_dir(config["paths"]["state"], run.name),
+        )
+    except RuntimeError as err:
+        _explain_pruned_start(err, args.resume_from)
+        raise
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
         recorder.extra = {
             "fingerprint": state.get("fingerprint"),
             "world_size": state.get("world_size"),
         }
         recorder.write()
+
+
+def _explain_pruned_start(err: RuntimeError, resume_from: str | None) -> None:
+    """A start checkpoint without its optimizer because retention pruned it: say so."""
+    from pythia_suite import retention
+
+    if resume_from and retention.is_pruned(resume_from):
+        raise RuntimeError(
+            f"{err}; {resume_from} has no resume state: retention pruned it once its weights "
+            f"were exported and published (pruned.json, training.keep_resume_states), so no "
+            f"segment can start from it. Retrain from the newest earlier checkpoint that kept "
+            f"its state (`pythia-suite prune RUN --dry-run` lists them)"
+        ) from None
 
 
 def cmd_await_segment(config: dict, args) -> None:
@@ -564,6 +581,43 @@ def cmd_publish(config: dict, args) -> None:
     )
     tmp.replace(receipt)
     recorder.write()
+    _apply_retention(config, run)
+
+
+def _retention_paths(config: dict, run: cfg.Run) -> tuple[dict, dict, dict]:
+    """A run's checkpoint, export and receipt paths by step (retention's arguments)."""
+    results = _results(config)
+    steps = cfg.checkpoint_steps(config)
+    return (
+        {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in steps},
+        {s: Path(layout.export_dir(results, run.name, s)) for s in steps},
+        {s: Path(layout.receipt(results, run.name, s)) for s in steps},
+    )
+
+
+def _apply_retention(config: dict, run: cfg.Run) -> None:
+    """Prune resume states that training.keep_resume_states lets go (after a verified receipt)."""
+    from pythia_suite import retention
+
+    keep = config["training"]["keep_resume_states"]
+    for decision in retention.apply_retention(*_retention_paths(config, run), keep=keep):
+        if decision.action == "pruned" and decision.reason == retention.SAFE:
+            _say(f"{decision.checkpoint}: resume state pruned ({decision.reason})")
+
+
+def cmd_prune(config: dict, args) -> None:
+    """Show (--dry-run) or apply the retention policy to a run's checkpoints."""
+    from pythia_suite import retention
+
+    run = cfg.get_run(config, args.run)
+    keep = config["training"]["keep_resume_states"]
+    paths = _retention_paths(config, run)
+    if args.dry_run:
+        decisions = retention.plan_retention(*paths, keep=keep)
+    else:
+        decisions = retention.apply_retention(*paths, keep=keep)
+    for d in decisions:
+        print(f"step{d.step:<8} {d.action:<7} {d.reason}")
 
 
 def cmd_model_card(config: dict, args) -> None:
@@ -866,6 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, required=True)
     p.add_argument("--export", required=True)
     p.add_argument("--receipt", required=True)
+    p = add("prune", cmd_prune, "prune resume states as training.keep_resume_states says")
+    p.add_argument("run")
+    p.add_argument("--dry-run", action="store_true", help="only show what the policy does")
     p = add("model-card", cmd_model_card, "render a run's model card")
     p.add_argument("run")
     p.add_argument("--evals", required=True)
