@@ -49,10 +49,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as bare_dir:
         shutil.copy(REPO / "benchmarks" / "bare_dryrun" / "Snakefile", bare_dir)
         cases = [
-            ("bare Snakefile, same shape", [snakemake, "-n", "--quiet", "rules"], Path(bare_dir)),
+            ("bare Snakefile, same shape", [snakemake, "-n"], Path(bare_dir)),
             (
                 "suite: --profile profiles/slurm -n all",
-                [snakemake, "--profile", "profiles/slurm", "-n", "--quiet", "rules", "all"],
+                [snakemake, "all", "--profile", "profiles/slurm", "-n"],
                 REPO,
             ),
         ]

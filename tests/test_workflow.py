@@ -1,0 +1,91 @@
+"""The DAG: what `snakemake -n` plans for the suite and for one target, lint, pictures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("job ", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.slow
+def test_full_suite_dry_run_plans_every_segment_export_upload_and_eval():
+    result = snakemake("all", "--profile", "profiles/slurm", "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["init_checkpoint"] == 16
+    assert counts["train_segment"] == 16 * 153  # one job per checkpoint segment
+    assert counts["export"] == counts["publish"] == 16 * 154
+    assert counts["evaluate"] == 16 * (27 + 15)  # Pythia's 0-shot and 5-shot steps
+    assert counts["run_done"] == 16 and counts["report"] == 1
+
+
+def test_one_step_target_plans_only_that_chain():
+    target = "results/runs/pythia-410m-deduped/published/step3000.json"
+    result = snakemake(target, "--profile", "profiles/slurm", "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    # steps 1..512 (10 segments) then 1000, 2000, 3000
+    assert counts["train_segment"] == 13
+    assert counts["init_checkpoint"] == 1
+    assert counts["export"] == counts["publish"] == 1
+    assert "evaluate" not in counts
+
+
+def test_targets_outside_the_results_tree_unknown_runs_or_steps_are_refused():
+    for target in (
+        "results/runs/pythia-3b/published/step3000.json",
+        "results/runs/pythia-70m/published/step3500.json",
+        "results/runs/../../tmp/published/step1.json",
+    ):
+        result = snakemake("-n", target)
+        assert result.returncode != 0, target
+        output = result.stdout + result.stderr
+        assert "No rule to produce" in output or "is not a checkpoint step" in output, output
+
+
+def test_lint_is_clean_for_the_suite_and_the_miniature_suite():
+    for args in ((), ("--configfile", "config.yaml", "config/mini.yaml")):
+        result = snakemake("--lint", *args)
+        assert result.returncode == 0
+        assert (
+            "Congratulations, your workflow is in a good condition!"
+            in result.stdout + result.stderr
+        )
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) is not installed")
+def test_rulegraph_and_a_small_dag_render_with_graphviz(tmp_path):
+    for name, args in (
+        ("rulegraph", ("--rulegraph",)),
+        (
+            "dag",
+            (
+                "--profile",
+                "profiles/local",
+                "--dag",
+                "dot",
+                "--",
+                "results/runs/pythia-0.4m/published/step4.json",
+            ),
+        ),
+    ):
+        dot = snakemake(*args)
+        assert dot.returncode == 0, dot.stderr[-2000:]
+        svg = subprocess.run(["dot", "-Tsvg"], input=dot.stdout, capture_output=True, text=True)
+        assert svg.returncode == 0 and "<svg" in svg.stdout, name
