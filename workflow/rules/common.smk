@@ -98,9 +98,12 @@ def train_gpus(wildcards):
     return layout_["nodes"] * layout_["gpus_per_node"]
 
 
-def train_mem_mb(wildcards):
-    """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node."""
-    return max(cluster_layout(wildcards)["gpus_per_node"], 1) * config["cluster"]["mem_mb_per_gpu"]
+def train_mem_mb(wildcards, attempt):
+    """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node, times the attempt:
+    a segment killed for memory (OOM killer, SLURM OUT_OF_MEMORY) is retried (`retries`) with
+    more, and resumes from its newest snapshot (docs/failures.md)."""
+    ranks = max(cluster_layout(wildcards)["gpus_per_node"], 1)
+    return attempt * ranks * config["cluster"]["mem_mb_per_gpu"]
 
 
 def launcher():
