@@ -12,7 +12,8 @@ models get on every branch::
     tokenizer_config.json     ``"tokenizer_class": "GPTNeoXTokenizerFast"`` (loads in 4.x and 5.x)
     special_tokens_map.json   ``<|endoftext|>`` as bos/eos/unk
 
-The export path imports only torch and safetensors, not transformers: the miniature suite
+The export path imports only numpy and safetensors (torch only for bfloat16, which numpy
+lacks), not transformers: the miniature suite
 exports many checkpoints, and importing transformers costs ~5 s per process here.
 
 The files depend only on the weights, the model config and the tokenizer, never on the step
@@ -29,9 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 __all__ = [
     "EOD_TOKEN",
@@ -45,7 +45,7 @@ __all__ = [
 EOD_TOKEN = "<|endoftext|>"
 
 #: Export dtypes. No ``transformers_version`` is written: these files are not made by transformers.
-_EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_EXPORT_DTYPES = {"float16": np.float16, "bfloat16": "bfloat16", "float32": np.float32}
 
 # transformers 5 names the output layer `lm_head` in `state_dict()`; Pythia's files and the
 # checkpoint contract call it `embed_out`. Both are accepted on input; `embed_out` is written.
@@ -186,13 +186,13 @@ def pythia_config(
     return config
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+def _load_weights(path: Path) -> dict[str, np.ndarray]:
     """Load a checkpoint's tensors, renaming ``lm_head.weight`` to ``embed_out.weight``."""
     if not path.is_file():
         raise ExportError(f"{path}: file not found")
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, np.ndarray] = {}
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:
             for key in handle.keys():
                 tensors[_KEY_RENAMES.get(key, key)] = handle.get_tensor(key)
     except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
@@ -200,7 +200,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _check_weights(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> None:
+def _check_weights(tensors: dict[str, np.ndarray], config: dict[str, Any], path: Path) -> None:
     """Check the tensor names and the shapes that the config determines; name the first misfit."""
     expected = pythia_state_dict_keys(config["num_hidden_layers"])
     missing = sorted(set(expected) - tensors.keys())
@@ -222,8 +222,26 @@ def _check_weights(tensors: dict[str, torch.Tensor], config: dict[str, Any], pat
                 f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, config says {shape}"
             )
     for key, tensor in tensors.items():
-        if not tensor.is_floating_point():
+        if not np.issubdtype(tensor.dtype, np.floating):
             raise ExportError(f"{path}: tensor {key!r} has dtype {tensor.dtype}, expected float")
+
+
+def _save_weights(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
+    """Write safetensors with the metadata save_pretrained writes (transformers 4.x checks it).
+
+    numpy has no bfloat16, so that dtype alone goes through torch (imported only then).
+    """
+    metadata = {"format": "pt"}
+    if dtype != "bfloat16":
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(path), metadata=metadata)
+        return
+    import torch
+    from safetensors.torch import save_file
+
+    bf16 = {key: torch.from_numpy(value).to(torch.bfloat16) for key, value in tensors.items()}
+    save_file(bf16, str(path), metadata=metadata)
 
 
 def _tokenizer_files(eod_token: str, model_max_length: int) -> dict[str, dict[str, Any]]:
@@ -287,19 +305,22 @@ def export_checkpoint(
     _check_weights(tensors, config, weights_path)
 
     target = _EXPORT_DTYPES[dtype]
-    cast: dict[str, torch.Tensor] = {}
-    for key in sorted(tensors):
-        tensor = tensors[key].to(target).contiguous()
-        # fp16 tops out at 65504: an overflowing weight would export silently as inf.
-        if not torch.isfinite(tensor).all():
-            raise ExportError(f"{weights_path}: tensor {key!r} is not finite in {dtype}")
-        cast[key] = tensor
+    cast: dict[str, np.ndarray] = {}
+    with np.errstate(over="ignore"):  # overflow is detected below, naming the tensor
+        for key in sorted(tensors):
+            tensor = np.ascontiguousarray(
+                tensors[key].astype(target if target != "bfloat16" else np.float32)
+            )
+            # fp16 tops out at 65504: an overflowing weight would export silently as inf.
+            if not np.isfinite(tensor).all():
+                raise ExportError(f"{weights_path}: tensor {key!r} is not finite in {dtype}")
+            cast[key] = tensor
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         # Metadata {"format": "pt"} is what save_pretrained writes and what 4.x checks for.
-        save_file(cast, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _save_weights(cast, tmp / "model.safetensors", dtype)
         _write_json(tmp / "config.json", config)
         generation = {
             "_from_model_config": True,
