@@ -721,6 +721,59 @@ def cmd_evaluate(config: dict, args) -> None:
     recorder.write()
 
 
+def cmd_prefetch_eval_datasets(config: dict, args) -> None:
+    """Load every configured lm-eval task's dataset once (on a node with network), so that
+    compute nodes evaluate offline from the shared datasets cache."""
+    from pythia_suite.evaluate import prefetch_datasets
+
+    os.environ.pop("HF_DATASETS_OFFLINE", None)
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    tasks = sorted(set(_eval_tasks(config, 0)) | set(_eval_tasks(config, 5)))
+    counts = prefetch_datasets(tasks)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out)
+
+
+def cmd_compare_reference(config: dict, args) -> None:
+    """Compare a result file with a reference (e.g. Pythia's own) metric by metric."""
+    from pythia_suite.evaluate import compare_with_reference
+
+    comparison = compare_with_reference(args.ours, args.reference, args.tolerance)
+    print(comparison.summary())
+    if not comparison.passed:
+        raise SystemExit(1)
+
+
+def cmd_evaluate_reference(config: dict, args) -> None:
+    """Reference mode: evaluate a published checkpoint (e.g. EleutherAI/pythia-410m at
+    step143000) with this stage and compare it with the published result file. Needs the Hub."""
+    from huggingface_hub import snapshot_download
+
+    from pythia_suite.evaluate import compare_with_reference, evaluate_checkpoints
+
+    step = int(args.revision.removeprefix("step")) if args.revision.startswith("step") else 0
+    model_dir = snapshot_download(args.model, revision=args.revision)
+    name = args.model.split("/")[-1]
+    written = evaluate_checkpoints(
+        {step: model_dir},
+        _eval_tasks(config, args.shots),
+        args.shots,
+        args.output,
+        name,
+        batch_size=config["evaluation"]["batch_size"],
+        include_defaults=True,
+        device=args.device,
+        offline=False,
+    )
+    comparison = compare_with_reference(written[step], args.reference, args.tolerance)
+    print(comparison.summary())
+    if not comparison.passed:
+        raise SystemExit(1)
+
+
 def cmd_collect_evals(config: dict, args) -> None:
     """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
     out = Path(args.output)
@@ -937,6 +990,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", required=True)
     p.add_argument("--exports", nargs="+", required=True)
     p.add_argument("--output", required=True)
+    p = add("prefetch-eval-datasets", cmd_prefetch_eval_datasets, "download lm-eval datasets")
+    p.add_argument("--output", required=True)
+    p = add("compare-reference", cmd_compare_reference, "compare results with a reference file")
+    p.add_argument("ours")
+    p.add_argument("reference")
+    p.add_argument("--tolerance", type=float, default=0.02)
+    p = add(
+        "evaluate-reference",
+        cmd_evaluate_reference,
+        "evaluate a published checkpoint and compare it with its published results",
+    )
+    p.add_argument("model", help="a Hub repo, e.g. EleutherAI/pythia-410m")
+    p.add_argument("--revision", default="main", help="e.g. step143000")
+    p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--reference", required=True, help="Pythia's result file for that step")
+    p.add_argument("--tolerance", type=float, default=0.02)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--output", required=True)
     p = add("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout")
     p.add_argument("run")
     p.add_argument("batches", nargs="+")
@@ -957,7 +1028,14 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pythia-suite {args.command}: error: {err}", file=sys.stderr)
         return 1
-    if args.command not in ("runs", "neox-config", "hf-config", "plan", "verify"):
+    if args.command not in (
+        "runs",
+        "neox-config",
+        "hf-config",
+        "plan",
+        "verify",
+        "compare-reference",
+    ):
         _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
     return 0
 

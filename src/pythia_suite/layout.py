@@ -57,6 +57,11 @@ def eval_tasks_dir(results: str) -> str:
     return f"{results}/data/eval_tasks"
 
 
+def eval_datasets_marker(results: str) -> str:
+    """Written once lm-eval's datasets for the configured tasks are in the local cache."""
+    return f"{results}/data/eval_datasets.json"
+
+
 def checkpoint_dir(results: str, run: str, step: int | str) -> str:
     return f"{results}/runs/{run}/checkpoints/step{step}"
 

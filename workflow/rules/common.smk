@@ -161,9 +161,10 @@ def eval_batch_dirs(wildcards):
 
 
 def eval_tasks_input(wildcards):
+    """Local tasks are built from held-out text; lm-eval's own are prefetched (login node)."""
     if config["evaluation"]["local_tasks"]:
         return layout.eval_tasks_dir(RESULTS)
-    return []
+    return layout.eval_datasets_marker(RESULTS)
 
 
 # ----------------------------------------------------------------------------- targets

@@ -2,6 +2,20 @@
 # checkpoints (evaluation.steps_per_job) so they share the process and lm-eval start-up.
 
 
+rule prefetch_eval_datasets:
+    output:
+        layout.eval_datasets_marker(RESULTS),
+    log:
+        log("evaluate", "prefetch"),
+    localrule: True
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        cli=CLI,
+    shell:
+        "{params.cli} prefetch-eval-datasets --output {output:q} 2> {log:q}"
+
+
 rule evaluate:
     input:
         exports=eval_batch_exports,

@@ -1,0 +1,35 @@
+"""CLI commands around the stages: reference comparison, plan output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pythia_suite.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EVALS = REPO.parent / "shared" / "anchors" / "pythia" / "EleutherAI_pythia" / "evals"
+ZERO_SHOT = EVALS / "pythia-v1" / "pythia-410m" / "zero-shot" / "410m_step143000.json"
+
+
+@pytest.mark.skipif(not ZERO_SHOT.exists(), reason=f"{ZERO_SHOT} absent: no Pythia result file")
+def test_compare_reference_passes_on_itself_and_names_a_perturbed_metric(tmp_path, capsys):
+    config = ["--config", str(REPO / "config.yaml")]
+    assert main([*config, "compare-reference", str(ZERO_SHOT), str(ZERO_SHOT)]) == 0
+    perturbed = json.loads(ZERO_SHOT.read_text())
+    perturbed["results"]["piqa"]["acc"] += 0.05
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps(perturbed))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*config, "compare-reference", str(ours), str(ZERO_SHOT), "--tolerance", "0.02"])
+    assert exit_info.value.code == 1
+    assert "piqa" in capsys.readouterr().out
+
+
+def test_plan_prints_every_run_with_gpu_hours(capsys):
+    assert main(["--config", str(REPO / "config.yaml"), "plan", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in rows][:2] == ["pythia-70m", "pythia-70m-deduped"]
+    assert all(r["gpu_hours"] > 0 and r["resume_bytes_kept"] < r["resume_bytes_all"] for r in rows)
