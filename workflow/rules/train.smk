@@ -36,8 +36,10 @@ rule train_segment:
     params:
         cli=CLI,
         config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
-        launch=train_launch,
     resources:
+        # How ranks start is no rerun trigger (params are): it differs between a dry run, the
+        # submitting Snakemake and the one nested in a SLURM job, and between executors.
+        launch=train_launch,
         nodes=train_nodes,
         tasks=train_tasks,
         gpu=train_gpus,
@@ -53,5 +55,5 @@ rule train_segment:
         # train-segment then exits 0 if that job left the checkpoint. The log is appended to:
         # the other job's lines come first.
         "{params.cli} await-segment {wildcards.run:q} --step {wildcards.step} 2>> {log:q} && "
-        "{params.launch} {params.cli} train-segment {wildcards.run:q} --step {wildcards.step}"
+        "{resources.launch} {params.cli} train-segment {wildcards.run:q} --step {wildcards.step}"
         " --resume-from {input.previous:q} --output {output:q} 2>> {log:q}"
