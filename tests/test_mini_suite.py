@@ -192,3 +192,32 @@ def test_no_output_contains_the_planted_token(suite):
         if path.is_file() and PLANTED_TOKEN.encode() in path.read_bytes():
             hits.append(str(path))
     assert hits == []
+
+
+def test_batch_viewer_shows_the_tokens_training_consumed(suite, tmp_path):
+    import hashlib
+
+    import numpy as np
+
+    cli = str(Path(sys.executable).with_name("pythia-suite"))
+    config = ["--config", "config.yaml", "--config", "config/mini.yaml"]
+    arrays = {}
+    for run in ("pythia-0.4m", "pythia-1.3m"):
+        out = tmp_path / f"{run}.npy"
+        result = subprocess.run(
+            [cli, *config, "batch", run, "--step", "5", "--output", str(out), "--decode", "1"],
+            cwd=suite,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert len(result.stdout.strip()) > 0  # the decoded first sequence
+        arrays[run] = np.load(out)
+    assert arrays["pythia-0.4m"].shape == (8, 129)
+    assert (arrays["pythia-0.4m"] == arrays["pythia-1.3m"]).all()  # same for every size
+    recorded = {
+        h["iteration"]: h["tokens_sha256"]
+        for h in trainer_state(suite, "pythia-0.4m", 8)["history"]
+    }
+    digest = hashlib.sha256(arrays["pythia-0.4m"].astype("<i8").tobytes()).hexdigest()
+    assert recorded[5] == digest
