@@ -59,6 +59,18 @@ def _run_table(config: dict) -> list[dict]:
     return rows
 
 
+def _training_data_paths(config: dict, run: cfg.Run) -> list[Path]:
+    """The recorded artifacts a run's token stream comes from (for provenance): the dataset's
+    .bin (its record covers the .idx and the shards) and the index maps, or the preshuffled set."""
+    results = _results(config)
+    if config["data"]["source"] == "preshuffled":
+        return [Path(layout.preshuffled_prefix(results, run.variant) + ".bin")]
+    return [
+        Path(layout.dataset_prefix(results, run.variant) + ".bin"),
+        Path(layout.order_dir(results, run.variant, run.data_seed)),
+    ]
+
+
 def _training_samples(config: dict, run: cfg.Run):
     """The run's token stream: GPT-NeoX order over the dataset, or the preshuffled set."""
     results = _results(config)
@@ -156,7 +168,9 @@ def cmd_fetch_shard(config: dict, args) -> None:
         raise cfg.ConfigError(f"data.raw.shards: no shard {args.shard} (there are {len(shards)})")
     entry = shards[index]
     source = entry.get("path") or entry["url"]
-    recorder = Recorder(Path(args.output), "corpus-shard", {"shard": entry})
+    # A local source is the raw root of every provenance chain; a URL is recorded by value.
+    local = [Path(source)] if entry.get("path") else []
+    recorder = Recorder(Path(args.output), "corpus-shard", {"shard": entry}, local)
     sha = fetch_shard(source, args.output, sha256=entry.get("sha256"))
     if not entry.get("sha256"):
         _say(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
@@ -277,7 +291,7 @@ def cmd_tokenize(config: dict, args) -> None:
 def cmd_merge_datasets(config: dict, args) -> None:
     from pythia_suite.data.tokenize import merge_datasets
 
-    inputs = [Path(p + ext) for p in args.prefixes for ext in (".bin", ".idx")]
+    inputs = [Path(p + ".bin") for p in args.prefixes]  # each .bin's record covers its .idx
     recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", {}, inputs)
     recorder.extra = merge_datasets(args.prefixes, args.output_prefix)
     recorder.write()
@@ -294,9 +308,7 @@ def cmd_build_order(config: dict, args) -> None:
         "seq_length": config["model"]["seq_length"],
         "seed": args.seed,
     }
-    recorder = Recorder(
-        out, "index-maps", settings, [Path(args.dataset_prefix + ext) for ext in (".bin", ".idx")]
-    )
+    recorder = Recorder(out, "index-maps", settings, [Path(args.dataset_prefix + ".bin")])
     build_index_maps(args.dataset_prefix, tmp, **settings)
     tmp.replace(out)
     recorder.write()
@@ -382,6 +394,7 @@ def cmd_train_segment(config: dict, args) -> None:
     if args.step > 0 and not args.resume_from:
         args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
     inputs = [Path(args.resume_from)] if args.resume_from else []
+    inputs += _training_data_paths(config, run)
     recorder = Recorder(
         Path(args.output),
         "checkpoint",
@@ -399,18 +412,38 @@ def cmd_train_segment(config: dict, args) -> None:
             out_dir=args.output,
             state_dir=layout.state_dir(config["paths"]["state"], run.name),
         )
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:
         _explain_pruned_start(err, args.resume_from)
+        _explain_full_disk(err, Path(args.output))
         raise
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
         recorder.extra = {
-            "fingerprint": state.get("fingerprint"),
+            "data_fingerprint": state.get("data_fingerprint", {}).get("segment"),
             "world_size": state.get("world_size"),
         }
         recorder.write()
 
 
-def _explain_pruned_start(err: RuntimeError, resume_from: str | None) -> None:
+def _explain_full_disk(err: Exception, output: Path) -> None:
+    """A save that failed because the file system filled up (torch's own message does not say
+    so: "[enforce fail at inline_container.cc] unexpected pos"): say so, and what to do."""
+    import errno
+
+    from pythia_suite.train.checkpoint import InsufficientDiskSpaceError
+
+    if isinstance(err, InsufficientDiskSpaceError):
+        return  # the check before training: its message already says it all
+    free = shutil.disk_usage(output.parent).free if output.parent.is_dir() else None
+    enospc = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    if enospc or (free is not None and free < 1 << 20):
+        raise RuntimeError(
+            f"no space left on the file system of {output.parent} ({free} bytes free) while "
+            f"writing {output} ({err}). {output} was not written; free space and rerun the same "
+            f"command: it resumes from the newest snapshot in paths.state"
+        ) from None
+
+
+def _explain_pruned_start(err: Exception, resume_from: str | None) -> None:
     """A start checkpoint without its optimizer because retention pruned it: say so."""
     from pythia_suite import retention
 
