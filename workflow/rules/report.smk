@@ -9,8 +9,9 @@ rule report:
     output:
         report(
             directory(layout.report_dir(RESULTS)),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.md", "{name}.csv", "{name}.json"],
             category="Results",
+            caption="../report/results.rst",
         ),
     log:
         log("report"),
