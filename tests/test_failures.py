@@ -522,7 +522,10 @@ def test_hub_connection_lost_mid_upload(base, tmp_path, monkeypatch, capsys):
     assert suite_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "pythia-suite publish: error: " in err and "pythia-suite-test/pythia-tiny" in err
-    assert "Connection reset by peer" in err
+    assert (
+        "error: commit to pythia-suite-test/pythia-tiny@step8 failed: ConnectionResetError: "
+        "[Errno 104] Connection reset by peer"
+    ) in err
     assert not looks_complete(receipt)
     assert not list(receipt.parent.glob(".*"))  # no half-written receipt
 
