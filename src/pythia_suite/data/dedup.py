@@ -54,6 +54,7 @@ import random
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +68,12 @@ __all__ = [
     "DedupFileError",
     "DedupParams",
     "SampleCheck",
+    "bbit_signatures",
     "bucket_band",
     "choose_bands_rows",
     "cluster",
     "compute_signatures",
+    "estimate_jaccard",
     "exact_jaccard",
     "filter_shard",
     "merge_reports",
@@ -82,10 +85,17 @@ __all__ = [
 #: Band number of the exact-text pseudo-band in :func:`bucket_band`.
 EXACT_BAND = -1
 
-_FORMAT_VERSION = 1
+# 2: signatures hold the b-bit signature "verify"; edge files hold rejected pairs and counts.
+_FORMAT_VERSION = 2
 _MAX_HASH = np.uint32(0xFFFFFFFF)
 # Rows of the (shingles x num_perm) permutation matrix computed at once: 32k x 128 x 4 B = 16 MiB.
 _PERMUTE_CHUNK = 1 << 15
+# Candidate pairs verified at once: 2 x 256k x 128 B (8-bit signatures) = 64 MiB of gathered rows.
+_VERIFY_CHUNK = 1 << 18
+# Pivots tried per bucket in bucket_band before the members left unmatched stay unlinked (kept).
+_MAX_PIVOTS = 8
+# dtype of the b-bit signature per verify_bits (0: no verification, no array).
+_VERIFY_DTYPES = {0: None, 8: np.uint8, 16: np.uint16}
 # Documents hashed per batch in compute_signatures.
 _DOC_BATCH = 2048
 _ZSTD_LEVEL = 3
@@ -172,6 +182,10 @@ class DedupParams:
         num_perm: MinHash permutations per document.
         bands, rows: LSH banding; ``None`` (both) means :func:`choose_bands_rows`.
         seed: seed of datasketch's permutations.
+        verify_bits: bits kept of each MinHash value for candidate verification (8 or 16), or
+            0 for none (plain LSH: every candidate pair of a band merges).
+        verify_margin: a candidate pair of a band merges only if its b-bit estimated Jaccard
+            similarity is at least ``threshold - verify_margin``.
     """
 
     threshold: float = 0.87
@@ -180,6 +194,8 @@ class DedupParams:
     bands: int | None = None
     rows: int | None = None
     seed: int = 1
+    verify_bits: int = 8
+    verify_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -197,6 +213,10 @@ class DedupParams:
                 f"need bands >= 1, rows >= 1 and bands*rows <= num_perm={self.num_perm}, "
                 f"got bands={self.bands}, rows={self.rows}"
             )
+        if self.verify_bits not in _VERIFY_DTYPES:
+            raise ValueError(f"verify_bits must be one of 0, 8, 16, got {self.verify_bits!r}")
+        if not 0.0 <= self.verify_margin < self.threshold:
+            raise ValueError(f"verify_margin must be in [0, threshold), got {self.verify_margin!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -336,6 +356,40 @@ def exact_jaccard(a: str, b: str, ngram: int) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
+def bbit_signatures(signatures: np.ndarray, bits: int) -> np.ndarray:
+    """Return the low ``bits`` (8 or 16) bits of each MinHash value: b-bit MinHash.
+
+    ``(n, num_perm)`` uint8 or uint16; 128 B per document at 8 bits and 128 permutations.
+
+    Raises:
+        ValueError: ``bits`` is not 8 or 16.
+    """
+    dtype = _VERIFY_DTYPES.get(bits)
+    if dtype is None:
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    return (np.asarray(signatures, dtype=np.uint32) & np.uint32((1 << bits) - 1)).astype(dtype)
+
+
+def estimate_jaccard(
+    a: np.ndarray, b: np.ndarray, bits: int, columns: np.ndarray | slice | None = None
+) -> np.ndarray:
+    """Jaccard similarity estimated from b-bit signatures, row by row: ``(n,)`` float64.
+
+    Two unequal MinHash values still agree in their low ``bits`` bits with probability
+    ``2**-bits``, so the match rate ``m`` over-estimates J; ``(m - 2**-bits) / (1 - 2**-bits)``
+    is unbiased (Li & Koenig, b-bit minwise hashing, for large sets). ``columns`` restricts the
+    permutations compared: :func:`bucket_band` leaves out the band that made the pair a
+    candidate, whose values agree by construction (using them would add
+    ``rows * (1 - J) / num_perm``, 0.03 at J = 0.8, to the estimate).
+    """
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    if columns is not None:
+        a, b = a[:, columns], b[:, columns]
+    match = (a == b).mean(axis=1)
+    collide = 2.0**-bits
+    return (match - collide) / (1.0 - collide)
+
+
 # --------------------------------------------------------------------------------------------
 # Files: deterministic npz, atomic writes
 # --------------------------------------------------------------------------------------------
@@ -417,6 +471,43 @@ def _read_npz(path: str | os.PathLike, kind: str, names: Sequence[str]) -> tuple
     return meta, arrays
 
 
+def _mmap_npz_array(path: Path, name: str) -> np.ndarray:
+    """Memory-map array ``name`` of an npz written by :func:`_write_npz` (read-only).
+
+    The zip is stored uncompressed, so the ``.npy`` member is a contiguous byte range of the
+    file: only the pages of the rows indexed are read.
+
+    Raises:
+        DedupFileError: the member is missing, compressed, or not a valid ``.npy``.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise DedupFileError(path, f"array {name!r} is compressed and cannot be mapped")
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # zip local file header: name and extra lengths at bytes 26-29
+            if local[:4] != b"PK\x03\x04":
+                raise DedupFileError(path, f"bad zip local header for array {name!r}")
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }[np.lib.format.read_magic(fh)]
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        if isinstance(exc, DedupFileError):
+            raise
+        raise DedupFileError(path, f"cannot map array {name!r}: {exc}") from None
+    if fortran or offset + dtype.itemsize * math.prod(shape) > path.stat().st_size:
+        raise DedupFileError(path, f"array {name!r} is truncated or not C-ordered")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
 def _doc_ids(shard_index: int, line_numbers: np.ndarray) -> np.ndarray:
     return (np.uint64(shard_index) << np.uint64(_LINE_BITS)) | line_numbers.astype(np.uint64)
 
@@ -449,7 +540,9 @@ def compute_signatures(
 
     The output (``.npz``) holds ``ids`` (uint64, ``shard_index << 32 | line``), ``bands``
     (uint64, ``(n_docs, params.bands)``), ``exact`` (uint64, ``(n_docs, 2)``: 128-bit blake2b of
-    the text), ``has_shingles`` (bool: documents without words join only the exact band), and
+    the text), ``has_shingles`` (bool: documents without words join only the exact band),
+    ``verify`` (with ``params.verify_bits`` > 0: the b-bit signatures of :func:`bbit_signatures`,
+    ``(n_docs, num_perm)`` uint8/uint16, which :func:`bucket_band` memory-maps), and
     ``meta.json`` with the parameters and the shard's name, sha256 and document count (which
     :func:`filter_shard` checks, so that a shard changed after hashing is refused).
 
@@ -465,6 +558,7 @@ def compute_signatures(
     hasher = _MinHasher(params.num_perm, params.seed)
     lines: list[int] = []
     band_blocks: list[np.ndarray] = []
+    verify_blocks: list[np.ndarray] = []
     exact: list[bytes] = []
     nonempty: list[bool] = []
     text_bytes = 0
@@ -472,7 +566,10 @@ def compute_signatures(
     def hash_batch(texts: list[str]) -> None:
         hashes = [_shingle_hashes(t, params.ngram) for t in texts]
         nonempty.extend(len(h) > 0 for h in hashes)
-        band_blocks.append(_band_hashes(hasher.signatures(hashes), params.bands, params.rows))
+        signatures = hasher.signatures(hashes)
+        band_blocks.append(_band_hashes(signatures, params.bands, params.rows))
+        if params.verify_bits:
+            verify_blocks.append(bbit_signatures(signatures, params.verify_bits))
 
     batch: list[str] = []
     for line_no, doc in iter_documents(shard_path):
@@ -506,6 +603,8 @@ def compute_signatures(
         "exact": np.frombuffer(b"".join(exact), dtype="<u8").reshape(len(lines), 2).copy(),
         "has_shingles": np.asarray(nonempty, dtype=bool),
     }
+    if params.verify_bits:
+        arrays["verify"] = np.concatenate(verify_blocks).reshape(len(lines), params.num_perm)
     _write_npz(out_path, meta, arrays)
     return meta
 
@@ -515,16 +614,83 @@ def compute_signatures(
 # --------------------------------------------------------------------------------------------
 
 
-def _bucket_edges(ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Edges ``(first, other)`` joining each bucket's first id to its other ids.
+class _PairVerifier:
+    """Estimated Jaccard similarity of candidate pairs from the shards' b-bit signatures.
 
-    ``keys`` is ``(n, k)`` uint64; rows with equal keys form a bucket. A star per bucket is
-    enough for connectivity and keeps the edge count below the document count. Also returns
-    the largest bucket size.
+    The ``ids`` and ``verify`` arrays of every signature file are memory-mapped, so memory does
+    not grow with the corpus: pairs are verified in chunks of :data:`_VERIFY_CHUNK`, and each
+    chunk gathers its endpoints' rows shard by shard (sorted rows, so each shard's pages are read
+    in file order; a pair of shards s, t is read as s's rows then t's rows).
     """
+
+    def __init__(self, signature_paths: Mapping[int, Path], params: dict):
+        self.ids: dict[int, np.ndarray] = {}
+        self.signatures: dict[int, np.ndarray] = {}
+        self.bits = params["verify_bits"]
+        self.min_jaccard = params["threshold"] - params["verify_margin"]
+        self.rows, self.num_perm = params["rows"], params["num_perm"]
+        for shard, path in signature_paths.items():
+            ids, signatures = _mmap_npz_array(path, "ids"), _mmap_npz_array(path, "verify")
+            if signatures.shape != (len(ids), self.num_perm) or signatures.dtype != np.dtype(
+                _VERIFY_DTYPES[self.bits]
+            ):
+                raise DedupFileError(
+                    path,
+                    f"verify array has shape {signatures.shape} and dtype {signatures.dtype}, "
+                    f"expected ({len(ids)}, {self.num_perm}) {np.dtype(_VERIFY_DTYPES[self.bits])}",
+                )
+            self.ids[shard], self.signatures[shard] = ids, signatures
+
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        """The b-bit signature rows of packed document ``ids``."""
+        shard_of, _ = _split_ids(ids)
+        out = np.empty((len(ids), self.num_perm), dtype=_VERIFY_DTYPES[self.bits])
+        for shard in np.unique(shard_of).tolist():
+            where = np.flatnonzero(shard_of == shard)
+            rows = np.searchsorted(self.ids[shard], ids[where])
+            order = np.argsort(rows, kind="stable")
+            out[where[order]] = self.signatures[shard][rows[order]]
+        return out
+
+    def similar(self, src: np.ndarray, dst: np.ndarray, band: int) -> np.ndarray:
+        """Whether each pair's estimate, outside ``band``'s rows, is >= threshold - margin."""
+        columns = np.ones(self.num_perm, dtype=bool)
+        columns[band * self.rows : (band + 1) * self.rows] = False
+        out = np.empty(len(src), dtype=bool)
+        for start in range(0, len(src), _VERIFY_CHUNK):
+            chunk = slice(start, start + _VERIFY_CHUNK)
+            a, b = self._gather(src[chunk]), self._gather(dst[chunk])
+            out[chunk] = estimate_jaccard(a, b, self.bits, columns) >= self.min_jaccard
+        return out
+
+
+@dataclass
+class _BandEdges:
+    """What :func:`_bucket_edges` found in one band."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    rejected_src: np.ndarray
+    rejected_dst: np.ndarray
+    largest_bucket: int
+    unverified: int  # members left unlinked after _MAX_PIVOTS pivots
+
+
+def _bucket_edges(ids: np.ndarray, keys: np.ndarray, similar=None) -> _BandEdges:
+    """Edges ``(pivot, member)`` joining the documents of each bucket; rows with equal keys
+    (``(n, k)`` uint64) form a bucket.
+
+    Without ``similar``, a star from each bucket's first id (in (shard, line) order) to its
+    other ids: enough for connectivity, and fewer edges than documents. With ``similar(src,
+    dst) -> bool array``, each member is checked against the bucket's first document and joins
+    it if similar; the members rejected are checked against the first of them, and so on for
+    up to :data:`_MAX_PIVOTS` pivots per bucket (all buckets at once per round), after which
+    members still unmatched stay unlinked, i.e. kept. A member is joined to the first pivot it
+    is similar to, which is the document its cluster keeps unless another band links further.
+    """
+    empty = np.empty(0, dtype=np.uint64)
     if len(ids) == 0:
-        empty = np.empty(0, dtype=np.uint64)
-        return empty, empty, 0
+        return _BandEdges(empty, empty, empty, empty, 0, 0)
     # lexsort: last key is primary; ids last-but-primary order makes the result deterministic.
     order = np.lexsort((ids, *[keys[:, j] for j in range(keys.shape[1] - 1, -1, -1)]))
     sorted_keys = keys[order]
@@ -532,10 +698,34 @@ def _bucket_edges(ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nda
     new_bucket = np.ones(len(ids), dtype=bool)
     new_bucket[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
     bucket_start = np.flatnonzero(new_bucket)
-    sizes = np.diff(np.append(bucket_start, len(ids)))
-    first_of_row = np.repeat(sorted_ids[bucket_start], sizes)
-    member = ~new_bucket
-    return first_of_row[member], sorted_ids[member], int(sizes.max())
+    largest = int(np.diff(np.append(bucket_start, len(ids))).max())
+    bucket_of = np.cumsum(new_bucket) - 1
+    pending = np.flatnonzero(~new_bucket)  # sorted rows, grouped by bucket
+    pivot = bucket_start.copy()  # current pivot row of each bucket
+    if similar is None:
+        src = sorted_ids[pivot[bucket_of[pending]]]
+        return _BandEdges(src, sorted_ids[pending], empty, empty, largest, 0)
+    src, dst, rejected_src, rejected_dst = [], [], [], []
+    for _ in range(_MAX_PIVOTS):
+        if not len(pending):
+            break
+        pivot_ids, member_ids = sorted_ids[pivot[bucket_of[pending]]], sorted_ids[pending]
+        ok = similar(pivot_ids, member_ids)
+        src.append(pivot_ids[ok])
+        dst.append(member_ids[ok])
+        rejected_src.append(pivot_ids[~ok])
+        rejected_dst.append(member_ids[~ok])
+        # The first rejected member of each bucket becomes its next pivot.
+        left = pending[~ok]
+        first = np.ones(len(left), dtype=bool)
+        first[1:] = bucket_of[left[1:]] != bucket_of[left[:-1]]
+        pivot[bucket_of[left[first]]] = left[first]
+        pending = left[~first]
+    return _BandEdges(
+        *(np.concatenate(x) if x else empty for x in (src, dst, rejected_src, rejected_dst)),
+        largest,
+        len(pending),
+    )
 
 
 def _check_same_params(path: Path, meta: dict, expected: dict | None) -> dict:
@@ -556,16 +746,24 @@ def bucket_band(
 ) -> dict:
     """Write the candidate pairs (edges) of one band, or several, across all shards.
 
-    Documents whose hashes of ``band`` are equal form a bucket; each bucket becomes edges from
-    its first document (in (shard, line) order) to each other one. ``band`` is a band number in
+    Documents whose hashes of ``band`` are equal form a bucket. With ``params.verify_bits`` > 0
+    a pair of the bucket becomes an edge only if its Jaccard similarity estimated from the
+    b-bit signatures (memory-mapped, leaving out the band's own rows, which agree by
+    construction) is at least ``threshold - verify_margin``; see :func:`_bucket_edges` for
+    which pairs are compared. :data:`EXACT_BAND` edges are never verified. Without
+    verification each bucket becomes edges from its first document (in (shard, line) order) to
+    each other one. ``band`` is a band number in
     ``range(params.bands)`` or :data:`EXACT_BAND` for exact-text duplicates, or a sequence of
     these. To bound memory further, ``num_parts > 1`` keeps only the hashes with
     ``hash % num_parts == part``; then every part of the band must be run. Memory: about 40 bytes
-    per document of all shards per band (ids, hashes, sort order), divided by ``num_parts``.
+    per document of all shards per band (ids, hashes, sort order), divided by ``num_parts``;
+    verification adds a bounded buffer (:data:`_VERIFY_CHUNK` pairs) and page cache.
 
-    The output (``.npz``) holds ``src``/``dst`` (uint64 document ids, sorted, unique) and
-    ``meta.json`` (parameters, bands, part, shards with their sha256 and document counts).
-    Returns the meta dict.
+    The output (``.npz``) holds ``src``/``dst`` (uint64 document ids, sorted, unique), the
+    pairs verification rejected ``rejected_src``/``rejected_dst`` (same form), and
+    ``meta.json`` (parameters, bands, part, shards with their sha256 and document counts, and
+    ``verification``: pairs compared, accepted, rejected, and members left unverified after
+    :data:`_MAX_PIVOTS` pivots). Returns the meta dict.
 
     Raises:
         DedupFileError: a signature file is missing, corrupt, has other parameters than the
@@ -579,6 +777,7 @@ def bucket_band(
         raise ValueError(f"need 0 <= part < num_parts, got part={part}, num_parts={num_parts}")
     params: dict | None = None
     shards: dict[int, dict] = {}
+    paths_by_shard: dict[int, Path] = {}
     ids_per_band: dict[int, list[np.ndarray]] = {b: [] for b in bands}
     keys_per_band: dict[int, list[np.ndarray]] = {b: [] for b in bands}
     for sig_path in map(Path, signature_paths):
@@ -588,6 +787,7 @@ def bucket_band(
         if index in shards:
             raise DedupFileError(sig_path, f"shard index {index} appears in two signature files")
         shards[index] = meta["shard"]
+        paths_by_shard[index] = sig_path
         for b in bands:
             if b != EXACT_BAND and not 0 <= b < params["bands"]:
                 raise ValueError(f"band {b} out of range: {params['bands']} bands (or EXACT_BAND)")
@@ -603,15 +803,24 @@ def bucket_band(
     if params is None:
         raise ValueError("no signature files given")
 
-    src_parts, dst_parts, largest = [], [], {}
+    verifier = _PairVerifier(paths_by_shard, params) if params["verify_bits"] else None
+    found: dict[int, _BandEdges] = {}
+    counts = dict.fromkeys(("compared", "accepted", "rejected", "unverified"), 0)
     for b in bands:
-        src, dst, largest[b] = _bucket_edges(
-            np.concatenate(ids_per_band.pop(b)), np.concatenate(keys_per_band.pop(b))
+        similar = None
+        if verifier is not None and b != EXACT_BAND:
+            similar = partial(verifier.similar, band=b)
+        found[b] = _bucket_edges(
+            np.concatenate(ids_per_band.pop(b)), np.concatenate(keys_per_band.pop(b)), similar
         )
-        src_parts.append(src)
-        dst_parts.append(dst)
-    edges = np.unique(
-        np.stack([np.concatenate(src_parts), np.concatenate(dst_parts)], axis=1), axis=0
+        if similar is not None:
+            counts["accepted"] += len(found[b].src)
+            counts["rejected"] += len(found[b].rejected_src)
+            counts["unverified"] += found[b].unverified
+    counts["compared"] = counts["accepted"] + counts["rejected"]
+    edges = _unique_pairs([e.src for e in found.values()], [e.dst for e in found.values()])
+    rejected = _unique_pairs(
+        [e.rejected_src for e in found.values()], [e.rejected_dst for e in found.values()]
     )
     meta = {
         "kind": "edges",
@@ -622,10 +831,23 @@ def bucket_band(
         "num_parts": num_parts,
         "shards": {str(k): shards[k] for k in sorted(shards)},
         "num_edges": len(edges),
-        "largest_bucket": {str(b): largest[b] for b in bands},
+        "largest_bucket": {str(b): found[b].largest_bucket for b in bands},
+        "verification": {
+            "bits": params["verify_bits"],
+            "min_jaccard": params["threshold"] - params["verify_margin"],
+            **counts,
+        },
     }
-    _write_npz(out_path, meta, {"src": edges[:, 0].copy(), "dst": edges[:, 1].copy()})
+    arrays = {"src": edges[:, 0], "dst": edges[:, 1]}
+    arrays |= {"rejected_src": rejected[:, 0], "rejected_dst": rejected[:, 1]}
+    _write_npz(out_path, meta, {k: v.copy() for k, v in arrays.items()})
     return meta
+
+
+def _unique_pairs(src: list[np.ndarray], dst: list[np.ndarray]) -> np.ndarray:
+    """``(n, 2)`` uint64 array of the distinct pairs, sorted."""
+    pairs = np.stack([np.concatenate(src), np.concatenate(dst)], axis=1).astype(np.uint64)
+    return np.unique(pairs, axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,7 +906,8 @@ def cluster(edge_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike
 
     The output (``.npz``) holds ``removed`` (uint64 document ids, sorted) and ``kept_as``
     (the id of the document kept in each removed document's cluster), and ``meta.json`` with
-    the parameters, shards and counts. Returns the meta dict.
+    the parameters, shards and counts (``edge_verification``: the edge files' verification
+    counts summed over bands). Returns the meta dict.
 
     Raises:
         DedupFileError: an edge file is missing or corrupt, a band or part is missing or
@@ -719,6 +942,14 @@ def cluster(edge_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike
         "num_clusters": int(len(nodes) - is_removed.sum()),
         "num_docs_in_clusters": int(len(nodes)),
         "num_removed": int(is_removed.sum()),
+        "edge_verification": {
+            "bits": params["verify_bits"],
+            "min_jaccard": params["threshold"] - params["verify_margin"],
+            **{
+                k: sum(m["verification"][k] for m in metas)
+                for k in ("compared", "accepted", "rejected", "unverified")
+            },
+        },
     }
     _write_npz(out_path, meta, {"removed": nodes[is_removed], "kept_as": nodes[roots[is_removed]]})
     return meta
@@ -984,10 +1215,14 @@ def _sample_check(check: SampleCheck) -> dict:
     removal_pairs = _sample(rng, list(zip(removed, kept_as, strict=True)), check.num_pairs)
 
     edges: set[tuple[int, int]] = set()
+    rejected: set[tuple[int, int]] = set()
     for path in check.edge_paths:
-        _, e = _read_npz(path, "edges", ["src", "dst"])
+        _, e = _read_npz(path, "edges", ["src", "dst", "rejected_src", "rejected_dst"])
         edges.update(zip(e["src"].tolist(), e["dst"].tolist(), strict=True))
+        rejected.update(zip(e["rejected_src"].tolist(), e["rejected_dst"].tolist(), strict=True))
     candidate_pairs = _sample(rng, sorted(edges), check.num_pairs)
+    # Rejected in one band but accepted in another: an edge, not a rejection.
+    rejected_pairs = _sample(rng, sorted(rejected - edges), check.num_pairs)
 
     # Random pairs: uniform over all documents, drawn as (shard, k-th document of the shard).
     population = [
@@ -1000,7 +1235,7 @@ def _sample_check(check: SampleCheck) -> dict:
 
     texts, id_of = _load_texts(
         check.shard_paths,
-        {i for pair in removal_pairs + candidate_pairs for i in pair},
+        {i for pair in removal_pairs + candidate_pairs + rejected_pairs for i in pair},
         {o for pair in random_ordinals for o in pair},
     )
     random_pairs = [(id_of[a], id_of[b]) for a, b in random_ordinals]
@@ -1014,6 +1249,7 @@ def _sample_check(check: SampleCheck) -> dict:
         "threshold": params.threshold,
         "removed_vs_kept": _summarise(jaccards(removal_pairs), params.threshold),
         "candidate_pairs": _summarise(jaccards(candidate_pairs), params.threshold),
+        "rejected_pairs": _summarise(jaccards(rejected_pairs), params.threshold),
         "random_pairs": {
             "pairs": len(random_pairs),
             "above_threshold": sum(above),
@@ -1036,8 +1272,11 @@ def merge_reports(
     """Merge per-shard filter reports into one JSON report, optionally with a verification.
 
     The report has documents and text bytes in/out, removals per ``pile_set_name``, the
-    cluster counts (with ``sample_check``), and ``verification``: for sampled removed documents
-    paired with the document kept in their cluster, for sampled candidate pairs and for random
+    cluster counts and the candidate-pair verification counts (``clusters``,
+    ``edge_verification``; with ``sample_check``), and ``verification``: for sampled removed
+    documents paired with the document kept in their cluster, for sampled edges
+    (``candidate_pairs``), for sampled pairs that edge verification rejected
+    (``rejected_pairs``: its false rejections are those above the threshold) and for random
     pairs, how many have exact shingle Jaccard at/above the threshold. Returns the report.
 
     Raises:
@@ -1086,6 +1325,7 @@ def merge_reports(
             k: removals_meta[k]
             for k in ("num_clusters", "num_docs_in_clusters", "num_removed", "num_edges")
         }
+        merged_report["edge_verification"] = removals_meta["edge_verification"]
         merged_report["verification"] = _sample_check(sample_check)
     _write_json(out_path, merged_report)
     return merged_report
