@@ -10,6 +10,13 @@ algorithm in one process with datasketch: ``MinHash.generator`` over the same sh
 are compared with the pipeline's. datatrove 0.10.1 (whitespace tokenizer, digits and
 punctuation kept, 7 x 18 buckets) runs if importable. The Pile projection multiplies the
 measured per-byte CPU cost by 825 GB (and per-document by 210M documents); it is a projection.
+
+The pipeline runs twice: without candidate verification (``verify_bits=0``, plain LSH, which
+must remove exactly datasketch's set) and with the default b-bit verification; the difference
+is the cost of verification. A margin sweep then takes up to 3000 candidate pairs of the
+unverified run (pairs that share a band, with that band), computes their exact Jaccard and
+their b-bit estimates outside the band, and prints for each margin how many pairs above and
+below the threshold verification would accept.
 """
 
 from __future__ import annotations
@@ -111,11 +118,12 @@ def _sig_paths(work):
     return sorted((Path(work) / "signatures").glob("*.npz"))
 
 
-def stage_signatures(shards, work):
+def stage_signatures(shards, work, verify_bits):
     from pythia_suite.data.dedup import DedupParams, compute_signatures
 
+    params = DedupParams(verify_bits=verify_bits)
     for i, shard in enumerate(shards):
-        compute_signatures(shard, i, Path(work) / "signatures" / f"{i:02d}.npz", DedupParams())
+        compute_signatures(shard, i, Path(work) / "signatures" / f"{i:02d}.npz", params)
 
 
 def stage_buckets(work, bands):
@@ -160,14 +168,73 @@ def removed_ids(removals_path):
         return [(int(i) >> 32, int(i) & 0xFFFFFFFF) for i in npz["removed"]]
 
 
-def run_ours(shards, tmp, measure):
-    work, out = tmp / "work", tmp / "out"
-    yield "signatures", measure("stage_signatures", shards, work)
+def run_ours(shards, work, out, measure, verify_bits):
+    yield "signatures", measure("stage_signatures", shards, work, verify_bits)
     yield "bucket (1 band)", measure("stage_buckets", work, BAND_JOBS[1:2])
     yield "bucket (other bands)", measure("stage_buckets", work, BAND_JOBS[:1] + BAND_JOBS[2:])
     yield "cluster", measure("stage_cluster", work)
     yield "filter", measure("stage_filter", shards, work, out)
     yield "merge_reports + check", measure("stage_merge", shards, work)
+
+
+def margin_sweep(shards, work, max_pairs=3000, margins=(0.0, 0.01, 0.02, 0.03, 0.05)):
+    """Candidate pairs of an unverified run: which would b-bit verification accept, per margin."""
+    import numpy as np
+
+    from pythia_suite.data.dedup import (
+        DedupParams,
+        bbit_signatures,
+        estimate_jaccard,
+        exact_jaccard,
+        minhash_signatures,
+    )
+    from pythia_suite.data.shards import iter_documents
+
+    params = DedupParams()
+    pairs = []  # (src, dst, band)
+    for band in range(params.bands):
+        with np.load(Path(work) / "edges" / f"band_{band:+d}.npz") as npz:
+            pairs += [(int(a), int(b), band) for a, b in zip(npz["src"], npz["dst"], strict=True)]
+    pairs = random.Random(0).sample(pairs, min(max_pairs, len(pairs)))
+    needed = {i for a, b, _ in pairs for i in (a, b)}
+    texts = {}
+    for shard, path in enumerate(shards):
+        for line, doc in iter_documents(path):
+            if (shard << 32 | line) in needed:
+                texts[shard << 32 | line] = doc["text"]
+    order = sorted(texts)
+    row = {doc_id: k for k, doc_id in enumerate(order)}
+    full = minhash_signatures([texts[i] for i in order], params)
+    exact = np.array([exact_jaccard(texts[a], texts[b], params.ngram) for a, b, _ in pairs])
+    src = np.array([row[a] for a, _, _ in pairs])
+    dst = np.array([row[b] for _, b, _ in pairs])
+    estimates = {}
+    for bits in (8, 16):
+        sig = bbit_signatures(full, bits)
+        est = np.empty(len(pairs))
+        for band in range(params.bands):
+            sel = np.array([b == band for *_, b in pairs])
+            columns = np.ones(params.num_perm, dtype=bool)
+            columns[band * params.rows : (band + 1) * params.rows] = False
+            est[sel] = estimate_jaccard(sig[src[sel]], sig[dst[sel]], bits, columns)
+        estimates[bits] = est
+        with_band = estimate_jaccard(sig[src], sig[dst], bits)  # all 128 values: biased
+        estimates[f"{bits}, band included"] = with_band
+    above = exact >= params.threshold
+    rows = []
+    for key, est in estimates.items():
+        for margin in margins:
+            accept = est >= params.threshold - margin
+            rows.append(
+                {
+                    "bits": key,
+                    "margin": margin,
+                    "accepted_of_above": f"{int((accept & above).sum())}/{int(above.sum())}",
+                    "accepted_of_below": f"{int((accept & ~above).sum())}/{int((~above).sum())}",
+                }
+            )
+    errors = {bits: float(np.abs(est - exact).mean()) for bits, est in estimates.items()}
+    return {"pairs": len(pairs), "rows": rows, "mean_abs_error": errors}
 
 
 def datasketch_baseline(shard_paths):
@@ -354,8 +421,19 @@ def main() -> None:
         print(f"corpus: {len(shards)} shards, {num_docs} documents, {num_bytes / 1e6:.1f} MB text")
 
         rows = [("import only (baseline RSS)", _measure("import_only"))]
-        rows += [(f"pipeline: {name}", m) for name, m in run_ours(shards, tmp, _measure)]
-        ours_total = {k: sum(m[k] for n, m in rows[1:]) for k in ("cpu_s", "wall_s")}
+        plain = [
+            (f"no verification: {name}", m)
+            for name, m in run_ours(shards, tmp / "work0", tmp / "out0", _measure, 0)
+        ]
+        rows += plain
+        rows += [
+            (f"pipeline: {name}", m)
+            for name, m in run_ours(shards, tmp / "work", tmp / "out", _measure, 8)
+        ]
+        ours_total = {
+            k: sum(m[k] for n, m in rows if n.startswith("pipeline")) for k in ("cpu_s", "wall_s")
+        }
+        plain_total = {k: sum(m[k] for n, m in plain) for k in ("cpu_s", "wall_s")}
         ds = _measure("datasketch_baseline", [str(p) for p in shards])
         rows.append(("datasketch MinHash+MinHashLSH", ds))
         if not args.skip_datatrove:
@@ -375,25 +453,57 @@ def main() -> None:
                 f"{name:40s} {m['cpu_s']:8.2f} {m['wall_s']:8.2f} {rate:12.0f} {m['peak_mb']:8.0f}"
             )
         dt_rows = [m for n, m in rows if n.startswith("datatrove")]
-        for name, total in [("pipeline total", ours_total), ("datasketch total", ds)] + (
+        totals = [
+            ("pipeline total (verified)", ours_total),
+            ("pipeline total (no verification)", plain_total),
+            ("datasketch total", ds),
+        ]
+        for name, total in totals + (
             [("datatrove total", {"cpu_s": sum(m["cpu_s"] for m in dt_rows)})] if dt_rows else []
         ):
             print(f"{name:40s} {total['cpu_s']:8.2f} {'':8s} {num_docs / total['cpu_s']:12.0f}")
 
+        plain_removed = set(map(tuple, removed_ids(tmp / "work0" / "removals.npz")))
         ours_removed = set(map(tuple, removed_ids(tmp / "work" / "removals.npz")))
         ds_removed = set(map(tuple, ds["result"]["removed"]))
         print(
-            f"\nremoved: pipeline {len(ours_removed)}, datasketch {len(ds_removed)}, "
-            f"identical sets: {ours_removed == ds_removed}"
+            f"\nremoved: pipeline without verification {len(plain_removed)}, datasketch "
+            f"{len(ds_removed)}, identical sets: {plain_removed == ds_removed}; "
+            f"pipeline with verification {len(ours_removed)} "
+            f"(subset of the unverified: {ours_removed <= plain_removed})"
         )
-        report = json.loads((tmp / "work" / "report.json").read_text())
-        for kind in ("removed_vs_kept", "candidate_pairs", "random_pairs"):
-            print(f"verification {kind}:", json.dumps(report["verification"][kind]))
+        for label, work in [("without", "work0"), ("with", "work")]:
+            report = json.loads((tmp / work / "report.json").read_text())
+            print(f"{label} verification: edges {json.dumps(report['edge_verification'])}")
+            for kind in ("removed_vs_kept", "candidate_pairs", "rejected_pairs", "random_pairs"):
+                print(f"  {kind}:", json.dumps(report["verification"][kind]))
+        sig_bytes = {
+            w: sum(p.stat().st_size for p in _sig_paths(tmp / w)) / num_docs
+            for w in ("work0", "work")
+        }
+        plain_sig = next(m for n, m in plain if n.endswith("signatures"))
+        plain_buckets = sum(m["cpu_s"] for n, m in plain if "bucket" in n)
+        ours_buckets = sum(m["cpu_s"] for n, m in rows if n.startswith("pipeline: bucket"))
+        ours_sig = next(m for n, m in rows if n == "pipeline: signatures")
+        print(
+            f"verification cost: signature files {sig_bytes['work0']:.0f} -> "
+            f"{sig_bytes['work']:.0f} B per document; signatures {plain_sig['cpu_s']:.2f} -> "
+            f"{ours_sig['cpu_s']:.2f} cpu s, buckets (all band jobs) {plain_buckets:.2f} -> "
+            f"{ours_buckets:.2f} cpu s"
+        )
+        sweep = margin_sweep(shards, tmp / "work0")
+        print(f"\nmargin sweep over {sweep['pairs']} candidate pairs of the unverified run:")
+        print(f"  mean |estimate - exact|: {json.dumps(sweep['mean_abs_error'])}")
+        for row in sweep["rows"]:
+            print(
+                f"  bits {row['bits']!s:18s} margin {row['margin']:.2f}: accepts "
+                f"{row['accepted_of_above']:>10s} above, {row['accepted_of_below']:>10s} below"
+            )
 
-        sig = next(m for n, m in rows if n.endswith("signatures"))
-        band = next(m for n, m in rows if n.endswith("bucket (1 band)"))
-        clus = next(m for n, m in rows if n.endswith("cluster"))
-        filt = next(m for n, m in rows if n.endswith("filter"))
+        sig = next(m for n, m in rows if n == "pipeline: signatures")
+        band = next(m for n, m in rows if n == "pipeline: bucket (1 band)")
+        clus = next(m for n, m in rows if n == "pipeline: cluster")
+        filt = next(m for n, m in rows if n == "pipeline: filter")
         per_byte = {k: m["cpu_s"] / num_bytes for k, m in [("sig", sig), ("filter", filt)]}
         bands = len(BAND_JOBS)
         base_mb = rows[0][1]["peak_mb"]
@@ -413,6 +523,12 @@ def main() -> None:
             f"(scales with edges, not documents)"
         )
         print(f"  filter: {per_byte['filter'] * PILE_BYTES / 3600:8.0f} core-hours")
+        extra = (ours_buckets - plain_buckets) / num_docs * PILE_DOCS / 3600
+        print(
+            f"  verification: +{(sig_bytes['work'] - sig_bytes['work0']) * PILE_DOCS / 1e9:.0f} GB "
+            f"of signature files (memory-mapped, read only at candidate rows), "
+            f"{extra:+.1f} core-hours over all band jobs (scales with candidate pairs)"
+        )
         print(
             f"  datasketch in one process: {ds['cpu_s'] / num_docs * PILE_DOCS / 3600:.0f} "
             f"core-hours on one core, "

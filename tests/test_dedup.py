@@ -16,10 +16,12 @@ from pythia_suite.data.dedup import (
     EXACT_BAND,
     DedupFileError,
     DedupParams,
+    bbit_signatures,
     bucket_band,
     choose_bands_rows,
     cluster,
     compute_signatures,
+    estimate_jaccard,
     exact_jaccard,
     filter_shard,
     minhash_signatures,
@@ -123,6 +125,10 @@ def test_params_default_banding_and_validation():
         DedupParams(bands=10, rows=20)
     with pytest.raises(ValueError, match="threshold"):
         DedupParams(threshold=1.5)
+    with pytest.raises(ValueError, match="verify_bits"):
+        DedupParams(verify_bits=4)
+    with pytest.raises(ValueError, match="verify_margin"):
+        DedupParams(verify_margin=0.9)
 
 
 def test_shingles_normalisation_keeps_digits():
@@ -149,6 +155,60 @@ def test_signatures_equal_datasketch():
         np.testing.assert_array_equal(row, ref.hashvalues)
 
 
+def _pair_with_jaccard(rng: random.Random, k: int) -> tuple[str, str]:
+    """Two 1000-word texts, ``k`` words apart: J = (996 - 5k) / (996 + 5k)."""
+    base = _words(rng, 1000)
+    return " ".join(base), " ".join(_mutate(base, k, rng))
+
+
+def test_bbit_estimates_are_within_tolerance_of_exact_jaccard():
+    rng = random.Random(11)
+    params = DedupParams()
+    for k in (5, 10, 20, 35, 80):  # J ~ 0.95, 0.90, 0.82, 0.70, 0.43
+        pairs = [_pair_with_jaccard(rng, k) for _ in range(12)]
+        exact = np.array([exact_jaccard(a, b, 5) for a, b in pairs])
+        full = minhash_signatures([t for pair in pairs for t in pair], params)
+        for bits in (8, 16):
+            sig = bbit_signatures(full, bits)
+            est = estimate_jaccard(sig[0::2], sig[1::2], bits)
+            sigma = np.sqrt(exact * (1 - exact) / params.num_perm)
+            # Each pair within 4 sigma of the MinHash error; the mean (12 pairs) within 2 sigma.
+            assert np.all(np.abs(est - exact) <= 4 * sigma + 0.01), (k, bits, est, exact)
+            assert abs((est - exact).mean()) <= 2 * sigma.mean() / np.sqrt(len(pairs)) + 0.005
+    # Unrelated documents: b = 8 matches 1/256 of values by chance; the correction removes it.
+    texts = [" ".join(_words(rng, 50)) for _ in range(400)]
+    sig = bbit_signatures(minhash_signatures(texts, params), 8)
+    matches = (sig[0::2] == sig[1::2]).mean()
+    assert 0.0025 < matches < 0.0055
+    assert abs(estimate_jaccard(sig[0::2], sig[1::2], 8).mean()) < 0.0015
+
+
+def test_verification_keeps_pairs_below_threshold_that_share_a_band(tmp_path):
+    """Pairs at J ~0.70-0.80 share a band now and then (P = 1-4% at 7 x 18); unverified LSH
+    removes one of them, verification keeps both."""
+    rng = random.Random(5)
+    texts, similarity = [], []
+    for i in range(150):
+        a, b = _pair_with_jaccard(rng, 22 + i % 14)  # k = 22..35: J = 0.80 .. 0.70
+        texts += [a, b]
+        similarity.append(exact_jaccard(a, b, 5))
+    assert 0.69 < min(similarity) and max(similarity) < 0.81
+    shard = _write_shard(tmp_path / "00.jsonl.zst", [_line(t, "Pile-CC") for t in texts])
+    removed = {}
+    for bits in (0, 8):
+        work = tmp_path / f"bits{bits}"
+        params = DedupParams(verify_bits=bits)
+        compute_signatures(shard, 0, work / "sig.npz", params)
+        edges = [work / "exact.npz", work / "bands.npz"]
+        bucket_band([work / "sig.npz"], EXACT_BAND, edges[0])
+        meta = bucket_band([work / "sig.npz"], range(params.bands), edges[1])
+        removed[bits] = cluster(edges, work / "removals.npz")["num_removed"]
+    assert removed[0] >= 3  # what the test guards against does happen with this seed
+    assert removed[8] == 0
+    assert meta["verification"]["rejected"] >= removed[0]
+    assert meta["verification"]["accepted"] == 0
+
+
 def test_constructed_pairs_have_intended_similarity(corpus):
     _, pairs = corpus
     assert all(0.94 < j < 0.96 for *_, j in pairs["high"])
@@ -163,7 +223,8 @@ def test_decisions_follow_exact_jaccard(corpus, pipeline):
     # Exact duplicates always go (the second one: keep the first in (shard, line) order).
     for first, second, _ in pairs["exact"]:
         assert second in removed and first not in removed
-    # Above the threshold: 1 - (1 - 0.95**18)**7 = 97% each; all 10 pass with this seed.
+    # Above the threshold: 1 - (1 - 0.95**18)**7 = 97% each to share a band, then verified:
+    # P(estimate >= 0.87 | J = 0.95) = 99.99% with 110 values. All 10 go with this seed.
     high_removed = sum(second in removed for _, second, _ in pairs["high"])
     assert high_removed >= 9
     # Below: 0.6 -> 1 - (1 - 0.6**18)**7 = 0.07%: never.
@@ -203,6 +264,10 @@ def test_report_verification(pipeline):
     assert check["removed_vs_kept"]["pairs"] > 0
     assert check["removed_vs_kept"]["rate_above"] == 1.0
     assert check["random_pairs"]["removed_although_below_threshold"] == 0
+    edges = report["edge_verification"]
+    assert edges["bits"] == 8 and edges["min_jaccard"] == pytest.approx(0.87)
+    assert edges["compared"] == edges["accepted"] + edges["rejected"] > 0
+    assert check["rejected_pairs"]["pairs"] == edges["rejected"] == 0  # nothing near 0.87 here
 
 
 def test_outputs_are_byte_identical_on_rerun(corpus, pipeline, tmp_path):
