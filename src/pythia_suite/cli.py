@@ -183,7 +183,12 @@ def _dedup_params(config: dict):
 
     d = config["data"]["dedup"]
     return DedupParams(
-        threshold=d["threshold"], ngram=d["ngram"], num_perm=d["num_perm"], seed=d["seed"]
+        threshold=d["threshold"],
+        ngram=d["ngram"],
+        num_perm=d["num_perm"],
+        seed=d["seed"],
+        verify_bits=d["verify_bits"],
+        verify_margin=d["verify_margin"],
     )
 
 
