@@ -28,6 +28,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -324,3 +325,73 @@ def _user() -> str | None:
         return getpass.getuser()
     except (KeyError, OSError):
         return None
+
+
+# ----------------------------------------------------------------------------- node lists
+
+
+def _split_outside_brackets(text: str, nodelist: str) -> list[str]:
+    """Split ``text`` on commas that are not inside ``[...]``; unbalanced brackets raise."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+        if depth not in (0, 1):
+            raise ValueError(f"cannot parse SLURM node list {nodelist!r}: unbalanced brackets")
+    if depth != 0:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}: unbalanced brackets")
+    items.append(text[start:])
+    return items
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM node list such as ``"n[1-2]"`` or ``"gpu[01-03,07],login1"`` in Python.
+
+    One bracket group per host name (what SLURM writes in ``SLURM_JOB_NODELIST``); zero padding
+    is kept. Raises ``ValueError`` naming the list when it cannot be parsed or is empty.
+    """
+    hosts: list[str] = []
+    for item in _split_outside_brackets(nodelist.strip(), nodelist):
+        match = re.fullmatch(r"([^\[\],]+)\[([^\]]+)\]([^\[\],]*)", item)
+        if match is None:
+            if "[" in item or "]" in item or not item.strip():
+                raise ValueError(f"cannot parse SLURM node list {nodelist!r} at {item!r}")
+            hosts.append(item.strip())
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            hi = hi or lo
+            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                raise ValueError(f"cannot parse SLURM node list {nodelist!r} at range {part!r}")
+            hosts.extend(f"{prefix}{i:0{len(lo)}d}{suffix}" for i in range(int(lo), int(hi) + 1))
+    if not hosts:
+        raise ValueError(f"SLURM node list {nodelist!r} names no host")
+    return hosts
+
+
+def hostnames_from_nodelist(nodelist: str, *, scontrol: str = "scontrol") -> list[str]:
+    """Host names of a SLURM node list, in SLURM's order.
+
+    Uses ``scontrol show hostnames`` (SLURM's own parser, any syntax) when it is installed and
+    answers within 30 s; otherwise expands simple lists (``n[1-2]``, ``a[01-03,07],b``) in Python.
+    Raises ``ValueError`` naming the list when neither can read it.
+    """
+    try:
+        out = subprocess.run(
+            [scontrol, "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
+        if out:
+            return out
+    except (OSError, subprocess.SubprocessError):
+        pass  # No SLURM client (tests, login containers): parse it ourselves.
+    return expand_nodelist(nodelist)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import re
-import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 __all__ = [
     "DistributedEnv",
@@ -72,53 +72,20 @@ def _int_var(environ: Mapping[str, str], name: str) -> int:
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:
-    """Expand a SLURM host list such as ``"gpu[01-03,07],login1"`` into host names.
-
-    Handles one bracket group per host name (what SLURM produces for ``SLURM_JOB_NODELIST``),
-    keeping zero padding. Raises ``DistributedEnvError`` naming the list when it cannot parse it.
-    """
-    hosts: list[str] = []
-    # Split on commas that are not inside brackets.
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        match = re.fullmatch(r"([^\[\]]*)\[([^\]]+)\]([^\[\]]*)", item)
-        if match is None:
-            if "[" in item or "]" in item:
-                raise DistributedEnvError(f"cannot parse SLURM node list {nodelist!r}")
-            hosts.append(item)
-            continue
-        prefix, ranges, suffix = match.groups()
-        for part in ranges.split(","):
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
-                    raise DistributedEnvError(f"cannot parse SLURM node list {nodelist!r}")
-                hosts.extend(
-                    f"{prefix}{i:0{len(lo)}d}{suffix}" for i in range(int(lo), int(hi) + 1)
-                )
-            elif part.isdigit():
-                hosts.append(f"{prefix}{part}{suffix}")
-            else:
-                raise DistributedEnvError(f"cannot parse SLURM node list {nodelist!r}")
-    if not hosts:
-        raise DistributedEnvError(f"SLURM node list {nodelist!r} names no host")
-    return hosts
+    """Expand a SLURM host list such as ``"gpu[01-03,07],login1"`` into host names
+    (`pythia_suite.slurm.expand_nodelist`). Raises ``DistributedEnvError`` naming the list."""
+    try:
+        return expand_nodelist(nodelist)
+    except ValueError as err:
+        raise DistributedEnvError(str(err)) from None
 
 
 def _first_slurm_host(nodelist: str) -> str:
     """First host of ``nodelist``, from ``scontrol show hostnames`` when available."""
     try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass  # No SLURM client here (tests, containers): parse the list ourselves.
-    return expand_slurm_nodelist(nodelist)[0]
+        return hostnames_from_nodelist(nodelist)[0]
+    except ValueError as err:
+        raise DistributedEnvError(str(err)) from None
 
 
 def detect_distributed_env(environ: Mapping[str, str] | None = None) -> DistributedEnv:
