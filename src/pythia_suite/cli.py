@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pythia_suite import config as cfg
 from pythia_suite import layout
+from pythia_suite.atomic import write_json_atomic, write_text_atomic
 from pythia_suite.provenance import Recorder
 
 DEFAULT_CONFIG = "config.yaml"
@@ -612,13 +613,10 @@ def cmd_publish(config: dict, args) -> None:
         for name, f in publish.local_files(args.export).items()
     }
     record["verified"] = True
-    tmp = receipt.with_name(f".{receipt.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    recorder = Recorder(
+    write_json_atomic(receipt, record, indent=1, sort_keys=False)
+    Recorder(
         receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    )
-    tmp.replace(receipt)
-    recorder.write()
+    ).write()
     _apply_retention(config, run)
 
 
@@ -694,12 +692,8 @@ def cmd_model_card(config: dict, args) -> None:
         f"{p.task} {p.metric} ({p.shots}-shot)": p.value for p in points if p.step == final_step
     }
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_model_card(info, results or None), encoding="utf-8")
-    recorder = Recorder(out, "model-card", info, [Path(args.evals)])
-    tmp.replace(out)
-    recorder.write()
+    write_text_atomic(out, render_model_card(info, results or None))
+    Recorder(out, "model-card", info, [Path(args.evals)]).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)
 
@@ -767,12 +761,7 @@ def cmd_prefetch_eval_datasets(config: dict, args) -> None:
     os.environ.pop("HF_DATASETS_OFFLINE", None)
     os.environ.pop("HF_HUB_OFFLINE", None)
     tasks = sorted(set(_eval_tasks(config, 0)) | set(_eval_tasks(config, 5)))
-    counts = prefetch_datasets(tasks)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
-    tmp.replace(out)
+    write_json_atomic(args.output, prefetch_datasets(tasks), indent=1)
 
 
 def cmd_compare_reference(config: dict, args) -> None:
@@ -846,10 +835,8 @@ def cmd_verify_run(config: dict, args) -> None:
     duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) not in allowed]
     if duplicates:
         raise RuntimeError(f"{run.name}: branches serve identical weights: steps {duplicates}")
-    out = Path(args.output)
-    out.write_text(
-        json.dumps({"run": run.name, "steps": len(steps), "identical_allowed": [[0, 1]]}) + "\n"
-    )
+    summary = {"run": run.name, "steps": len(steps), "identical_allowed": [[0, 1]]}
+    write_json_atomic(args.output, summary, sort_keys=False)
 
 
 def cmd_report(config: dict, args) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pythia_suite.atomic import write_text_atomic
+
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 
 # Checkpoint resume state per parameter: fp16 weights (2) + fp32 master weights (4) + Adam's
@@ -491,10 +493,7 @@ def write_effective_config(config: dict, path: str | Path) -> None:
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def train_settings_values(config: dict, run: Run) -> dict[str, Any]:

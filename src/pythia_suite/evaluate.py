@@ -27,13 +27,14 @@ import math
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pythia_suite.atomic import write_json_atomic, write_text_atomic
 
 __all__ = [
     "LOCAL_TASKS",
@@ -147,21 +148,8 @@ def _looks_like_lm_eval_04(results: Mapping[str, Mapping[str, Any]]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_json_atomic(path, obj, sort_keys=False, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -375,10 +363,10 @@ def build_local_tasks(
 
     (out / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten below
     for name, text in files.items():
-        _write_atomic(out / name, text)
+        write_text_atomic(out / name, text)
     for task, config in configs.items():
         header = "# data_files are relative to this file: load with evaluate.load_local_tasks\n"
-        _write_atomic(out / f"{task}.yaml", header + yaml.safe_dump(config, sort_keys=False))
+        write_text_atomic(out / f"{task}.yaml", header + yaml.safe_dump(config, sort_keys=False))
     manifest = {
         "source": str(shard),
         "source_sha256": _sha256(shard),

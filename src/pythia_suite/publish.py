@@ -25,7 +25,6 @@ with the token (and anything shaped like an ``hf_`` token) redacted.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -38,6 +37,8 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token
 from huggingface_hub.hf_api import RepoFile
+
+from pythia_suite.atomic import write_json_atomic
 
 __all__ = [
     "LocalFile",
@@ -362,19 +363,6 @@ def _publish_branch(
     return head, plan
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def publish_step(
     api: Any,
     repo_id: str,
@@ -440,7 +428,7 @@ def publish_step(
         "verified": True,
     }
     if receipt_path is not None:
-        _write_json_atomic(Path(receipt_path), receipt)
+        write_json_atomic(Path(receipt_path), receipt)
     return PublishResult(receipt=receipt, plans=plans)
 
 

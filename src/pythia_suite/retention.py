@@ -29,11 +29,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pythia_suite.atomic import write_json_atomic
 
 __all__ = [
     "PRUNED_NAME",
@@ -180,20 +181,6 @@ def plan_retention(
     return decisions
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prune_checkpoint(checkpoint: str | os.PathLike, reason: str = "") -> dict:
     """Remove a checkpoint's resume state (``optimizer/``) and write ``pruned.json``.
 
@@ -219,7 +206,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, reason: str = "") -> dict:
     record.setdefault("pruned_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record.setdefault("reason", reason)
     if record["removed"] and _has_resume_state(checkpoint):
-        _write_json_atomic(marker, record)
+        _write_record(marker, record)
         for part in RESUME_PARTS:
             shutil.rmtree(checkpoint / part, ignore_errors=True)
     # Downstream jobs must not look out of date: give the directory back its mtime.
@@ -256,3 +243,7 @@ def resume_bytes(checkpoint: str | os.PathLike) -> int:
         for p in (checkpoint / part).rglob("*")
         if p.is_file()
     )
+
+
+def _write_record(path: Path, data: dict) -> None:
+    write_json_atomic(path, data, indent=1, fsync=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from pythia_suite.atomic import write_text_atomic
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 __all__ = [
@@ -114,17 +115,10 @@ def hostfile_lines(hostnames: Sequence[str], gpus_per_node: int) -> list[str]:
     return [f"{host} slots={gpus_per_node}" for host in hostnames]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_hostfile(path: str | os.PathLike, hostnames: Sequence[str], gpus_per_node: int) -> Path:
     """Write a DeepSpeed hostfile (see ``hostfile_lines``) atomically; returns its path."""
     path = Path(path)
-    _write_text_atomic(path, "\n".join(hostfile_lines(hostnames, gpus_per_node)) + "\n")
+    write_text_atomic(path, "\n".join(hostfile_lines(hostnames, gpus_per_node)) + "\n")
     return path
 
 
@@ -251,7 +245,7 @@ def write_segment_config(
         overrides=overrides,
     )
     out_path = Path(out_path)
-    _write_text_atomic(out_path, yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    write_text_atomic(out_path, yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
     return out_path
 
 
@@ -348,7 +342,7 @@ def point_latest_at(save_dir: str | os.PathLike, step: int) -> None:
     """
     save_dir = Path(save_dir)
     _require(save_dir / f"global_step{step}", f"checkpoint of step {step}")
-    _write_text_atomic(save_dir / "latest", f"global_step{step}")
+    write_text_atomic(save_dir / "latest", f"global_step{step}")
 
 
 def run_neox_segment(
@@ -440,7 +434,7 @@ def convert_neox_checkpoint(
     argv = neox_convert_command(neox_dir, step_dir, config_file, tmp, python=python)
     proc = subprocess.run(argv, cwd=neox_dir.resolve(), capture_output=True, text=True)
     if log_path is not None:
-        _write_text_atomic(Path(log_path), proc.stdout + proc.stderr)
+        write_text_atomic(Path(log_path), proc.stdout + proc.stderr)
     problem = None
     if proc.returncode != 0:
         problem = f"exit code {proc.returncode}"

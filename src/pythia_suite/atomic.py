@@ -1,0 +1,46 @@
+"""Writing files so that nothing partial ever looks complete: write a temporary file in the
+same directory (same file system), then rename it over the final name."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    """Write `text` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory.
+
+    With `fsync`, the data reaches the disk before the rename (for state a crash must not
+    lose). On any error the temporary file is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(
+    path: str | os.PathLike,
+    data: Any,
+    *,
+    indent: int = 2,
+    sort_keys: bool = True,
+    default: Callable[[Any], Any] | None = None,
+    fsync: bool = False,
+) -> Path:
+    """`data` as JSON (one trailing newline) written with `write_text_atomic`."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default) + "\n"
+    return write_text_atomic(path, text, fsync=fsync)
