@@ -17,41 +17,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from suite_models import pythia_hf_config, tiny_hf_config
 
 from pythia_suite.train.model import build_model, count_parameters, init_gpt_neox_weights
 from pythia_suite.train.optim import build_optimizer, build_param_groups, local_optimizer
 
-BASE = dict(
-    rotary_pct=0.25,
-    rotary_emb_base=10000,
-    use_parallel_residual=True,
-    tie_word_embeddings=False,
-    max_position_embeddings=2048,
-    layer_norm_eps=1e-5,
-    hidden_act="gelu",
-    attention_dropout=0.0,
-    hidden_dropout=0.0,
-    bos_token_id=0,
-    eos_token_id=0,
-)
-SIZES = {
-    "70m": dict(
-        BASE,
-        vocab_size=50304,
-        hidden_size=512,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        intermediate_size=2048,
-    ),
-    "tiny": dict(
-        BASE,
-        vocab_size=4096,
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        intermediate_size=1024,
-    ),
-}
+SIZES = {"70m": pythia_hf_config(), "tiny": tiny_hf_config()}
 
 
 def optimizer_state_bytes(rank: int, world_size: int, config: dict, port: int, out) -> None:

@@ -20,41 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from suite_models import pythia_hf_config, tiny_hf_config
+
 from pythia_suite.train import checkpoint as ckpt
 from pythia_suite.train.loop import TrainSettings, train_segment
 from pythia_suite.train.model import build_model, hf_name, load_hf_state_dict
 
-BASE = dict(
-    rotary_pct=0.25,
-    rotary_emb_base=10000,
-    use_parallel_residual=True,
-    tie_word_embeddings=False,
-    max_position_embeddings=2048,
-    layer_norm_eps=1e-5,
-    hidden_act="gelu",
-    attention_dropout=0.0,
-    hidden_dropout=0.0,
-    bos_token_id=0,
-    eos_token_id=0,
-)
-SIZES = {
-    "tiny": dict(
-        BASE,
-        vocab_size=4096,
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        intermediate_size=1024,
-    ),
-    "70m": dict(
-        BASE,
-        vocab_size=50304,
-        hidden_size=512,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        intermediate_size=2048,
-    ),
-}
+SIZES = {"70m": pythia_hf_config(), "tiny": tiny_hf_config()}
 SETTINGS = dict(
     global_batch=1,
     micro_batch=1,
@@ -70,6 +42,7 @@ CHILD = r"""
 import sys, time, json
 import numpy as np
 from pythia_suite.train.loop import TrainSettings, train_segment
+from suite_models import pythia_hf_config, tiny_hf_config
 t_imported = time.time()
 cfg, settings, start, a, b, out, t_launch = json.loads(sys.argv[1])
 class Samples:

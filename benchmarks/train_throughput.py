@@ -19,28 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from suite_models import tiny_hf_config
 
 from pythia_suite.train.loop import TrainSettings, train_segment
 from pythia_suite.train.model import build_model, count_parameters
 
-CONFIG = dict(
-    vocab_size=4096,
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    intermediate_size=1024,
-    rotary_pct=0.25,
-    rotary_emb_base=10000,
-    use_parallel_residual=True,
-    tie_word_embeddings=False,
-    max_position_embeddings=256,
-    layer_norm_eps=1e-5,
-    hidden_act="gelu",
-    attention_dropout=0.0,
-    hidden_dropout=0.0,
-    bos_token_id=0,
-    eos_token_id=0,
-)
+CONFIG = tiny_hf_config(max_position_embeddings=256)
 BATCH, SEQ, WARMUP = 8, 128, 3
 
 
