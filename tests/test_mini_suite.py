@@ -8,37 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from suite_support import copy_repository
 
-REPO = Path(__file__).resolve().parents[1]
 PLANTED_TOKEN = "hf_PLANTEDtokenTHATmustNEVERappear0123"
 
 pytestmark = pytest.mark.slow
-
-
-def tracked_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line for line in out.splitlines() if (REPO / line).is_file()]
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> Path:
     """A copy of the repository with the miniature suite run in it."""
     root = tmp_path_factory.mktemp("mini") / "repo"
-    for rel in tracked_files():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest, follow_symlinks=False)
+    copy_repository(root)
     env = {
         **os.environ,
         "HF_TOKEN": PLANTED_TOKEN,

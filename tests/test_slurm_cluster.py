@@ -7,42 +7,22 @@ on both nodes, and a torch.distributed gloo all_reduce works across the two node
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from suite_support import require_slurm_cluster, run_text
 
 pytestmark = pytest.mark.slurm
 
 WORKFLOW = Path(__file__).resolve().parent / "slurm_workflow"
-START_HINT = "start it with `sudo scripts/slurm-cluster.sh start` (Debian 12, root)"
-
-
-def _run(*argv: str, timeout: float = 60) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=timeout).stdout
 
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    """Skip unless slurmctld answers and both nodes n1, n2 are up in partition debug."""
-    if shutil.which("sinfo") is None:
-        pytest.skip(f"SLURM not installed: {START_HINT}")
-    try:
-        _run("scontrol", "ping", timeout=5)
-        states = dict(
-            line.split()
-            for line in _run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", timeout=15)
-            .strip()
-            .splitlines()
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as err:
-        pytest.skip(f"SLURM cluster not up ({err}): {START_HINT}")
-    usable = {"idle", "mixed", "allocated", "completing"}
-    if not all(states.get(node) in usable for node in ("n1", "n2")):
-        pytest.skip(f"SLURM nodes n1/n2 not both up (sinfo: {states}): {START_HINT}")
+    require_slurm_cluster()
 
 
 def _sacct_steps(job_id: str, deadline_s: float = 20) -> dict[str, dict[str, str]]:
@@ -51,7 +31,7 @@ def _sacct_steps(job_id: str, deadline_s: float = 20) -> dict[str, dict[str, str
     fields = ["JobID", "State", "NodeList", "NNodes"]
     end = time.monotonic() + deadline_s
     while True:
-        out = _run("sacct", "-n", "-P", "-j", job_id, "-o", ",".join(fields))
+        out = run_text("sacct", "-n", "-P", "-j", job_id, "-o", ",".join(fields))
         rows = {
             r.split("|")[0]: dict(zip(fields, r.split("|"), strict=True)) for r in out.splitlines()
         }
@@ -62,7 +42,7 @@ def _sacct_steps(job_id: str, deadline_s: float = 20) -> dict[str, dict[str, str
 
 
 def test_srun_runs_one_rank_on_each_node(cluster):
-    out = _run(
+    out = run_text(
         "srun", "-N", "2", "-n", "2", "-t", "1",
         "bash", "-c", "echo $SLURM_JOB_ID $SLURM_PROCID $SLURM_NODEID $SLURMD_NODENAME",
     )  # fmt: skip

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_support import copy_repository, require_slurm_cluster, run_text
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-START_HINT = "start it with `sudo scripts/slurm-cluster.sh start` (Debian 12, root)"
 RUNS = ("pythia-0.4m", "pythia-0.4m-deduped")
 STEPS = (0, 1, 2, 4, 8)
 RESULTS = "results-slurm"
@@ -55,24 +54,9 @@ FAST = [
 ]
 
 
-def _run(*argv: str, timeout: float = 60) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=timeout).stdout
-
-
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    """Skip unless slurmctld answers and both nodes n1, n2 are up in partition debug."""
-    if shutil.which("sinfo") is None:
-        pytest.skip(f"SLURM not installed: {START_HINT}")
-    try:
-        _run("scontrol", "ping", timeout=5)
-        out = _run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", timeout=15)
-        states = dict(line.split() for line in out.strip().splitlines())
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as err:
-        pytest.skip(f"SLURM cluster not up ({err}): {START_HINT}")
-    usable = {"idle", "mixed", "allocated", "completing"}
-    if not all(states.get(node) in usable for node in ("n1", "n2")):
-        pytest.skip(f"SLURM nodes n1/n2 not both up (sinfo: {states}): {START_HINT}")
+    require_slurm_cluster()
 
 
 def _env() -> dict[str, str]:
@@ -103,20 +87,6 @@ def _snakemake(root: Path, *extra: str, timeout: float) -> subprocess.CompletedP
     )
 
 
-def _copy_repository(root: Path) -> None:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for rel in out.splitlines():
-        if (REPO / rel).is_file():
-            dest = root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest, follow_symlinks=False)
-
-
 class Suite:
     def __init__(self, root: Path, output: str, wall_s: float):
         self.root = root
@@ -139,7 +109,7 @@ class Suite:
 def suite(cluster, tmp_path_factory) -> Suite:
     """A copy of the repository with the miniature SLURM suite run in it."""
     root = tmp_path_factory.mktemp("slurm-suite") / "repo"
-    _copy_repository(root)
+    copy_repository(root)
     started = time.monotonic()
     run = _snakemake(root, "--slurm-keep-successful-logs", timeout=SUITE_TIMEOUT_S)
     wall_s = time.monotonic() - started
@@ -156,7 +126,7 @@ def _sacct(job_ids: list[str], deadline_s: float = 30) -> dict[str, dict[str, st
     fields = ["JobID", "JobName", "State", "NodeList", "NNodes", "NTasks", "AllocCPUS"]
     end = time.monotonic() + deadline_s
     while True:
-        out = _run("sacct", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields))
+        out = run_text("sacct", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields))
         rows = {
             r.split("|")[0]: dict(zip(fields, r.split("|"), strict=True)) for r in out.splitlines()
         }
@@ -264,7 +234,7 @@ def test_a_restarted_snakemake_waits_for_the_segment_job_still_in_slurm(suite):
     )
     # Starts training after the new Snakemake's job is up: it must be found by its comment
     # first, then as the state dir lock's holder.
-    orphan = _run(
+    orphan = run_text(
         "sbatch", "--parsable", "-A", "pythia", "-p", "debug", "-N", "2", "-n", "2",
         "--mem", "2000", "-t", "10", "-J", "orphan-segment", "-D", str(suite.root),
         "-o", str(suite.root / "orphan.out"),
