@@ -41,23 +41,22 @@ def _dump_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
+def _run_row(config: dict, run: cfg.Run) -> dict:
+    """A plain dict describing a run, for the report and its model card."""
+    total, non_embedding = cfg.parameter_counts(config, run.size)
+    size = config["sizes"][run.size]
+    return {
+        **run.as_dict(),
+        "params": total,
+        "non_embedding_params": non_embedding,
+        "layers": size["layers"],
+        "hidden": size["hidden"],
+        "heads": size["heads"],
+    }
+
+
 def _run_table(config: dict) -> list[dict]:
-    """Plain dicts describing each run, for the report and model cards."""
-    rows = []
-    for run in cfg.expand_runs(config).values():
-        total, non_embedding = cfg.parameter_counts(config, run.size)
-        size = config["sizes"][run.size]
-        rows.append(
-            {
-                **run.as_dict(),
-                "params": total,
-                "non_embedding_params": non_embedding,
-                "layers": size["layers"],
-                "hidden": size["hidden"],
-                "heads": size["heads"],
-            }
-        )
-    return rows
+    return [_run_row(config, run) for run in cfg.expand_runs(config).values()]
 
 
 def _training_data_paths(config: dict, run: cfg.Run) -> list[Path]:
@@ -395,7 +394,8 @@ def cmd_train_segment(config: dict, args) -> None:
         return
     from pythia_suite.train.loop import TrainSettings, train_segment
 
-    settings = TrainSettings(**cfg.train_settings_values(config, run))
+    values = cfg.train_settings_values(config, run)
+    settings = TrainSettings(**values)
     start_step = 0 if args.step == 0 else cfg.previous_step(config, args.step)
     if args.step > 0 and not args.resume_from:
         args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
@@ -404,7 +404,7 @@ def cmd_train_segment(config: dict, args) -> None:
     recorder = Recorder(
         Path(args.output),
         "checkpoint",
-        {"run": run.as_dict(), "settings": cfg.train_settings_values(config, run)},
+        {"run": run.as_dict(), "settings": values},
         inputs,
     )
     try:
@@ -469,9 +469,9 @@ def cmd_await_segment(config: dict, args) -> None:
 
     run = cfg.get_run(config, args.run)
     comments = [slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(args.step)])]
-    if args.step <= config["training"]["early_group_max_step"]:
-        # workflow/rules/common.smk, segment_group: the early segments share a group job.
-        comments.append(slurm.group_comment(f"early_{run.name}", [slurm.SEGMENT_RULE]))
+    group = cfg.segment_group(config, run.name, args.step)
+    if group:  # the early segments share a group job (the rule's `group:`)
+        comments.append(slurm.group_comment(group, [slurm.SEGMENT_RULE]))
     slurm.await_segment(
         layout.state_dir(config["paths"]["state"], run.name),
         comments,
@@ -662,31 +662,22 @@ def cmd_model_card(config: dict, args) -> None:
     run = cfg.get_run(config, args.run)
     size = config["sizes"][run.size]
     training = config["training"]
-    total, non_embedding = cfg.parameter_counts(config, run.size)
     info = {
-        **run.as_dict(),
+        **_run_row(config, run),
         "repo_id": _repo_id(config, run),
-        "params": total,
-        "non_embedding_params": non_embedding,
-        "layers": size["layers"],
-        "hidden": size["hidden"],
-        "heads": size["heads"],
         "lr": size["lr"],
         "min_lr": size["min_lr"],
         "global_batch": training["global_batch"],
         "seq_length": config["model"]["seq_length"],
         "train_iters": training["train_iters"],
-        "tokens": training["train_iters"]
-        * training["global_batch"]
-        * config["model"]["seq_length"],
+        "tokens": cfg.total_tokens(config),
         "steps": cfg.checkpoint_steps(config),
         "precision": cfg.precision(config, run),
         "cache_dir": layout.local_hub(_results(config)),
     }
     from pythia_suite.report import load_eval_points
 
-    evals = sorted(str(p) for p in Path(args.evals).rglob("*_step*.json") if ".raw." not in p.name)
-    points = load_eval_points({run.name: evals})
+    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
     final_step = cfg.checkpoint_steps(config)[-1]
     results = {
         f"{p.task} {p.metric} ({p.shots}-shot)": p.value for p in points if p.step == final_step
@@ -819,6 +810,11 @@ def cmd_collect_evals(config: dict, args) -> None:
     recorder.write()
 
 
+def _pythia_result_files(evals_dir: str | Path) -> list[str]:
+    """A run's result files in Pythia's layout (lm-eval's raw outputs beside them left out)."""
+    return sorted(str(p) for p in Path(evals_dir).rglob("*_step*.json") if ".raw." not in p.name)
+
+
 def cmd_verify_run(config: dict, args) -> None:
     """Check every receipt of a run says verified, and no two branches serve the same weights
     except where training says they must (step0 = step1: the first update has LR 0)."""
@@ -831,11 +827,11 @@ def cmd_verify_run(config: dict, args) -> None:
         if not receipt.get("verified"):
             raise RuntimeError(f"{layout.receipt(results, run.name, step)}: not verified")
         weights.setdefault(receipt["files"]["model.safetensors"]["sha256"], []).append(step)
-    allowed = {(0, 1)}
-    duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) not in allowed]
+    allowed = (0, 1)  # the first update has LR 0, so step1's weights are step0's
+    duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) != allowed]
     if duplicates:
         raise RuntimeError(f"{run.name}: branches serve identical weights: steps {duplicates}")
-    summary = {"run": run.name, "steps": len(steps), "identical_allowed": [[0, 1]]}
+    summary = {"run": run.name, "steps": len(steps), "identical_allowed": [list(allowed)]}
     write_json_atomic(args.output, summary, sort_keys=False)
 
 
@@ -846,12 +842,7 @@ def cmd_report(config: dict, args) -> None:
     runs = _run_table(config)
     steps = cfg.checkpoint_steps(config)
     eval_jsons = {
-        r["name"]: sorted(
-            str(p)
-            for p in Path(layout.evals_dir(results, r["name"])).rglob("*_step*.json")
-            if ".raw." not in p.name
-        )
-        for r in runs
+        r["name"]: _pythia_result_files(layout.evals_dir(results, r["name"])) for r in runs
     }
     trainer_states = {
         r["name"]: [

@@ -266,6 +266,14 @@ def previous_step(config: dict, step: int) -> int:
     return steps[steps.index(step) - 1]
 
 
+def segment_group(config: dict, run_name: str, step: int) -> str | None:
+    """The Snakemake group of a training segment: the short early segments of a run share
+    one allocation; later segments are jobs of their own (None)."""
+    if step <= config["training"]["early_group_max_step"]:
+        return f"early_{run_name}"
+    return None
+
+
 def eval_batches(config: dict, shots: int) -> list[list[int]]:
     """The evaluation steps for `shots` (0 or 5), chunked into lm-eval jobs."""
     key = {0: "zero_shot_steps", 5: "five_shot_steps"}[shots]
@@ -455,10 +463,16 @@ def training_flops_per_token(config: dict, size: str) -> int:
     return 72 * layers * h * h + 12 * layers * seq * h + 6 * vocab * h
 
 
+def total_tokens(config: dict) -> int:
+    """Tokens every run trains on: train_iters x global_batch x seq_length."""
+    training = config["training"]
+    return training["train_iters"] * training["global_batch"] * config["model"]["seq_length"]
+
+
 def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
     """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU."""
     training = config["training"]
-    tokens = training["train_iters"] * training["global_batch"] * config["model"]["seq_length"]
+    tokens = total_tokens(config)
     n_checkpoints = len(checkpoint_steps(config))
     keep = min(training["keep_resume_states"], n_checkpoints)
     publish_bytes = {"float16": 2, "bfloat16": 2, "float32": 4}[config["publish"]["dtype"]]

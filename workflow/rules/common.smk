@@ -76,9 +76,7 @@ def previous_checkpoint(wildcards):
 
 def segment_group(wildcards):
     """The short early segments of a run share one allocation (a Snakemake group)."""
-    if int(wildcards.step) <= config["training"]["early_group_max_step"]:
-        return f"early_{wildcards.run}"
-    return None
+    return suite_config.segment_group(config, wildcards.run, int(wildcards.step))
 
 
 def cluster_layout(wildcards):
