@@ -1,11 +1,14 @@
-"""Writing files so that nothing partial ever looks complete: write a temporary file in the
-same directory (same file system), then rename it over the final name."""
+"""Writing files and directories so that nothing partial ever looks complete: write a temporary
+file or directory beside the final one (same file system), then rename it over the final name."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +47,29 @@ def write_json_atomic(
     """`data` as JSON (one trailing newline) written with `write_text_atomic`."""
     text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default) + "\n"
     return write_text_atomic(path, text, fsync=fsync)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory in a temporary sibling (`.NAME.tmp-XXXX`) and rename it to `path`.
+
+    Yields the temporary directory to fill. On success it replaces `path` (an existing one is
+    moved aside first and removed after, so a crash never leaves a half-written directory under
+    the final name); on any error the temporary directory is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
