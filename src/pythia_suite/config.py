@@ -305,6 +305,17 @@ def world_size(config: dict, size: str) -> int:
     return layout["nodes"] * per_node
 
 
+def gpu_record(config: dict, size: str) -> dict:
+    """The accelerator a size trains on: `sizes.<size>.cluster.gpu`, else `cluster.gpu`.
+
+    A dict with `name`, `memory_gb` (per device, GB = 1e9 bytes) and `peak_tflops` (dense
+    bf16/fp16 peak per device). Raises KeyError naming the size when it is not defined.
+    """
+    if size not in config["sizes"]:
+        raise KeyError(f"sizes.{size}: not defined")
+    return dict(config["sizes"][size]["cluster"].get("gpu") or config["cluster"]["gpu"])
+
+
 def run_config_hash(config: dict, run: Run) -> str:
     """A short hash of everything that determines a run's training (for rerun triggers)."""
     subset = {

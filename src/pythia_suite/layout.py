@@ -66,6 +66,16 @@ def checkpoint_dir(results: str, run: str, step: int | str) -> str:
     return f"{results}/runs/{run}/checkpoints/step{step}"
 
 
+# Written by the training backend into each checkpoint directory it produces: the segment's
+# compact record (steps, tokens/s, MFU, wall and device hours, losses, spikes). Status tooling
+# reads this, never the full training history in trainer_state.json.
+SEGMENT_SUMMARY_NAME = "segment_summary.json"
+
+
+def segment_summary(results: str, run: str, step: int | str) -> str:
+    return f"{checkpoint_dir(results, run, step)}/{SEGMENT_SUMMARY_NAME}"
+
+
 def export_dir(results: str, run: str, step: int | str) -> str:
     return f"{results}/runs/{run}/exports/step{step}"
 
