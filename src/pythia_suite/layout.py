@@ -115,5 +115,15 @@ def state_dir(state: str, run: str) -> str:
     return f"{state}/{run}"
 
 
+def plan_record(results: str) -> str:
+    """The plan's prediction, recorded once when the suite starts (pythia_suite.costs)."""
+    return f"{results}/plan.json"
+
+
+def status_page(results: str) -> str:
+    """The progress page `pythia-suite status --html` writes (outside the report's directory)."""
+    return f"{results}/status/index.html"
+
+
 def log(results: str, *parts: str) -> str:
     return f"{results}/logs/" + "/".join(parts) + ".log"

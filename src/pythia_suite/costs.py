@@ -1,0 +1,263 @@
+"""Device-hours of the suite: predicted from FLOPs, measured from finished segments, and the
+prediction recorded once when the suite starts (`results/plan.json`).
+
+Predicted device-hours of a run = training FLOPs / (peak FLOP/s per device x MFU) / 3600, with
+the peak from the size's device record (`config.gpu_record`; on CPU sizes the record describes
+one CPU rank) and the MFU from `cluster.assumed_mfu` (or `plan --mfu`).
+
+Measured: the segment summaries of finished segments of the same size and layout (nodes,
+devices, tensor parallel, device kind) give tokens per wall-clock second (set-up and saves
+included), so measured device-hours = tokens / that rate x devices / 3600: the same
+definition `status` uses for hours spent (allocated devices x segment wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pythia_suite import config as cfg
+from pythia_suite import layout
+from pythia_suite.atomic import write_text_atomic
+
+PLAN_FORMAT = "pythia-suite/plan/1"
+
+
+def device_kind(config: dict, size: str) -> str:
+    """ "cuda" for sizes with GPUs, "cpu" for CPU sizes (cluster.gpus_per_node: 0)."""
+    return "cuda" if config["sizes"][size]["cluster"]["gpus_per_node"] else "cpu"
+
+
+def layout_key(config: dict, size: str) -> dict:
+    """What makes two segments' throughput comparable: same size on the same layout."""
+    cluster = config["sizes"][size]["cluster"]
+    return {
+        "size": size,
+        "nodes": cluster["nodes"],
+        "devices": cfg.world_size(config, size),
+        "tensor_parallel": config["sizes"][size]["tensor_parallel"],
+        "device_kind": device_kind(config, size),
+    }
+
+
+def _summary_key(summary: dict) -> dict:
+    return {
+        "size": summary.get("size"),
+        "nodes": summary.get("nodes"),
+        "devices": summary.get("devices"),
+        "tensor_parallel": summary.get("tensor_parallel"),
+        "device_kind": summary.get("device_kind"),
+    }
+
+
+def measured_rates(config: dict) -> dict[str, dict]:
+    """Per size: the measured throughput of its finished segments on the configured layout.
+
+    `{size: {"segments", "tokens", "wall_s", "train_time_s", "tokens_per_s_wall",
+    "tokens_per_s", "mfu"}}`; sizes without a matching segment are absent. Summaries that are
+    unreadable or of another layout are skipped (`status` names unreadable ones).
+    """
+    from pythia_suite.status import read_summary
+
+    results = config["paths"]["results"]
+    sums: dict[str, dict] = {}
+    for run in cfg.expand_runs(config).values():
+        want = layout_key(config, run.size)
+        root = os.path.dirname(layout.checkpoint_dir(results, run.name, 0))
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith("step"):
+                continue
+            try:
+                summary = read_summary(os.path.join(root, name, layout.SEGMENT_SUMMARY_NAME))
+            except ValueError:
+                continue
+            if summary is None or _summary_key(summary) != want:
+                continue
+            acc = sums.setdefault(
+                run.size,
+                {"segments": 0, "tokens": 0, "wall_s": 0.0, "train_time_s": 0.0, "mfu_h": []},
+            )
+            acc["segments"] += 1
+            acc["tokens"] += summary["tokens"]
+            acc["wall_s"] += summary["wall_s"]
+            acc["train_time_s"] += summary.get("train_time_s") or 0.0
+            if summary.get("mfu") is not None:
+                acc["mfu_h"].append((summary["mfu"], summary["device_hours"]))
+    out = {}
+    for size, acc in sums.items():
+        if acc["wall_s"] <= 0 or acc["tokens"] <= 0:
+            continue
+        hours = sum(h for _, h in acc["mfu_h"])
+        out[size] = {
+            "segments": acc["segments"],
+            "tokens": acc["tokens"],
+            "wall_s": acc["wall_s"],
+            "train_time_s": acc["train_time_s"],
+            "tokens_per_s_wall": acc["tokens"] / acc["wall_s"],
+            "tokens_per_s": acc["tokens"] / acc["train_time_s"] if acc["train_time_s"] else None,
+            "mfu": sum(m * h for m, h in acc["mfu_h"]) / hours if hours > 0 else None,
+        }
+    return out
+
+
+def cost_rows(
+    config: dict,
+    *,
+    mfu: float | None = None,
+    peak_tflops: float | None = None,
+    measured: dict[str, dict] | None = None,
+) -> list[dict]:
+    """Per run: devices, peak, MFU and device-hours, each with where it came from.
+
+    `mfu` / `peak_tflops` override `cluster.assumed_mfu` / the device record. With `measured`
+    (from `measured_rates`), a size that has finished segments on its layout gets measured
+    tokens/s, MFU and device-hours ("measured"); others keep the prediction ("assumed").
+    """
+    tokens = cfg.total_tokens(config)
+    assumed_mfu = mfu if mfu is not None else config["cluster"]["assumed_mfu"]
+    mfu_source = "--mfu" if mfu is not None else "cluster.assumed_mfu"
+    rows = []
+    for run in cfg.expand_runs(config).values():
+        record = cfg.gpu_record(config, run.size)
+        peak = peak_tflops if peak_tflops is not None else record["peak_tflops"]
+        devices = cfg.world_size(config, run.size)
+        flops_per_token = cfg.training_flops_per_token(config, run.size)
+        flops = flops_per_token * tokens
+        predicted = flops / (peak * 1e12 * assumed_mfu) / 3600
+        row = {
+            "run": run.name,
+            "size": run.size,
+            "device_kind": device_kind(config, run.size),
+            "device": record["name"],
+            "devices": devices,
+            "peak_tflops": peak,
+            "peak_source": "--gpu-peak-tflops" if peak_tflops is not None else "device record",
+            "tokens": tokens,
+            "train_flops": flops,
+            "predicted_device_hours": predicted,
+            "mfu": assumed_mfu,
+            "mfu_source": f"assumed ({mfu_source})",
+            # Tokens/s over all devices that the assumed MFU implies.
+            "tokens_per_s": peak * 1e12 * assumed_mfu * devices / flops_per_token,
+            "tokens_per_s_source": "assumed",
+            "device_hours": predicted,
+            "device_hours_source": "assumed",
+        }
+        got = (measured or {}).get(run.size)
+        if got:
+            label = f"measured ({got['segments']} segments)"
+            row["device_hours"] = tokens / got["tokens_per_s_wall"] * devices / 3600
+            row["device_hours_source"] = label
+            if got["tokens_per_s"] is not None:
+                row["tokens_per_s"] = got["tokens_per_s"]
+                row["tokens_per_s_source"] = label
+            if got["mfu"] is not None:
+                row["mfu"] = got["mfu"]
+                row["mfu_source"] = label
+        rows.append(row)
+    return rows
+
+
+def render_cost_table(rows: list[dict]) -> str:
+    """The plan's throughput and device-hours section, figures marked measured or assumed."""
+    header = (
+        f"{'run':<28} {'device':<18} {'devs':>4} {'peak TF/s':>9} {'MFU':>6} {'tokens/s':>10} "
+        f"{'predicted h':>11} {'device-hours':>12}  source"
+    )
+    lines = ["THROUGHPUT AND DEVICE-HOURS", header, "-" * len(header)]
+    for r in rows:
+        source = "assumed" if r["device_hours_source"] == "assumed" else r["device_hours_source"]
+        lines.append(
+            f"{r['run']:<28} {r['device'][:18]:<18} {r['devices']:>4} {r['peak_tflops']:>9.4g} "
+            f"{r['mfu']:>6.1%} {r['tokens_per_s']:>10.4g} {r['predicted_device_hours']:>11,.4g} "
+            f"{r['device_hours']:>12,.4g}  {source}"
+        )
+    assumed = {r["mfu_source"] for r in rows if r["mfu_source"].startswith("assumed")}
+    measured = [r["run"] for r in rows if r["device_hours_source"] != "assumed"]
+    lines.append("")
+    lines.append(
+        "device-hours: allocated devices x wall time (GPU-hours on GPUs, CPU-rank-hours on CPU "
+        "sizes); predicted = FLOPs / (peak x MFU)."
+    )
+    if assumed:
+        mfus = sorted({f"{r['mfu']:.0%}" for r in rows if r["mfu_source"].startswith("assumed")})
+        lines.append(f"assumed MFU {', '.join(mfus)} from {', '.join(sorted(assumed))}")
+    lines.append(
+        f"measured (finished segments of the same size and layout): {', '.join(measured)}"
+        if measured
+        else "measured: none yet (no finished segment summaries); every figure is assumed"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the recorded plan
+
+
+def plan_record(config: dict, *, mfu: float | None = None) -> dict:
+    """The prediction as recorded at suite start: every run's predicted device-hours."""
+    rows = cost_rows(config, mfu=mfu)
+    return {
+        "format": PLAN_FORMAT,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": {
+            r["run"]: {
+                "size": r["size"],
+                "device_kind": r["device_kind"],
+                "device": r["device"],
+                "devices": r["devices"],
+                "peak_tflops": r["peak_tflops"],
+                "mfu": r["mfu"],
+                "tokens": r["tokens"],
+                "train_flops": r["train_flops"],
+                "device_hours": r["predicted_device_hours"],
+            }
+            for r in rows
+        },
+        "total_device_hours": sum(r["predicted_device_hours"] for r in rows),
+    }
+
+
+def record_plan(config: dict, path: str | os.PathLike | None = None) -> bool:
+    """Write the prediction to `path` (default `layout.plan_record`) unless one is there.
+
+    Written once: a later start, or a changed config, never overwrites it (delete the file to
+    record a new prediction). The file appears whole (written aside, then hard-linked into
+    place, which fails if another start won the race). Returns whether it was written.
+    """
+    path = Path(path or layout.plan_record(config["paths"]["results"]))
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_text_atomic(tmp, json.dumps(plan_record(config), indent=1) + "\n")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_recorded_plan(results: str) -> dict | None:
+    """The recorded prediction with its `path`, or None when none was recorded.
+
+    Raises ValueError naming the file when it exists but is not a plan record.
+    """
+    path = layout.plan_record(results)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable plan record: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{path}: format is not {PLAN_FORMAT!r}")
+    data["path"] = path
+    return data
