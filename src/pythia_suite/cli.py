@@ -130,6 +130,8 @@ def _bytes(n: float) -> str:
 
 
 def cmd_plan(config: dict, args) -> None:
+    args.mfu_override = args.mfu
+    args.mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
     rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -154,6 +156,37 @@ def cmd_plan(config: dict, args) -> None:
         f"\n{len(rows)} runs, {total:,.0f} GPU-hours at {args.gpu_peak_tflops:g} TFLOP/s peak and "
         f"{args.mfu:.0%} MFU; resume states kept per run: training.keep_resume_states"
     )
+    _print_costs(config, args)
+
+
+def _print_costs(config: dict, args) -> None:
+    """plan's throughput section: measured figures where finished segments have any."""
+    from pythia_suite import costs
+
+    rows = costs.cost_rows(config, mfu=args.mfu_override, measured=costs.measured_rates(config))
+    print()
+    print(costs.render_cost_table(rows))
+
+
+def cmd_status(config: dict, args) -> None:
+    """Where the suite stands, from finished artifacts (pythia_suite.status); no lock taken."""
+    from pythia_suite import status as suite_status
+
+    while True:
+        state = suite_status.collect_status(config, args.runs, ask_slurm=not args.no_slurm)
+        if args.html:
+            from pythia_suite.status_page import write_page
+
+            _say(f"progress page: {write_page(state, args.html_path)}")
+        if args.json:
+            print(json.dumps(state.as_dict(), indent=1))
+        else:
+            if args.watch:
+                print("\033[H\033[2J", end="")
+            print(suite_status.render_text(state), end="", flush=True)
+        if not args.watch:
+            return
+        time.sleep(args.watch)
 
 
 # ----------------------------------------------------------------------------- data commands
@@ -903,8 +936,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
     p.add_argument("--gpu-peak-tflops", type=float, default=HOPPER_BF16_TFLOPS)
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (0-1)")
+    p.add_argument(
+        "--mfu", type=float, help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"
+    )
     p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "where each run stands, from finished artifacts (no lock)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="runs to show (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable status")
+    p.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds")
+    p.add_argument("--html", action="store_true", help="also write the progress page")
+    p.add_argument("--html-path", help="where (default: results/status/index.html)")
+    p.add_argument("--no-slurm", action="store_true", help="do not ask squeue/sacct")
 
     p = add("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard")
     p.add_argument("shard", help="index into data.raw.shards, e.g. 00")
@@ -1049,6 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
         "neox-config",
         "hf-config",
         "plan",
+        "status",
         "verify",
         "compare-reference",
     ):

@@ -1,0 +1,710 @@
+"""Where a running suite stands: `pythia-suite status`, from finished artifacts only.
+
+What is read, and nothing else (so it is safe while the workflow runs and takes no lock):
+- the results tree's directory listings: checkpoints, exports, receipts, evaluation batches;
+- each checkpoint's segment summary (`layout.segment_summary`, never trainer_state.json);
+- each publish receipt's `verified` flag;
+- `results/plan.json`, the prediction recorded when the suite started (`pythia_suite.costs`);
+- Snakemake's incomplete markers (`.snakemake/incomplete/`, see `snakemake_incomplete`);
+- the tail of the per-job log of every job whose output is missing;
+- `squeue` (running and pending jobs) and `sacct` (the state of a marked job), when reachable.
+
+A checkpoint, export or evaluation batch counts as finished when its directory exists, its
+provenance record is there (written last) and no Snakemake incomplete marker names it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pythia_suite import config as cfg
+from pythia_suite import costs, layout
+from pythia_suite.provenance import RECORD_NAME
+
+SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
+_STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
+_STEP_RECEIPT = re.compile(r"^step(0|[1-9][0-9]*)\.json$")
+_RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
+_LOG_TAIL_BYTES = 64 * 1024
+# A log line that says what went wrong (the last such line is shown).
+_ERROR_LINE = re.compile(
+    r"error|exception|traceback|killed|oom|out of memory|not finite|nan\b|cancelled|timeout",
+    re.IGNORECASE,
+)
+_NAN_ABORT = re.compile(r"NonFiniteLossError|not finite|\bnan\b", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Problem:
+    """A failed, interrupted or still-running job found without a finished output."""
+
+    kind: str  # "failed" | "incomplete" | "running" | "bad-record"
+    rule: str
+    run: str
+    target: str
+    log: str | None = None
+    error: str | None = None
+    job_id: str | None = None
+    slurm_state: str | None = None
+
+
+@dataclass
+class RunStatus:
+    run: str
+    size: str
+    variant: str
+    planned: int  # checkpoints in the plan
+    trained: int = 0
+    exported: int = 0
+    published: int = 0
+    verified: int = 0
+    evaluated: int = 0  # checkpoints with every planned evaluation (zero- and five-shot) done
+    eval_planned: int = 0
+    last_step: int | None = None
+    final_step: int = 0
+    tokens_per_s: float | None = None  # segments' tokens / train time
+    mfu: float | None = None  # device-hour weighted mean of the segments' MFU
+    device_kind: str | None = None
+    device_hours: float = 0.0  # allocated devices x segment wall time, summed over summaries
+    segments_measured: int = 0
+    predicted_device_hours: float | None = None  # whole run, recorded at suite start
+    predicted_to_here: float | None = None  # the prediction pro rata for the steps trained
+    eta_s: float | None = None  # training left at the measured wall-clock rate
+    spikes: list[dict] = field(default_factory=list)
+    nan_aborts: list[str] = field(default_factory=list)
+    segments: list[dict] = field(default_factory=list)  # per segment: for the page's plots
+    eval_steps: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def over_prediction(self) -> float | None:
+        """Spent / predicted-to-here (1.0 = on plan); None without both figures."""
+        if not self.predicted_to_here or not self.segments_measured:
+            return None
+        return self.device_hours / self.predicted_to_here
+
+
+@dataclass
+class SlurmView:
+    reachable: bool
+    reason: str = ""
+    jobs: list[dict] = field(default_factory=list)  # running and pending jobs of the suite
+
+
+@dataclass
+class SuiteStatus:
+    generated_at: str
+    results: str
+    runs: list[RunStatus]
+    problems: list[Problem]
+    slurm: SlurmView
+    plan_recorded: str | None  # the plan.json path, or None when none was recorded
+    plan_recorded_at: str | None = None
+    snakemake_running: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for run, rec in zip(self.runs, out["runs"], strict=True):
+            rec["over_prediction"] = run.over_prediction
+        return out
+
+
+# ----------------------------------------------------------------------------- Snakemake state
+
+
+def snakemake_incomplete(workdir: str | os.PathLike = ".") -> dict[str, str | None]:
+    """Outputs Snakemake has marked incomplete, by normalised path -> external (SLURM) job id.
+
+    Snakemake 9's default (file) persistence writes one marker per output of a started job at
+    `.snakemake/incomplete/<urlsafe base64 of the output path>` (names longer than the file
+    system allows are split into `@`-prefixed directories) holding `{"external_jobid": ...}`,
+    and removes it when the job succeeds or its failure is cleaned up. A marker left behind
+    means the job is running, or its Snakemake died mid-job. With `--persistence-backend db`
+    the same flag is a column of `.snakemake/metadata.db`, read here read-only.
+    """
+    root = Path(workdir) / ".snakemake"
+    marked: dict[str, str | None] = {}
+    incomplete = root / "incomplete"
+    for dirpath, _, files in os.walk(incomplete):
+        rel = Path(dirpath).relative_to(incomplete).parts
+        for name in files:
+            if name == "migration_underway":
+                continue
+            encoded = "".join(part.lstrip("@") for part in rel) + name
+            try:
+                target = base64.urlsafe_b64decode(encoded.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            try:
+                job_id = json.loads(Path(dirpath, name).read_text()).get("external_jobid")
+            except (OSError, ValueError, AttributeError):
+                job_id = None
+            marked[os.path.normpath(target)] = job_id
+    db = root / "metadata.db"
+    if db.is_file():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                rows = conn.execute(
+                    "SELECT target, external_jobid FROM snakemake_metadata WHERE incomplete = 1"
+                ).fetchall()
+            for target, job_id in rows:
+                marked[os.path.normpath(target)] = job_id
+        except sqlite3.Error:
+            pass
+    return marked
+
+
+def snakemake_running(workdir: str | os.PathLike = ".") -> bool:
+    """Whether a Snakemake holds the working directory's lock (read, never taken)."""
+    locks = Path(workdir) / ".snakemake" / "locks"
+    try:
+        return any(locks.iterdir())
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def slurm_view(run_names: Iterable[str], run: Runner = subprocess.run) -> SlurmView:
+    """Running and pending jobs of the suite from `squeue` (matched by the plugin's comment,
+    which names the rule and wildcards, e.g. `rule_train_segment_wildcards_pythia-70m_2000`)."""
+    from pythia_suite.slurm import SlurmQueryError, list_jobs
+
+    try:
+        jobs = list_jobs(run=run)
+    except SlurmQueryError as err:
+        return SlurmView(False, f"SLURM cannot be asked: {err}")
+    names = sorted(run_names, key=len, reverse=True)
+    rows = []
+    for job in jobs:
+        if not job.comment.startswith("rule_"):
+            continue
+        which = next((n for n in names if f"_{n}_" in job.comment + "_"), None)
+        if which is None:
+            continue
+        rows.append(
+            {"job_id": job.job_id, "state": job.state, "run": which, "comment": job.comment}
+        )
+    return SlurmView(True, "", rows)
+
+
+def _sacct_state(job_id: str, run: Runner) -> str | None:
+    from pythia_suite.slurm import SlurmQueryError, job_state
+
+    try:
+        return job_state(job_id, run=run)
+    except SlurmQueryError:
+        return None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _step_dirs(path: str) -> set[int]:
+    """Steps of finished `step<N>` directories (provenance record present) under `path`."""
+    steps = set()
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return steps
+    for entry in entries:
+        match = _STEP_DIR.match(entry.name)
+        if match and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
+            steps.add(int(match[1]))
+    return steps
+
+
+def read_summary(path: str) -> dict | None:
+    """A segment summary, or None when the checkpoint has none (step0, or written before
+    summaries existed). Raises ValueError naming the file when it is not a summary."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable segment summary: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+        raise ValueError(f"{path}: format is not {SUMMARY_FORMAT!r}")
+    for key in ("end_step", "tokens", "tokens_per_s", "wall_s", "device_hours", "devices"):
+        if not isinstance(data.get(key), int | float):
+            raise ValueError(f"{path}: key {key!r} is missing or not a number")
+    return data
+
+
+def _receipts(path: str) -> tuple[set[int], set[int], list[str]]:
+    """(published steps, verified steps, unreadable receipt paths) of a run."""
+    published, verified, bad = set(), set(), []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return published, verified, bad
+    for entry in entries:
+        match = _STEP_RECEIPT.match(entry.name)
+        if not match:
+            continue
+        step = int(match[1])
+        published.add(step)
+        try:
+            with open(entry.path, encoding="utf-8") as fh:
+                if json.load(fh).get("verified") is True:
+                    verified.add(step)
+        except (OSError, ValueError, AttributeError):
+            bad.append(entry.path)
+    return published, verified, bad
+
+
+def _eval_steps(results: str, run: str) -> dict[str, set[int]]:
+    """Evaluated steps by shots ("zero"/"five") from finished batch dirs and collected evals."""
+    found: dict[str, set[int]] = {"zero": set(), "five": set()}
+    base = Path(results) / "runs" / run / "evals"
+    for shots in found:
+        for batch in sorted(base.glob(f"{shots}-shot/batch*")):
+            if not (batch / RECORD_NAME).exists():
+                continue
+            for path in batch.rglob("*_step*.json"):
+                match = _RESULT_FILE.search(path.name)
+                if match and not path.name.endswith(".raw.json"):
+                    found[shots].add(int(match[1]))
+        collected = Path(layout.evals_dir(results, run)) / f"{shots}-shot"
+        if collected.is_dir():
+            for path in collected.glob("*_step*.json"):
+                match = _RESULT_FILE.search(path.name)
+                if match and not path.name.endswith(".raw.json"):
+                    found[shots].add(int(match[1]))
+    return found
+
+
+def last_error_line(log: str | os.PathLike) -> str | None:
+    """The last line of a log's tail that names an error (else its last non-empty line)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - _LOG_TAIL_BYTES))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line):
+            return line[:300]
+    return lines[-1][:300] if lines else None
+
+
+# ----------------------------------------------------------------------------- the status
+
+
+def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None, str]]:
+    """(rule, output path, step, log path) of every job of a run the status watches."""
+    results = config["paths"]["results"]
+    out = []
+    for step in cfg.checkpoint_steps(config):
+        out.append(
+            (
+                "train_segment" if step else "init_checkpoint",
+                layout.checkpoint_dir(results, run.name, step),
+                step,
+                layout.log(results, "train", run.name, f"step{step}"),
+            )
+        )
+        out.append(
+            (
+                "export",
+                layout.export_dir(results, run.name, step),
+                step,
+                layout.log(results, "export", run.name, f"step{step}"),
+            )
+        )
+        out.append(
+            (
+                "publish",
+                layout.receipt(results, run.name, step),
+                step,
+                layout.log(results, "publish", run.name, f"step{step}"),
+            )
+        )
+    for shots, n in (("zero", 0), ("five", 5)):
+        for i, _ in enumerate(cfg.eval_batches(config, n)):
+            batch = f"{i:03d}"
+            out.append(
+                (
+                    "evaluate",
+                    layout.eval_batch_dir(results, run.name, shots, batch),
+                    None,
+                    layout.log(results, "evaluate", run.name, f"{shots}-shot", f"batch{batch}"),
+                )
+            )
+    return out
+
+
+def _existing_logs(config: dict, run: str) -> set[str]:
+    """Normalised paths of the per-job logs of a run that exist (one listing per folder)."""
+    results = config["paths"]["results"]
+    found = set()
+    for stage in ("train", "export", "publish", "evaluate"):
+        top = os.path.join(results, "logs", stage, run)
+        for dirpath, _, files in os.walk(top):
+            found.update(os.path.normpath(os.path.join(dirpath, f)) for f in files)
+    return found
+
+
+def _problems_of_run(
+    config: dict,
+    run: cfg.Run,
+    finished: set[str],
+    marked: dict[str, str | None],
+    sacct: Callable[[str], str | None],
+) -> list[Problem]:
+    logs = _existing_logs(config, run.name)
+    problems = []
+    for rule, target, _step, log in _job_targets(config, run):
+        target_n, log_n = os.path.normpath(target), os.path.normpath(log)
+        if target_n in marked:
+            job_id = marked[target_n]
+            state = sacct(job_id) if job_id else None
+            problems.append(
+                Problem(
+                    "incomplete",
+                    rule,
+                    run.name,
+                    target,
+                    log if log_n in logs else None,
+                    last_error_line(log) if log_n in logs else None,
+                    job_id,
+                    state,
+                )
+            )
+        elif log_n in logs and target_n not in finished:
+            problems.append(Problem("failed", rule, run.name, target, log, last_error_line(log)))
+    return problems
+
+
+def _finished_targets(config: dict, run: str, trained, exported, published, evals) -> set[str]:
+    results = config["paths"]["results"]
+    done = {os.path.normpath(layout.checkpoint_dir(results, run, s)) for s in trained}
+    done |= {os.path.normpath(layout.export_dir(results, run, s)) for s in exported}
+    done |= {os.path.normpath(layout.receipt(results, run, s)) for s in published}
+    for shots, n in (("zero", 0), ("five", 5)):
+        for i, steps in enumerate(cfg.eval_batches(config, n)):
+            if set(steps) <= evals[shots]:
+                done.add(os.path.normpath(layout.eval_batch_dir(results, run, shots, f"{i:03d}")))
+    return done
+
+
+def _measure(status: RunStatus, summaries: list[dict]) -> None:
+    """Fill the measured figures of a run from its segment summaries."""
+    if not summaries:
+        return
+    tokens = sum(s["tokens"] for s in summaries)
+    train_s = sum(s.get("train_time_s") or 0 for s in summaries)
+    status.tokens_per_s = tokens / train_s if train_s > 0 else None
+    status.device_hours = sum(s["device_hours"] for s in summaries)
+    weighted = [(s["mfu"], s["device_hours"]) for s in summaries if s.get("mfu") is not None]
+    hours = sum(h for _, h in weighted)
+    if weighted and hours > 0:
+        status.mfu = sum(m * h for m, h in weighted) / hours
+    status.device_kind = summaries[-1].get("device_kind")
+    status.segments_measured = len(summaries)
+    for s in summaries:
+        for spike in s.get("spikes") or []:
+            status.spikes.append(dict(spike, run=status.run))
+        losses = s.get("losses") or {}
+        status.segments.append(
+            {
+                "start_step": s.get("start_step"),
+                "end_step": s["end_step"],
+                "tokens_per_s": s["tokens_per_s"],
+                "mfu": s.get("mfu"),
+                "wall_s": s["wall_s"],
+                "device_hours": s["device_hours"],
+                "loss_first": losses.get("first"),
+                "loss_last": losses.get("last"),
+                "loss_min": losses.get("min"),
+                "loss_max": losses.get("max"),
+                "loss_mean": losses.get("mean"),
+            }
+        )
+
+
+def _eta(status: RunStatus, summaries: list[dict], config: dict) -> float | None:
+    """Seconds of training left at the measured wall-clock rate (set-up and saves included)."""
+    if status.last_step is None or not summaries:
+        return None
+    wall = sum(s["wall_s"] for s in summaries)
+    steps = sum(s["end_step"] - s.get("start_step", s["end_step"]) for s in summaries)
+    if wall <= 0 or steps <= 0:
+        return None
+    return (status.final_step - status.last_step) * wall / steps
+
+
+def collect_status(
+    config: dict,
+    runs: Iterable[str] | None = None,
+    *,
+    workdir: str | os.PathLike = ".",
+    ask_slurm: bool = True,
+    run_command: Runner = subprocess.run,
+) -> SuiteStatus:
+    """The status of the suite (or of the named runs). Raises ConfigError on an unknown run."""
+    results = config["paths"]["results"]
+    if not os.path.isabs(results):
+        results = os.path.normpath(os.path.join(workdir, results))
+        config = dict(config, paths=dict(config["paths"], results=results))
+    all_runs = cfg.expand_runs(config)
+    chosen = [cfg.get_run(config, name) for name in runs] if runs else list(all_runs.values())
+    steps = cfg.checkpoint_steps(config)
+    eval_plan = {
+        "zero": set(config["evaluation"]["zero_shot_steps"]),
+        "five": set(config["evaluation"]["five_shot_steps"]),
+    }
+    eval_steps = eval_plan["zero"] | eval_plan["five"]
+    marked = {
+        os.path.normpath(os.path.join(workdir, t)): j
+        for t, j in snakemake_incomplete(workdir).items()
+    }
+    recorded = costs.read_recorded_plan(results)
+    slurm = (
+        slurm_view([r.name for r in chosen], run_command)
+        if ask_slurm
+        else SlurmView(False, "SLURM not asked (--no-slurm)")
+    )
+    sacct_cache: dict[str, str | None] = {}
+
+    def sacct(job_id: str) -> str | None:
+        if not slurm.reachable:
+            return None
+        if job_id not in sacct_cache:
+            sacct_cache[job_id] = _sacct_state(job_id, run_command)
+        return sacct_cache[job_id]
+
+    out_runs, problems = [], []
+    for run in chosen:
+        status = RunStatus(run.name, run.size, run.variant, len(steps), final_step=steps[-1])
+        ckpt_root = os.path.dirname(layout.checkpoint_dir(results, run.name, 0))
+        trained = _step_dirs(ckpt_root) & set(steps)
+        trained = {
+            s
+            for s in trained
+            if os.path.normpath(layout.checkpoint_dir(results, run.name, s)) not in marked
+        }
+        exported = _step_dirs(os.path.dirname(layout.export_dir(results, run.name, 0)))
+        exported &= set(steps)
+        published, verified, bad = _receipts(os.path.dirname(layout.receipt(results, run.name, 0)))
+        evals = _eval_steps(results, run.name)
+        status.trained, status.exported = len(trained), len(exported & set(steps))
+        status.published, status.verified = len(published), len(verified)
+        status.eval_planned = len(eval_steps)
+        status.evaluated = sum(
+            1
+            for s in eval_steps
+            if all(s in evals[shots] for shots in eval_plan if s in eval_plan[shots])
+        )
+        status.eval_steps = {shots: sorted(v) for shots, v in evals.items()}
+        # The last step of the unbroken chain: segments train in order from step0.
+        chain = [s for s in steps if s in trained]
+        status.last_step = max(chain) if chain else None
+        summaries = []
+        for step in sorted(trained):
+            path = layout.segment_summary(results, run.name, step)
+            try:
+                summary = read_summary(path)
+            except ValueError as err:
+                problems.append(
+                    Problem("bad-record", "train_segment", run.name, path, None, str(err))
+                )
+                continue
+            if summary is not None:
+                summaries.append(summary)
+        for path in bad:
+            problems.append(Problem("bad-record", "publish", run.name, path, None, "unreadable"))
+        _measure(status, summaries)
+        status.eta_s = _eta(status, summaries, config)
+        if recorded and run.name in recorded["runs"]:
+            predicted = recorded["runs"][run.name]["device_hours"]
+            status.predicted_device_hours = predicted
+            done = sum(s["end_step"] - s.get("start_step", s["end_step"]) for s in summaries)
+            status.predicted_to_here = predicted * done / steps[-1] if steps[-1] else None
+        finished = _finished_targets(config, run.name, trained, exported, published, evals)
+        run_problems = _problems_of_run(config, run, finished, marked, sacct)
+        for p in run_problems:
+            if p.rule == "train_segment" and p.error and _NAN_ABORT.search(p.error):
+                status.nan_aborts.append(f"{p.target}: {p.error}")
+        problems.extend(run_problems)
+        out_runs.append(status)
+    running = {j["job_id"]: j["state"] for j in slurm.jobs}
+    for p in problems:
+        if p.job_id and p.job_id in running:
+            p.slurm_state = running[p.job_id]
+            p.kind = "running"
+    return SuiteStatus(
+        generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        results=results,
+        runs=out_runs,
+        problems=problems,
+        slurm=slurm,
+        plan_recorded=recorded["path"] if recorded else None,
+        plan_recorded_at=recorded.get("recorded_at") if recorded else None,
+        snakemake_running=snakemake_running(workdir),
+    )
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _fmt_hours(h: float | None) -> str:
+    if h is None:
+        return "-"
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def _fmt_duration(s: float | None) -> str:
+    if s is None or math.isnan(s):
+        return "-"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    if s < 86400 * 2:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for suffix in ("", "K", "M", "G"):
+        if abs(x) < 1000:
+            return f"{x:.3g}{suffix}"
+        x /= 1000
+    return f"{x:.3g}T"
+
+
+TABLE_COLUMNS = (
+    "run",
+    "trained",
+    "exported",
+    "published (verified)",
+    "evaluated",
+    "last step",
+    "tokens/s",
+    "MFU",
+    "device-h spent / predicted so far",
+    "predicted total",
+    "ETA",
+    "spikes",
+    "NaN aborts",
+)
+
+
+def table_rows(status: SuiteStatus) -> list[list[str]]:
+    """The status table as strings, one row per run (TABLE_COLUMNS)."""
+    rows = []
+    for r in status.runs:
+        ratio = r.over_prediction
+        spent = _fmt_hours(r.device_hours) if r.segments_measured else "-"
+        so_far = _fmt_hours(r.predicted_to_here) if r.predicted_to_here is not None else "-"
+        versus = f"{spent} / {so_far}" + (f" ({ratio:.0%})" if ratio is not None else "")
+        rows.append(
+            [
+                r.run,
+                f"{r.trained}/{r.planned}",
+                f"{r.exported}/{r.planned}",
+                f"{r.published} ({r.verified})/{r.planned}",
+                f"{r.evaluated}/{r.eval_planned}",
+                "-" if r.last_step is None else str(r.last_step),
+                _fmt_rate(r.tokens_per_s),
+                "-" if r.mfu is None else f"{r.mfu:.1%}",
+                versus,
+                _fmt_hours(r.predicted_device_hours),
+                "done" if r.last_step == r.final_step else _fmt_duration(r.eta_s),
+                str(len(r.spikes)),
+                str(len(r.nan_aborts)),
+            ]
+        )
+    return rows
+
+
+def render_text(status: SuiteStatus) -> str:
+    """The table, then the problems and the SLURM jobs, as plain text."""
+    rows = [list(TABLE_COLUMNS), *table_rows(status)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    lines = [f"pythia-suite status at {status.generated_at} ({status.results})"]
+    for i, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if j == 0 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    if status.plan_recorded:
+        lines.append(
+            f"predicted: {status.plan_recorded} (recorded {status.plan_recorded_at}); "
+            "device-hours = allocated devices x segment wall time (GPU-hours on GPUs)"
+        )
+    else:
+        lines.append(
+            "predicted: none recorded (results/plan.json is written when the workflow starts)"
+        )
+    lines.append(
+        "Snakemake: "
+        + ("a run holds the lock" if status.snakemake_running else "no run holds the lock")
+    )
+    if status.problems:
+        lines.append("")
+        lines.append(f"{len(status.problems)} failed or incomplete jobs:")
+        for p in status.problems:
+            job = (
+                f" SLURM job {p.job_id}" + (f" {p.slurm_state}" if p.slurm_state else "")
+                if p.job_id
+                else ""
+            )
+            lines.append(f"  {p.kind:<10} {p.rule} {p.target}{job}")
+            if p.log:
+                lines.append(f"             log: {p.log}")
+            if p.error:
+                lines.append(f"             last error: {p.error}")
+    else:
+        lines.append("no failed or incomplete jobs")
+    lines.append("")
+    if not status.slurm.reachable:
+        lines.append(status.slurm.reason)
+    elif status.slurm.jobs:
+        lines.append(f"SLURM: {len(status.slurm.jobs)} running or pending jobs of the suite:")
+        for j in status.slurm.jobs:
+            lines.append(f"  {j['job_id']:>10} {j['state']:<10} {j['comment']}")
+    else:
+        lines.append("SLURM: no running or pending jobs of the suite")
+    spikes = [s for r in status.runs for s in r.spikes]
+    if spikes:
+        lines.append("")
+        lines.append("loss spikes:")
+        for s in spikes[:20]:
+            lines.append(
+                f"  {s['run']} step {s.get('step')}: loss {s.get('loss'):.4g} "
+                f"(running mean {s.get('running_mean'):.4g})"
+            )
+        if len(spikes) > 20:
+            lines.append(f"  ... and {len(spikes) - 20} more (--json)")
+    for r in status.runs:
+        for nan in r.nan_aborts:
+            lines.append(f"NaN abort: {nan}")
+    return "\n".join(lines) + "\n"
