@@ -5,6 +5,8 @@
 #                                     slurmctld and two slurmd acting as nodes n1 and n2
 #   scripts/slurm-cluster.sh stop     stop everything this script started
 #   scripts/slurm-cluster.sh status   print daemon, sinfo and sacct state
+#   scripts/slurm-cluster.sh reconfigure  rewrite the configs and apply them to the running
+#                                     daemons (`scontrol reconfigure`; nothing is stopped)
 #
 # Run as root on Debian 12 (slurm-wlm 22.05). No systemd needed: every daemon is started directly.
 # All state (configs, databases, spools, pid files, logs) lives under one directory:
@@ -134,10 +136,35 @@ write_configs() {
         (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$STATE/etc/db_pass")
     fi
     DB_PASS="$(cat "$STATE/etc/db_pass")"
+    write_mail_shim
     render "$TEMPLATES/slurm.conf.in" "$CONF" 644
     # slurmdbd refuses a slurmdbd.conf readable by others (it holds the DB password).
     render "$TEMPLATES/slurmdbd.conf.in" "$STATE/etc/slurmdbd.conf" 600
     link_system_conf
+}
+
+# slurm.conf's MailProg: a shim that passes SLURM's mail (args: -s SUBJECT USER) to
+# $STATE/etc/mail-hook when that is an executable, and otherwise drops it: nothing is sent
+# unless a hook is installed (tests/test_notify.py installs a stub that records the mail).
+write_mail_shim() {
+    mkdir -p "$STATE/bin"
+    cat >"$STATE/bin/slurm-mail.tmp" <<SHIM
+#!/bin/sh
+hook="$STATE/etc/mail-hook"
+if [ -x "\$hook" ]; then exec "\$hook" "\$@"; fi
+cat >/dev/null
+exit 0
+SHIM
+    chmod 755 "$STATE/bin/slurm-mail.tmp"
+    mv "$STATE/bin/slurm-mail.tmp" "$STATE/bin/slurm-mail"
+}
+
+cmd_reconfigure() {
+    ensure_root
+    [[ -s "$CONF" ]] || die "no cluster config at $CONF: run '$0 start' first"
+    write_configs
+    scontrol reconfigure || die "scontrol reconfigure failed (is slurmctld up?)"
+    log "configuration rewritten and applied (scontrol reconfigure)"
 }
 
 # Client commands (and srun inside jobs whose SLURM_CONF was stripped) read /etc/slurm/slurm.conf.
@@ -356,8 +383,9 @@ case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
+reconfigure) cmd_reconfigure ;;
 *)
-    echo "usage: $0 start|stop|status   (state in \$PYTHIA_SLURM_DIR, default /var/tmp/pythia-slurm)" >&2
+    echo "usage: $0 start|stop|status|reconfigure   (state in \$PYTHIA_SLURM_DIR, default /var/tmp/pythia-slurm)" >&2
     exit 2
     ;;
 esac

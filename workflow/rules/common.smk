@@ -5,7 +5,9 @@ import re
 import shlex
 
 from pythia_suite import config as suite_config
+from pythia_suite import costs as suite_costs
 from pythia_suite import layout
+from pythia_suite import notify as suite_notify
 
 suite_config.check_config(config, "config")
 
@@ -40,6 +42,14 @@ wildcard_constraints:
 onstart:
     # Every pythia-suite call reads the same merged, validated config as the workflow.
     suite_config.write_effective_config(config, EFFECTIVE_CONFIG)
+    # The plan's prediction, recorded once (never overwritten by later starts): `status`
+    # compares what the segments measure against it.
+    suite_costs.record_plan(config)
+
+
+onerror:
+    # Mail and/or a webhook when config.notify asks for them (nothing by default).
+    suite_notify.on_error(config, log)
 
 
 def log(*parts):
