@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Set up and run the tests. As root (CI) it also installs graphviz and starts the local
-# two-node SLURM cluster (scripts/slurm-cluster.sh), so the SLURM tests run instead of
-# skipping. Extra arguments go to pytest (e.g. -m "not slow").
+# Set up and run the tests. As root (CI) it also installs graphviz and chromium (the progress
+# page's browser test) and starts the local two-node SLURM cluster (scripts/slurm-cluster.sh),
+# so those tests run instead of skipping. Extra arguments go to pytest (e.g. -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 if [ "$(id -u)" = 0 ]; then
-  if ! command -v dot >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+  missing=()
+  command -v dot >/dev/null || missing+=(graphviz)
+  command -v chromium >/dev/null || missing+=(chromium)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   bash scripts/slurm-cluster.sh start
 fi

@@ -62,6 +62,7 @@ def segment_summary(
     *,
     tokens_per_s: float,
     spikes: list[dict] | None = None,
+    overhead_s: float = 30.0,
 ) -> dict:
     """A segment summary exactly as the training helper writes it (brief's contract)."""
     size = config["sizes"][run.size]
@@ -70,12 +71,12 @@ def segment_summary(
     steps = end - start
     tokens = steps * cfg.total_tokens(config) // config["training"]["train_iters"]
     train_time = tokens / tokens_per_s
-    wall = train_time * 1.05 + 30
+    wall = train_time * 1.05 + overhead_s  # set-up and save
     flops_per_token = float(cfg.training_flops_per_token(config, run.size))
     kind = costs.device_kind(config, run.size)
     peak = cfg.gpu_record(config, run.size)["peak_tflops"]
     mfu = tokens_per_s * flops_per_token / (devices * peak * 1e12)
-    loss = 10.5 * math.exp(-end / 20000) + 2.0
+    loss = 8.5 * math.exp(-7 * end / config["training"]["train_iters"]) + 2.0
     return {
         "format": "pythia-suite/segment-summary/1",
         "run": run.name,
@@ -189,6 +190,7 @@ def build_tree(
     spike_every: int = 0,
     evaluate: bool = True,
     receipts: bool = True,
+    overhead_s: float = 30.0,
 ) -> dict[str, int]:
     """Fill `config.paths.results` as a suite `fraction` (0-1) of the way through.
 
@@ -217,7 +219,13 @@ def build_tree(
                     else []
                 )
                 summary = segment_summary(
-                    config, run, previous, step, tokens_per_s=float(rate), spikes=spikes
+                    config,
+                    run,
+                    previous,
+                    step,
+                    tokens_per_s=float(rate),
+                    spikes=spikes,
+                    overhead_s=overhead_s,
                 )
                 _write(
                     layout.segment_summary(results, run.name, step), json.dumps(summary, indent=1)
