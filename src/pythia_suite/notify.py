@@ -19,15 +19,27 @@ _MAX_LINES = 200
 TIMEOUT_S = 10
 
 
-def failure_message(config: dict, snakemake_log: str | None) -> dict:
+def _log_paths(snakemake_log) -> list[str]:
+    """Snakemake 9 passes its log files as a list (older versions: one path or None)."""
+    if not snakemake_log:
+        return []
+    if isinstance(snakemake_log, str | Path):
+        return [str(snakemake_log)]
+    return [str(p) for p in snakemake_log]
+
+
+def failure_message(config: dict, snakemake_log) -> dict:
     """What failed, from Snakemake's log: each `Error in rule ...` block (rule, output, log,
     the shell command's exit), the log's path, the suite's name and the host."""
     errors: list[str] = []
-    if snakemake_log:
-        try:
-            lines = Path(snakemake_log).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            lines = []
+    logs = _log_paths(snakemake_log)
+    if logs:
+        lines = []
+        for log in logs:
+            try:
+                lines += Path(log).read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                pass
         block: list[str] | None = None
         for line in lines:
             if _ERROR_BLOCK.match(line):
@@ -44,7 +56,7 @@ def failure_message(config: dict, snakemake_log: str | None) -> dict:
         "event": "workflow-failed",
         "suite": config["suite"]["name"],
         "host": socket.gethostname(),
-        "snakemake_log": snakemake_log,
+        "snakemake_log": ", ".join(logs) or None,
         "errors": errors[:_MAX_LINES],
         "hint": "pythia-suite status lists every failed job with its log",
     }
@@ -71,7 +83,7 @@ def send_mail(program: str, to: str, message: dict, timeout: float = TIMEOUT_S) 
     subprocess.run([program, "-s", subject, to], input=body, text=True, check=True, timeout=timeout)
 
 
-def on_error(config: dict, snakemake_log: str | None) -> list[str]:
+def on_error(config: dict, snakemake_log) -> list[str]:
     """Snakemake's onerror handler. Sends what `notify` asks for; returns what was sent.
 
     A failed notification is reported on stderr and never raises: the workflow's own error
@@ -81,7 +93,17 @@ def on_error(config: dict, snakemake_log: str | None) -> list[str]:
     url, to = notify.get("webhook_url"), notify.get("mail_to")
     if not url and not to:
         return []
-    message = failure_message(config, snakemake_log)
+    try:
+        message = failure_message(config, snakemake_log)
+    except Exception as err:  # noqa: BLE001 (the workflow's error matters more than ours)
+        message = {
+            "event": "workflow-failed",
+            "suite": config["suite"]["name"],
+            "host": socket.gethostname(),
+            "snakemake_log": None,
+            "errors": [],
+            "hint": f"(reading Snakemake's log failed: {err})",
+        }
     sent = []
     if url:
         try:
