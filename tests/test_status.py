@@ -306,3 +306,24 @@ def test_cli_watch_refreshes(mini):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert out.count("pythia-suite status at") >= 2
+
+
+def test_mini_cost_benchmark_on_synthetic_records(mini, capsys):
+    """benchmarks/status_scale.py mini: predicted (recorded) vs measured CPU-rank-hours."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from status_scale import mini_costs, print_mini
+
+    costs.record_plan(mini)
+    recorded = costs.read_recorded_plan("results")
+    build_tree(mini, 1.0, tokens_per_s=1500.0, overhead_s=0)
+    rows = {r["run"]: r for r in mini_costs(mini)}
+    row = rows["pythia-1.3m"]
+    assert row["prediction_from"].endswith("plan.json")
+    assert row["predicted_h"] == recorded["runs"]["pythia-1.3m"]["device_hours"]
+    assert row["segments"] == row["of_segments"] == len(cfg.checkpoint_steps(mini)) - 1
+    tokens = cfg.total_tokens(mini)
+    assert row["measured_h"] == pytest.approx(tokens / 1500.0 * 1.05 / 3600)
+    assert row["measured_over_predicted"] == pytest.approx(row["measured_h"] / row["predicted_h"])
+    assert row["device"] == "CPU rank (fp32)"
+    print_mini(list(rows.values()))
+    assert "pythia-1.3m" in capsys.readouterr().out

@@ -271,24 +271,38 @@ def _receipts(path: str) -> tuple[set[int], set[int], list[str]]:
     return published, verified, bad
 
 
+def _result_steps(folder: str) -> set[int]:
+    """Steps of the Pythia-layout result files (`*_step<N>.json`, not `.raw.json`) in a folder."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return set()
+    return {
+        int(m[1])
+        for name in names
+        if not name.endswith(".raw.json") and (m := _RESULT_FILE.search(name))
+    }
+
+
 def _eval_steps(results: str, run: str) -> dict[str, set[int]]:
-    """Evaluated steps by shots ("zero"/"five") from finished batch dirs and collected evals."""
+    """Evaluated steps by shots ("zero"/"five") from finished batch dirs and collected evals.
+
+    A batch directory holds `<run>/{zero-shot,five-shot}/<run>_step<N>.json`
+    (pythia_suite.evaluate); it is finished once its provenance record is there.
+    """
     found: dict[str, set[int]] = {"zero": set(), "five": set()}
-    base = Path(results) / "runs" / run / "evals"
+    base = os.path.join(results, "runs", run, "evals")
     for shots in found:
-        for batch in sorted(base.glob(f"{shots}-shot/batch*")):
-            if not (batch / RECORD_NAME).exists():
+        shots_dir = os.path.join(base, f"{shots}-shot")
+        try:
+            batches = [e.path for e in os.scandir(shots_dir) if e.name.startswith("batch")]
+        except OSError:
+            batches = []
+        for batch in batches:
+            if not os.path.exists(os.path.join(batch, RECORD_NAME)):
                 continue
-            for path in batch.rglob("*_step*.json"):
-                match = _RESULT_FILE.search(path.name)
-                if match and not path.name.endswith(".raw.json"):
-                    found[shots].add(int(match[1]))
-        collected = Path(layout.evals_dir(results, run)) / f"{shots}-shot"
-        if collected.is_dir():
-            for path in collected.glob("*_step*.json"):
-                match = _RESULT_FILE.search(path.name)
-                if match and not path.name.endswith(".raw.json"):
-                    found[shots].add(int(match[1]))
+            found[shots] |= _result_steps(os.path.join(batch, run, f"{shots}-shot"))
+        found[shots] |= _result_steps(os.path.join(layout.evals_dir(results, run), f"{shots}-shot"))
     return found
 
 
