@@ -135,33 +135,44 @@ def test_onerror_webhook_and_mail_on_a_failed_job(tmp_path):
     mailbox = tmp_path / "mailbox.txt"
     stub = _mail_stub(tmp_path / "mail", mailbox)
     listener = Listener()
+
+    def snakemake(*config: str, overlay: str = "broken.yaml") -> subprocess.CompletedProcess:
+        argv = [
+            _snakemake(),
+            "--profile",
+            "profiles/local",
+            "--configfile",
+            "config.yaml",
+            "config/mini.yaml",
+            overlay,
+            "--config",
+            *config,
+            "--",
+            TARGET,
+        ]
+        return subprocess.run(
+            argv, cwd=root, env=_env(), capture_output=True, text=True, timeout=300
+        )
+
     try:
         _, config = _example_args(listener.url, "ops@test.invalid", f", mail_program: {stub}")
-        run = subprocess.run(
-            [
-                _snakemake(),
-                "--profile",
-                "profiles/local",
-                "--configfile",
-                "config.yaml",
-                "config/mini.yaml",
-                "broken.yaml",
-                "--config",
-                *config,
-                "--",
-                TARGET,
-            ],
-            cwd=root,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
+        run = snakemake(*config)
+        # The workflow's start recorded plan's prediction; a later start never rewrites it.
+        plan = root / "results/plan.json"
+        recorded = plan.read_text()
+        assert json.loads(recorded)["runs"]["pythia-0.4m"]["mfu"] == 0.02
+        changed = yaml.safe_load((root / "broken.yaml").read_text())
+        (root / "changed.yaml").write_text(
+            yaml.safe_dump({**changed, "cluster": {"assumed_mfu": 0.5}})
         )
+        again = snakemake(*config, overlay="changed.yaml")
+        assert "Error in rule fetch_shard" in again.stdout + again.stderr
+        assert plan.read_text() == recorded
     finally:
         listener.stop()
     output = run.stdout + run.stderr
     assert run.returncode != 0, output[-3000:]
-    assert len(listener.posts) == 1, output[-3000:]
+    assert len(listener.posts) == 2, output[-3000:]
     message = listener.posts[0]["json"]
     assert listener.posts[0]["path"] == "/hook"
     assert message["event"] == "workflow-failed" and message["suite"] == "pythia"
