@@ -168,6 +168,22 @@ def test_failed_incomplete_and_nan_abort_jobs(mini):
     assert "NaN abort: " in text
 
 
+def test_slurm_plugin_log_of_a_job_killed_by_slurm(mini):
+    """A segment killed for memory: the rule's log stops mid-run; the plugin's log says why."""
+    build_tree(mini, 0.5)
+    write_log(mini, "train", "pythia-0.4m", "step64", text="step 40 loss 3.2\nstep 48 loss 3.1\n")
+    slurm_log = Path(".snakemake/slurm_logs/rule_train_segment/pythia-0.4m_64/5151.log")
+    slurm_log.parent.mkdir(parents=True)
+    slurm_log.write_text(
+        "Building DAG of jobs...\nslurmstepd: error: Detected 1 oom_kill event in StepId=5151.0."
+        " Some of the step tasks have been OOM Killed.\n"
+    )
+    (p,) = _collect(mini).problems
+    assert (p.kind, p.slurm_log) == ("failed", str(slurm_log))
+    assert p.error.startswith("slurmstepd: error: Detected 1 oom_kill event")
+    assert f"SLURM log: {slurm_log}" in status.render_text(_collect(mini))
+
+
 def test_incomplete_output_does_not_count_as_trained(mini):
     build_tree(mini, 0.5)
     steps = cfg.checkpoint_steps(mini)

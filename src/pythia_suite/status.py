@@ -60,6 +60,7 @@ class Problem:
     error: str | None = None
     job_id: str | None = None
     slurm_state: str | None = None
+    slurm_log: str | None = None  # the SLURM plugin's log of the job, when one is kept
 
 
 @dataclass
@@ -326,8 +327,9 @@ def last_error_line(log: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------- the status
 
 
-def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None, str]]:
-    """(rule, output path, step, log path) of every job of a run the status watches."""
+def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, tuple, str]]:
+    """(rule, output path, wildcard values, log path) of every job of a run the status
+    watches; wildcard values in the order of the rule's output pattern."""
     results = config["paths"]["results"]
     out = []
     for step in cfg.checkpoint_steps(config):
@@ -335,7 +337,7 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None,
             (
                 "train_segment" if step else "init_checkpoint",
                 layout.checkpoint_dir(results, run.name, step),
-                step,
+                (run.name, step) if step else (run.name,),
                 layout.log(results, "train", run.name, f"step{step}"),
             )
         )
@@ -343,7 +345,7 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None,
             (
                 "export",
                 layout.export_dir(results, run.name, step),
-                step,
+                (run.name, step),
                 layout.log(results, "export", run.name, f"step{step}"),
             )
         )
@@ -351,7 +353,7 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None,
             (
                 "publish",
                 layout.receipt(results, run.name, step),
-                step,
+                (run.name, step),
                 layout.log(results, "publish", run.name, f"step{step}"),
             )
         )
@@ -362,7 +364,7 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, int | None,
                 (
                     "evaluate",
                     layout.eval_batch_dir(results, run.name, shots, batch),
-                    None,
+                    (run.name, shots, batch),
                     layout.log(results, "evaluate", run.name, f"{shots}-shot", f"batch{batch}"),
                 )
             )
@@ -386,10 +388,11 @@ def _problems_of_run(
     finished: set[str],
     marked: dict[str, str | None],
     sacct: Callable[[str], str | None],
+    workdir: str | os.PathLike = ".",
 ) -> list[Problem]:
     logs = _existing_logs(config, run.name)
     problems = []
-    for rule, target, _step, log in _job_targets(config, run):
+    for rule, target, values, log in _job_targets(config, run):
         target_n, log_n = os.path.normpath(target), os.path.normpath(log)
         if target_n in marked:
             job_id = marked[target_n]
@@ -408,7 +411,35 @@ def _problems_of_run(
             )
         elif log_n in logs and target_n not in finished:
             problems.append(Problem("failed", rule, run.name, target, log, last_error_line(log)))
+        else:
+            continue
+        _attach_slurm_log(problems[-1], workdir, values)
     return problems
+
+
+def _attach_slurm_log(problem: Problem, workdir: str | os.PathLike, values: tuple) -> None:
+    """Add the SLURM plugin's log of the job (`.snakemake/slurm_logs/rule_<rule>/<wildcard
+    values joined by _>/<job id>.log`; kept for failed jobs): the job's own, else the newest.
+    Its last error line stands in when the rule's log names none (a job killed by SLURM for
+    time or memory leaves its message there, not in the rule's log)."""
+    folder = Path(
+        workdir,
+        ".snakemake",
+        "slurm_logs",
+        f"rule_{problem.rule}",
+        "_".join(str(v) for v in values).replace("/", "_"),
+    )
+    try:
+        candidates = [e for e in os.scandir(folder) if e.name.endswith(".log")]
+    except OSError:
+        return
+    if not candidates:
+        return
+    own = [e for e in candidates if problem.job_id and e.name == f"{problem.job_id}.log"]
+    chosen = own[0] if own else max(candidates, key=lambda e: e.stat().st_mtime)
+    problem.slurm_log = os.path.relpath(chosen.path, workdir)
+    if problem.error is None or not _ERROR_LINE.search(problem.error):
+        problem.error = last_error_line(chosen.path) or problem.error
 
 
 def _finished_targets(config: dict, run: str, trained, exported, published, evals) -> set[str]:
@@ -557,7 +588,7 @@ def collect_status(
             done = sum(s["end_step"] - s.get("start_step", s["end_step"]) for s in summaries)
             status.predicted_to_here = predicted * done / steps[-1] if steps[-1] else None
         finished = _finished_targets(config, run.name, trained, exported, published, evals)
-        run_problems = _problems_of_run(config, run, finished, marked, sacct)
+        run_problems = _problems_of_run(config, run, finished, marked, sacct, workdir)
         for p in run_problems:
             if p.rule == "train_segment" and p.error and _NAN_ABORT.search(p.error):
                 status.nan_aborts.append(f"{p.target}: {p.error}")
@@ -694,6 +725,8 @@ def render_text(status: SuiteStatus) -> str:
             lines.append(f"  {p.kind:<10} {p.rule} {p.target}{job}")
             if p.log:
                 lines.append(f"             log: {p.log}")
+            if p.slurm_log:
+                lines.append(f"             SLURM log: {p.slurm_log}")
             if p.error:
                 lines.append(f"             last error: {p.error}")
     else:

@@ -192,6 +192,8 @@ def render_page(status: SuiteStatus) -> str:
         for p in status.problems:
             job = f" (SLURM job {esc(p.job_id)} {esc(p.slurm_state or '')})" if p.job_id else ""
             log = f"<br>log: <code>{esc(p.log)}</code>" if p.log else ""
+            if p.slurm_log:
+                log += f"<br>SLURM log: <code>{esc(p.slurm_log)}</code>"
             err = f'<br><span class="bad">{esc(p.error)}</span>' if p.error else ""
             parts.append(
                 f"<li><b>{esc(p.kind)}</b> {esc(p.rule)} <code>{esc(p.target)}</code>"
