@@ -181,6 +181,28 @@ def test_onerror_webhook_and_mail_on_a_failed_job(tmp_path):
     mail = mailbox.read_text()
     assert "ARGS: -s [pythia] workflow failed on" in mail and "ops@test.invalid" in mail
     assert "Error in rule fetch_shard" in mail
+    # status finds the same failure: from the Snakemake log, with the job's log and error.
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pythia_suite.cli",
+            "--config",
+            "results/config/effective.yaml",
+            "status",
+            "--no-slurm",
+        ],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"failed     fetch_shard {TARGET}" in status.stdout
+    assert "log: results/logs/data/fetch_shard/00.log" in status.stdout
+    error = status.stdout.split("last error: ", 1)[1].splitlines()[0]
+    assert "no/such/shard.jsonl.zst" in error, status.stdout
 
 
 def _slurm_state_dir() -> Path:

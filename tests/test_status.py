@@ -343,3 +343,45 @@ def test_mini_cost_benchmark_on_synthetic_records(mini, capsys):
     assert row["device"] == "CPU rank (fp32)"
     print_mini(list(rows.values()))
     assert "pythia-1.3m" in capsys.readouterr().out
+
+
+def test_failures_from_the_newest_snakemake_log(mini):
+    """Rules outside the run table (data, report) fail too: read from Snakemake's own log."""
+    build_tree(mini, 0.5)
+    log_dir = Path(".snakemake/log")
+    log_dir.mkdir(parents=True)
+    (log_dir / "2026-01-01T000000.000000.snakemake.log").write_text(
+        "Error in rule tokenize_shard:\n    jobid: 3\n    output: results/data/gone.bin\n"
+    )
+    write_log(mini, "data", "tokenize", "01", text="ValueError: shard 01 is truncated\n")
+    (log_dir / "2026-01-02T000000.000000.snakemake.log").write_text(
+        "Building DAG of jobs...\n"
+        "Error in rule tokenize_shard:\n"
+        "    message: None\n    jobid: 7\n"
+        "    output: results/data/tokenized/standard/01_text_document.bin, "
+        "results/data/tokenized/standard/01_text_document.idx\n"
+        "    log: results/logs/data/tokenize/01.log (check log file(s) for error details)\n"
+        "    shell:\n        pythia-suite tokenize ...\n"
+        "        (command exited with non-zero exit code)\n"
+        "    external_jobid: 8080\n"
+        "\n"
+        "Error in rule export:\n    jobid: 9\n"
+        f"    output: {layout.export_dir('results', 'pythia-1.3m', 1)}\n"  # exists: resolved
+        "Error in rule model_card:\n    jobid: 11\n"
+        "    output: results/runs/pythia-1.3m/model_card/README.md\n"
+        "    log: results/logs/publish/pythia-1.3m/model_card.log (check log file(s) for error"
+        " details)\n"
+    )
+    st = _collect(mini)
+    by_rule = {p.rule: p for p in st.problems}
+    assert set(by_rule) == {"tokenize_shard", "model_card"}  # the older log is not read
+    tok = by_rule["tokenize_shard"]
+    assert tok.target == "results/data/tokenized/standard/01_text_document.bin"
+    assert (tok.log, tok.error, tok.job_id) == (
+        "results/logs/data/tokenize/01.log",
+        "ValueError: shard 01 is truncated",
+        "8080",
+    )
+    # `status RUN` leaves out another run's failures, keeps the suite's.
+    only = {p.rule for p in _collect(mini, runs=["pythia-0.4m"]).problems}
+    assert only == {"tokenize_shard"}

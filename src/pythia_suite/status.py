@@ -177,6 +177,36 @@ def snakemake_running(workdir: str | os.PathLike = ".") -> bool:
         return False
 
 
+def snakemake_log_failures(workdir: str | os.PathLike = ".") -> list[dict]:
+    """`Error in rule` blocks of the newest Snakemake log (`.snakemake/log/*.snakemake.log`):
+    rule, outputs, logs and the SLURM job id, for failures of any rule (data preparation,
+    report, model card... as well as a run's jobs). Older logs are not read: a later
+    Snakemake run has retried, or will retry, what failed in them."""
+    folder = Path(workdir) / ".snakemake" / "log"
+    try:
+        logs = sorted(folder.glob("*.snakemake.log"))
+    except OSError:
+        return []
+    if not logs:
+        return []
+    with open(logs[-1], "rb") as fh:
+        text = fh.read().decode("utf-8", "replace")
+    failures = []
+    for block in re.finditer(r"^Error in rule (\S+):\n((?:[ \t]+.*\n?)*)", text, re.M):
+        fields = dict(re.findall(r"^ {4}(output|log|external_jobid): (.*)$", block[2], re.M))
+        log = fields.get("log", "").replace(" (check log file(s) for error details)", "")
+        failures.append(
+            {
+                "rule": block[1],
+                "outputs": [o.strip() for o in fields.get("output", "").split(",") if o.strip()],
+                "logs": [p.strip() for p in log.split(",") if p.strip()],
+                "job_id": fields.get("external_jobid"),
+                "snakemake_log": str(logs[-1]),
+            }
+        )
+    return failures
+
+
 # ----------------------------------------------------------------------------- SLURM
 
 
@@ -454,6 +484,19 @@ def _finished_targets(config: dict, run: str, trained, exported, published, eval
     return done
 
 
+def runs_outputs_filter(outputs: list[str], chosen: list, all_runs: dict) -> bool:
+    """Whether a failure with these outputs concerns the chosen runs: outputs of another run
+    (a path segment naming it) are left out when `status RUN...` names runs."""
+    if len(chosen) == len(all_runs):
+        return True
+    others = set(all_runs) - {r.name for r in chosen}
+    for output in outputs:
+        parts = set(Path(output).parts)
+        if parts & others:
+            return False
+    return True
+
+
 def _measure(status: RunStatus, summaries: list[dict]) -> None:
     """Fill the measured figures of a run from its segment summaries."""
     if not summaries:
@@ -594,6 +637,29 @@ def collect_status(
                 status.nan_aborts.append(f"{p.target}: {p.error}")
         problems.extend(run_problems)
         out_runs.append(status)
+    # Failures of rules outside the runs' table (data preparation, report...) or not yet
+    # matched: from the newest Snakemake log, while their outputs are still missing.
+    listed = {os.path.normpath(p.target) for p in problems}
+    for failure in snakemake_log_failures(workdir):
+        outputs = [os.path.normpath(os.path.join(workdir, o)) for o in failure["outputs"]]
+        missing = [o for o in outputs if not os.path.exists(o)]
+        if not missing or any(o in listed for o in outputs):
+            continue
+        if failure["outputs"] and not runs_outputs_filter(missing, chosen, all_runs):
+            continue
+        log = failure["logs"][0] if failure["logs"] else None
+        problems.append(
+            Problem(
+                "failed",
+                failure["rule"],
+                "",
+                failure["outputs"][0] if failure["outputs"] else "(no output)",
+                log,
+                last_error_line(os.path.join(workdir, log)) if log else None,
+                failure["job_id"],
+            )
+        )
+        listed.update(outputs)
     running = {j["job_id"]: j["state"] for j in slurm.jobs}
     for p in problems:
         if p.job_id and p.job_id in running:
