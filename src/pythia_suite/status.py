@@ -6,7 +6,10 @@ What is read, and nothing else (so it is safe while the workflow runs and takes 
 - each publish receipt's `verified` flag;
 - `results/plan.json`, the prediction recorded when the suite started (`pythia_suite.costs`);
 - Snakemake's incomplete markers (`.snakemake/incomplete/`, see `snakemake_incomplete`);
-- the tail of the per-job log of every job whose output is missing;
+- the tail of the per-job log of every job whose output is missing, and of the SLURM
+  plugin's log of such a job (`.snakemake/slurm_logs/`);
+- the `Error in rule` blocks of the newest Snakemake log (`.snakemake/log/`), for failures of
+  rules outside a run's table (data preparation, report);
 - `squeue` (running and pending jobs) and `sacct` (the state of a marked job), when reachable.
 
 A checkpoint, export or evaluation batch counts as finished when its directory exists, its
