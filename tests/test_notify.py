@@ -273,6 +273,26 @@ def test_slurm_mails_a_failed_job_through_mailprog(tmp_path):
         listener.stop()
     mail = _read(mailbox)
     assert re.search(rf"ARGS: -s .*Job_id={job_ids[-1]} .*Failed.* root", mail), mail or output
+    # status, asking SLURM: the failed job with its log and SLURM job id.
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pythia_suite.cli",
+            "--config",
+            "results/config/effective.yaml",
+            "status",
+        ],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    print(status.stdout)
+    assert f"failed     fetch_shard {TARGET} SLURM job {job_ids[-1]}" in status.stdout
+    assert "SLURM: no running or pending jobs of the suite" in status.stdout
     assert len(listener.posts) == 1 and listener.posts[0]["json"]["event"] == "workflow-failed"
 
 

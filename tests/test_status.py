@@ -198,12 +198,14 @@ def test_running_slurm_jobs_and_unreachable_slurm(mini):
     build_tree(mini, 0.5)
     incomplete_marker(".", "results/runs/pythia-0.4m/checkpoints/step64", "77")
     sep = "\x1f"
+    here, elsewhere = os.getcwd(), "/elsewhere/checkout"
     squeue_out = "\n".join(
         [
-            sep.join(["77", "RUNNING", "uuid", "rule_train_segment_wildcards_pythia-0.4m_64"]),
-            sep.join(["78", "PENDING", "uuid", "rule_train_segment_wildcards_pythia-0.4m_96"]),
-            sep.join(["79", "PENDING", "uuid", "rule_train_segment_wildcards_other-run_96"]),
-            sep.join(["80", "RUNNING", "x", "(null)"]),
+            sep.join(["77", "RUNNING", "rule_train_segment_wildcards_pythia-0.4m_64", here]),
+            sep.join(["78", "PENDING", "rule_train_segment_wildcards_pythia-0.4m_96", here]),
+            sep.join(["79", "PENDING", "rule_train_segment_wildcards_pythia-0.4m_96", elsewhere]),
+            sep.join(["80", "PENDING", "rule_early_pythia-1.3m_train_segment", here]),
+            sep.join(["81", "RUNNING", "(null)", here]),
         ]
     )
 
@@ -216,9 +218,12 @@ def test_running_slurm_jobs_and_unreachable_slurm(mini):
     assert [(j["job_id"], j["state"], j["run"]) for j in st.slurm.jobs] == [
         ("77", "RUNNING", "pythia-0.4m"),
         ("78", "PENDING", "pythia-0.4m"),
+        ("80", "PENDING", "pythia-1.3m"),
     ]
     (p,) = st.problems
     assert (p.kind, p.job_id, p.slurm_state) == ("running", "77", "RUNNING")
+    only = status.collect_status(mini, ["pythia-1.3m"], ask_slurm=True, run_command=fake)
+    assert [j["job_id"] for j in only.slurm.jobs] == ["80"]
 
     def missing(argv, **kw):
         raise FileNotFoundError(argv[0])

@@ -216,26 +216,47 @@ def snakemake_log_failures(workdir: str | os.PathLike = ".") -> list[dict]:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def slurm_view(run_names: Iterable[str], run: Runner = subprocess.run) -> SlurmView:
-    """Running and pending jobs of the suite from `squeue` (matched by the plugin's comment,
-    which names the rule and wildcards, e.g. `rule_train_segment_wildcards_pythia-70m_2000`)."""
-    from pythia_suite.slurm import SlurmQueryError, list_jobs
+_SQUEUE_SEP = "\x1f"
 
+
+def slurm_view(
+    run_names: Iterable[str],
+    workdir: str | os.PathLike = ".",
+    run: Runner = subprocess.run,
+    other_runs: Iterable[str] = (),
+) -> SlurmView:
+    """Running and pending jobs of this suite from `squeue`: submitted from `workdir` (the
+    job's working directory, `%Z`: another checkout's or another user's suite on the same
+    cluster is not this one) with the plugin's comment naming a run (`rule_<rule>_wildcards_
+    <values>`, e.g. `rule_train_segment_wildcards_pythia-70m_2000`)."""
+    argv = ["squeue", "-h", "-o", _SQUEUE_SEP.join(["%i", "%T", "%k", "%Z"])]
     try:
-        jobs = list_jobs(run=run)
-    except SlurmQueryError as err:
-        return SlurmView(False, f"SLURM cannot be asked: {err}")
-    names = sorted(run_names, key=len, reverse=True)
-    rows = []
-    for job in jobs:
-        if not job.comment.startswith("rule_"):
-            continue
-        which = next((n for n in names if f"_{n}_" in job.comment + "_"), None)
-        if which is None:
-            continue
-        rows.append(
-            {"job_id": job.job_id, "state": job.state, "run": which, "comment": job.comment}
+        result = run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except FileNotFoundError:
+        return SlurmView(False, "SLURM cannot be asked: squeue not found (not a SLURM host)")
+    except subprocess.TimeoutExpired:
+        return SlurmView(False, "SLURM cannot be asked: squeue gave no answer in 60 s")
+    if result.returncode != 0:
+        return SlurmView(
+            False,
+            f"SLURM cannot be asked: squeue exit {result.returncode}: "
+            f"{result.stderr.strip()[:200]}",
         )
+    here = os.path.realpath(workdir)
+    names = sorted(run_names, key=len, reverse=True)
+    others = set(other_runs) - set(names)
+    rows = []
+    for line in result.stdout.splitlines():
+        parts = [p.strip() for p in line.split(_SQUEUE_SEP)]
+        if len(parts) != 4:
+            continue
+        job_id, state, comment, job_dir = parts
+        if not comment.startswith("rule_") or os.path.realpath(job_dir) != here:
+            continue
+        which = next((n for n in names if f"_{n}_" in comment + "_"), None)
+        if which is None and any(f"_{n}_" in comment + "_" for n in others):
+            continue  # a job of a run not asked about
+        rows.append({"job_id": job_id, "state": state, "run": which or "", "comment": comment})
     return SlurmView(True, "", rows)
 
 
@@ -573,7 +594,7 @@ def collect_status(
     }
     recorded = costs.read_recorded_plan(results)
     slurm = (
-        slurm_view([r.name for r in chosen], run_command)
+        slurm_view([r.name for r in chosen], workdir, run_command, all_runs)
         if ask_slurm
         else SlurmView(False, "SLURM not asked (--no-slurm)")
     )
