@@ -290,7 +290,6 @@ def test_slurm_mails_a_failed_job_through_mailprog(tmp_path):
         timeout=120,
     )
     assert status.returncode == 0, status.stderr
-    print(status.stdout)
     assert f"failed     fetch_shard {TARGET} SLURM job {job_ids[-1]}" in status.stdout
     assert "SLURM: no running or pending jobs of the suite" in status.stdout
     assert len(listener.posts) == 1 and listener.posts[0]["json"]["event"] == "workflow-failed"
