@@ -42,8 +42,8 @@ from pythia_suite import costs, layout  # noqa: E402
 from pythia_suite.status import read_summary  # noqa: E402
 
 
-def _run_status(workdir: Path, config_files: list[Path], *extra: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one `pythia-suite status` process."""
+def _run_status(workdir: Path, config_files: list[Path], *extra: str) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of one `pythia-suite status` process."""
     argv = [sys.executable, "-m", "pythia_suite.cli"]
     for path in config_files:
         argv += ["--config", str(path)]
@@ -59,7 +59,7 @@ def _run_status(workdir: Path, config_files: list[Path], *extra: str) -> tuple[f
     if proc.returncode:
         raise SystemExit(f"status failed: {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
-    return wall, usage.ru_maxrss / 1024  # Linux: KiB
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # maxrss: KiB
 
 
 def scale(repeat: int) -> list[dict]:
@@ -89,22 +89,25 @@ def scale(repeat: int) -> list[dict]:
                         "wall_s_first": runs[0][0],
                         "wall_s_median": statistics.median(r[0] for r in runs),
                         "peak_MiB": max(r[1] for r in runs),
+                        "cpu_s_median": statistics.median(r[2] for r in runs),
                         "build_s": built_s,
                     }
                 )
             os.chdir(REPO)
     print(
         f"{'done':>5} {'mode':<13} {'files':>7} {'tree MB':>8} {'wall s (1st)':>12} "
-        f"{'wall s (median)':>15} {'peak MiB':>9}"
+        f"{'wall s (median)':>15} {'CPU s (median)':>14} {'peak MiB':>9}"
     )
     for r in rows:
         print(
             f"{r['done']:>5} {r['mode']:<13} {r['files']:>7} {r['tree_MB']:>8.1f} "
-            f"{r['wall_s_first']:>12.2f} {r['wall_s_median']:>15.2f} {r['peak_MiB']:>9.0f}"
+            f"{r['wall_s_first']:>12.2f} {r['wall_s_median']:>15.2f} {r['cpu_s_median']:>14.2f} "
+            f"{r['peak_MiB']:>9.0f}"
         )
     print(
-        f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs; wall includes interpreter "
-        "and import start-up; page cache warm after the tree was written)"
+        f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; wall and CPU include interpreter and import start-up; page "
+        "cache warm after the tree was written; CPU s = user + system of the status process)"
     )
     return rows
 
