@@ -697,3 +697,111 @@ def test_doctor_command_on_this_machine_says_what_is_missing_without_traceback(t
     assert "FAIL  pinned commit: cannot read the commit" in proc.stdout
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("pythia-suite neox-doctor: error: GPT-NeoX cannot launch here")
+
+
+# --- segments end to end with the stand-in GPT-NeoX: a real model, converted and exported -----
+
+
+def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_path):
+    """Three segment jobs outside SLURM (one node, 2 CPU slots): the step0 job trains (0, 1],
+    the step1 job reuses global_step1, the step2 job trains (1, 2]. The exported step 2 must
+    compute the logits of the model the stand-in trainer saved in GPT-NeoX's layout."""
+    import torch
+    from neox_support import calls, neox_overlay, placeholder_training_data, standin_checkout
+    from transformers import GPTNeoXForCausalLM
+
+    from pythia_suite import config as cfg
+    from pythia_suite import layout, provenance, retention
+    from pythia_suite.cli import main
+    from pythia_suite.export import export_checkpoint
+    from pythia_suite.slurm import checkpoint_complete
+    from pythia_suite.train.checkpoint import read_trainer_state
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "neox_standin"))
+    import standin
+
+    checkout = standin_checkout(tmp_path / "gpt-neox")
+    overlay = neox_overlay(
+        tmp_path / "neox.yaml", checkout, sys.executable,
+        paths={"results": str(tmp_path / "results"), "state": str(tmp_path / "state")},
+        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
+        cluster={"cpu_ranks_per_node": 2},
+    )  # fmt: skip
+    files = [str(REPO / "config.yaml"), str(REPO / "config" / "mini.yaml"), str(overlay)]
+    config = cfg.load_config(files)
+    run = cfg.get_run(config, "pythia-0.4m")
+    placeholder_training_data(config, run)
+    args = [a for f in files for a in ("--config", f)]
+    results = config["paths"]["results"]
+    ck = {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
+    for step in (0, 1, 2):
+        assert main([*args, "train-segment", run.name, "--step", str(step),
+                     "--output", str(ck[step])]) == 0  # fmt: skip
+
+    # One deepy.py per segment that trained; one rank per slot, from the local launcher.
+    launches = calls(checkout, "deepy.py")
+    assert len(launches) == 2
+    ranks = calls(checkout, "train.py")
+    assert sorted((r["rank"], r["world_size"]) for r in ranks) == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    assert calls(checkout, "srun") == []  # one host: no srun, no SLURM variables needed
+    segment1 = yaml.safe_load(Path(launches[0]["argv"][1]).read_text())
+    assert segment1["deepspeed_slurm"] is False and segment1["exit-interval"] == 1
+
+    for step, path in ck.items():
+        assert checkpoint_complete(path, step), path
+        state = read_trainer_state(path)
+        assert state["backend"] == "neox" and state["step"] == step
+        assert provenance.verify(path).ok
+    record = json.loads((ck[2] / "provenance.json").read_text())
+    assert {Path(e["path"]).name for e in record["inputs"]} >= {"step1"}
+
+    tokenizer = layout.tokenizer(results)
+    export = export_checkpoint(ck[2], tokenizer, tmp_path / "export2", dtype="float16")
+    theirs = GPTNeoXForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+    neox_cfg = yaml.safe_load(Path(launches[1]["argv"][1]).read_text())
+    reference = standin.tiny_model(neox_cfg, 2048, 2).half().float()  # v1.0 converts to fp16
+    tokens = torch.randint(0, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = reference(tokens).logits, theirs(tokens).logits
+        other = standin.tiny_model(neox_cfg, 2048, 1).half().float()(tokens).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    assert not torch.allclose(got, other, atol=1e-2)  # step 1's weights would not pass
+
+    # Retention prunes GPT-NeoX's global_step1 as the PyTorch backend's optimizer/: the
+    # checkpoint's content hash, and so every record downstream, stays what it was.
+    global_step1 = Path(read_trainer_state(ck[1])["neox_checkpoint"])
+    assert global_step1.is_dir() and retention.resume_bytes(ck[1]) > 0
+    before = provenance.content_hash(ck[1])
+    pruned = retention.prune_checkpoint(ck[1], "test")
+    assert not global_step1.exists() and retention.resume_bytes(ck[1]) == 0
+    assert any("layer_00-model_00" in p for p in pruned["removed_outside"])
+    assert provenance.content_hash(ck[1]) == before
+    assert retention.is_pruned(ck[1])
+
+
+def test_a_pruned_neox_start_checkpoint_is_named(tmp_path):
+    save = tmp_path / "ck"
+    save.mkdir()
+    with pytest.raises(FileNotFoundError, match="global_step1000 .*retention"):
+        neox.point_latest_at(save, 1000)
+
+
+def test_sharded_converter_output_is_read_and_a_missing_shard_named(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from pythia_suite.export import ExportError, hf_weight_files, load_hf_weights
+
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": np.zeros(3, np.float32)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                            "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert len(hf_weight_files(tmp_path)) == 2
+    tensors = load_hf_weights(tmp_path)
+    assert sorted(tensors) == ["a", "b"] and tensors["b"].shape == (3,)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ExportError, match="shard 'model-00002-of-00002.safetensors' not found"):
+        load_hf_weights(tmp_path)
+    with pytest.raises(ExportError, match="no weights"):
+        load_hf_weights(tmp_path / "empty")

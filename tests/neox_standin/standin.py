@@ -109,6 +109,11 @@ LAYER_KEYS = (
 )  # fmt: skip
 
 
+def output_layer_key(state_dict) -> str:
+    """transformers 4 names GPTNeoX's output layer ``embed_out``, transformers 5 ``lm_head``."""
+    return "embed_out.weight" if "embed_out.weight" in state_dict else "lm_head.weight"
+
+
 def save_neox_checkpoint(model, config: dict, out_dir: Path, step: int) -> None:
     """``model`` as GPT-NeoX v1.0's pipeline engine saves it (model-parallel size 1):
     layer_00 embeddings, layer_02.. transformer layers, layer_{L+3} final norm, layer_{L+4}
@@ -128,6 +133,6 @@ def save_neox_checkpoint(model, config: dict, out_dir: Path, step: int) -> None:
         save(i + 2, {key: sd[f"gpt_neox.layers.{i}.{key}"] for key in LAYER_KEYS})
     save(layers + 3, {"norm.weight": sd["gpt_neox.final_layer_norm.weight"],
                       "norm.bias": sd["gpt_neox.final_layer_norm.bias"]})  # fmt: skip
-    save(layers + 4, {"final_linear.weight": sd["embed_out.weight"]})
+    save(layers + 4, {"final_linear.weight": sd[output_layer_key(sd)]})
     torch.save({"iteration": step, "args": None}, tmp / "mp_rank_00_model_states.pt")
     os.replace(tmp, out_dir)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from standin import LAYER_KEYS, get, hf_config, log_call  # noqa: E402
+from standin import LAYER_KEYS, get, hf_config, log_call, output_layer_key  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +39,7 @@ def main() -> int:
     norm = load(layers + 3)
     state["gpt_neox.final_layer_norm.weight"] = norm["norm.weight"]
     state["gpt_neox.final_layer_norm.bias"] = norm["norm.bias"]
-    state["embed_out.weight"] = load(layers + 4)["final_linear.weight"]
+    state[output_layer_key(model.state_dict())] = load(layers + 4)["final_linear.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(
         "inv_freq" not in k and "masked_bias" not in k and not k.endswith(".attention.bias")
