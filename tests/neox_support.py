@@ -62,8 +62,7 @@ def placeholder_training_data(config: dict, run) -> list[Path]:
 
 def neox_overlay(path: Path, checkout: Path, python: str, **extra) -> Path:
     """A config overlay selecting the neox backend with the stand-in checkout."""
-    overlay = {"training": {"backend": "neox", "neox": {"dir": str(checkout), "python": python}}}
-    for key, value in extra.items():
-        overlay[key] = value
+    training = {"backend": "neox", "neox": {"dir": str(checkout), "python": python}}
+    overlay = {**extra, "training": {**extra.get("training", {}), **training}}
     path.write_text(yaml.safe_dump(overlay))
     return path
