@@ -377,12 +377,31 @@ def test_run_neox_segment_reports_failure_with_log(tmp_path, fake_neox):
         )  # fmt: skip
 
 
-def test_gpt_neox_env_pins_versions():
-    env = Path(__file__).resolve().parents[1] / "envs" / "gpt-neox.yaml"
-    spec = yaml.safe_load(env.read_text())
+def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
+    envs = Path(__file__).resolve().parents[1] / "envs"
+    text = (envs / "gpt-neox.yaml").read_text()
+    script = (envs / "gpt-neox.post-deploy.sh").read_text()
+    spec = yaml.safe_load(text)
+    conda = [d for d in spec["dependencies"] if isinstance(d, str)]
     pips = [d for d in spec["dependencies"] if isinstance(d, dict)][0]["pip"]
-    assert any("EleutherAI/DeeperSpeed.git@" in p for p in pips)
-    assert neox.NEOX_V1_COMMIT in env.read_text()
+    # GPT-NeoX: the v1.0 commit in the header, the script and the doctor.
+    assert f"NEOX_COMMIT={neox.NEOX_V1_COMMIT}" in script and neox.NEOX_V1_COMMIT in text
+    # DeeperSpeed: installed by the script at tag v1.0's commit, which the header names, beside
+    # the commit v1.0's requirements.txt pins (and why that one cannot launch with slurm).
+    deeperspeed = "7069d10d2c9abac50576c84cb7e45910fafa218c"
+    assert f"DEEPERSPEED_COMMIT={deeperspeed}" in script and deeperspeed in text
+    assert "eb7f5cff36678625d23db8a8fe78b4a93e5d2c75" in text
+    assert not any("DeeperSpeed" in p for p in pips)
+    assert "FLASH_ATTN=0.2.2" in script and "flash-attn==0.2.2" in text
+    assert "fused_kernels/setup.py install" in script
+    # torch and Python: what the doctor checks is what the env installs.
+    assert f"pytorch={neox.PINNED_TORCH}" in conda
+    assert "python=3.8" in conda and (3, 8) in neox.SUPPORTED_PYTHON
+    # v1.0's requirements/requirements.txt, verbatim (wandb left out: logging only).
+    for pin in ("einops==0.3.0", "ftfy==6.0.1", "huggingface_hub==0.11.0", "lm_eval==0.3.0",
+                "mpi4py==3.0.3", "numpy==1.22.0", "pybind11==2.6.2", "tiktoken==0.1.2",
+                "tokenizers==0.12.1", "transformers~=4.24.0"):  # fmt: skip
+        assert pin in pips, pin
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="no SLURM client installed")
