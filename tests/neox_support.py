@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from suite_support import copy_repository
 
 STANDIN = Path(__file__).resolve().parent / "neox_standin"
 
@@ -66,3 +71,69 @@ def neox_overlay(path: Path, checkout: Path, python: str, **extra) -> Path:
     overlay = {**extra, "training": {**extra.get("training", {}), **training}}
     path.write_text(yaml.safe_dump(overlay))
     return path
+
+
+# --- the neox segment jobs on the local SLURM cluster (tests/test_slurm_neox.py, benchmarks) ---
+
+RUN = "pythia-0.4m"
+SITE = ["--default-resources", "slurm_account=pythia", "slurm_partition=debug", "mem_mb=1000",
+        "runtime=20"]  # fmt: skip
+FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "4"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+
+class NeoXSuite:
+    def __init__(self, root: Path, nodes: int, slots: int):
+        self.root, self.nodes, self.slots = root, nodes, slots
+        self.results = root / "results-neox"
+        self.checkout = root.parent / "gpt-neox"
+        self.config_files = ["config.yaml", "config/mini.yaml", "neox-ci.yaml"]
+
+    def snakemake(self, *targets: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        argv = [
+            str(Path(sys.executable).with_name("snakemake")), "--profile", "profiles/slurm",
+            "--configfile", *self.config_files, *SITE, *FAST,
+            # Only training runs: the data it reads is placeholder files (the stand-in trainer
+            # reads none), so the data-preparation rules must not try to remake them.
+            "--allowed-rules", "init_checkpoint", "train_segment", "--", *targets,
+        ]  # fmt: skip
+        return subprocess.run(argv, cwd=self.root, env=_env(), capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
+    def checkpoint(self, step: int) -> Path:
+        return self.results / "runs" / RUN / "checkpoints" / f"step{step}"
+
+    def jobs(self, output: str) -> list[str]:
+        return re.findall(r"submitted with SLURM jobid (\d+)", output)
+
+
+def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:
+    """A copy of the repository under ``base`` set up to train steps 0, 1, 2 of one tiny run
+    under the neox backend with the stand-in, on ``nodes`` x ``slots`` CPU ranks of the local
+    SLURM cluster (one job per step, no group), its data as placeholders."""
+    from pythia_suite import config as cfg
+
+    root = base / "repo"
+    copy_repository(root)
+    suite = NeoXSuite(root, nodes, slots)
+    standin_checkout(suite.checkout)
+    neox_overlay(
+        root / "neox-ci.yaml", suite.checkout, sys.executable,
+        paths={"results": str(suite.results), "state": str(suite.results / "state")},
+        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
+        sizes={"0.4m": {"micro_batch": 8 // (nodes * slots),
+                        "cluster": {"nodes": nodes, "gpus_per_node": 0}}},
+        cluster={"cpu_ranks_per_node": slots, "cpus_per_task": 1, "mem_mb_per_gpu": 800,
+                 "minutes_per_segment": 10},
+        # Steps 0 1 2, one job each (no group of early segments).
+        training={"train_iters": 2, "lr_decay_iters": 2, "early_group_max_step": 0,
+                  "checkpoints": {"factor": 2, "extra": [0, 1]}},
+        evaluation={"zero_shot_steps": [0, 2], "five_shot_steps": [2]},
+    )  # fmt: skip
+    config = cfg.load_config([root / f for f in suite.config_files])
+    placeholder_training_data(config, cfg.get_run(config, RUN))
+    return suite

@@ -12,84 +12,26 @@ Skipped when the cluster is not up. Slow: minutes.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from neox_support import calls, neox_overlay, placeholder_training_data, standin_checkout
-from suite_support import copy_repository, require_slurm_cluster, run_text
+from neox_support import RUN, NeoXSuite, calls, prepare_neox_slurm_suite
+from suite_support import require_slurm_cluster, run_text
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-RUN = "pythia-0.4m"
 STEPS = (0, 1, 2)
-SITE = ["--default-resources", "slurm_account=pythia", "slurm_partition=debug", "mem_mb=1000",
-        "runtime=20"]  # fmt: skip
-FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "4"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1"}  # fmt: skip
-
-
-class NeoXSuite:
-    def __init__(self, root: Path, nodes: int, slots: int):
-        self.root, self.nodes, self.slots = root, nodes, slots
-        self.results = root / "results-neox"
-        self.checkout = root.parent / "gpt-neox"
-        self.config_files = ["config.yaml", "config/mini.yaml", "neox-ci.yaml"]
-
-    def snakemake(self, *targets: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        argv = [
-            str(Path(sys.executable).with_name("snakemake")), "--profile", "profiles/slurm",
-            "--configfile", *self.config_files, *SITE, *FAST,
-            # Only training runs: the data it reads is placeholder files (the stand-in trainer
-            # reads none), so the data-preparation rules must not try to remake them.
-            "--allowed-rules", "init_checkpoint", "train_segment", "--", *targets,
-        ]  # fmt: skip
-        return subprocess.run(argv, cwd=self.root, env=_env(), capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
-
-    def checkpoint(self, step: int) -> Path:
-        return self.results / "runs" / RUN / "checkpoints" / f"step{step}"
-
-    def jobs(self, output: str) -> list[str]:
-        return re.findall(r"submitted with SLURM jobid (\d+)", output)
 
 
 def _make_suite(tmp_path_factory, nodes: int, slots: int) -> tuple[NeoXSuite, str]:
-    from pythia_suite import config as cfg
-
-    base = tmp_path_factory.mktemp(f"neox-{nodes}n")
-    root = base / "repo"
-    copy_repository(root)
-    suite = NeoXSuite(root, nodes, slots)
-    standin_checkout(suite.checkout)
-    neox_overlay(
-        root / "neox-ci.yaml", suite.checkout, sys.executable,
-        paths={"results": str(suite.results), "state": str(suite.results / "state")},
-        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
-        sizes={"0.4m": {"micro_batch": 8 // (nodes * slots),
-                        "cluster": {"nodes": nodes, "gpus_per_node": 0}}},
-        cluster={"cpu_ranks_per_node": slots, "cpus_per_task": 1, "mem_mb_per_gpu": 800,
-                 "minutes_per_segment": 10},
-        # Steps 0 1 2, one job each (no group of early segments).
-        training={"train_iters": 2, "lr_decay_iters": 2, "early_group_max_step": 0,
-                  "checkpoints": {"factor": 2, "extra": [0, 1]}},
-        evaluation={"zero_shot_steps": [0, 2], "five_shot_steps": [2]},
-    )  # fmt: skip
-    config = cfg.load_config([root / f for f in suite.config_files])
-    placeholder_training_data(config, cfg.get_run(config, RUN))
+    suite = prepare_neox_slurm_suite(tmp_path_factory.mktemp(f"neox-{nodes}n"), nodes, slots)
     started = time.monotonic()
     proc = suite.snakemake(str(suite.checkpoint(2)))
     output = proc.stdout + proc.stderr
-    (root / "snakemake.out").write_text(output)
+    (suite.root / "snakemake.out").write_text(output)
     print(f"\nneox segments on {nodes} node(s): {time.monotonic() - started:.0f} s wall")
     assert proc.returncode == 0, output[-6000:]
     return suite, output
