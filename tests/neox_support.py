@@ -137,3 +137,32 @@ def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:
     config = cfg.load_config([root / f for f in suite.config_files])
     placeholder_training_data(config, cfg.get_run(config, RUN))
     return suite
+
+
+def launch_summary(suite: NeoXSuite, output: str) -> list[dict]:
+    """Per SLURM job of a finished run: what the stand-ins logged and what sacct accounted."""
+    from suite_support import run_text
+
+    jobs = suite.jobs(output)
+    records = calls(suite.checkout)
+    fields = ["JobID", "NNodes", "NodeList", "NTasks"]
+    out = run_text("sacct", "-n", "-P", "-j", ",".join(jobs), "-o", ",".join(fields))
+    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+    summary = []
+    for job in jobs:
+        mine = [r for r in records if r["env"].get("SLURM_JOB_ID") == job]
+        ranks = [r for r in mine if r["prog"] == "train.py"]
+        hosts: dict[str, int] = {}
+        for r in ranks:
+            hosts[r["host"]] = hosts.get(r["host"], 0) + 1
+        steps = [r for r in rows if re.fullmatch(rf"{job}\.\d+", r["JobID"])]
+        summary.append({
+            "job": job,
+            "nodes": next((r["NNodes"] for r in rows if r["JobID"] == job), "?"),
+            "deepy.py": sum(r["prog"] == "deepy.py" for r in mine),
+            "srun": sum(r["prog"] == "srun" for r in mine),
+            "ranks": len(ranks),
+            "ranks_per_host": hosts,
+            "job_steps": [(s["NodeList"], s["NTasks"]) for s in steps],
+        })  # fmt: skip
+    return summary
