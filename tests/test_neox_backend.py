@@ -745,6 +745,7 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
         paths={"results": str(tmp_path / "results"), "state": str(tmp_path / "state")},
         matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
         cluster={"cpu_ranks_per_node": 2},
+        sizes={"0.4m": {"micro_batch": 4}},  # 4 x 2 ranks = the global batch of 8
     )  # fmt: skip
     files = [str(REPO / "config.yaml"), str(REPO / "config" / "mini.yaml"), str(overlay)]
     config = cfg.load_config(files)
