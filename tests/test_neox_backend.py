@@ -69,7 +69,7 @@ def test_hostfile_lines_and_file(tmp_path):
 @pytest.mark.parametrize(
     ("hosts", "gpus", "message"),
     [([], 8, "at least one"), (["n1", "n1"], 8, "twice"), (["n 1"], 8, "invalid"),
-     (["n1"], 0, "gpus_per_node")],
+     (["n1"], 0, "slots_per_node")],
 )  # fmt: skip
 def test_hostfile_lines_rejects(hosts, gpus, message):
     with pytest.raises(ValueError, match=message):
@@ -335,7 +335,7 @@ def test_run_neox_segment(tmp_path, fake_neox, monkeypatch):
     (save / "global_step3000").mkdir()
     (save / "latest").write_text("global_step3000")  # left by a later segment: must not be used
     out = neox.run_neox_segment(
-        fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, gpus_per_node=8,
+        fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, slots_per_node=8,
         work_dir=tmp_path / "work", nodelist="gpu[01-02]", python=sys.executable,
     )  # fmt: skip
     assert out == save / "global_step2000" and out.is_dir()
@@ -351,7 +351,7 @@ def test_run_neox_segment_fails_without_start_checkpoint(tmp_path, fake_neox):
     save, cfg = _segment(tmp_path, 1000, 2000)
     with pytest.raises(FileNotFoundError, match="step 1000"):
         neox.run_neox_segment(
-            fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, gpus_per_node=1,
+            fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1",
         )  # fmt: skip
 
@@ -362,7 +362,7 @@ def test_run_neox_segment_reports_a_missing_checkpoint(tmp_path, fake_neox, monk
     save, cfg = _segment(tmp_path, 0, 1)
     with pytest.raises(neox.NeoXError, match="global_step1"):
         neox.run_neox_segment(
-            fake_neox, cfg, save_dir=save, start_step=0, end_step=1, gpus_per_node=1,
+            fake_neox, cfg, save_dir=save, start_step=0, end_step=1, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1", python=sys.executable,
         )  # fmt: skip
 
@@ -372,17 +372,36 @@ def test_run_neox_segment_reports_failure_with_log(tmp_path, fake_neox):
     save, cfg = _segment(tmp_path, 0, 1)
     with pytest.raises(neox.NeoXError, match="(?s)exit code 3.*CUDA out of memory"):
         neox.run_neox_segment(
-            fake_neox, cfg, save_dir=save, start_step=0, end_step=1, gpus_per_node=1,
+            fake_neox, cfg, save_dir=save, start_step=0, end_step=1, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1", python=sys.executable,
         )  # fmt: skip
 
 
-def test_gpt_neox_env_pins_versions():
-    env = Path(__file__).resolve().parents[1] / "envs" / "gpt-neox.yaml"
-    spec = yaml.safe_load(env.read_text())
+def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
+    envs = Path(__file__).resolve().parents[1] / "envs"
+    text = (envs / "gpt-neox.yaml").read_text()
+    script = (envs / "gpt-neox.post-deploy.sh").read_text()
+    spec = yaml.safe_load(text)
+    conda = [d for d in spec["dependencies"] if isinstance(d, str)]
     pips = [d for d in spec["dependencies"] if isinstance(d, dict)][0]["pip"]
-    assert any("EleutherAI/DeeperSpeed.git@" in p for p in pips)
-    assert neox.NEOX_V1_COMMIT in env.read_text()
+    # GPT-NeoX: the v1.0 commit in the header, the script and the doctor.
+    assert f"NEOX_COMMIT={neox.NEOX_V1_COMMIT}" in script and neox.NEOX_V1_COMMIT in text
+    # DeeperSpeed: installed by the script at tag v1.0's commit, which the header names, beside
+    # the commit v1.0's requirements.txt pins (and why that one cannot launch with slurm).
+    deeperspeed = "7069d10d2c9abac50576c84cb7e45910fafa218c"
+    assert f"DEEPERSPEED_COMMIT={deeperspeed}" in script and deeperspeed in text
+    assert "eb7f5cff36678625d23db8a8fe78b4a93e5d2c75" in text
+    assert not any("DeeperSpeed" in p for p in pips)
+    assert "FLASH_ATTN=0.2.2" in script and "flash-attn==0.2.2" in text
+    assert "fused_kernels/setup.py install" in script
+    # torch and Python: what the doctor checks is what the env installs.
+    assert f"pytorch={neox.PINNED_TORCH}" in conda
+    assert "python=3.8" in conda and (3, 8) in neox.SUPPORTED_PYTHON
+    # v1.0's requirements/requirements.txt, verbatim (wandb left out: logging only).
+    for pin in ("einops==0.3.0", "ftfy==6.0.1", "huggingface_hub==0.11.0", "lm_eval==0.3.0",
+                "mpi4py==3.0.3", "numpy==1.22.0", "pybind11==2.6.2", "tiktoken==0.1.2",
+                "tokenizers==0.12.1", "transformers~=4.24.0"):  # fmt: skip
+        assert pin in pips, pin
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="no SLURM client installed")
@@ -390,3 +409,419 @@ def test_hostnames_from_nodelist_with_real_scontrol():
     if os.system("scontrol show hostnames n[1-2] >/dev/null 2>&1") != 0:
         pytest.skip("scontrol cannot run here (no slurm.conf)")
     assert neox.hostnames_from_nodelist("n[1-2]") == ["n1", "n2"]
+
+
+# --- one config for neox-config and the segments ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ORIGINALS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia" / "models"
+SUITE_RUNS = [
+    f"pythia-{s}{v}"
+    for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    for v in ("", "-deduped")
+]
+# What a segment may change, besides the documented errata (tests/test_config.py's apply_errata):
+# paths, how the segment ends, and how ranks are found on one node.
+SEGMENT_KEYS = {"save", "load", "train-data-paths", "valid-data-paths", "test-data-paths",
+                "vocab-file", "exit-interval", "extra-save-iters", "deepspeed-slurm"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def suite_config() -> dict:
+    from pythia_suite import config as cfg
+
+    return cfg.load_config([REPO / "config.yaml"])
+
+
+def _original(run) -> dict:
+    import test_config
+
+    path = test_config.original_config_path(run)
+    return test_config.normalise(test_config.apply_errata(run, test_config.read_original(path)))
+
+
+@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
+@pytest.mark.parametrize("run_name", SUITE_RUNS)
+def test_segment_config_differs_from_the_original_only_in_paths_segment_end_and_errata(
+    suite_config, run_name, tmp_path
+):
+    import test_config
+
+    from pythia_suite import config as cfg
+
+    run = cfg.get_run(suite_config, run_name)
+    segment = neox.NeoXSegment(
+        save_dir=tmp_path / "ck", start_step=1000, end_step=2000,
+        data_prefix=str(tmp_path / "data" / "document"), vocab_file=str(tmp_path / "tok.json"),
+        nodes=suite_config["sizes"][run.size]["cluster"]["nodes"],
+    )  # fmt: skip
+    ours = test_config.normalise(neox.run_neox_config(suite_config, run, segment=segment))
+    original = _original(run)
+    # The same function gives `neox-config RUN`: the segment is that plus the segment keys.
+    whole = test_config.normalise(neox.run_neox_config(suite_config, run))
+    assert {k: v for k, v in ours.items() if k not in SEGMENT_KEYS} == {
+        k: v for k, v in whole.items() if k not in SEGMENT_KEYS
+    }
+    for key, value in test_config.EXPLICIT_DEFAULTS.items():
+        assert ours.pop(key) == value
+    changed = {k for k in ours.keys() | original.keys() if ours.get(k) != original.get(k)}
+    assert changed <= SEGMENT_KEYS, {k: (original.get(k), ours.get(k)) for k in changed}
+    assert ours["train-iters"] == original["train-iters"] == 143000  # not the segment's end
+    assert ours["lr-decay-iters"] == original["lr-decay-iters"]
+    assert ours["exit-interval"] == 2000 and 2000 in ours["extra-save-iters"]
+    assert set(original["extra-save-iters"]) <= set(ours["extra-save-iters"])
+    assert ours["save"] == ours["load"] == str(tmp_path / "ck")
+    assert ours["train-data-paths"] == [segment.data_prefix]
+    # Pythia's layouts span several nodes: the SLURM runner and deepspeed_slurm stay.
+    assert ours["launcher"] == "slurm" and ours["deepspeed-slurm"] is (segment.nodes > 1)
+
+
+def test_one_node_segments_take_ranks_from_the_local_launcher(suite_config, tmp_path):
+    from pythia_suite import config as cfg
+
+    run = cfg.get_run(suite_config, "pythia-70m")
+    one = neox.NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=1)
+    two = neox.NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=2)
+    assert neox.run_neox_config(suite_config, run, segment=one)["deepspeed_slurm"] is False
+    assert neox.run_neox_config(suite_config, run, segment=two)["deepspeed_slurm"] is True
+
+
+def test_a_run_whose_data_and_weight_seeds_differ_is_refused_naming_it(suite_config):
+    import copy
+
+    from pythia_suite import config as cfg
+
+    config = copy.deepcopy(suite_config)
+    config["matrix"] = [{"sizes": ["160m"], "variants": ["standard"],
+                         "seeds": ["data-seed1", "weight-seed2", "seed3"]}]  # fmt: skip
+    runs = cfg.expand_runs(config)
+    for name in ("pythia-160m-data-seed1", "pythia-160m-weight-seed2"):
+        with pytest.raises(cfg.ConfigError, match=f"run {name}: data seed .* weight seed"):
+            neox.run_neox_config(config, runs[name])
+    assert neox.run_neox_config(config, runs["pythia-160m-seed3"])["seed"] == 3
+
+
+def test_neox_config_command_refuses_a_data_seed_run(tmp_path, capsys):
+    from pythia_suite.cli import main
+
+    overlay = tmp_path / "seeds.yaml"
+    overlay.write_text("matrix:\n  - {sizes: [160m], variants: [standard], seeds: [data-seed1]}\n")
+    assert main(["--config", str(REPO / "config.yaml"), "--config", str(overlay),
+                 "neox-config", "pythia-160m-data-seed1"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "run pythia-160m-data-seed1: data seed 1 differs from weight seed 1234" in err
+    assert "Traceback" not in err
+
+
+def test_slots_per_node_is_gpus_or_cpu_ranks(suite_config):
+    import copy
+
+    assert neox.slots_per_node(suite_config, "410m") == 8
+    config = copy.deepcopy(suite_config)
+    config["sizes"]["410m"]["cluster"]["gpus_per_node"] = 0
+    config["cluster"]["cpu_ranks_per_node"] = 2
+    assert neox.slots_per_node(config, "410m") == 2
+
+
+def test_segment_hosts_outside_slurm_is_this_machine():
+    assert neox.segment_hosts(environ={}) == ["localhost"]
+    assert neox.segment_hosts(environ={"SLURM_JOB_NODELIST": "n[1-2]"}) == ["n1", "n2"]
+
+
+# --- the preshuffled set through hand-built index maps, read as GPT-NeoX reads it ---------------
+
+
+def _gpt_neox_reader(prefix: str, maps):
+    """GPT-NeoX v1.0's GPT2Dataset over given index maps: order.GPTNeoXSamples (the suite's port
+    of GPT2Dataset.__getitem__/__len__) with these maps instead of ones it builds."""
+    import numpy as np
+
+    from pythia_suite.data.order import GPTNeoXSamples, open_dataset
+
+    reader = GPTNeoXSamples.__new__(GPTNeoXSamples)
+    reader.seq_length = 16
+    reader.paths = maps
+    reader.dataset = open_dataset(prefix)
+    reader.doc_idx = np.load(maps.doc_idx, mmap_mode="r")
+    reader.sample_idx = np.load(maps.sample_idx, mmap_mode="r")
+    reader.shuffle_idx = np.load(maps.shuffle_idx, mmap_mode="r")
+    return reader
+
+
+def _write_items(prefix: Path, items) -> None:
+    """A preshuffled set: one item (document) per sample, as Pythia's shards hold them."""
+    from pythia_suite.data.indexed import IndexedDatasetWriter
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with IndexedDatasetWriter(prefix) as writer:
+        for item in items:
+            writer.add_document(item)
+
+
+def test_hand_built_index_maps_give_gpt_neox_the_batch_viewers_samples(tmp_path):
+    import numpy as np
+
+    from pythia_suite.data.order import index_map_paths
+    from pythia_suite.data.preshuffled import PreshuffledSamples
+
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 50000, size=(37, 17), dtype=np.int64)  # seq_length 16: 17 tokens
+    prefix = tmp_path / "pre" / "document"
+    _write_items(prefix, items)
+    requested = {"train_0": 40, "valid_0": 12, "test_0": 3}
+    local = neox.preshuffled_index_maps(
+        prefix, tmp_path / "neox" / "data", seq_length=16, seed=1234, requested=requested,
+        min_items=32,
+    )  # fmt: skip
+    viewer = PreshuffledSamples(prefix, seq_length=16)  # what `pythia-suite batch` reads
+    for name, count in requested.items():
+        maps = index_map_paths(local, tmp_path / "neox" / "data", count, 16, 1234, name=name)
+        assert all(p.is_file() for p in maps), maps  # the names GPT-NeoX looks for
+        reader = _gpt_neox_reader(local, maps)
+        assert len(reader) == len(viewer) == 37  # every item reachable, none past the end
+        for k in range(37):
+            assert np.array_equal(reader[k], viewer[k]), k
+        for step in range(4):  # global batches of 8 as the trainer draws them
+            assert np.array_equal(reader.batch(step, 8), viewer.batch(step, 8))
+    assert np.array_equal(np.load(maps.shuffle_idx)[:37], 2 * np.arange(37))
+
+
+def test_hand_built_index_maps_refuse_a_set_that_is_not_preshuffled(tmp_path):
+    import numpy as np
+
+    prefix = tmp_path / "document"
+    _write_items(prefix, [np.arange(17), np.arange(17)])
+    with pytest.raises(ValueError, match=r"document.idx: item 0 has 17 tokens.*33"):
+        neox.preshuffled_index_maps(prefix, tmp_path / "o", seq_length=32, seed=1, requested={})
+    with pytest.raises(ValueError, match="2 items, but training reads 8"):
+        neox.preshuffled_index_maps(
+            prefix, tmp_path / "o", seq_length=16, seed=1, requested={}, min_items=8
+        )
+
+
+# --- neox-doctor: every failure branch, with fakes ----------------------------------------------
+
+GOOD_PROBE = {
+    "python": [3, 8, 18],
+    "torch": {"ok": True, "version": "1.12.1+cu116", "cuda": "11.6"},
+    "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "capability": [8, 0]}],
+    "deepspeed": {"ok": True, "version": "0.3.15+eb7f5cf"},
+    "megatron": {"ok": True, "version": None},
+    "kernels": {name: {"ok": True} for name in neox.FUSED_KERNELS},
+}
+SETUP_PY = 'cc_flag.append("arch=compute_80,code=sm_80")\nnvcc = ["arch=compute_70,code=sm_70"]\n'
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    root = tmp_path / "gpt-neox"
+    (root / "megatron" / "fused_kernels").mkdir(parents=True)
+    (root / "deepy.py").write_text("")
+    (root / "megatron" / "fused_kernels" / "setup.py").write_text(SETUP_PY)
+    return root
+
+
+def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT):
+    def git_head(path):
+        if isinstance(head, Exception):
+            raise head
+        return head
+
+    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head, probe=lambda p, r: probe)
+
+
+def test_doctor_passes_a_complete_v1_stack(checkout):
+    checks = _doctor(checkout)
+    assert all(c.ok for c in checks), checks
+    assert [c.name for c in checks] == [
+        "GPT-NeoX checkout", "pinned commit", "Python", "torch", "deepspeed", "megatron",
+        "fused kernels", "GPU architecture",
+    ]  # fmt: skip
+    assert "sm_70, sm_80" in checks[-1].detail
+
+
+def _with(**changes):
+    return {**GOOD_PROBE, **changes}
+
+
+@pytest.mark.parametrize(
+    ("probe", "head", "name", "message"),
+    [
+        (GOOD_PROBE, "0" * 40, "pinned commit", "expected 71df4d5017f9"),
+        (GOOD_PROBE, neox.NeoXError("not a git repository"), "pinned commit", "not a git"),
+        (_with(python=[3, 12, 3]), None, "Python", "Python 3.12.3; v1.0 needs 3.8 or 3.9"),
+        (_with(torch={"ok": False, "error": "ModuleNotFoundError: No module named 'torch'"}),
+         None, "torch", "not importable: ModuleNotFoundError"),
+        (_with(torch={"ok": True, "version": "2.13.0+cpu", "cuda": None}), None, "torch",
+         "torch 2.13.0+cpu (CUDA None); envs/gpt-neox.yaml pins 1.12.1"),
+        (_with(torch={"ok": True, "version": "1.12.1+cpu", "cuda": None}), None, "torch",
+         "a CUDA build"),
+        (_with(deepspeed={"ok": False, "error": "ModuleNotFoundError: deepspeed"}), None,
+         "deepspeed", "not importable"),
+        (_with(megatron={"ok": False, "error": "ImportError: cannot import name"}), None,
+         "megatron", "ImportError"),
+        (_with(kernels={"scaled_masked_softmax_cuda": {"ok": True}}), None, "fused kernels",
+         "not built: scaled_upper_triang_masked_softmax_cuda (python megatron/fused_kernels"),
+        (_with(gpus=[]), None, "GPU architecture", "no GPU (torch sees no CUDA device)"),
+        (_with(gpus=[{"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}]), None,
+         "GPU architecture", "H100 80GB HBM3 sm_90; kernels built for sm_70, sm_80 (no kernel"),
+    ],
+)  # fmt: skip
+def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, message):
+    checks = _doctor(checkout, probe, neox.NEOX_V1_COMMIT if head is None else head)
+    assert all(c.ok for c in checks[:-1])
+    assert (checks[-1].name, checks[-1].ok) == (name, False)
+    assert message in checks[-1].detail
+
+
+def test_doctor_without_a_checkout(tmp_path):
+    assert _doctor(None)[-1].detail == "training.neox.dir is not set (envs/gpt-neox.yaml)"
+    checks = _doctor(tmp_path)
+    assert (checks[-1].name, checks[-1].ok) == ("GPT-NeoX checkout", False)
+    assert "deepy.py not found" in checks[-1].detail
+
+
+def test_doctor_probe_failure_names_the_python(checkout):
+    def broken(python, root):
+        raise neox.NeoXError(f"cannot run {python}: No such file or directory")
+
+    checks = neox.neox_doctor(checkout, "/nope/python", git_head=lambda p: neox.NEOX_V1_COMMIT,
+                              probe=broken)  # fmt: skip
+    assert (checks[-1].name, checks[-1].ok) == ("Python", False)
+    assert "/nope/python" in checks[-1].detail
+
+
+@pytest.mark.parametrize(
+    ("capability", "ok"),
+    [((7, 0), True), ((7, 5), True), ((8, 0), True), ((8, 6), True), ((8, 9), True),
+     ((6, 1), False), ((9, 0), False)],
+)  # fmt: skip
+def test_kernel_binary_compatibility(capability, ok):
+    assert neox.arch_supported(capability, [(7, 0), (8, 0)]) is ok
+
+
+def test_doctor_command_on_this_machine_says_what_is_missing_without_traceback(tmp_path):
+    """The real probe and git: here the checkout is a bare directory, then the venv's Python."""
+    import subprocess
+
+    root = tmp_path / "gpt-neox"
+    root.mkdir()
+    (root / "deepy.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    cmd = [sys.executable, "-m", "pythia_suite.cli", "--config", str(REPO / "config.yaml"),
+           "neox-doctor", "--neox-dir", str(root), "--python", sys.executable]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1
+    assert "FAIL  pinned commit: cannot read the commit" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("pythia-suite neox-doctor: error: GPT-NeoX cannot launch here")
+
+
+# --- segments end to end with the stand-in GPT-NeoX: a real model, converted and exported -----
+
+
+def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_path):
+    """Three segment jobs outside SLURM (one node, 2 CPU slots): the step0 job trains (0, 1],
+    the step1 job reuses global_step1, the step2 job trains (1, 2]. The exported step 2 must
+    compute the logits of the model the stand-in trainer saved in GPT-NeoX's layout."""
+    import torch
+    from neox_support import calls, neox_overlay, placeholder_training_data, standin_checkout
+    from transformers import GPTNeoXForCausalLM
+
+    from pythia_suite import config as cfg
+    from pythia_suite import layout, provenance, retention
+    from pythia_suite.cli import main
+    from pythia_suite.export import export_checkpoint
+    from pythia_suite.slurm import checkpoint_complete
+    from pythia_suite.train.checkpoint import read_trainer_state
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "neox_standin"))
+    import standin
+
+    checkout = standin_checkout(tmp_path / "gpt-neox")
+    overlay = neox_overlay(
+        tmp_path / "neox.yaml", checkout, sys.executable,
+        paths={"results": str(tmp_path / "results"), "state": str(tmp_path / "state")},
+        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
+        cluster={"cpu_ranks_per_node": 2},
+        sizes={"0.4m": {"micro_batch": 4}},  # 4 x 2 ranks = the global batch of 8
+    )  # fmt: skip
+    files = [str(REPO / "config.yaml"), str(REPO / "config" / "mini.yaml"), str(overlay)]
+    config = cfg.load_config(files)
+    run = cfg.get_run(config, "pythia-0.4m")
+    placeholder_training_data(config, run)
+    args = [a for f in files for a in ("--config", f)]
+    results = config["paths"]["results"]
+    ck = {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
+    for step in (0, 1, 2):
+        assert main([*args, "train-segment", run.name, "--step", str(step),
+                     "--output", str(ck[step])]) == 0  # fmt: skip
+
+    # One deepy.py per segment that trained; one rank per slot, from the local launcher.
+    launches = calls(checkout, "deepy.py")
+    assert len(launches) == 2
+    ranks = calls(checkout, "train.py")
+    assert sorted((r["rank"], r["world_size"]) for r in ranks) == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    assert calls(checkout, "srun") == []  # one host: no srun, no SLURM variables needed
+    segment1 = yaml.safe_load(Path(launches[0]["argv"][1]).read_text())
+    assert segment1["deepspeed_slurm"] is False and segment1["exit-interval"] == 1
+
+    for step, path in ck.items():
+        assert checkpoint_complete(path, step), path
+        state = read_trainer_state(path)
+        assert state["backend"] == "neox" and state["step"] == step
+        assert provenance.verify(path).ok
+    record = json.loads((ck[2] / "provenance.json").read_text())
+    assert {Path(e["path"]).name for e in record["inputs"]} >= {"step1"}
+
+    tokenizer = layout.tokenizer(results)
+    export = export_checkpoint(ck[2], tokenizer, tmp_path / "export2", dtype="float16")
+    theirs = GPTNeoXForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+    neox_cfg = yaml.safe_load(Path(launches[1]["argv"][1]).read_text())
+    reference = standin.tiny_model(neox_cfg, 2048, 2).half().float()  # v1.0 converts to fp16
+    tokens = torch.randint(0, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = reference(tokens).logits, theirs(tokens).logits
+        other = standin.tiny_model(neox_cfg, 2048, 1).half().float()(tokens).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    assert not torch.allclose(got, other, atol=1e-2)  # step 1's weights would not pass
+
+    # Retention prunes GPT-NeoX's global_step1 as the PyTorch backend's optimizer/: the
+    # checkpoint's content hash, and so every record downstream, stays what it was.
+    global_step1 = Path(read_trainer_state(ck[1])["neox_checkpoint"])
+    assert global_step1.is_dir() and retention.resume_bytes(ck[1]) > 0
+    before = provenance.content_hash(ck[1])
+    pruned = retention.prune_checkpoint(ck[1], "test")
+    assert not global_step1.exists() and retention.resume_bytes(ck[1]) == 0
+    assert any("layer_00-model_00" in p for p in pruned["removed_outside"])
+    assert provenance.content_hash(ck[1]) == before
+    assert retention.is_pruned(ck[1])
+
+
+def test_a_pruned_neox_start_checkpoint_is_named(tmp_path):
+    save = tmp_path / "ck"
+    save.mkdir()
+    with pytest.raises(FileNotFoundError, match="global_step1000 .*retention"):
+        neox.point_latest_at(save, 1000)
+
+
+def test_sharded_converter_output_is_read_and_a_missing_shard_named(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from pythia_suite.export import ExportError, hf_weight_files, load_hf_weights
+
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": np.zeros(3, np.float32)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                            "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert len(hf_weight_files(tmp_path)) == 2
+    tensors = load_hf_weights(tmp_path)
+    assert sorted(tensors) == ["a", "b"] and tensors["b"].shape == (3,)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ExportError, match="shard 'model-00002-of-00002.safetensors' not found"):
+        load_hf_weights(tmp_path)
+    with pytest.raises(ExportError, match="no weights"):
+        load_hf_weights(tmp_path / "empty")

@@ -101,11 +101,25 @@ def cmd_runs(config: dict, args) -> None:
 
 
 def cmd_neox_config(config: dict, args) -> None:
+    from pythia_suite.train import neox
+
     run = cfg.get_run(config, args.run)
-    prefix = args.dataset_prefix
-    if prefix is None and config["data"]["source"] == "raw":
-        prefix = layout.dataset_prefix(_results(config), run.variant)
-    sys.stdout.write(_dump_yaml(cfg.neox_config(config, run, prefix)))
+    prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
+    sys.stdout.write(_dump_yaml(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+
+
+def cmd_neox_doctor(config: dict, args) -> None:
+    """Check that GPT-NeoX v1.0 can launch in this environment (before anything is queued)."""
+    from pythia_suite.train import neox
+
+    settings = config["training"]["neox"]
+    checks = neox.neox_doctor(args.neox_dir or settings["dir"], args.python or settings["python"])
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    failed = [check for check in checks if not check.ok]
+    if failed:
+        raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
+    print("GPT-NeoX v1.0 can launch here")
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -422,18 +436,20 @@ def cmd_train_segment(config: dict, args) -> None:
         # Written by another job of this segment that `await-segment` waited for (issue 7).
         _say(f"{args.output}: already a complete checkpoint of step {args.step}; not training")
         return
-    if config["training"]["backend"] == "neox":
-        _train_segment_neox(config, run, args.step, Path(args.output))
-        return
-    from pythia_suite.train.loop import TrainSettings, train_segment
-
-    values = cfg.train_settings_values(config, run)
-    settings = TrainSettings(**values)
     start_step = 0 if args.step == 0 else cfg.previous_step(config, args.step)
     if args.step > 0 and not args.resume_from:
         args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
     inputs = [Path(args.resume_from)] if args.resume_from else []
     inputs += _training_data_paths(config, run)
+    if config["training"]["backend"] == "neox":
+        from pythia_suite.train import neox
+
+        neox.train_segment_neox(config, run, args.step, args.output, inputs)
+        return
+    from pythia_suite.train.loop import TrainSettings, train_segment
+
+    values = cfg.train_settings_values(config, run)
+    settings = TrainSettings(**values)
     recorder = Recorder(
         Path(args.output),
         "checkpoint",
@@ -511,81 +527,6 @@ def cmd_await_segment(config: dict, args) -> None:
         timeout_s=args.timeout,
         log=_say,
     )
-
-
-def _train_segment_neox(config: dict, run: cfg.Run, step: int, output: Path) -> None:
-    """Train the segment ending at `step` with GPT-NeoX v1.0, then convert its checkpoint
-    with GPT-NeoX's own converter into this package's checkpoint layout.
-
-    GPT-NeoX keeps its own checkpoints (`global_stepN`, with ZeRO shards) under paths.state,
-    outside the declared outputs. Step 0 is saved by the first segment (0 is in
-    extra-save-iters), so the step0 job runs that segment and later jobs reuse what exists.
-    """
-    from pythia_suite.train import neox
-
-    settings = config["training"]["neox"]
-    if not settings["dir"]:
-        raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
-    if config["data"]["source"] != "raw":
-        raise cfg.ConfigError(
-            "data.source: the neox backend trains from a Megatron dataset (data.source: raw)"
-        )
-    results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    end = step if step > 0 else steps[1]
-    start = cfg.previous_step(config, end)
-    base = Path(layout.state_dir(config["paths"]["state"], run.name)) / "neox"
-    save_dir, work = base / "checkpoints", base / f"step{end}"
-    prefix = layout.dataset_prefix(results, run.variant)
-    segment_yml = neox.write_segment_config(
-        cfg.neox_config(config, run, prefix),
-        work / "segment.yml",
-        save_dir=save_dir,
-        load_dir=save_dir,
-        start_step=start,
-        end_step=end,
-        train_data_paths=[prefix],
-        vocab_file=layout.tokenizer(results),
-    )
-    global_dir = save_dir / f"global_step{step}"
-    if not global_dir.exists():
-        neox.run_neox_segment(
-            settings["dir"],
-            segment_yml,
-            save_dir=save_dir,
-            start_step=start,
-            end_step=end,
-            gpus_per_node=config["sizes"][run.size]["cluster"]["gpus_per_node"],
-            work_dir=work,
-            master_port=settings["master_port"],
-            python=settings["python"],
-        )
-    hf_dir = neox.convert_neox_checkpoint(
-        settings["dir"], global_dir, segment_yml, work / f"hf-step{step}", python=settings["python"]
-    )
-    _checkpoint_from_hf_dir(hf_dir, output, cfg.hf_config(config, run), step, global_dir)
-
-
-def _checkpoint_from_hf_dir(
-    hf_dir: Path, output: Path, hf_config: dict, step: int, source: Path
-) -> None:
-    """A converted GPT-NeoX checkpoint in this package's checkpoint layout (weights only)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    weights = hf_dir / "model.safetensors"
-    if weights.exists():
-        tensors = load_file(weights)
-    else:
-        tensors = torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.float().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors")
-    (tmp / "hf_config.json").write_text(json.dumps(hf_config, indent=1) + "\n")
-    state = {"step": step, "backend": "neox", "neox_checkpoint": str(source), "history": []}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(output)
 
 
 # ----------------------------------------------------------------------------- export, publish
@@ -932,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run")
     p.add_argument("run")
     p.add_argument("--dataset-prefix", help="data path written into the config")
+    p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
+    p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
+    p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
     p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
@@ -1089,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in (
         "runs",
         "neox-config",
+        "neox-doctor",
         "hf-config",
         "plan",
         "status",

@@ -152,7 +152,7 @@ def check_config(config: dict, source: str = "config") -> None:
             continue
         key = f"sizes.{name}"
         tp = size["tensor_parallel"]
-        devices = size["cluster"]["nodes"] * max(size["cluster"]["gpus_per_node"], 1)
+        devices = world_size(config, name)  # GPUs, or CPU ranks (cluster.cpu_ranks_per_node)
         if size["hidden"] % size["heads"]:
             raise ConfigError(
                 f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "

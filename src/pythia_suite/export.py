@@ -344,3 +344,69 @@ def export_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+# ----------------------------------------------------------------------------- converted weights
+
+_HF_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+_HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def hf_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """The weight files of a Hugging Face model directory, as ``save_pretrained`` writes them:
+    one ``model.safetensors`` / ``pytorch_model.bin``, or the shards an index
+    (``*.index.json``, key ``weight_map``) names, as large models are saved.
+
+    Raises ``ExportError`` naming the directory when it holds none, or naming the index when it
+    is unreadable or names a shard that is missing.
+    """
+    model_dir = Path(model_dir)
+    for name in _HF_SINGLE_FILES:
+        if (model_dir / name).is_file():
+            return [model_dir / name]
+    for name in _HF_INDEX_FILES:
+        index = model_dir / name
+        if not index.is_file():
+            continue
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ExportError(f"{index}: not a weight index ({err})") from None
+        for shard in shards:
+            if not (model_dir / shard).is_file():
+                raise ExportError(f"{index}: shard {shard!r} not found in {model_dir}")
+        return [model_dir / shard for shard in shards]
+    wanted = ", ".join(_HF_SINGLE_FILES + _HF_INDEX_FILES)
+    raise ExportError(f"{model_dir}: no weights ({wanted})")
+
+
+def load_hf_weights(model_dir: str | os.PathLike[str], framework: str = "np") -> dict[str, Any]:
+    """All tensors of a Hugging Face model directory, one file or sharded (``hf_weight_files``).
+
+    ``framework`` is ``"np"`` (numpy arrays) or ``"pt"`` (torch tensors; ``.bin`` files need
+    it). Raises ``ExportError`` naming the file for an unreadable file or a tensor that two
+    shards both hold.
+    """
+    tensors: dict[str, Any] = {}
+    for path in hf_weight_files(model_dir):
+        if path.suffix == ".bin":
+            if framework != "pt":
+                raise ExportError(f"{path}: a torch pickle; read it with framework='pt'")
+            import torch
+
+            try:
+                part = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ExportError(f"{path}: cannot read torch weights: {err}") from None
+        else:
+            try:
+                with safe_open(str(path), framework=framework) as handle:
+                    part = {key: handle.get_tensor(key) for key in handle.keys()}
+            except Exception as err:
+                raise ExportError(f"{path}: cannot read safetensors file: {err}") from None
+        for key, tensor in part.items():
+            if key in tensors:
+                raise ExportError(f"{path}: tensor {key!r} is also in another shard")
+            tensors[key] = tensor
+    return tensors

@@ -14,9 +14,13 @@ weights and the trainer state. So once a checkpoint is
     segment resumes from it), and not step 0 (its optimizer shards are empty),
 
 its ``optimizer/`` directory is removed and ``pruned.json`` is written beside the weights:
-which files went, with their size and sha256. Provenance keeps verifying: the content hash of a
-directory (:func:`pythia_suite.provenance.content_hash`) takes a removed file's recorded sha256
-from ``pruned.json``, so the checkpoint's hash, and every record downstream, stays what it was.
+which files went, with their size and sha256. Under the GPT-NeoX backend the resume state is
+GPT-NeoX's own ``global_stepN`` under ``paths.state`` (~16 bytes per parameter), which the
+checkpoint's ``trainer_state.json`` names (``neox_checkpoint``): the same policy removes it,
+recorded under ``removed_outside`` (it is no part of the checkpoint's content hash).
+Provenance keeps verifying: the content hash of a directory
+(:func:`pythia_suite.provenance.content_hash`) takes a removed file's recorded sha256 from
+``pruned.json``, so the checkpoint's hash, and every record downstream, stays what it was.
 
 Snakemake is not disturbed: the mtime of a directory output is that of its
 ``.snakemake_timestamp`` (Snakemake 9), which pruning never touches; the directory's own mtime
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pythia_suite.atomic import write_json_atomic
+from pythia_suite.hashing import sha256_file
 
 __all__ = [
     "PRUNED_NAME",
@@ -48,6 +53,7 @@ __all__ = [
     "apply_retention",
     "is_pruned",
     "resume_bytes",
+    "external_resume_state",
 ]
 
 PRUNED_NAME = "pruned.json"
@@ -113,8 +119,18 @@ def is_pruned(checkpoint: str | os.PathLike) -> bool:
     return (Path(checkpoint) / PRUNED_NAME).is_file()
 
 
+def external_resume_state(checkpoint: str | os.PathLike) -> Path | None:
+    """The resume state a checkpoint keeps outside itself: GPT-NeoX's ``global_stepN`` that its
+    ``trainer_state.json`` names (``neox_checkpoint``, neox backend), or None."""
+    state = _read_json(Path(checkpoint) / "trainer_state.json") or {}
+    outside = state.get("neox_checkpoint")
+    return Path(outside) if outside else None
+
+
 def _has_resume_state(checkpoint: Path) -> bool:
-    return any((checkpoint / part).exists() for part in RESUME_PARTS)
+    outside = external_resume_state(checkpoint)
+    inside = any((checkpoint / part).exists() for part in RESUME_PARTS)
+    return inside or (outside is not None and outside.exists())
 
 
 def _why_not_safe(checkpoint: Path, export: Path, receipt: Path) -> str | None:
@@ -203,12 +219,19 @@ def prune_checkpoint(checkpoint: str | os.PathLike, reason: str = "") -> dict:
         for path in sorted(p for p in (checkpoint / part).rglob("*") if p.is_file()):
             rel = path.relative_to(checkpoint).as_posix()
             record["removed"][rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    outside = external_resume_state(checkpoint)
+    if outside is not None and outside.is_dir():
+        removed_outside = record.setdefault("removed_outside", {})
+        for path in sorted(p for p in outside.rglob("*") if p.is_file()):
+            removed_outside[str(path)] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     record.setdefault("pruned_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record.setdefault("reason", reason)
-    if record["removed"] and _has_resume_state(checkpoint):
+    if (record["removed"] or record.get("removed_outside")) and _has_resume_state(checkpoint):
         _write_record(marker, record)
         for part in RESUME_PARTS:
             shutil.rmtree(checkpoint / part, ignore_errors=True)
+        if outside is not None:
+            shutil.rmtree(outside, ignore_errors=True)
     # Downstream jobs must not look out of date: give the directory back its mtime.
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return record
@@ -235,14 +258,14 @@ def apply_retention(
 
 
 def resume_bytes(checkpoint: str | os.PathLike) -> int:
-    """Bytes the checkpoint's resume state (``optimizer/``) occupies now (0 once pruned)."""
+    """Bytes the checkpoint's resume state (``optimizer/``, or GPT-NeoX's ``global_stepN``)
+    occupies now (0 once pruned)."""
     checkpoint = Path(checkpoint)
-    return sum(
-        p.stat().st_size
-        for part in RESUME_PARTS
-        for p in (checkpoint / part).rglob("*")
-        if p.is_file()
-    )
+    roots = [checkpoint / part for part in RESUME_PARTS]
+    outside = external_resume_state(checkpoint)
+    if outside is not None:
+        roots.append(outside)
+    return sum(p.stat().st_size for root in roots for p in root.rglob("*") if p.is_file())
 
 
 def _write_record(path: Path, data: dict) -> None:

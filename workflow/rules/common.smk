@@ -131,25 +131,58 @@ def launcher():
     return "srun" if under_slurm or "SLURM_JOB_ID" in os.environ else "none"
 
 
+def neox_backend():
+    """GPT-NeoX trains (training.backend: neox): its deepy.py starts the ranks itself."""
+    return config["training"]["backend"] == "neox"
+
+
 def train_mpi(wildcards):
     """The plugin's `mpi` resource: set for multi-rank segments under SLURM, so that the
-    rule launches its own ranks across the allocation's nodes."""
-    if launcher() == "srun" and train_tasks(wildcards) > 1:
+    plugin does not wrap the command in its own `srun -n1` and the command (PyTorch: the srun
+    prefix; GPT-NeoX: the one deepy.py's srun, or its local launcher on one node) starts the
+    ranks across the allocation. The plugin refuses `mpi` with `tasks: 1`, so a one-rank
+    segment runs under its `srun -n1`: one process either way."""
+    if train_tasks(wildcards) > 1 and (neox_backend() or launcher() == "srun"):
         return "srun"
     return ""
 
 
+def train_tasks_per_gpu(wildcards):
+    """One rank per GPU. Without it the plugin turns `tasks` into --ntasks-per-gpu=<tasks> on a
+    GPU job (tasks x GPUs ranks); 0 drops the flag (CPU-only nodes)."""
+    return 1 if train_gpus(wildcards) else 0
+
+
 def train_launch(wildcards):
-    """Command prefix that starts one process per rank (empty for a single process)."""
+    """Command prefix that starts one process per rank (empty for a single process, and under
+    GPT-NeoX, whose one deepy.py per segment starts them: a prefix would nest launchers)."""
     tasks = train_tasks(wildcards)
     how = launcher()
-    if tasks == 1 or how == "none":
+    if tasks == 1 or how == "none" or neox_backend():
         return ""
     if how == "torchrun":
         return f"torchrun --standalone --nproc-per-node {tasks}"
     nodes = train_nodes(wildcards)
     cpus = config["cluster"]["cpus_per_task"]
     return f"srun --nodes {nodes} --ntasks {tasks} --cpus-per-task {cpus} --kill-on-bad-exit=1"
+
+
+def init_checkpoint_resources():
+    """Resources of the step0 job. Under GPT-NeoX it trains the first segment (GPT-NeoX saves
+    step 0 on its way to the first checkpoint step), so it needs the segment's allocation; the
+    PyTorch backend only initialises weights there."""
+    if not neox_backend():
+        return {"runtime": 30}
+    return {
+        "nodes": train_nodes,
+        "tasks": train_tasks,
+        "gpu": train_gpus,
+        "tasks_per_gpu": train_tasks_per_gpu,
+        "mpi": train_mpi,
+        "mem_mb": train_mem_mb,
+        "cpus_per_task": config["cluster"]["cpus_per_task"],
+        "runtime": config["cluster"]["minutes_per_segment"],
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -1,6 +1,7 @@
 # Training: step0 is the initial weights; each later checkpoint is one segment job that resumes
 # from the previous checkpoint. In-progress resume state lives under paths.state, outside the
-# declared outputs (Snakemake deletes a failed job's outputs).
+# declared outputs (Snakemake deletes a failed job's outputs). Under training.backend: neox the
+# same rules run GPT-NeoX (pythia_suite.train.neox): no launch prefix, one deepy.py per job.
 
 
 rule init_checkpoint:
@@ -14,7 +15,7 @@ rule init_checkpoint:
         cli=CLI,
         config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
     resources:
-        runtime=30,
+        **init_checkpoint_resources(),
     conda:
         "../../envs/train.yaml"
     shell:
@@ -43,6 +44,7 @@ rule train_segment:
         nodes=train_nodes,
         tasks=train_tasks,
         gpu=train_gpus,
+        tasks_per_gpu=train_tasks_per_gpu,
         mpi=train_mpi,
         mem_mb=train_mem_mb,
         cpus_per_task=config["cluster"]["cpus_per_task"],

@@ -1,16 +1,26 @@
-"""GPT-NeoX v1.0 backend: Pythia's own trainer, launched on SLURM, one checkpoint segment a call.
+"""GPT-NeoX v1.0 backend: Pythia's own trainer, launched on SLURM, one checkpoint segment a job.
 
 The faithful GPU path. GPT-NeoX v1.0 (tag ``v1.0``, commit ``71df4d5017f9``) with EleutherAI's
-DeeperSpeed (tag ``v1.0``) is installed from ``envs/gpt-neox.yaml`` and checked out at
-``neox_dir``; this module only writes its inputs and runs its two entry points:
+DeeperSpeed (tag ``v1.0``) is installed from ``envs/gpt-neox.yaml`` (its post-deploy script
+clones GPT-NeoX, installs DeeperSpeed and builds the fused kernels) and checked out at
+``training.neox.dir``; this module writes GPT-NeoX's inputs, runs its two entry points, and
+turns what they write into a checkpoint the rest of the workflow accepts.
 
-- ``python deepy.py train.py SEGMENT.yml`` with ``launcher: slurm`` and ``deepspeed_slurm: true``:
-  DeeperSpeed's runner calls ``srun -n <GPUs> python -u train.py ...`` inside the allocation and
-  each task takes its rank from ``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NTASKS``. The number of
-  GPUs comes from the hostfile (``DLTS_HOSTFILE``, lines ``host slots=N``) and the rendezvous
-  from ``MASTER_ADDR`` (the first host).
-- ``python tools/convert_to_hf.py --input_dir SAVE/global_stepN --config_file CFG --output_dir
-  DIR`` (v1.0's name; later GPT-NeoX has ``tools/ckpts/convert_neox_to_hf.py``).
+One segment job starts exactly one ``python deepy.py train.py SEGMENT.yml`` (the rule adds no
+launch prefix under this backend; see ``workflow/rules/common.smk``). What deepy.py then does
+depends on the hosts in the hostfile (``DLTS_HOSTFILE``, lines ``host slots=N``), as in
+DeeperSpeed v1.0's ``deepspeed/launcher/runner.py``:
+
+- several hosts: the SLURM runner calls ``srun -n <all slots> --export=ALL python -u train.py``
+  inside the allocation, and each task takes RANK/LOCAL_RANK/WORLD_SIZE from
+  SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (``deepspeed_slurm: true``);
+- one host: the runner starts the slots itself (``deepspeed.launcher.launch``), which sets
+  RANK/LOCAL_RANK/WORLD_SIZE; no srun task exists, so ``deepspeed_slurm`` must be false there
+  (with it GPT-NeoX would read SLURM_LOCALID, which no process has). The segment config says so.
+
+A *slot* is a GPU (``gpus_per_node``) or, on CPU-only nodes such as the local test cluster,
+one of ``cluster.cpu_ranks_per_node`` ranks: one training rank per slot either way
+(``slots_per_node``).
 
 A segment ``(a, b]`` loads ``global_step{a}`` and stops after saving ``global_step{b}``. It keeps
 the run's ``train-iters`` and stops with ``exit-interval: b`` instead of setting ``train-iters:
@@ -19,18 +29,25 @@ builds different index maps (for the deduped Pile, a different number of epochs 
 different data order) and a different warmup/decay unless ``lr-decay-iters`` is pinned. The
 exit check runs after the checkpoint save, so ``b`` is written before the process exits.
 
-Nothing here imports torch: the CLI can build configs and commands on a login node.
+Conversion: ``python tools/convert_to_hf.py --input_dir SAVE/global_stepN --config_file CFG
+--output_dir DIR`` (v1.0's name; later GPT-NeoX has ``tools/ckpts/convert_neox_to_hf.py``).
+
+Importing this module does not import torch: configs and commands can be built on a login node.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pythia_suite.atomic import write_text_atomic
@@ -44,6 +61,7 @@ __all__ = [
     "hostnames_from_nodelist",
     "current_job_nodelist",
     "hostfile_lines",
+    "segment_hosts",
     "write_hostfile",
     "segment_config",
     "write_segment_config",
@@ -52,6 +70,15 @@ __all__ = [
     "point_latest_at",
     "run_neox_segment",
     "convert_neox_checkpoint",
+    "slots_per_node",
+    "check_seeds",
+    "NeoXSegment",
+    "run_neox_config",
+    "preshuffled_index_maps",
+    "train_segment_neox",
+    "checkpoint_from_hf_dir",
+    "DoctorCheck",
+    "neox_doctor",
 ]
 
 NEOX_V1_COMMIT = "71df4d5017f9f4919566a11454fe3a507ffdc632"
@@ -96,13 +123,13 @@ def current_job_nodelist(environ: Mapping[str, str] | None = None) -> str:
     return out
 
 
-def hostfile_lines(hostnames: Sequence[str], gpus_per_node: int) -> list[str]:
-    """DeepSpeed hostfile lines, one per host: ``"host slots=8"``.
+def hostfile_lines(hostnames: Sequence[str], slots_per_node: int) -> list[str]:
+    """DeepSpeed hostfile lines, one per host: ``"host slots=8"`` (a slot: see the module doc).
 
-    Raises ``ValueError`` for no hosts, a duplicate or blank host name, or ``gpus_per_node < 1``.
+    Raises ``ValueError`` for no hosts, a duplicate or blank host name, or ``slots_per_node < 1``.
     """
-    if gpus_per_node < 1:
-        raise ValueError(f"gpus_per_node must be >= 1, got {gpus_per_node}")
+    if slots_per_node < 1:
+        raise ValueError(f"slots_per_node must be >= 1, got {slots_per_node}")
     if not hostnames:
         raise ValueError("hostfile needs at least one host name")
     seen: set[str] = set()
@@ -112,14 +139,25 @@ def hostfile_lines(hostnames: Sequence[str], gpus_per_node: int) -> list[str]:
         if host in seen:
             raise ValueError(f"host {host!r} listed twice")
         seen.add(host)
-    return [f"{host} slots={gpus_per_node}" for host in hostnames]
+    return [f"{host} slots={slots_per_node}" for host in hostnames]
 
 
-def write_hostfile(path: str | os.PathLike, hostnames: Sequence[str], gpus_per_node: int) -> Path:
+def write_hostfile(path: str | os.PathLike, hostnames: Sequence[str], slots_per_node: int) -> Path:
     """Write a DeepSpeed hostfile (see ``hostfile_lines``) atomically; returns its path."""
     path = Path(path)
-    write_text_atomic(path, "\n".join(hostfile_lines(hostnames, gpus_per_node)) + "\n")
+    write_text_atomic(path, "\n".join(hostfile_lines(hostnames, slots_per_node)) + "\n")
     return path
+
+
+def segment_hosts(
+    nodelist: str | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The hosts a segment trains on: ``nodelist``, else this SLURM job's nodes, else (no SLURM
+    job at all, e.g. ``profiles/local``) this machine alone as ``localhost``."""
+    env = os.environ if environ is None else environ
+    if nodelist is None and not (env.get("SLURM_JOB_NODELIST") or env.get("SLURM_JOB_ID")):
+        return ["localhost"]
+    return hostnames_from_nodelist(nodelist or current_job_nodelist(env))
 
 
 # --- segment configs ------------------------------------------------------------------------
@@ -341,7 +379,12 @@ def point_latest_at(save_dir: str | os.PathLike, step: int) -> None:
     the directory when ``global_step{step}`` does not exist.
     """
     save_dir = Path(save_dir)
-    _require(save_dir / f"global_step{step}", f"checkpoint of step {step}")
+    if not (save_dir / f"global_step{step}").exists():
+        raise FileNotFoundError(
+            f"GPT-NeoX checkpoint of step {step} not found: {save_dir / f'global_step{step}'} "
+            "(retention removes the global_stepN of exported, published steps beyond "
+            "training.keep_resume_states: retrain from the newest step that kept it)"
+        )
     write_text_atomic(save_dir / "latest", f"global_step{step}")
 
 
@@ -352,7 +395,7 @@ def run_neox_segment(
     save_dir: str | os.PathLike,
     start_step: int,
     end_step: int,
-    gpus_per_node: int,
+    slots_per_node: int,
     work_dir: str | os.PathLike,
     nodelist: str | None = None,
     master_port: int = DEFAULT_MASTER_PORT,
@@ -364,8 +407,9 @@ def run_neox_segment(
     ``config_path`` is the segment's YAML from ``write_segment_config``. Writes the hostfile
     into ``work_dir``, points ``save_dir/latest`` at ``start_step``, runs deepy.py with output
     to ``log_path`` (default ``work_dir/neox.log``) and returns ``save_dir/global_step{end}``.
-    ``nodelist`` defaults to this job's (``current_job_nodelist``). Raises ``FileNotFoundError``
-    for a missing GPT-NeoX checkout, config or start checkpoint, and ``NeoXError`` (with the
+    ``nodelist`` defaults to this job's (``segment_hosts``). Exactly one deepy.py is started.
+    Raises ``FileNotFoundError`` for a missing GPT-NeoX checkout or config, a start checkpoint
+    that does not exist (or that retention pruned), and ``NeoXError`` (with the
     log's last lines) when GPT-NeoX fails or exits without writing ``global_step{end}``.
     """
     neox_dir, config_path = Path(neox_dir), Path(config_path)
@@ -374,8 +418,8 @@ def run_neox_segment(
     _require(config_path, "GPT-NeoX segment config")
     work_dir.mkdir(parents=True, exist_ok=True)
     save_dir.mkdir(parents=True, exist_ok=True)
-    hosts = hostnames_from_nodelist(nodelist or current_job_nodelist())
-    hostfile = write_hostfile(work_dir / "hostfile", hosts, gpus_per_node)
+    hosts = segment_hosts(nodelist)
+    hostfile = write_hostfile(work_dir / "hostfile", hosts, slots_per_node)
     if start_step > 0:
         point_latest_at(save_dir, start_step)
     launch = neox_launch_command(
@@ -450,3 +494,543 @@ def convert_neox_checkpoint(
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
     return output_dir
+
+
+# --- one config for `neox-config RUN` and every segment ---------------------------------------
+
+
+def slots_per_node(config: Mapping, size: str) -> int:
+    """Training ranks per node of a size: its GPUs, or ``cluster.cpu_ranks_per_node`` on CPU-only
+    nodes (the local test cluster). The hostfile's ``slots=`` and the SLURM tasks agree on it."""
+    layout = config["sizes"][size]["cluster"]
+    return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
+
+
+def check_seeds(run) -> None:
+    """Refuse a run whose data and weight seeds differ: GPT-NeoX v1.0 has one ``seed`` for both
+    the weight init and the index maps, so such a run (a PolyPythias data-seed variant) would
+    silently train on another order. Raises ``ConfigError`` naming the run."""
+    from pythia_suite.config import ConfigError
+
+    if run.data_seed != run.weight_seed:
+        raise ConfigError(
+            f"run {run.name}: data seed {run.data_seed} differs from weight seed "
+            f"{run.weight_seed}, but GPT-NeoX v1.0 has one `seed` for both the weight init and "
+            "the data order; train this run with training.backend: pytorch"
+        )
+
+
+@dataclass(frozen=True)
+class NeoXSegment:
+    """Where one segment ``(start_step, end_step]`` reads and writes, and on how many nodes."""
+
+    save_dir: Path
+    start_step: int
+    end_step: int
+    data_prefix: str
+    vocab_file: str
+    nodes: int
+
+
+def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
+                    segment: NeoXSegment | None = None) -> dict:  # fmt: skip
+    """The GPT-NeoX v1.0 config of a run: ``neox-config RUN`` without ``segment``, the config a
+    segment job trains with when given one. Both come from here, so they cannot drift apart.
+
+    A segment's config differs from the run's only in paths (save/load, data, vocab), the
+    ``exit-interval``/``extra-save-iters`` that end the segment (``segment_config``), and
+    ``deepspeed_slurm`` off on one node (the module doc says why). Raises ``ConfigError``
+    when the run's data and weight seeds differ (``check_seeds``).
+    """
+    from pythia_suite import config as cfg
+
+    check_seeds(run)
+    if segment is None:
+        return cfg.neox_config(dict(config), run, dataset_prefix)
+    base = cfg.neox_config(dict(config), run, segment.data_prefix)
+    return segment_config(
+        base,
+        save_dir=segment.save_dir,
+        load_dir=segment.save_dir,
+        start_step=segment.start_step,
+        end_step=segment.end_step,
+        train_data_paths=[segment.data_prefix],
+        vocab_file=segment.vocab_file,
+        overrides={"deepspeed_slurm": segment.nodes > 1},
+    )
+
+
+# --- data: the suite's index maps, or hand-built ones over the preshuffled set ---------------
+
+
+def _requested_samples(neox_config: Mapping, global_batch: int) -> dict[str, int]:
+    """Samples GPT-NeoX v1.0 asks of each split (``megatron/data/data_utils.py``), by dataset
+    name: the number in the index-map file names."""
+    import math
+
+    train_iters = _get(neox_config, "train-iters")
+    eval_iters = _get(neox_config, "eval-iters", 100)
+    eval_interval = _get(neox_config, "eval-interval", 1000)
+    counts = {
+        "train_0": train_iters * global_batch,
+        "valid_0": (train_iters // eval_interval + 1) * eval_iters * global_batch,
+        "test_0": eval_iters * global_batch,
+    }
+    # get_normalized_weights_and_num_samples: ceil(n x weight x 1.005), one dataset of weight 1
+    return {name: math.ceil(n * 1.005) for name, n in counts.items()}
+
+
+def _link(target: Path, link: Path) -> None:
+    """``link`` -> ``target`` (absolute), replacing an older link."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(target).resolve())
+    os.replace(tmp, link)
+
+
+def preshuffled_index_maps(
+    prefix: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seq_length: int,
+    seed: int,
+    requested: Mapping[str, int],
+    min_items: int = 0,
+) -> str:
+    """GPT-NeoX v1.0 index maps under which its ``GPT2Dataset`` reads a preshuffled set in order.
+
+    A preshuffled item is ``seq_length + 1`` tokens; GPT-NeoX's samples are ``seq_length + 1``
+    tokens at stride ``seq_length``. So each item is one document (``doc_idx`` = identity) and
+    item ``k`` is sample ``2k``: ``sample_idx`` rows ``2k = (k, 0)`` and ``2k+1 = (k,
+    seq_length)``, ``shuffle_idx[k] = 2k``. ``shuffle_idx`` has one padding entry more than there
+    are items, so that ``len(GPT2Dataset)`` (``len(shuffle_idx) - 1``) covers every item.
+
+    Writes ``out_dir/document.{bin,idx}`` (links to ``prefix``) and, for each dataset name in
+    ``requested`` (``train_0``...: requested sample count), the three ``.npy`` files under the
+    names GPT-NeoX looks for, so it loads them instead of building its own. Returns the prefix
+    to give GPT-NeoX. Raises ``ValueError`` naming the ``.idx`` when an item is not
+    ``seq_length + 1`` tokens or there are fewer than ``min_items`` items.
+    """
+    from pythia_suite.data.indexed import IndexedDataset
+    from pythia_suite.data.order import index_map_paths
+
+    prefix, out_dir = Path(prefix), Path(out_dir)
+    sizes = np.asarray(IndexedDataset(prefix).sizes)
+    items = len(sizes)
+    bad = np.flatnonzero(sizes != seq_length + 1)
+    if bad.size:
+        raise ValueError(
+            f"{prefix}.idx: item {int(bad[0])} has {int(sizes[bad[0]])} tokens, a preshuffled "
+            f"item must have seq_length + 1 = {seq_length + 1}"
+        )
+    if items < max(min_items, 1):
+        raise ValueError(
+            f"{prefix}.idx: {items} items, but training reads {min_items} (train_iters x "
+            "global_batch)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = out_dir / "document"
+    for ext in (".bin", ".idx"):
+        _link(Path(f"{prefix}{ext}"), Path(f"{local}{ext}"))
+    k = np.arange(items, dtype=np.int64)
+    doc_idx = k.astype(np.int32)
+    sample_idx = np.empty((2 * items, 2), dtype=np.int32)
+    sample_idx[0::2, 0] = k
+    sample_idx[0::2, 1] = 0
+    sample_idx[1::2, 0] = k
+    sample_idx[1::2, 1] = seq_length
+    shuffle_idx = np.empty(items + 1, dtype=np.uint32 if 2 * items < 2**32 - 1 else np.int64)
+    shuffle_idx[:items] = 2 * k
+    shuffle_idx[items] = 2 * (items - 1)  # padding: never read (len = items)
+    for name, count in requested.items():
+        paths = index_map_paths(local, out_dir, count, seq_length, seed, name=name)
+        for path, array in zip(paths, (doc_idx, sample_idx, shuffle_idx), strict=True):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+            np.save(tmp, array, allow_pickle=False)
+            os.replace(tmp, path)
+    return str(local)
+
+
+def _suite_index_maps(dataset_prefix: str, order_dir: str, out_dir: Path, *,
+                      num_samples: int, seq_length: int, seed: int) -> str:  # fmt: skip
+    """Link the dataset and the suite's own ``train_0`` index maps (``build-order``) into
+    ``out_dir``, where GPT-NeoX finds them beside the data prefix and loads them instead of
+    writing its own into the results tree. Returns the prefix to give GPT-NeoX."""
+    from pythia_suite.data.order import index_map_paths
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = out_dir / Path(dataset_prefix).name
+    for ext in (".bin", ".idx"):
+        _link(Path(f"{dataset_prefix}{ext}"), Path(f"{local}{ext}"))
+    theirs = index_map_paths(dataset_prefix, order_dir, num_samples, seq_length, seed)
+    ours = index_map_paths(local, out_dir, num_samples, seq_length, seed)
+    for src, dst in zip(theirs, ours, strict=True):
+        if not src.is_file():
+            raise FileNotFoundError(f"index map not found: {src} (rule build_order)")
+        _link(src, dst)
+    return str(local)
+
+
+def neox_work_dir(config: Mapping, run) -> Path:
+    """Where GPT-NeoX's side of a run lives: ``paths.state/<run>/neox`` (``checkpoints/`` =
+    its ``save``/``load``, ``data/`` = the data prefix it reads, ``stepN/`` = a segment's config,
+    hostfile and logs)."""
+    from pythia_suite import layout
+
+    return Path(layout.state_dir(config["paths"]["state"], run.name)) / "neox"
+
+
+def neox_data_prefix_path(config: Mapping, run) -> str:
+    """The data prefix a run's segments give GPT-NeoX (prepared by ``neox_data_prefix``)."""
+    from pythia_suite import layout
+
+    data_dir = neox_work_dir(config, run) / "data"
+    if config["data"]["source"] == "preshuffled":
+        return str(data_dir / "document")
+    return str(data_dir / Path(layout.dataset_prefix(config["paths"]["results"], run.variant)).name)
+
+
+def neox_data_prefix(config: Mapping, run, work_dir: Path) -> str:
+    """The data prefix a run's GPT-NeoX segments read, prepared under ``work_dir``: the
+    Megatron dataset with the suite's index maps (``data.source: raw``), or the preshuffled set
+    with hand-built ones (``preshuffled``). Same token stream as the PyTorch backend."""
+    from pythia_suite import config as cfg
+    from pythia_suite import layout
+
+    results = config["paths"]["results"]
+    seq_length = config["model"]["seq_length"]
+    if config["data"]["source"] == "preshuffled":
+        neox_cfg = cfg.neox_config(dict(config), run)
+        global_batch = config["training"]["global_batch"]
+        return preshuffled_index_maps(
+            layout.preshuffled_prefix(results, run.variant),
+            work_dir,
+            seq_length=seq_length,
+            seed=_get(neox_cfg, "seed"),
+            requested=_requested_samples(neox_cfg, global_batch),
+            min_items=config["training"]["train_iters"] * global_batch,
+        )
+    return _suite_index_maps(
+        layout.dataset_prefix(results, run.variant),
+        layout.order_dir(results, run.variant, run.data_seed),
+        work_dir,
+        num_samples=cfg.num_samples(dict(config)),
+        seq_length=seq_length,
+        seed=run.data_seed,
+    )
+
+
+# --- a segment, start to finish ----------------------------------------------------------------
+
+# What DeepSpeed's pipeline engine writes into global_stepN (GPT-NeoX v1.0, pipe-parallel-size 1).
+_NEOX_STEP_FILES = ("mp_rank_00_model_states.pt", "layer_00-model_00-model_states.pt")
+
+
+def neox_step_complete(global_step_dir: Path) -> bool:
+    """Whether ``global_stepN`` holds the files a finished save writes (a killed save may leave
+    the directory without them)."""
+    return all((Path(global_step_dir) / name).is_file() for name in _NEOX_STEP_FILES)
+
+
+def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLike,
+                       inputs: Sequence[Path] = ()) -> Path:  # fmt: skip
+    """Train the segment ending at ``step`` with GPT-NeoX v1.0, convert its checkpoint with
+    GPT-NeoX's converter, and write the workflow's checkpoint ``output`` (weights, trainer
+    state, provenance record naming ``inputs``) as the PyTorch backend does.
+
+    GPT-NeoX keeps its own checkpoints (``global_stepN``, ZeRO shards included) under
+    ``paths.state/<run>/neox/checkpoints``, outside the declared outputs. Step 0 is saved by the
+    first segment (0 is in ``extra-save-iters``), so the step0 job runs that segment and the
+    next job reuses what exists. The state dir lock is held throughout, so a restarted Snakemake
+    waits for this job (``await-segment``). Raises ``ConfigError`` for a missing checkout or
+    differing seeds, ``NeoXError`` when GPT-NeoX or its converter fail.
+    """
+    from pythia_suite import config as cfg
+    from pythia_suite import layout
+    from pythia_suite.train.checkpoint import state_dir_lock
+
+    settings = config["training"]["neox"]
+    if not settings["dir"]:
+        raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
+    check_seeds(run)
+    steps = cfg.checkpoint_steps(dict(config))
+    end = step if step > 0 else steps[1]
+    start = cfg.previous_step(dict(config), end)
+    state = Path(layout.state_dir(config["paths"]["state"], run.name))
+    base = neox_work_dir(config, run)
+    save_dir, work = base / "checkpoints", base / f"step{end}"
+    nodes = config["sizes"][run.size]["cluster"]["nodes"]
+    started = time.time()
+    with state_dir_lock(state):
+        segment = NeoXSegment(
+            save_dir=save_dir,
+            start_step=start,
+            end_step=end,
+            data_prefix=neox_data_prefix(config, run, base / "data"),
+            vocab_file=str(Path(layout.tokenizer(config["paths"]["results"])).resolve()),
+            nodes=nodes,
+        )
+        segment_yml = work / "segment.yml"
+        work.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            segment_yml,
+            yaml.safe_dump(run_neox_config(config, run, segment=segment), sort_keys=False,
+                           default_flow_style=None),
+        )  # fmt: skip
+        global_dir = save_dir / f"global_step{step}"
+        if not neox_step_complete(global_dir):
+            run_neox_segment(
+                settings["dir"],
+                segment_yml,
+                save_dir=save_dir,
+                start_step=start,
+                end_step=end,
+                slots_per_node=slots_per_node(config, run.size),
+                work_dir=work,
+                master_port=settings["master_port"],
+                python=settings["python"],
+            )
+        hf_dir = convert_neox_checkpoint(
+            settings["dir"], global_dir, segment_yml, work / f"hf-step{step}",
+            python=settings["python"], log_path=work / f"convert-step{step}.log",
+        )  # fmt: skip
+        return checkpoint_from_hf_dir(
+            hf_dir, output, cfg.hf_config(dict(config), run), step=step, start_step=start,
+            neox_checkpoint=global_dir, record_config={"run": run.as_dict(), "backend": "neox",
+            "neox": dict(settings)}, inputs=inputs, started=started,
+            world_size=nodes * slots_per_node(config, run.size),
+        )  # fmt: skip
+
+
+def checkpoint_from_hf_dir(
+    hf_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    hf_config: dict,
+    *,
+    step: int,
+    start_step: int,
+    neox_checkpoint: str | os.PathLike,
+    record_config: dict,
+    inputs: Sequence[Path] = (),
+    started: float | None = None,
+    world_size: int | None = None,
+) -> Path:
+    """The workflow's checkpoint ``output`` from a converted GPT-NeoX checkpoint.
+
+    Reads the converter's weights (one file or an index of shards: ``export.load_hf_weights``),
+    writes them as fp32 ``model.safetensors`` with ``hf_config.json`` and a
+    ``trainer_state.json`` in the PyTorch backend's format (``backend: neox``, the
+    ``global_stepN`` it came from, which retention prunes like ``optimizer/``), renames the
+    directory into place, then writes its provenance record: so ``checkpoint_complete``,
+    ``verify``, export and retention take it as they take the PyTorch backend's. Raises
+    ``ExportError`` naming the file when the converted weights cannot be read.
+    """
+    from safetensors.torch import save_file
+
+    from pythia_suite.atomic import atomic_directory, write_json_atomic
+    from pythia_suite.export import load_hf_weights
+    from pythia_suite.provenance import Recorder
+    from pythia_suite.train.checkpoint import TRAINER_STATE_FORMAT
+
+    output = Path(output)
+    tensors = load_hf_weights(hf_dir, framework="pt")
+    recorder = Recorder(output, "checkpoint", record_config, list(inputs))
+    if started is not None:
+        recorder.started = started
+    state = {
+        "format": TRAINER_STATE_FORMAT,
+        "step": step,
+        "start_step": start_step,
+        "backend": "neox",
+        "neox_checkpoint": str(Path(neox_checkpoint).resolve()),
+        "world_size": world_size,
+        "history": [],  # GPT-NeoX logs its losses itself (neox.log in the state dir)
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        shutil.rmtree(output)
+    with atomic_directory(output) as tmp:
+        save_file({k: v.float().contiguous() for k, v in tensors.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
+        write_json_atomic(tmp / "hf_config.json", hf_config, indent=1)
+        write_json_atomic(tmp / "trainer_state.json", state, indent=1)
+    recorder.extra = {"neox_checkpoint": state["neox_checkpoint"], "world_size": world_size}
+    recorder.write()
+    return output
+
+
+# --- neox-doctor ---------------------------------------------------------------------------------
+
+# What envs/gpt-neox.yaml installs; the doctor checks the environment against it.
+# GPT-NeoX v1.0 README: "developed and tested for Python 3.8"; 3.9 "appears to work".
+SUPPORTED_PYTHON = ((3, 8), (3, 9))
+PINNED_TORCH = "1.12.1"  # envs/gpt-neox.yaml
+FUSED_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
+
+# Run by the GPT-NeoX environment's Python: reports what it has, never fails itself.
+_PROBE = r"""
+import importlib, json, sys
+out = {"python": list(sys.version_info[:3])}
+sys.path.insert(0, sys.argv[1])
+def attempt(name):
+    try:
+        module = importlib.import_module(name)
+        return {"ok": True, "version": getattr(module, "__version__", None)}
+    except BaseException as err:
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+out["torch"] = attempt("torch")
+if out["torch"]["ok"]:
+    import torch
+    out["torch"]["cuda"] = torch.version.cuda
+    try:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        out["gpus"] = [{"name": torch.cuda.get_device_name(i),
+                        "capability": list(torch.cuda.get_device_capability(i))} for i in range(n)]
+    except BaseException as err:
+        out["gpus"] = []
+        out["gpu_error"] = f"{type(err).__name__}: {err}"
+out["deepspeed"] = attempt("deepspeed")
+out["megatron"] = attempt("megatron")
+out["kernels"] = {name: attempt(name) for name in sys.argv[2:]}
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class DoctorCheck:
+    """One line of ``neox-doctor``: what was checked, whether it passed, what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def kernel_archs(neox_dir: str | os.PathLike) -> list[tuple[int, int]]:
+    """The GPU architectures GPT-NeoX's fused kernels are compiled for (``code=sm_XY`` in
+    ``megatron/fused_kernels/setup.py``; v1.0: sm_70 and sm_80). Empty when unreadable."""
+    path = Path(neox_dir) / "megatron" / "fused_kernels" / "setup.py"
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    found = {(int(m[0]), int(m[1])) for m in re.findall(r"code=sm_(\d)(\d+)", text)}
+    return sorted(found)
+
+
+def arch_supported(capability: Sequence[int], archs: Sequence[tuple[int, int]]) -> bool:
+    """Whether a GPU of compute capability ``(major, minor)`` runs cubins built for ``archs``:
+    same major, built minor <= the GPU's (CUDA's binary compatibility; no PTX is embedded)."""
+    major, minor = int(capability[0]), int(capability[1])
+    return any(a_major == major and a_minor <= minor for a_major, a_minor in archs)
+
+
+def _git_head(neox_dir: Path) -> str:
+    proc = subprocess.run(["git", "-C", str(neox_dir), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    if proc.returncode != 0:
+        raise NeoXError(proc.stderr.strip() or f"git rev-parse failed in {neox_dir}")
+    return proc.stdout.strip()
+
+
+def _probe(python: str, neox_dir: Path) -> dict:
+    try:
+        proc = subprocess.run([python, "-c", _PROBE, str(neox_dir), *FUSED_KERNELS],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    except OSError as err:
+        raise NeoXError(f"cannot run {python}: {err}") from None
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-5:])
+        raise NeoXError(
+            f"{python} could not run the probe (exit {proc.returncode}): {tail}"
+        ) from None
+
+
+def neox_doctor(
+    neox_dir: str | os.PathLike | None,
+    python: str = "python",
+    *,
+    git_head: Callable[[Path], str] = _git_head,
+    probe: Callable[[str, Path], dict] = _probe,
+) -> list[DoctorCheck]:
+    """Check that GPT-NeoX v1.0 can launch here, in order; stops at the first failure.
+
+    The checkout (deepy.py, pinned commit), the environment's Python and torch (a CUDA build)
+    versions, ``deepspeed`` and ``megatron`` importable, the fused kernels built, and every GPU's
+    architecture among the kernels'. ``git_head`` and ``probe`` (what ``python`` reports about
+    itself) are parameters so that each failure can be tested without GPT-NeoX. Returns the
+    checks done; the last one failed when any did.
+    """
+    checks: list[DoctorCheck] = []
+
+    def passed(name: str, ok: bool, detail: str, fix: str = "") -> bool:
+        checks.append(DoctorCheck(name, ok, detail if ok else f"{detail}{fix}"))
+        return ok
+
+    if not neox_dir:
+        passed("GPT-NeoX checkout", False, "training.neox.dir is not set (envs/gpt-neox.yaml)")
+        return checks
+    root = Path(neox_dir)
+    deepy = root / "deepy.py"
+    if not passed("GPT-NeoX checkout", deepy.is_file(), str(deepy), " not found"):
+        return checks
+    try:
+        head = git_head(root)
+    except (NeoXError, OSError, subprocess.SubprocessError) as err:
+        passed("pinned commit", False, f"cannot read the commit of {root}: {err}")
+        return checks
+    pinned = f", expected {NEOX_V1_COMMIT} (tag v1.0)"
+    if not passed("pinned commit", head == NEOX_V1_COMMIT, f"{root} is at {head}", pinned):
+        return checks
+    try:
+        found = probe(python, root)
+    except NeoXError as err:
+        passed("Python", False, str(err))
+        return checks
+
+    version = tuple(found.get("python", ()))
+    wanted = " or ".join(f"{a}.{b}" for a, b in SUPPORTED_PYTHON)
+    detail = f"{python}: Python {'.'.join(map(str, version))}"
+    if not passed("Python", version[:2] in SUPPORTED_PYTHON, detail, f"; v1.0 needs {wanted}"):
+        return checks
+
+    torch = found.get("torch", {})
+    if not torch.get("ok"):
+        passed("torch", False, f"not importable: {torch.get('error')}")
+        return checks
+    good = str(torch.get("version", "")).split("+")[0] == PINNED_TORCH and bool(torch.get("cuda"))
+    detail = f"torch {torch.get('version')} (CUDA {torch.get('cuda')})"
+    fix = f"; envs/gpt-neox.yaml pins {PINNED_TORCH}, a CUDA build"
+    if not passed("torch", good, detail, fix):
+        return checks
+
+    for name in ("deepspeed", "megatron"):
+        module = found.get(name, {})
+        detail = f"importable (version {module.get('version')})"
+        if not module.get("ok"):
+            detail = f"not importable: {module.get('error')}"
+        if not passed(name, bool(module.get("ok")), detail):
+            return checks
+
+    kernels = found.get("kernels") or {}
+    missing = [name for name in FUSED_KERNELS if not kernels.get(name, {}).get("ok")]
+    fix = " (python megatron/fused_kernels/setup.py install)"
+    detail = f"not built: {', '.join(missing)}" if missing else "built: " + ", ".join(FUSED_KERNELS)
+    if not passed("fused kernels", not missing, detail, fix):
+        return checks
+
+    archs = kernel_archs(root)
+    built = ", ".join(f"sm_{a}{b}" for a, b in archs) or "no architecture found"
+    gpus = found.get("gpus") or []
+    if not gpus:
+        why = found.get("gpu_error") or "torch sees no CUDA device"
+        passed(
+            "GPU architecture", False, f"no GPU ({why}); the fused kernels are built for {built}"
+        )
+        return checks
+    bad = [g for g in gpus if not arch_supported(g["capability"], archs)]
+    seen = "; ".join(f"{g['name']} sm_{g['capability'][0]}{g['capability'][1]}" for g in gpus)
+    fix = " (no kernel for this GPU: H100-class needs the changes in envs/gpt-neox.yaml)"
+    passed("GPU architecture", not bad, f"{seen}; kernels built for {built}", fix)
+    return checks

@@ -1,0 +1,138 @@
+"""Shared by the stand-in GPT-NeoX scripts (tests only): the call log and the tiny model.
+
+The stand-ins cannot fake success: every process they start appends a line to ``calls.jsonl``
+beside this file (argv, the environment that decides ranks, host, pid), and the checkpoint the
+stand-in trainer writes holds the weights of a real transformers GPTNeoX, in GPT-NeoX v1.0's
+``layer_XX-model_00-model_states.pt`` layout, which the tests rebuild independently
+(``tiny_model``) to compare logits after conversion and export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CALLS = HERE / "calls.jsonl"
+RANK_ENV = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DLTS_HOSTFILE",
+    "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_NODEID",
+    "SLURM_STEP_ID", "SLURMD_NODENAME",
+)  # fmt: skip
+
+
+def log_call(prog: str, **extra) -> None:
+    """Append one JSON line (one write: O_APPEND keeps concurrent lines whole)."""
+    record = {
+        "prog": prog,
+        "argv": sys.argv[1:],
+        "env": {k: os.environ[k] for k in RANK_ENV if k in os.environ},
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.time(),
+        **extra,
+    }
+    fd = os.open(CALLS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def get(config: dict, key: str, default=None):
+    """A GPT-NeoX key in either spelling (as v1.0's tools do)."""
+    for spelling in (key.replace("_", "-"), key.replace("-", "_")):
+        if spelling in config:
+            return config[spelling]
+    return default
+
+
+def padded_vocab(config: dict) -> int:
+    """v1.0's padded vocabulary: the tokenizer's size rounded up to divisible-by x mp."""
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_file(get(config, "vocab-file")).get_vocab_size()
+    multiple = get(config, "make-vocab-size-divisible-by", 128) * get(
+        config, "model-parallel-size", 1
+    )
+    return math.ceil(size / multiple) * multiple
+
+
+def hf_config(config: dict, vocab_size: int):
+    """The transformers config v1.0's convert_to_hf.py derives from a GPT-NeoX config."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=get(config, "hidden-size"),
+        num_hidden_layers=get(config, "num-layers"),
+        num_attention_heads=get(config, "num-attention-heads"),
+        intermediate_size=get(config, "hidden-size") * 4,
+        rotary_pct=get(config, "rotary-pct", 1.0),
+        rotary_emb_base=get(config, "rotary-emb-base", 10000),
+        max_position_embeddings=get(config, "max-position-embeddings"),
+        layer_norm_eps=get(config, "layernorm-epsilon", 1e-5),
+        tie_word_embeddings=not get(config, "no-weight-tying", False),
+        use_parallel_residual=get(config, "gpt-j-residual", False),
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+
+
+def tiny_model(config: dict, vocab_size: int, step: int):
+    """The model "trained" to ``step``: seeded by the config's seed and the step, so every step
+    has other weights and anyone can rebuild them."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(get(config, "seed", 1234) * 100003 + step)
+    model = GPTNeoXForCausalLM(hf_config(config, vocab_size)).float().eval()
+    with torch.no_grad():  # LayerNorms start at 1/0: give them values a mix-up would show
+        for name, param in model.named_parameters():
+            if "layernorm" in name or "layer_norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+LAYER_KEYS = (
+    "input_layernorm.weight", "input_layernorm.bias",
+    "post_attention_layernorm.weight", "post_attention_layernorm.bias",
+    "attention.query_key_value.weight", "attention.query_key_value.bias",
+    "attention.dense.weight", "attention.dense.bias",
+    "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias",
+    "mlp.dense_4h_to_h.weight", "mlp.dense_4h_to_h.bias",
+)  # fmt: skip
+
+
+def output_layer_key(state_dict) -> str:
+    """transformers 4 names GPTNeoX's output layer ``embed_out``, transformers 5 ``lm_head``."""
+    return "embed_out.weight" if "embed_out.weight" in state_dict else "lm_head.weight"
+
+
+def save_neox_checkpoint(model, config: dict, out_dir: Path, step: int) -> None:
+    """``model`` as GPT-NeoX v1.0's pipeline engine saves it (model-parallel size 1):
+    layer_00 embeddings, layer_02.. transformer layers, layer_{L+3} final norm, layer_{L+4}
+    output layer, and mp_rank_00_model_states.pt with the iteration."""
+    import torch
+
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    layers = get(config, "num-layers")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def save(index: int, tensors: dict) -> None:
+        torch.save(tensors, tmp / f"layer_{index:02}-model_00-model_states.pt")
+
+    save(0, {"word_embeddings.weight": sd["gpt_neox.embed_in.weight"]})
+    for i in range(layers):
+        save(i + 2, {key: sd[f"gpt_neox.layers.{i}.{key}"] for key in LAYER_KEYS})
+    save(layers + 3, {"norm.weight": sd["gpt_neox.final_layer_norm.weight"],
+                      "norm.bias": sd["gpt_neox.final_layer_norm.bias"]})  # fmt: skip
+    save(layers + 4, {"final_linear.weight": sd[output_layer_key(sd)]})
+    torch.save({"iteration": step, "args": None}, tmp / "mp_rank_00_model_states.pt")
+    os.replace(tmp, out_dir)
