@@ -1,0 +1,536 @@
+"""Peak GPU memory per rank of one training step, traced without allocating a byte.
+
+How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
+
+- **Traced.** The transformers GPTNeoX is built under ``FakeTensorMode`` on the CPU with the
+  per-rank shapes of its layout, and one full training step runs inside
+  ``torch.distributed._tools.MemTracker``: forward under autocast in the run's precision, the
+  loss, backward (with activation checkpointing when configured), gradient clipping and the
+  AdamW step over fp32 master weights, twice (the first step creates the optimizer state;
+  ``reset_mod_stats`` between them, as torchtitan's estimator does). Peak bytes are read per
+  phase (forward, loss, backward, optimizer) by category: parameters, gradients, optimizer,
+  activations, temporaries.
+- **Tensor parallel: traced on Megatron's per-rank shapes.** ``shard_like_megatron`` replaces
+  the column-parallel weights (``query_key_value``, ``dense_h_to_4h``: rows and bias / TP), the
+  row-parallel weights (``attention.dense``, ``dense_4h_to_h``: columns / TP, bias replicated),
+  the vocabulary-parallel embedding and output layer (rows / TP) with their local shards, so
+  the traced rank computes exactly the local tensors a DTensor rank holds (whole heads per rank;
+  the loss over its vocabulary slice, as ``loss_parallel`` does). Residual-stream activations
+  stay full size, as in Megatron without sequence parallelism. Collective buffers are not
+  counted (NCCL's live outside the caching allocator: see the reserve).
+- **By rule.** ZeRO-1 (``ZeroRedundancyOptimizer`` over the data-parallel group) keeps the
+  optimizer state of its own partition only: the traced optimizer bytes are scaled by the
+  largest rank's share of the greedy, largest-first partition that ZeroRedundancyOptimizer
+  computes (``zero1_max_share``; an embedding matrix is never split, so the share can exceed
+  1/DP). DDP (data parallel > 1) keeps fp32 gradient buckets the size of the local parameters
+  for its whole life: counted under gradients.
+- **Layers by extrapolation.** A stack of identical layers adds the same bytes per layer to
+  every phase's peak, so the estimate traces 1 and 2 layers and extrapolates each phase's
+  peak linearly to the configured depth, then takes the largest phase. The benchmark
+  (``benchmarks/memory_plan.py --verify 410m``) and ``tests/test_train_memory.py`` check this
+  against a full-depth trace.
+
+CPU trace vs CUDA:
+- attention: on the CPU, SDPA dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
+  which saves the output and the log-sum-exp as CUDA's flash kernel does (no batch x heads x
+  seq^2 matrix). The plan assumes the flash backend on CUDA (the loop asserts it); the math
+  fallback would need more.
+- allocator and context: the trace counts tensor storage bytes, what
+  ``torch.cuda.max_memory_allocated`` reports. What a device loses besides (CUDA context, NCCL
+  and cuBLAS buffers, the caching allocator's rounding and fragmentation) is a reserve set a
+  priori in ``cluster.gpu_memory_reserve_gb`` and subtracted from the GPU's memory: not fitted
+  to any measurement.
+
+The plan of a config is cached (``results/plan/memory-<hash>.json``, keyed by everything the
+estimate reads and the torch/transformers versions) so the workflow checks it once, not at
+every Snakefile parse. ``read_cached_plan`` / ``plan_cache_path`` / ``memory_layouts`` do not
+import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+
+__all__ = [
+    "CATEGORIES",
+    "PHASES",
+    "PLAN_FORMAT",
+    "StepLayout",
+    "MemoryDoesNotFitError",
+    "memory_layouts",
+    "trace_step_peaks",
+    "estimate_layout",
+    "zero1_max_share",
+    "plan_cache_path",
+    "read_cached_plan",
+    "memory_plan",
+    "check_memory_plan",
+]
+
+PLAN_FORMAT = "pythia-suite/memory-plan/1"
+CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
+PHASES = ("forward", "loss", "backward", "optimizer")
+GB = 1e9
+GIB = 2**30
+# MemTracker's reference types -> the plan's categories (buffers: the rotary frequencies;
+# inputs: the token batch).
+_CATEGORY_OF = {
+    "Parameter": "parameters",
+    "Buffer": "parameters",
+    "Gradient": "gradients",
+    "Optstate": "optimizer",
+    "Activation": "activations",
+    "Inputs": "activations",
+    "Temp": "temporaries",
+    "Other": "temporaries",
+}
+
+
+class MemoryDoesNotFitError(RuntimeError):
+    """A size's layout needs more memory per GPU than its GPU record allows."""
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """What one rank of a size holds and runs: everything the estimate reads."""
+
+    size: str
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int  # padded vocabulary (a multiple of 128 x tensor_parallel)
+    intermediate: int
+    rotary_pct: float
+    seq_length: int
+    micro_batch: int
+    gas: int
+    precision: str
+    activation_checkpointing: bool
+    tensor_parallel: int
+    data_parallel: int
+    gpu_name: str
+    gpu_memory_gb: float
+    reserve_gb: float
+
+    def hf_config(self, layers: int | None = None) -> dict:
+        """The transformers GPTNeoXConfig fields of the (unsharded) model, ``layers`` deep."""
+        return {
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "num_hidden_layers": layers or self.layers,
+            "num_attention_heads": self.heads,
+            "intermediate_size": self.intermediate,
+            "rotary_pct": self.rotary_pct,
+            "max_position_embeddings": self.seq_length,
+            "use_parallel_residual": True,
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "hidden_dropout": 0.0,
+            "attention_dropout": 0.0,
+        }
+
+    @property
+    def limit_bytes(self) -> float:
+        """Bytes tensors may use: the GPU's memory less the reserve (cluster.gpu_memory_reserve_gb)."""
+        return (self.gpu_memory_gb - self.reserve_gb) * GB
+
+
+def _activation_checkpointing(config: dict, run) -> bool:
+    """The run's activation checkpointing: the original's ``checkpoint-activations``."""
+    from ..config import neox_config
+
+    return bool(neox_config(config, run).get("checkpoint-activations", False))
+
+
+def memory_layouts(config: dict) -> dict[str, StepLayout]:
+    """Run name -> its ``StepLayout`` for every GPU run (``gpus_per_node > 0``) of the matrix.
+
+    Each rank runs the size's configured micro-batch; data parallel = GPUs / tensor_parallel.
+    """
+    from ..config import expand_runs, gpu_record, padded_vocab_size, precision
+
+    layouts = {}
+    for name, run in expand_runs(config).items():
+        size = config["sizes"][run.size]
+        cluster = size["cluster"]
+        if not cluster["gpus_per_node"]:
+            continue  # CPU layouts are exempt: no device memory to plan
+        gpu = gpu_record(config, run.size)
+        devices = cluster["nodes"] * cluster["gpus_per_node"]
+        layouts[name] = StepLayout(
+            size=run.size,
+            hidden=size["hidden"],
+            layers=size["layers"],
+            heads=size["heads"],
+            vocab=padded_vocab_size(config, run.size),
+            intermediate=config["model"]["mlp_ratio"] * size["hidden"],
+            rotary_pct=config["model"]["rotary_pct"],
+            seq_length=config["model"]["seq_length"],
+            micro_batch=size["micro_batch"],
+            gas=size["gas"],
+            precision=precision(config, run),
+            activation_checkpointing=_activation_checkpointing(config, run),
+            tensor_parallel=size["tensor_parallel"],
+            data_parallel=devices // size["tensor_parallel"],
+            gpu_name=gpu["name"],
+            gpu_memory_gb=float(gpu["memory_gb"]),
+            reserve_gb=float(config["cluster"]["gpu_memory_reserve_gb"]),
+        )
+    return layouts
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+def _fake_model(layout: StepLayout, layers: int):
+    """The GPTNeoX of ``layout`` with ``layers`` layers, fake fp32 weights, per-rank TP shapes.
+
+    Call inside ``FakeTensorMode``. Built with transformers directly, not ``model.build_model``:
+    its ``.float()`` swaps parameters, which fake tensors refuse (the model is fp32 already).
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = GPTNeoXConfig(**layout.hf_config(layers))
+    config.use_cache = False
+    with no_init_weights():
+        model = GPTNeoXForCausalLM(config).train()
+    if layout.tensor_parallel > 1:
+        shard_like_megatron(model, layout.tensor_parallel)
+    return model
+
+
+def shard_like_megatron(model, tp: int) -> None:
+    """Replace weights by one tensor-parallel rank's shards (Megatron's split), in place.
+
+    Column-parallel (output rows / tp, bias too): ``query_key_value``, ``dense_h_to_4h``,
+    ``lm_head``; row-parallel (input columns / tp, bias replicated): ``attention.dense``,
+    ``dense_4h_to_h``; vocabulary-parallel: ``embed_in``. GPT-NeoX's fused QKV rows are grouped
+    per head, so a row shard is whole heads and attention runs on the local heads. Raises
+    ``ValueError`` when heads, the FFN width or the vocabulary does not divide by ``tp``.
+    """
+    import torch
+    from torch import nn
+
+    config = model.config
+    for what, n in (
+        ("num_attention_heads", config.num_attention_heads),
+        ("intermediate_size", config.intermediate_size),
+        ("vocab_size", config.vocab_size),
+    ):
+        if n % tp:
+            raise ValueError(f"{what} {n} does not divide by tensor_parallel {tp}")
+
+    def shard(module: nn.Module, dim: int) -> None:
+        weight = module.weight
+        shape = list(weight.shape)
+        shape[dim] //= tp
+        module.weight = nn.Parameter(torch.empty(shape, dtype=weight.dtype))
+        if dim == 0 and getattr(module, "bias", None) is not None:
+            module.bias = nn.Parameter(torch.empty(shape[0], dtype=module.bias.dtype))
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        else:
+            module.num_embeddings = module.weight.shape[0]
+
+    for name, module in model.named_modules():
+        if name.endswith(("query_key_value", "dense_h_to_4h")) or name == "embed_out":
+            shard(module, 0)
+        elif name.endswith(("attention.dense", "dense_4h_to_h")):
+            shard(module, 1)
+    shard(model.get_input_embeddings(), 0)
+    shard(model.get_output_embeddings(), 0)
+
+
+class _PhasePeaks:
+    """Peak snapshot of each phase of a step, read from a ``MemTracker`` at phase boundaries.
+
+    Boundaries are public hooks: the model's forward pre-hook (forward starts); the final
+    LayerNorm's forward hook (the head and the loss start: output layer, cross-entropy and
+    their backward); its backward pre-hook (the layers' backward starts; clipping included);
+    the optimizer's step pre-hook. MemTracker keeps one running peak; it is restarted at each
+    boundary (its ``_peak_mem`` / ``_peak_mem_snap``, torch 2.13).
+    """
+
+    def __init__(self, tracker, model, optimizer) -> None:
+        self.tracker = tracker
+        self.phase: str | None = None
+        self.peaks: dict[str, dict[str, int]] = {}
+        final_norm = model.gpt_neox.final_layer_norm
+        self.handles = [
+            model.register_forward_pre_hook(lambda *a: self.enter("forward")),
+            final_norm.register_forward_hook(lambda *a: self.enter("loss")),
+            final_norm.register_full_backward_pre_hook(lambda *a: self.enter("backward")),
+            optimizer.register_step_pre_hook(lambda *a: self.enter("optimizer")),
+        ]
+
+    def enter(self, phase: str | None) -> None:
+        tracker = self.tracker
+        if not hasattr(tracker, "_peak_mem_snap"):
+            raise RuntimeError("this torch's MemTracker has no _peak_mem_snap: update _PhasePeaks")
+        if self.phase is not None:
+            ((_, snap),) = tracker._peak_mem_snap.items()
+            self.peaks[self.phase] = _categorise(snap)
+        current = tracker.get_tracker_snapshot()
+        tracker._peak_mem_snap = current
+        tracker._peak_mem = {dev: s["Total"] for dev, s in current.items()}
+        self.phase = phase
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _categorise(snapshot: dict) -> dict[str, int]:
+    out = dict.fromkeys(CATEGORIES, 0)
+    for ref, nbytes in snapshot.items():
+        key = getattr(ref, "value", ref)
+        if key != "Total":
+            out[_CATEGORY_OF[key]] += int(nbytes)
+    return out
+
+
+def _default_step(model, optimizer, tokens, *, precision: str, micro_batch: int) -> None:
+    """One training step of the PyTorch loop: its forward/backward, clipping, AdamW."""
+    import torch
+
+    from .loop import _autocast_factory, _forward_backward
+
+    _forward_backward(
+        model,
+        tokens,
+        micro_batch=micro_batch,
+        loss_scale=1.0,
+        autocast=_autocast_factory(precision, torch.device("cpu")),
+    )
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters()], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int]]:
+    """Trace two training steps of one rank of ``layout`` at depth ``layers`` (fake tensors).
+
+    Returns ``{phase: {category: bytes}}`` at each phase's peak during the second step (the
+    first creates the optimizer state). One rank, no DDP and an unsharded AdamW: the rules of
+    ``estimate_layout`` add what data parallelism changes.
+    """
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from .optim import build_optimizer, build_param_groups
+
+    if layout.precision == "fp16":
+        # The CPU has no fp16 autocast policy of its own: fp16 and bf16 cast alike, 2 bytes.
+        pass
+    with FakeTensorMode():
+        model = _fake_model(layout, layers)
+        if layout.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = build_optimizer(
+            build_param_groups(model, 0.1), betas=(0.9, 0.95), eps=1e-8, sharded=False
+        )
+        vocab_local = layout.vocab // layout.tensor_parallel
+        tokens = torch.randint(0, vocab_local, (layout.micro_batch, layout.seq_length + 1))
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer, tokens)
+        with tracker, contextlib.ExitStack() as stack:
+            for iteration in range(2):
+                phases = _PhasePeaks(tracker, model, optimizer) if iteration else None
+                if phases:
+                    stack.callback(phases.close)
+                    phases.enter(None)
+                _default_step(
+                    model,
+                    optimizer,
+                    tokens,
+                    precision=layout.precision,
+                    micro_batch=layout.micro_batch,
+                )
+                if phases:
+                    phases.enter(None)
+                else:
+                    tracker.reset_mod_stats()  # step 0 has no optimizer state yet
+        return phases.peaks
+
+
+def zero1_max_share(layout: StepLayout) -> float:
+    """Largest fraction of the optimizer state one ZeRO-1 rank keeps (1.0 at DP 1).
+
+    ``ZeroRedundancyOptimizer``'s partition: per parameter group (decay, then no decay), the
+    parameters largest first, each to the rank with the fewest elements so far.
+    """
+    if layout.data_parallel <= 1:
+        return 1.0
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .optim import build_param_groups
+
+    with FakeTensorMode():
+        model = _fake_model(layout, layout.layers)
+        groups = [[p.numel() for p in g["params"]] for g in build_param_groups(model, 0.1)]
+    del torch
+    sizes = [0] * layout.data_parallel
+    for group in groups:
+        for numel in sorted(group, reverse=True):
+            rank = sizes.index(min(sizes))
+            sizes[rank] += numel
+    return max(sizes) / sum(sizes)
+
+
+def _extrapolate(one: dict, two: dict, layers: int) -> dict[str, dict[str, int]]:
+    return {
+        phase: {c: one[phase][c] + (layers - 1) * (two[phase][c] - one[phase][c]) for c in CATEGORIES}
+        for phase in PHASES
+    }
+
+
+def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
+    """Peak bytes per rank of ``layout``, by category, with how each part was obtained.
+
+    ``full_depth`` traces all layers instead of extrapolating from 1 and 2 (slow; for checks).
+    """
+    started = time.perf_counter()
+    if full_depth or layout.layers <= 2:
+        phases = trace_step_peaks(layout, layout.layers)
+        depth = f"traced at full depth ({layout.layers} layers)"
+    else:
+        phases = _extrapolate(
+            trace_step_peaks(layout, 1), trace_step_peaks(layout, 2), layout.layers
+        )
+        depth = f"traced at 1 and 2 layers, extrapolated linearly to {layout.layers}"
+    traced = {phase: dict(cats) for phase, cats in phases.items()}
+    share = zero1_max_share(layout)
+    for cats in phases.values():
+        cats["optimizer"] = round(cats["optimizer"] * share)
+        if layout.data_parallel > 1:
+            # DDP's fp32 gradient buckets: one copy of the local parameters, for its whole life.
+            cats["gradients"] += _parameter_bytes(phases)
+    peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
+    breakdown = phases[peak_phase]
+    total = sum(breakdown.values())
+    return {
+        "size": layout.size,
+        "layout": asdict(layout),
+        "peak_bytes": total,
+        "peak_phase": peak_phase,
+        "breakdown": breakdown,
+        "phases": phases,
+        "traced_phases": traced,
+        "limit_bytes": layout.limit_bytes,
+        "fits": total <= layout.limit_bytes,
+        "method": {
+            "depth": depth,
+            "tensor_parallel": (
+                "traced on Megatron's per-rank shapes (shard_like_megatron)"
+                if layout.tensor_parallel > 1
+                else "none"
+            ),
+            "zero1_optimizer_share": share,
+            "ddp_buckets": layout.data_parallel > 1,
+        },
+        "trace_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def _parameter_bytes(phases: dict) -> int:
+    # Parameters are fp32 and the same in every phase; the rotary buffer is a few bytes.
+    return phases["forward"]["parameters"]
+
+
+# ----------------------------------------------------------------------------- the cached plan
+
+
+def _versions() -> dict:
+    return {pkg: metadata.version(pkg) for pkg in ("torch", "transformers")}
+
+
+def _plan_key(layouts: dict[str, StepLayout]) -> str:
+    blob = {
+        "format": PLAN_FORMAT,
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "versions": _versions(),
+        "layouts": {name: asdict(layout) for name, layout in sorted(layouts.items())},
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_cache_path(config: dict) -> Path:
+    """``{paths.results}/plan/memory-<hash>.json``: the hash covers every input of the plan."""
+    return Path(config["paths"]["results"]) / "plan" / f"memory-{_plan_key(memory_layouts(config))}.json"
+
+
+def read_cached_plan(config: dict) -> dict | None:
+    """The cached plan of this config, or None when none was written (no torch import)."""
+    path = plan_cache_path(config)
+    if not path.exists():
+        return None
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    if plan.get("format") != PLAN_FORMAT:
+        return None
+    return plan
+
+
+def memory_plan(config: dict, *, use_cache: bool = True, log=None) -> dict:
+    """The memory plan of every GPU run: read from the cache, else traced and cached.
+
+    Runs with the same layout (a size's standard and deduped runs) are traced once.
+    """
+    if use_cache:
+        cached = read_cached_plan(config)
+        if cached is not None:
+            return cached
+    layouts = memory_layouts(config)
+    estimates: dict[StepLayout, dict] = {}
+    for name, layout in layouts.items():
+        if layout not in estimates:
+            if log:
+                log(f"memory plan: tracing {layout.size} ({layout.precision}) for {name}")
+            estimates[layout] = estimate_layout(layout)
+    plan = {
+        "format": PLAN_FORMAT,
+        "versions": _versions(),
+        "runs": {name: estimates[layout] for name, layout in layouts.items()},
+    }
+    write_json_atomic(plan_cache_path(config), plan)
+    return plan
+
+
+def check_memory_plan(config: dict, *, log=None) -> dict:
+    """Raise ``MemoryDoesNotFitError`` naming every run whose estimate exceeds its limit.
+
+    Reads the cached plan (traced once if missing). CPU layouts are exempt.
+    """
+    if not memory_layouts(config):
+        return {"format": PLAN_FORMAT, "runs": {}}
+    plan = memory_plan(config, log=log)
+    failing = [
+        f"{name} (size {e['size']}): estimated peak {e['peak_bytes'] / GIB:.1f} GiB per GPU "
+        f"({_breakdown_text(e['breakdown'])}) exceeds the limit "
+        f"{e['limit_bytes'] / GIB:.1f} GiB ({e['layout']['gpu_name']}, "
+        f"{e['layout']['gpu_memory_gb']:g} GB less a {e['layout']['reserve_gb']:g} GB reserve)"
+        for name, e in plan["runs"].items()
+        if not e["fits"]
+    ]
+    if failing:
+        raise MemoryDoesNotFitError(
+            "layout does not fit in GPU memory; nothing was queued:\n  "
+            + "\n  ".join(failing)
+            + "\n(raise tensor_parallel, lower micro_batch and raise gas, or set "
+            "sizes.<size>.cluster.gpu; plan: `pythia-suite plan --memory`)"
+        )
+    return plan
+
+
+def _breakdown_text(breakdown: dict) -> str:
+    return ", ".join(f"{c} {breakdown[c] / GIB:.1f}" for c in CATEGORIES)
