@@ -170,6 +170,28 @@ def test_precision_per_variant_encodes_erratum_3(suite):
     assert cfg.precision(suite, cfg.get_run(suite, "pythia-1b-deduped")) == "fp16"
 
 
+def test_activation_checkpointing_has_one_source_the_sizes_neox_config(suite, mini):
+    expected = {size: size not in ("14m", "31m") for size in suite["sizes"]}
+    assert {size: cfg.activation_checkpointing(suite, size) for size in suite["sizes"]} == expected
+    for name in ("pythia-70m", "pythia-12b"):
+        run = cfg.get_run(suite, name)
+        values = cfg.train_settings_values(suite, run)
+        assert values["activation_checkpointing"] is True
+        assert cfg.neox_config(suite, run)["checkpoint-activations"] is True
+    # An overlay that turns it off for a size turns it off for both backends.
+    overlay = copy.deepcopy(suite)
+    overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = False
+    run = cfg.get_run(overlay, "pythia-70m")
+    assert cfg.train_settings_values(overlay, run)["activation_checkpointing"] is False
+    assert cfg.neox_config(overlay, run)["checkpoint-activations"] is False
+    # A null removes the key: GPT-NeoX's default, off.
+    overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = None
+    assert cfg.activation_checkpointing(overlay, "70m") is False
+    assert (
+        cfg.train_settings_values(mini, cfg.get_run(mini, "pythia-0.4m"))["compile_layers"] is False
+    )
+
+
 def test_plan_rows(suite):
     rows = {r["run"]: r for r in cfg.plan_rows(suite, 989.0, 0.4)}
     row = rows["pythia-12b"]

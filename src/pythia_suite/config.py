@@ -305,6 +305,18 @@ def world_size(config: dict, size: str) -> int:
     return layout["nodes"] * per_node
 
 
+def activation_checkpointing(config: dict, size: str) -> bool:
+    """Whether a size recomputes each layer's activations in the backward pass.
+
+    The one source is GPT-NeoX's `checkpoint-activations` as the size's neox config has it (the
+    size's `neox` over the common `neox`; null or absent: GPT-NeoX's default, false), so both
+    backends agree: true for the original 70m-12b, false for 14m and 31m.
+    """
+    common = config["neox"].get("checkpoint-activations")
+    value = config["sizes"][size].get("neox", {}).get("checkpoint-activations", common)
+    return bool(value)
+
+
 def gpu_record(config: dict, size: str) -> dict:
     """The accelerator a size trains on: `sizes.<size>.cluster.gpu`, else `cluster.gpu`.
 
@@ -563,6 +575,9 @@ def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
         "log_interval": training["log_interval"],
         "state_interval": training["state_interval"],
         "deterministic": training["deterministic"],
+        "activation_checkpointing": activation_checkpointing(config, run.size),
+        "compile_layers": training["compile_layers"],
+        "loss_chunk_tokens": training["loss_chunk_tokens"],
     }
 
 

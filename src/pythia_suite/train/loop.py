@@ -428,7 +428,12 @@ def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device
     """
     model = build_model(hf_config, device, empty=True)
     if settings.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if settings.compile_layers:
         for layer in model.base_model.layers:
             layer.compile()

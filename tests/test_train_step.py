@@ -1,0 +1,170 @@
+"""One training step and what it is made of: activation checkpointing, the chunked loss, the
+fp16 overflow skip, and the pieces the parallel and memory code call (prepare_model,
+init_train_state, train_step)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from train_support import TINY_CONFIG, RandomTokens, read_weights, tiny_settings
+
+from pythia_suite.train.distributed import DistributedEnv
+from pythia_suite.train.loop import (
+    chunked_cross_entropy,
+    forward_loss,
+    init_train_state,
+    prepare_model,
+    train_segment,
+    train_step,
+)
+from pythia_suite.train.model import init_gpt_neox_weights
+
+SINGLE = DistributedEnv(0, 1, 0, "127.0.0.1", 0, "single")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _segment(root, end, settings, samples=None, **kw):
+    return train_segment(
+        TINY_CONFIG,
+        settings,
+        samples or RandomTokens(),
+        start_checkpoint=None,
+        start_step=0,
+        end_step=end,
+        out_dir=root / f"step{end}",
+        log=io.StringIO(),
+        **kw,
+    )
+
+
+def _fresh_state(**overrides):
+    settings = tiny_settings(**overrides)
+    model = prepare_model(TINY_CONFIG, settings, CPU)
+    init_gpt_neox_weights(model, weight_seed=1234)
+    return init_train_state(model, settings, SINGLE, CPU)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float32, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float32, requires_grad=True)
+    labels = torch.randint(0, 50, (37,))
+    plain = F.cross_entropy(hidden @ weight.t(), labels)
+    g_hidden, g_weight = torch.autograd.grad(plain * 3.0, (hidden, weight))
+    for chunk in (1, 5, 36, 37, 100):  # uneven, single-row, exact and oversized chunks
+        chunked = chunked_cross_entropy(hidden, weight, labels, chunk)
+        c_hidden, c_weight = torch.autograd.grad(chunked * 3.0, (hidden, weight))
+        torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(c_hidden, g_hidden, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(c_weight, g_weight, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        chunked_cross_entropy(hidden, weight, labels, 0)
+
+
+def test_forward_loss_chunked_equals_transformers_logits_loss():
+    settings = tiny_settings()
+    model = prepare_model(TINY_CONFIG, settings, CPU)
+    init_gpt_neox_weights(model, weight_seed=7)
+    tokens = torch.from_numpy(RandomTokens().batch(0, 4))
+    reference = F.cross_entropy(
+        model(input_ids=tokens[:, :-1]).logits.flatten(0, 1), tokens[:, 1:].flatten()
+    )
+    ref_grads = torch.autograd.grad(reference, list(model.parameters()))
+    for chunk in (10**6, 7):  # one piece (plain) and 10 uneven chunks of the 64 tokens
+        loss = forward_loss(model, tokens, tiny_settings(loss_chunk_tokens=chunk))
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+        for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads, strict=True):
+            torch.testing.assert_close(
+                g, r, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            )
+
+
+def test_chunked_loss_trains_like_the_plain_loss(tmp_path):
+    plain = _segment(tmp_path / "plain", 4, tiny_settings())
+    chunked = _segment(tmp_path / "chunked", 4, tiny_settings(loss_chunk_tokens=24))
+    np.testing.assert_allclose(chunked["losses"], plain["losses"], rtol=1e-5)
+    a, b = read_weights(tmp_path / "plain/step4"), read_weights(tmp_path / "chunked/step4")
+    for key in a:
+        if not key.endswith("query_key_value.bias"):  # gradient is rounding noise (see support)
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+
+def test_activation_checkpointing_gives_the_same_losses_and_weights(tmp_path):
+    off = _segment(tmp_path / "off", 5, tiny_settings())
+    on = _segment(tmp_path / "on", 5, tiny_settings(activation_checkpointing=True))
+    np.testing.assert_allclose(on["losses"], off["losses"], rtol=1e-5)
+    a, b = read_weights(tmp_path / "off/step5"), read_weights(tmp_path / "on/step5")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
+
+
+def test_prepare_model_checkpoints_every_layer_only_when_asked():
+    on = prepare_model(TINY_CONFIG, tiny_settings(activation_checkpointing=True), CPU)
+    off = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
+    assert all(layer.gradient_checkpointing for layer in on.base_model.layers)
+    assert not any(layer.gradient_checkpointing for layer in off.base_model.layers)
+    # Same parameter names either way: checkpoints stay interchangeable.
+    assert [n for n, _ in on.named_parameters()] == [n for n, _ in off.named_parameters()]
+
+
+def test_activation_checkpointing_recomputes_in_backward():
+    """Counted, not assumed: with checkpointing every layer runs again in the backward pass."""
+    calls = {"on": 0, "off": 0}
+
+    def count(mode):
+        return lambda *args: calls.__setitem__(mode, calls[mode] + 1)
+
+    for mode in ("off", "on"):
+        state = _fresh_state(activation_checkpointing=mode == "on")
+        for layer in state.model.base_model.layers:
+            layer.input_layernorm.register_forward_pre_hook(count(mode))
+        train_step(state, torch.from_numpy(RandomTokens().batch(0, 8)))
+    layers, micro_steps = TINY_CONFIG["num_hidden_layers"], 2
+    assert calls == {"off": layers * micro_steps, "on": 2 * layers * micro_steps}
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def test_train_step_is_one_update_on_given_tokens():
+    state = _fresh_state()
+    before = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+    tokens = torch.from_numpy(RandomTokens().batch(0, 8))
+    first = train_step(state, tokens)
+    # Warmup from LR 0: the first update changes nothing, but counts on the schedule.
+    assert first.lr == 0.0 and not first.skipped and not first.stop_requested
+    assert np.isfinite(first.loss) and first.grad_norm > 0
+    assert state.progress.scheduler_iteration == 1
+    assert all(torch.equal(p, before[n]) for n, p in state.model.named_parameters())
+    second = train_step(state, tokens, stop_requested=True)
+    assert second.lr > 0 and second.stop_requested
+    assert not torch.equal(
+        state.model.base_model.embed_in.weight, before["gpt_neox.embed_in.weight"]
+    )
+    assert all(p.grad is None for p in state.model.parameters())
+
+
+def test_compile_layers_compiles_each_layer_in_place():
+    model = prepare_model(TINY_CONFIG, tiny_settings(compile_layers=True), CPU)
+    assert all(layer._compiled_call_impl is not None for layer in model.base_model.layers)
+    plain = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
+    assert all(layer._compiled_call_impl is None for layer in plain.base_model.layers)
