@@ -492,8 +492,11 @@ def total_tokens(config: dict) -> int:
     return training["train_iters"] * training["global_batch"] * config["model"]["seq_length"]
 
 
-def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
-    """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU."""
+def plan_rows(config: dict, gpu_peak_tflops: float | None, mfu: float) -> list[dict]:
+    """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU.
+
+    The FLOP peak is each size's `gpu_record` unless `gpu_peak_tflops` overrides it.
+    """
     training = config["training"]
     tokens = total_tokens(config)
     n_checkpoints = len(checkpoint_steps(config))
@@ -503,7 +506,8 @@ def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
     for run in expand_runs(config).values():
         total, non_embedding = parameter_counts(config, run.size)
         flops = training_flops_per_token(config, run.size) * tokens
-        gpu_hours = flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
+        peak = gpu_peak_tflops or gpu_record(config, run.size)["peak_tflops"]
+        gpu_hours = flops / (peak * 1e12 * mfu) / 3600
         rows.append(
             {
                 "run": run.name,
@@ -519,6 +523,8 @@ def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
                 "gpus": config["sizes"][run.size]["cluster"]["nodes"]
                 * config["sizes"][run.size]["cluster"]["gpus_per_node"],
                 "gpu_hours": gpu_hours,
+                "gpu": gpu_record(config, run.size)["name"],
+                "peak_tflops": peak,
             }
         )
     return rows

@@ -38,6 +38,12 @@ wildcard_constraints:
 
 
 onstart:
+    # Refuse a layout that cannot fit GPU memory before anything is queued: the cached memory
+    # plan (results/plan/memory-<hash>.json, traced once per config; CPU layouts exempt).
+    # onstart runs once per invocation, not in dry runs and not in the jobs' re-parses.
+    from pythia_suite.train import memory as train_memory
+
+    train_memory.check_memory_plan(config, log=print)
     # Every pythia-suite call reads the same merged, validated config as the workflow.
     suite_config.write_effective_config(config, EFFECTIVE_CONFIG)
 

@@ -114,6 +114,7 @@ class StepLayout:
     gas: int
     precision: str
     activation_checkpointing: bool
+    loss_chunk_tokens: int
     tensor_parallel: int
     data_parallel: int
     gpu_name: str
@@ -143,19 +144,14 @@ class StepLayout:
         return (self.gpu_memory_gb - self.reserve_gb) * GB
 
 
-def _activation_checkpointing(config: dict, run) -> bool:
-    """The run's activation checkpointing: the original's ``checkpoint-activations``."""
-    from ..config import neox_config
-
-    return bool(neox_config(config, run).get("checkpoint-activations", False))
-
-
 def memory_layouts(config: dict) -> dict[str, StepLayout]:
     """Run name -> its ``StepLayout`` for every GPU run (``gpus_per_node > 0``) of the matrix.
 
-    Each rank runs the size's configured micro-batch; data parallel = GPUs / tensor_parallel.
+    Each rank runs the size's configured micro-batch and gradient accumulation (the original
+    layout); data parallel = GPUs / tensor_parallel; precision, activation checkpointing and the
+    loss chunk as ``config.train_settings_values`` gives the loop.
     """
-    from ..config import expand_runs, gpu_record, padded_vocab_size, precision
+    from ..config import expand_runs, gpu_record, padded_vocab_size, train_settings_values
 
     layouts = {}
     for name, run in expand_runs(config).items():
@@ -164,6 +160,7 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
         if not cluster["gpus_per_node"]:
             continue  # CPU layouts are exempt: no device memory to plan
         gpu = gpu_record(config, run.size)
+        settings = train_settings_values(config, run)
         devices = cluster["nodes"] * cluster["gpus_per_node"]
         layouts[name] = StepLayout(
             size=run.size,
@@ -176,8 +173,9 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
             seq_length=config["model"]["seq_length"],
             micro_batch=size["micro_batch"],
             gas=size["gas"],
-            precision=precision(config, run),
-            activation_checkpointing=_activation_checkpointing(config, run),
+            precision=settings["precision"],
+            activation_checkpointing=settings["activation_checkpointing"],
+            loss_chunk_tokens=settings["loss_chunk_tokens"],
             tensor_parallel=size["tensor_parallel"],
             data_parallel=devices // size["tensor_parallel"],
             gpu_name=gpu["name"],
@@ -190,19 +188,35 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
 # ----------------------------------------------------------------------------- tracing
 
 
-def _fake_model(layout: StepLayout, layers: int):
-    """The GPTNeoX of ``layout`` with ``layers`` layers, fake fp32 weights, per-rank TP shapes.
+def _step_settings(layout: StepLayout):
+    """``TrainSettings`` of one rank's step: its micro-batch x gas rows, as the loop runs them.
 
-    Call inside ``FakeTensorMode``. Built with transformers directly, not ``model.build_model``:
-    its ``.float()`` swaps parameters, which fake tensors refuse (the model is fp32 already).
+    The LR and other values that change no tensor's size are placeholders.
     """
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-    from transformers.initialization import no_init_weights
+    from .loop import TrainSettings
 
-    config = GPTNeoXConfig(**layout.hf_config(layers))
-    config.use_cache = False
-    with no_init_weights():
-        model = GPTNeoXForCausalLM(config).train()
+    return TrainSettings(
+        global_batch=layout.micro_batch * layout.gas,
+        micro_batch=layout.micro_batch,
+        seq_length=layout.seq_length,
+        lr=1e-4,
+        min_lr=1e-5,
+        warmup_iters=0,
+        decay_iters=1,
+        precision=layout.precision,
+        activation_checkpointing=layout.activation_checkpointing,
+        loss_chunk_tokens=layout.loss_chunk_tokens,
+    )
+
+
+def _fake_model(layout: StepLayout, layers: int):
+    """The loop's model (``loop.prepare_model``) ``layers`` deep, fake fp32 weights, per-rank
+    tensor-parallel shapes. Call inside ``FakeTensorMode``."""
+    import torch
+
+    from .loop import prepare_model
+
+    model = prepare_model(layout.hf_config(layers), _step_settings(layout), torch.device("cpu"))
     if layout.tensor_parallel > 1:
         shard_like_megatron(model, layout.tensor_parallel)
     return model
@@ -266,7 +280,7 @@ class _PhasePeaks:
         self.peaks: dict[str, dict[str, int]] = {}
         final_norm = model.gpt_neox.final_layer_norm
         self.handles = [
-            model.register_forward_pre_hook(lambda *a: self.enter("forward")),
+            model.base_model.register_forward_pre_hook(lambda *a: self.enter("forward")),
             final_norm.register_forward_hook(lambda *a: self.enter("loss")),
             final_norm.register_full_backward_pre_hook(lambda *a: self.enter("backward")),
             optimizer.register_step_pre_hook(lambda *a: self.enter("optimizer")),
@@ -298,68 +312,77 @@ def _categorise(snapshot: dict) -> dict[str, int]:
     return out
 
 
-def _default_step(model, optimizer, tokens, *, precision: str, micro_batch: int) -> None:
-    """One training step of the PyTorch loop: its forward/backward, clipping, AdamW."""
-    import torch
+class _HostReads:
+    """Answers the step's host reads (loss, gradient norm: ``.tolist()``) with 1.0.
 
-    from .loop import _autocast_factory, _forward_backward
+    Fake tensors have no values; the loop's single host sync per step reads three scalars.
+    1.0 is finite, so the step takes the update path (the one that touches optimizer state).
+    """
 
-    _forward_backward(
-        model,
-        tokens,
-        micro_batch=micro_batch,
-        loss_scale=1.0,
-        autocast=_autocast_factory(precision, torch.device("cpu")),
-    )
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters()], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class HostReads(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                import torch
+
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    return 1.0
+                return func(*args, **(kwargs or {}))
+
+        return HostReads()
+
+
+class _ResetBeforeEachCall:
+    """``state.train_module`` for the tracer: ``tracker.reset_mod_stats()``, then the module."""
+
+    def __init__(self, module, tracker) -> None:
+        self.module = module
+        self.tracker = tracker
+
+    def __call__(self, *args, **kwargs):
+        self.tracker.reset_mod_stats()
+        return self.module(*args, **kwargs)
 
 
 def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int]]:
-    """Trace two training steps of one rank of ``layout`` at depth ``layers`` (fake tensors).
+    """Trace two ``loop.train_step`` calls of one rank of ``layout`` at depth ``layers``.
 
+    The model is ``loop.prepare_model``'s (activation checkpointing as configured), the state
+    ``loop.init_train_state``'s (fp32 master weights, AdamW, the fp16 loss scaler), the step
+    ``loop.train_step`` over ``micro_batch x gas`` rows: the loop's own code, on fake tensors.
     Returns ``{phase: {category: bytes}}`` at each phase's peak during the second step (the
-    first creates the optimizer state). One rank, no DDP and an unsharded AdamW: the rules of
+    first creates the optimizer state). One rank: no DDP, an unsharded AdamW; the rules of
     ``estimate_layout`` add what data parallelism changes.
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from .optim import build_optimizer, build_param_groups
+    from .distributed import DistributedEnv
+    from .loop import init_train_state, train_step
 
-    if layout.precision == "fp16":
-        # The CPU has no fp16 autocast policy of its own: fp16 and bf16 cast alike, 2 bytes.
-        pass
+    env = DistributedEnv(
+        rank=0, world_size=1, local_rank=0, master_addr="", master_port=0, source="single"
+    )
     with FakeTensorMode():
         model = _fake_model(layout, layers)
-        if layout.activation_checkpointing:
-            model.gradient_checkpointing_enable()
-        optimizer = build_optimizer(
-            build_param_groups(model, 0.1), betas=(0.9, 0.95), eps=1e-8, sharded=False
-        )
+        state = init_train_state(model, _step_settings(layout), env, torch.device("cpu"))
         vocab_local = layout.vocab // layout.tensor_parallel
-        tokens = torch.randint(0, vocab_local, (layout.micro_batch, layout.seq_length + 1))
+        rows = layout.micro_batch * layout.gas
+        tokens = torch.randint(0, vocab_local, (rows, layout.seq_length + 1))
         tracker = MemTracker()
-        tracker.track_external(model, optimizer, tokens)
-        with tracker, contextlib.ExitStack() as stack:
-            for iteration in range(2):
-                phases = _PhasePeaks(tracker, model, optimizer) if iteration else None
-                if phases:
-                    stack.callback(phases.close)
-                    phases.enter(None)
-                _default_step(
-                    model,
-                    optimizer,
-                    tokens,
-                    precision=layout.precision,
-                    micro_batch=layout.micro_batch,
-                )
-                if phases:
-                    phases.enter(None)
-                else:
-                    tracker.reset_mod_stats()  # step 0 has no optimizer state yet
+        tracker.track_external(model, state.optimizer, tokens)
+        # MemTracker refuses a second call of the root module (it takes it for a new iteration)
+        # unless its module stats are reset first; the loop calls it once per micro-step.
+        state.train_module = _ResetBeforeEachCall(state.train_module, tracker)
+        with tracker, _HostReads(), contextlib.ExitStack() as stack:
+            train_step(state, tokens)  # step 0 creates the optimizer state; measure step 1
+            phases = _PhasePeaks(tracker, model, state.optimizer)
+            stack.callback(phases.close)
+            phases.enter(None)
+            train_step(state, tokens)
+            phases.enter(None)
         return phases.peaks
 
 
@@ -371,7 +394,6 @@ def zero1_max_share(layout: StepLayout) -> float:
     """
     if layout.data_parallel <= 1:
         return 1.0
-    import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .optim import build_param_groups
@@ -379,7 +401,6 @@ def zero1_max_share(layout: StepLayout) -> float:
     with FakeTensorMode():
         model = _fake_model(layout, layout.layers)
         groups = [[p.numel() for p in g["params"]] for g in build_param_groups(model, 0.1)]
-    del torch
     sizes = [0] * layout.data_parallel
     for group in groups:
         for numel in sorted(group, reverse=True):
@@ -509,9 +530,10 @@ def memory_plan(config: dict, *, use_cache: bool = True, log=None) -> dict:
 def check_memory_plan(config: dict, *, log=None) -> dict:
     """Raise ``MemoryDoesNotFitError`` naming every run whose estimate exceeds its limit.
 
-    Reads the cached plan (traced once if missing). CPU layouts are exempt.
+    Reads the cached plan (traced once if missing). Exempt, with an empty plan: CPU layouts
+    (``gpus_per_node: 0``) and the ``neox`` backend (GPT-NeoX's own memory, not this step's).
     """
-    if not memory_layouts(config):
+    if config["training"]["backend"] != "pytorch" or not memory_layouts(config):
         return {"format": PLAN_FORMAT, "runs": {}}
     plan = memory_plan(config, log=log)
     failing = [

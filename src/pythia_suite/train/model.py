@@ -75,7 +75,11 @@ def build_model(hf_config: dict, device: torch.device | str = "cpu", *, empty: b
         skip_init = no_init_weights()
     with torch.device(device), skip_init:
         model = GPTNeoXForCausalLM(config)
-    return model.float().train()
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        # Only when needed: `.float()` swaps every parameter, which the memory tracer's fake
+        # tensors refuse (train.memory builds this model under FakeTensorMode).
+        model = model.float()
+    return model.train()
 
 
 def init_std(kind: str, *, hidden_size: int, num_layers: int, base_std: float = 0.02) -> float:
