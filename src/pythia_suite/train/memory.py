@@ -140,7 +140,7 @@ class StepLayout:
 
     @property
     def limit_bytes(self) -> float:
-        """Bytes tensors may use: the GPU's memory less the reserve (cluster.gpu_memory_reserve_gb)."""
+        """Bytes tensors may use: gpu.memory_gb less cluster.gpu_memory_reserve_gb."""
         return (self.gpu_memory_gb - self.reserve_gb) * GB
 
 
@@ -411,7 +411,9 @@ def zero1_max_share(layout: StepLayout) -> float:
 
 def _extrapolate(one: dict, two: dict, layers: int) -> dict[str, dict[str, int]]:
     return {
-        phase: {c: one[phase][c] + (layers - 1) * (two[phase][c] - one[phase][c]) for c in CATEGORIES}
+        phase: {
+            c: one[phase][c] + (layers - 1) * (two[phase][c] - one[phase][c]) for c in CATEGORIES
+        }
         for phase in PHASES
     }
 
@@ -488,7 +490,11 @@ def _plan_key(layouts: dict[str, StepLayout]) -> str:
 
 def plan_cache_path(config: dict) -> Path:
     """``{paths.results}/plan/memory-<hash>.json``: the hash covers every input of the plan."""
-    return Path(config["paths"]["results"]) / "plan" / f"memory-{_plan_key(memory_layouts(config))}.json"
+    return (
+        Path(config["paths"]["results"])
+        / "plan"
+        / f"memory-{_plan_key(memory_layouts(config))}.json"
+    )
 
 
 def read_cached_plan(config: dict) -> dict | None:
