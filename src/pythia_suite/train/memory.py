@@ -543,9 +543,9 @@ def check_memory_plan(config: dict, *, log=None) -> dict:
         return {"format": PLAN_FORMAT, "runs": {}}
     plan = memory_plan(config, log=log)
     failing = [
-        f"{name} (size {e['size']}): estimated peak {e['peak_bytes'] / GIB:.1f} GiB per GPU "
+        f"{name} (size {e['size']}): estimated peak {e['peak_bytes'] / GIB:.3g} GiB per GPU "
         f"({_breakdown_text(e['breakdown'])}) exceeds the limit "
-        f"{e['limit_bytes'] / GIB:.1f} GiB ({e['layout']['gpu_name']}, "
+        f"{e['limit_bytes'] / GIB:.3g} GiB ({e['layout']['gpu_name']}, "
         f"{e['layout']['gpu_memory_gb']:g} GB less a {e['layout']['reserve_gb']:g} GB reserve)"
         for name, e in plan["runs"].items()
         if not e["fits"]
@@ -561,4 +561,4 @@ def check_memory_plan(config: dict, *, log=None) -> dict:
 
 
 def _breakdown_text(breakdown: dict) -> str:
-    return ", ".join(f"{c} {breakdown[c] / GIB:.1f}" for c in CATEGORIES)
+    return ", ".join(f"{c} {breakdown[c] / GIB:.3g}" for c in CATEGORIES) + " GiB"
