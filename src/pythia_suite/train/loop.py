@@ -34,9 +34,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 import torch
@@ -97,6 +98,7 @@ _NOT_IN_SEGMENT_KEY = (
     "micro_batch",
     "deterministic",
     "zero_optimizer",
+    "tensor_parallel",
     "activation_checkpointing",
     "compile_layers",
     "loss_chunk_tokens",
@@ -110,14 +112,18 @@ class BatchSource(Protocol):
         """int64 array ``(global_batch, seq_length + 1)``: samples ``[step*B, (step+1)*B)``."""
         ...
 
+    # Optional (``SampleBatches`` has it): ``local_batch(step, global_batch, dp_rank, dp_size)``,
+    # data-parallel rank ``dp_rank``'s block of ``global_batch / dp_size`` rows, read alone.
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Every hyperparameter of a segment (Pythia's values as defaults where they are shared).
 
     ``micro_batch`` is sequences per rank per micro-step; gradient accumulation steps follow as
-    ``global_batch / (world_size * micro_batch)``. ``state_interval`` = snapshot every k steps
-    (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+    ``global_batch / (data-parallel ranks * micro_batch)``, where the data-parallel ranks are
+    ``world_size / tensor_parallel`` (``data_parallel_coords``). ``state_interval`` = snapshot
+    every k steps (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
 
     Memory and speed, not mathematics: ``activation_checkpointing`` recomputes each layer in the
     backward pass; ``compile_layers`` compiles each layer with ``torch.compile``; the loss is
@@ -153,6 +159,7 @@ class TrainSettings:
     state_interval: int = 0
     deterministic: bool = False
     zero_optimizer: bool = True
+    tensor_parallel: int = 1
     activation_checkpointing: bool = False
     compile_layers: bool = False
     loss_chunk_tokens: int = 8192
@@ -167,6 +174,7 @@ class TrainSettings:
             "decay_iters",
             "log_interval",
             "loss_chunk_tokens",
+            "tensor_parallel",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -283,15 +291,6 @@ def _rank0_check(env: DistributedEnv, check: Callable[[], object]) -> object:
     return result[0]
 
 
-def _any_rank(env: DistributedEnv, flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
@@ -316,6 +315,112 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         yield event
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[int, int]:
+    """``(data-parallel size, data-parallel rank)`` of this process.
+
+    Ranks form a (data, tensor) grid with the tensor index fastest, global rank =
+    ``dp_rank * tensor_parallel + tp_rank``: a node's GPUs share tensor groups (as Megatron's).
+    Tensor-parallel peers read the same rows.
+    """
+    tp = settings.tensor_parallel
+    return env.world_size // tp, env.rank // tp
+
+
+def local_rows(
+    samples: BatchSource, step: int, global_batch: int, dp_size: int, dp_rank: int
+) -> np.ndarray:
+    """Rows ``[r*B/D, (r+1)*B/D)`` of global batch ``step`` for data-parallel rank ``r`` of
+    ``D``: read alone where the source can (``local_batch``), else cut from ``batch``."""
+    read_local = getattr(samples, "local_batch", None)
+    if read_local is not None:
+        return read_local(step, global_batch, dp_rank, dp_size)
+    rows = global_batch // dp_size
+    return samples.batch(step, global_batch)[dp_rank * rows : (dp_rank + 1) * rows]
+
+
+class _Prefetcher:
+    """This rank's rows of each step, read one step ahead by a background thread (into pinned
+    memory on CUDA) and copied to the device without blocking."""
+
+    def __init__(
+        self,
+        samples: BatchSource,
+        settings: TrainSettings,
+        env: DistributedEnv,
+        device: torch.device,
+    ) -> None:
+        self.samples, self.settings, self.device = samples, settings, device
+        self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def tokens(self, step: int, next_step: int | None) -> torch.Tensor:
+        """Step ``step``'s rows on the device; starts reading ``next_step``'s."""
+        current = self._pending.pop(step, None) or self._pool.submit(self._load, step)
+        if next_step is not None and next_step not in self._pending:
+            self._pending[next_step] = self._pool.submit(self._load, next_step)
+        return current.result().to(self.device, non_blocking=True)
+
+    def _load(self, step: int) -> torch.Tensor:
+        s = self.settings
+        rows = local_rows(self.samples, step, s.global_batch, self.dp_size, self.dp_rank)
+        expected = (s.global_batch // self.dp_size, s.seq_length + 1)
+        if tuple(rows.shape) != expected or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"samples: rows of step {step} for data-parallel rank {self.dp_rank} of "
+                f"{self.dp_size} have shape {tuple(rows.shape)} and dtype {rows.dtype}, "
+                f"expected {expected} integer ids"
+            )
+        host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        return host.pin_memory() if self.device.type == "cuda" else host
+
+
+class _Fingerprints:
+    """The data fingerprints, on global rank 0 only: sha256 of each step's whole global batch
+    and the running sha256 of the segment (``hasher``), computed by a background thread while
+    the step trains. Other ranks neither read the global batch nor hash it."""
+
+    def __init__(self, samples: BatchSource, settings: TrainSettings, enabled: bool) -> None:
+        self.samples, self.settings, self.enabled = samples, settings, enabled
+        self.hasher = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint") if enabled else None
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Fingerprints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, step: int) -> None:
+        if self.enabled:
+            self._pending[step] = self._pool.submit(self._digest, step)
+
+    def result(self, step: int) -> str | None:
+        """Step ``step``'s digest (waits for it); the segment hash then includes the step."""
+        return self._pending.pop(step).result() if self.enabled else None
+
+    def hexdigest(self) -> str | None:
+        return self.hasher.hexdigest() if self.enabled else None
+
+    def _digest(self, step: int) -> str:
+        batch = self.samples.batch(step, self.settings.global_batch)
+        _check_batch(batch, step, self.settings)
+        data = np.ascontiguousarray(batch, dtype="<i8").tobytes()
+        self.hasher.update(data)
+        return hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- segment state
@@ -408,7 +513,8 @@ class Segment:
     hook: Callable[[str, int], None]
     log: _Log
     preempt: threading.Event
-    segment_hash: Any = None  # sha256 over the segment's batches (rank 0)
+    batches: _Prefetcher
+    fingerprints: _Fingerprints
     names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
     first_step: int = 0  # where this process started training (after a resume: the snapshot)
     started: float = field(default_factory=time.perf_counter)
@@ -543,6 +649,11 @@ def parallelize(
     optimizer is built over the parameters it leaves. This is where tensor parallelism and
     FSDP2 plug in.
     """
+    if settings.tensor_parallel != 1:
+        raise ValueError(
+            f"tensor_parallel {settings.tensor_parallel}: this trainer has no tensor "
+            "parallelism; run with tensor_parallel 1"
+        )
     train_module = LMLoss(model, settings)
     if env.world_size > 1:
         # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
@@ -555,14 +666,16 @@ def parallelize(
 
 
 def build_training_optimizer(
-    model: nn.Module, settings: TrainSettings, env: DistributedEnv
+    model: nn.Module, settings: TrainSettings, env: DistributedEnv, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the ranks when ``zero_optimizer``."""
+    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the ranks when ``zero_optimizer``;
+    torch's fused AdamW kernel on CUDA (the same update, one kernel for all parameters)."""
     return build_optimizer(
         build_param_groups(model, settings.weight_decay),
         betas=(settings.adam_beta1, settings.adam_beta2),
         eps=settings.adam_eps,
         sharded=env.world_size > 1 and settings.zero_optimizer,
+        fused=device.type == "cuda",
     )
 
 
@@ -596,7 +709,7 @@ def init_train_state(
         device=device,
         model=model,
         train_module=train_module,
-        optimizer=build_training_optimizer(model, settings, env),
+        optimizer=build_training_optimizer(model, settings, env, device),
         scaler=new_loss_scaler(settings),
         progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
     )
@@ -749,6 +862,8 @@ def train_segment(
             hook=hook or (lambda event, step: None),
             log=_Log(log, enabled=env.is_main),
             preempt=threading.Event(),
+            batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
+            fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
         )
         stack.callback(seg.log.close)
         stack.enter_context(distributed_context(env, device))
@@ -819,7 +934,7 @@ def _set_up(
             state.scaler.load_state_dict(saved["loss_scaler"])
         ckpt.restore_rng_state(saved["rng"])
         seg.log(f"starting at step {saved['step']} from {resume_from}")
-    seg.segment_hash = _segment_hasher(seg.samples, settings, progress, env)
+    seg.fingerprints.hasher = _segment_hasher(seg.samples, settings, progress, env)
     seg.first_step = progress.step
     seg.started = time.perf_counter()
     return state
@@ -830,26 +945,13 @@ def _train_iteration(seg: Segment, state: TrainState, it: int) -> None:
     log line, the hook, and a snapshot when due or when a rank got SIGTERM."""
     settings, env = state.settings, state.env
     t0 = time.perf_counter()
-    batch = seg.samples.batch(it, settings.global_batch)
-    _check_batch(batch, it, settings)
-    fingerprint = batch_fingerprint(batch)
-    if env.is_main:
-        seg.segment_hash.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-    rows = settings.global_batch // env.world_size
-    local = batch[env.rank * rows : (env.rank + 1) * rows]
-    tokens = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64)).to(state.device)
-
+    seg.fingerprints.submit(it)  # rank 0, in the background while the step trains
+    tokens = seg.batches.tokens(it, next_step=it + 1 if it + 1 < seg.end_step else None)
     result = train_step(state, tokens, stop_requested=seg.preempt.is_set())
+    fingerprint = seg.fingerprints.result(it)
     dt = time.perf_counter() - t0
-    _record_step(
-        state.progress,
-        it,
-        result,
-        settings.global_batch * settings.seq_length / dt,
-        fingerprint,
-        settings,
-        seg.log,
-    )
+    tokens_per_s = settings.global_batch * settings.seq_length / dt
+    _record_step(state.progress, it, result, tokens_per_s, fingerprint, settings, seg.log)
     if (it + 1) % settings.log_interval == 0 or it + 1 == seg.end_step:
         _log_progress(seg, state, it, result, dt)
     seg.hook("step_end", it + 1)
@@ -967,11 +1069,17 @@ def _check_arguments(
         raise ValueError(
             f"start_checkpoint=None (fresh weights) needs start_step=0, got {start_step}"
         )
-    rows_per_step = env.world_size * settings.micro_batch
-    if settings.global_batch % rows_per_step:
+    if env.world_size % settings.tensor_parallel:
         raise ValueError(
-            f"global_batch {settings.global_batch} is not a multiple of world_size "
-            f"{env.world_size} x micro_batch {settings.micro_batch}"
+            f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
+            f"{env.world_size}"
+        )
+    dp_size, _ = data_parallel_coords(env, settings)
+    if settings.global_batch % (dp_size * settings.micro_batch):
+        raise ValueError(
+            f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
+            f"{dp_size} (world_size {env.world_size} / tensor_parallel "
+            f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
         )
     if settings.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
@@ -1125,7 +1233,7 @@ def _trainer_state(seg: Segment, state: TrainState, step: int) -> dict:
         "tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else None,
         "data_fingerprint": {
             "algorithm": "sha256 over int64 little-endian token ids, batch rows in order",
-            "segment": seg.segment_hash.hexdigest() if env.is_main else None,
+            "segment": seg.fingerprints.hexdigest(),
             "steps": {str(r["iteration"]): r["tokens_sha256"] for r in history},
         },
         "settings": dataclasses.asdict(settings),
