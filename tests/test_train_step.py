@@ -14,6 +14,7 @@ from train_support import TINY_CONFIG, RandomTokens, read_weights, tiny_settings
 
 from pythia_suite.train.distributed import DistributedEnv
 from pythia_suite.train.loop import (
+    attention_kernel,
     chunked_cross_entropy,
     forward_loss,
     init_train_state,
@@ -168,3 +169,76 @@ def test_compile_layers_compiles_each_layer_in_place():
     assert all(layer._compiled_call_impl is not None for layer in model.base_model.layers)
     plain = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
     assert all(layer._compiled_call_impl is None for layer in plain.base_model.layers)
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def test_attention_runs_sdpa_without_a_mask_so_flash_is_eligible():
+    model = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
+    assert model.config._attn_implementation == "sdpa"
+    masks = []
+    for layer in model.base_model.layers:
+        layer.attention.register_forward_pre_hook(
+            lambda mod, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+        )
+    model(input_ids=torch.zeros(2, 8, dtype=torch.long))
+    # No materialised mask: causal by is_causal, which the flash kernel needs.
+    assert masks == [None] * TINY_CONFIG["num_hidden_layers"]
+    assert attention_kernel(model, tiny_settings(), CPU).startswith("SDPA ")
+
+
+def test_attention_kernel_names_the_fallback_and_why(monkeypatch):
+    model = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
+    real = F.scaled_dot_product_attention
+
+    def no_flash(*args, **kwargs):
+        from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+        if _cur_sdpa_kernel_backends() == [SDPBackend.FLASH_ATTENTION]:
+            raise RuntimeError("No available kernel. Aborting execution.\nmore")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_flash)
+    found = attention_kernel(model, tiny_settings(), CPU)
+    assert found.startswith("SDPA ") and "FLASH_ATTENTION" not in found.split(";")[0]
+    assert "refused: FLASH_ATTENTION: No available kernel. Aborting execution." in found
+
+
+def test_rotary_runs_in_the_compute_dtype_under_autocast_only():
+    model = prepare_model(TINY_CONFIG, tiny_settings(), CPU)
+    init_gpt_neox_weights(model, weight_seed=3)
+    seen = []
+    model.base_model.rotary_emb.register_forward_hook(lambda m, a, out: seen.append(out[0].dtype))
+    tokens = torch.from_numpy(RandomTokens().batch(0, 2))
+    fp32 = forward_loss(model, tokens, tiny_settings())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = forward_loss(model, tokens, tiny_settings())
+    assert seen == [torch.float32, torch.bfloat16]
+    # bf16 end to end stays close to fp32 (the rotary values are rounded, not the angles).
+    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)
+
+
+def test_fused_adamw_is_the_same_update():
+    from pythia_suite.train.optim import build_optimizer
+
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 3))
+        opt = build_optimizer(
+            [{"params": [w], "weight_decay": 0.1}],
+            betas=(0.9, 0.95),
+            eps=1e-8,
+            sharded=False,
+            fused=fused,
+        )
+        assert opt.param_groups[0]["fused"] is (True if fused else None)
+        for group in opt.param_groups:
+            group["lr"] = 1e-2
+        for _ in range(3):
+            (w**2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        results.append(w.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)

@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -533,6 +534,7 @@ def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device
     it; tensor parallelism is applied later, by ``parallelize``, to the initialised model.
     """
     model = build_model(hf_config, device, empty=True)
+    model.base_model.rotary_emb.register_forward_hook(_rotary_in_compute_dtype)
     if settings.activation_checkpointing:
         kwargs = {"use_reentrant": False}
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
@@ -544,6 +546,54 @@ def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device
         for layer in model.base_model.layers:
             layer.compile()
     return model
+
+
+def _rotary_in_compute_dtype(module: nn.Module, args, output):
+    """Under autocast, hand the layers rotary cos/sin in the compute dtype (fp16/bf16).
+
+    transformers returns them in the residual stream's dtype (fp32), which turns ``q * cos``
+    into an fp32 product of the half-precision q and k: two full fp32 copies per layer. Exact
+    enough in half precision because the angles (position x inverse frequency) are still
+    computed in fp32, only the values in [-1, 1] are rounded (relative 2^-11 in fp16, 2^-8 in
+    bf16), and q, k are half precision already; GPT-NeoX v1.0 itself applied rotary in the
+    training dtype (``cos_cached.to(x.dtype)``), Pythia's runs included.
+    """
+    device_type = output[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return output
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in output)
+
+
+def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.device) -> str:
+    """Which scaled-dot-product-attention kernel the model's attention runs, checked by trying.
+
+    transformers' ``sdpa`` attention with no mask (causal by ``is_causal``) is what the flash
+    kernel needs. Tries flash, then memory-efficient, then math, at the model's head size in
+    the compute dtype on ``device``, and returns ``"SDPA flash"`` or the fallback's name with
+    why flash was refused. The loop logs it at start-up.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    impl = model.config._attn_implementation
+    if impl != "sdpa":
+        return f"{impl} attention (not SDPA: no flash kernel)"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision, torch.float32)
+    heads = model.config.num_attention_heads
+    q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
+    refused = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")  # torch warns why; the reason is kept below
+                F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        except RuntimeError as err:
+            refused.append(f"{backend.name}: {str(err).splitlines()[0]}")
+            continue
+        if not refused:
+            return f"SDPA {backend.name} ({device.type}, {dtype})"
+        return f"SDPA {backend.name} ({device.type}, {dtype}); refused: {'; '.join(refused)}"
+    return f"no SDPA kernel ({device.type}, {dtype}): {'; '.join(refused)}"
 
 
 class LMLoss(nn.Module):
@@ -896,6 +946,7 @@ def _set_up(
 ) -> TrainState:
     """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state."""
     model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     n_params = count_parameters(model)
     _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
 
