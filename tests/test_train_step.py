@@ -36,7 +36,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _segment(root, end, settings, samples=None, **kw):
+def _segment(root, end, settings, samples=None, log=None, **kw):
     return train_segment(
         TINY_CONFIG,
         settings,
@@ -45,7 +45,7 @@ def _segment(root, end, settings, samples=None, **kw):
         start_step=0,
         end_step=end,
         out_dir=root / f"step{end}",
-        log=io.StringIO(),
+        log=log or io.StringIO(),
         **kw,
     )
 
@@ -242,3 +242,84 @@ def test_fused_adamw_is_the_same_update():
             opt.zero_grad()
         results.append(w.detach().clone())
     torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- fp16 overflow skip
+
+
+def _poison_iterations(monkeypatch, iterations, micro_steps=2):
+    """Make the loss inf at the given iterations (0-based calls of train_step): an overflow as
+    fp16 gives one, injected where the loss is computed; the gradients become inf/NaN."""
+    real_ce = F.cross_entropy
+    calls = {"n": 0}
+
+    def overflowing(*args, **kwargs):
+        loss = real_ce(*args, **kwargs)
+        iteration = calls["n"] // micro_steps
+        calls["n"] += 1
+        return loss * float("inf") if iteration in iterations else loss
+
+    monkeypatch.setattr(F, "cross_entropy", overflowing)
+
+
+def test_overflow_skips_the_step_keeps_weights_and_schedule_halves_scale_after_hysteresis(
+    monkeypatch,
+):
+    # fp32 compute with fp16's dynamic loss scaler (window 1000, hysteresis 2): the skip path.
+    state = _fresh_state(loss_scaler_in_fp32=True, loss_scale_initial=2.0**12)
+    tokens = torch.from_numpy(RandomTokens().batch(0, 8))
+    _poison_iterations(monkeypatch, {2, 3})
+    results, snapshots = [], []
+    for _ in range(5):
+        snapshots.append(
+            (
+                {n: p.detach().clone() for n, p in state.model.named_parameters()},
+                state.progress.scheduler_iteration,
+                state.scaler.scale,
+            )
+        )
+        results.append(train_step(state, tokens))
+        state.progress.step += 1  # what the loop's record does
+    assert [r.skipped for r in results] == [False, False, True, True, False]
+    # A skipped step leaves every weight and the optimizer's moments as they were...
+    for i in (2, 3):
+        before, after = snapshots[i][0], snapshots[i + 1][0]
+        assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not all(torch.equal(snapshots[4][0][n], snapshots[1][0][n]) for n in snapshots[1][0])
+    # ...and does not advance the LR schedule: the next good step gets the LR the skip had.
+    assert [s[1] for s in snapshots] == [0, 1, 2, 2, 2]
+    assert results[2].lr == results[3].lr == results[4].lr > results[1].lr
+    assert state.progress.scheduler_iteration == 3
+    # Hysteresis 2: the first overflow only uses up the hysteresis, the second halves the scale.
+    assert [s[2] for s in snapshots] == [4096.0, 4096.0, 4096.0, 4096.0, 2048.0]
+    assert state.scaler.scale == 2048.0
+    assert not np.isfinite(results[2].loss)
+
+
+def test_overflow_without_a_loss_scaler_stops(monkeypatch):
+    from pythia_suite.train.loop import NonFiniteLossError
+
+    state = _fresh_state()
+    _poison_iterations(monkeypatch, {0})
+    with pytest.raises(NonFiniteLossError, match="loss is not finite at iteration 0"):
+        train_step(state, torch.from_numpy(RandomTokens().batch(0, 8)))
+
+
+def test_loss_scaler_in_fp32_trains_exactly_like_no_scaler_and_records_skips(tmp_path, monkeypatch):
+    plain = _segment(tmp_path / "plain", 4, tiny_settings())
+    # Scaling by 2^12 and unscaling are exact in fp32: the same numbers, bit for bit.
+    scaled = _segment(tmp_path / "scaled", 4, tiny_settings(loss_scaler_in_fp32=True))
+    assert scaled["losses"] == plain["losses"]
+    a, b = read_weights(tmp_path / "plain/step4"), read_weights(tmp_path / "scaled/step4")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert scaled["loss_scaler"]["cur_scale"] == 4096.0 and plain["loss_scaler"] is None
+
+    _poison_iterations(monkeypatch, {1})
+    log = io.StringIO()
+    skipped = _segment(tmp_path / "skip", 4, tiny_settings(loss_scaler_in_fp32=True), log=log)
+    assert [r["skipped"] for r in skipped["history"]] == [False, True, False, False]
+    assert skipped["scheduler"]["iteration"] == 3  # 4 iterations, one skipped
+    assert skipped["loss_scaler"]["cur_hysteresis"] == 1
+    assert "loss_scale 4096" in log.getvalue()
+    # The skipped loss does not enter the spike detector's window.
+    assert len(skipped["recent_losses"]) == 3 and all(np.isfinite(skipped["recent_losses"]))
