@@ -151,25 +151,12 @@ def check_config(config: dict, source: str = "config") -> None:
         if name not in used_sizes:
             continue
         key = f"sizes.{name}"
-        tp = size["tensor_parallel"]
-        devices = size["cluster"]["nodes"] * max(size["cluster"]["gpus_per_node"], 1)
         if size["hidden"] % size["heads"]:
             raise ConfigError(
                 f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
                 f"{size['heads']}"
             )
-        if devices % tp:
-            raise ConfigError(
-                f"{source}: {key}.tensor_parallel: {tp} does not divide the {devices} devices "
-                f"of {key}.cluster"
-            )
-        batch = size["micro_batch"] * size["gas"] * devices // tp
-        if batch != training["global_batch"]:
-            raise ConfigError(
-                f"{source}: {key}: micro_batch x gas x GPUs / tensor_parallel = "
-                f"{size['micro_batch']} x {size['gas']} x {devices} / {tp} = {batch}, "
-                f"but training.global_batch is {training['global_batch']}"
-            )
+        check_layout(config, name, source)
         if size["min_lr"] > size["lr"]:
             raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
         precision = size["precision"]
@@ -298,11 +285,48 @@ def padded_vocab_size(config: dict, size: str) -> int:
     return math.ceil(config["data"]["tokenizer"]["vocab_size"] / multiple) * multiple
 
 
-def world_size(config: dict, size: str) -> int:
-    """Training ranks of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU nodes."""
+def ranks_per_node(config: dict, size: str) -> int:
+    """Training processes per node of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU
+    nodes (gpus_per_node 0)."""
     layout = config["sizes"][size]["cluster"]
-    per_node = layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
-    return layout["nodes"] * per_node
+    return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
+
+
+def devices(config: dict, size: str) -> int:
+    """Devices (= training ranks) of a size: nodes x ranks_per_node. The one count of them."""
+    return config["sizes"][size]["cluster"]["nodes"] * ranks_per_node(config, size)
+
+
+def data_parallel_size(config: dict, size: str) -> int:
+    """Data-parallel ranks of a size: devices / tensor_parallel (each holds whole batch rows)."""
+    return devices(config, size) // config["sizes"][size]["tensor_parallel"]
+
+
+def check_layout(config: dict, size: str, source: str = "config") -> None:
+    """The original layout holds: micro_batch x gas x data-parallel ranks = global_batch.
+
+    A GPU always runs the size's configured micro_batch; a cluster layout on which that cannot
+    reach the global batch is refused, never silently changed. Raises ConfigError naming the
+    size, micro_batch, gas, devices, tensor_parallel and global_batch.
+    """
+    entry = config["sizes"][size]
+    key, tp, n = f"sizes.{size}", entry["tensor_parallel"], devices(config, size)
+    global_batch = config["training"]["global_batch"]
+    if n % tp:
+        raise ConfigError(
+            f"{source}: {key}.tensor_parallel: {tp} does not divide the {n} devices "
+            f"of {key}.cluster"
+        )
+    dp = n // tp
+    micro, gas = entry["micro_batch"], entry["gas"]
+    if micro * gas * dp != global_batch:
+        raise ConfigError(
+            f"{source}: {key}: micro_batch {micro} x gas {gas} x data-parallel ranks {dp} "
+            f"(devices {n} / tensor_parallel {tp}) = {micro * gas * dp} sequences per step, "
+            f"but training.global_batch is {global_batch}. Each GPU runs {key}.micro_batch as "
+            f"configured, so change {key}.gas or {key}.cluster (nodes x gpus_per_node) to "
+            f"reach it"
+        )
 
 
 def activation_checkpointing(config: dict, size: str) -> bool:
@@ -477,13 +501,36 @@ def parameter_counts(config: dict, size: str) -> tuple[int, int]:
     return non_embedding + embeddings, non_embedding
 
 
+def transformer_flops_per_token(
+    *, layers: int, hidden: int, intermediate: int, seq_length: int, vocab: int
+) -> int:
+    """Training FLOPs per token of a GPT-NeoX model, forward + backward, attention included.
+
+    The one FLOP formula of the suite (plan, segment summaries, MFU), PaLM's / Megatron's
+    counting with no recomputation: 6 FLOPs per matmul parameter per token (2 forward, 4
+    backward), output layer included, input embedding (a lookup) not; plus attention's scores
+    and weighted values, 2 matmuls of S x h per token per layer, x 6:
+
+        6 x L x (4 h^2 + 2 h ffn)  +  12 x L x S x h  +  6 x V x h
+
+    (= 72 L h^2 + 12 L S h + 6 V h for Pythia's ffn = 4h). Biases, norms, softmax and rotary
+    are left out, as in those papers. Activation checkpointing's recomputation is not counted:
+    MFU counts the model's FLOPs, not the hardware's.
+    """
+    matmul_params = layers * (4 * hidden * hidden + 2 * hidden * intermediate) + vocab * hidden
+    return 6 * matmul_params + 12 * layers * seq_length * hidden
+
+
 def training_flops_per_token(config: dict, size: str) -> int:
-    """Model FLOPs per token, forward + backward (Megatron's formula, no recomputation)."""
+    """Model FLOPs per token of a size, forward + backward (`transformer_flops_per_token`)."""
     s = config["sizes"][size]
-    h, layers = s["hidden"], s["layers"]
-    seq = config["model"]["seq_length"]
-    vocab = padded_vocab_size(config, size)
-    return 72 * layers * h * h + 12 * layers * seq * h + 6 * vocab * h
+    return transformer_flops_per_token(
+        layers=s["layers"],
+        hidden=s["hidden"],
+        intermediate=config["model"]["mlp_ratio"] * s["hidden"],
+        seq_length=config["model"]["seq_length"],
+        vocab=padded_vocab_size(config, size),
+    )
 
 
 def total_tokens(config: dict) -> int:
@@ -542,22 +589,18 @@ def write_effective_config(config: dict, path: str | Path) -> None:
 def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
     """Keyword arguments for `pythia_suite.train.loop.TrainSettings` of a run.
 
-    The PyTorch backend has no tensor parallelism: every rank is data parallel, so a rank's
-    micro-batch is the size's micro_batch where it divides the per-rank share of the global
-    batch, else their greatest common divisor (gradient accumulation makes up the rest).
+    Each rank runs the size's micro_batch with its gas (`check_layout` has refused a layout on
+    which they cannot make the global batch); the loop derives the accumulation steps from the
+    ranks it actually has, so a resume on another layout keeps the micro-batch.
     """
     size = config["sizes"][run.size]
     training = config["training"]
     scaler = training["loss_scaler"]
-    per_rank, remainder = divmod(training["global_batch"], world_size(config, run.size))
-    if remainder or per_rank == 0:
-        raise ConfigError(
-            f"training.global_batch: {training['global_batch']} sequences do not split evenly "
-            f"over the {world_size(config, run.size)} ranks of sizes.{run.size}.cluster"
-        )
+    check_layout(config, run.size)
     return {
         "global_batch": training["global_batch"],
-        "micro_batch": math.gcd(per_rank, size["micro_batch"]),
+        "micro_batch": size["micro_batch"],
+        "tensor_parallel": size["tensor_parallel"],
         "seq_length": config["model"]["seq_length"],
         "lr": size["lr"],
         "min_lr": size["min_lr"],

@@ -24,19 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 import torch
@@ -44,6 +49,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import transformer_flops_per_token
+from ..layout import SEGMENT_SUMMARY_NAME
 from . import checkpoint as ckpt
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
 from .model import (
@@ -86,6 +93,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 # Settings left out of the segment key: how the segment is observed (logging, snapshots, spike
 # detection) and how each global batch is laid out over ranks and micro-steps (like the world
 # size, these change rounding, not the mathematics), so a rerun may change them and still resume.
@@ -97,6 +105,7 @@ _NOT_IN_SEGMENT_KEY = (
     "micro_batch",
     "deterministic",
     "zero_optimizer",
+    "tensor_parallel",
     "activation_checkpointing",
     "compile_layers",
     "loss_chunk_tokens",
@@ -110,14 +119,18 @@ class BatchSource(Protocol):
         """int64 array ``(global_batch, seq_length + 1)``: samples ``[step*B, (step+1)*B)``."""
         ...
 
+    # Optional (``SampleBatches`` has it): ``local_batch(step, global_batch, dp_rank, dp_size)``,
+    # data-parallel rank ``dp_rank``'s block of ``global_batch / dp_size`` rows, read alone.
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Every hyperparameter of a segment (Pythia's values as defaults where they are shared).
 
     ``micro_batch`` is sequences per rank per micro-step; gradient accumulation steps follow as
-    ``global_batch / (world_size * micro_batch)``. ``state_interval`` = snapshot every k steps
-    (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+    ``global_batch / (data-parallel ranks * micro_batch)``, where the data-parallel ranks are
+    ``world_size / tensor_parallel`` (``data_parallel_coords``). ``state_interval`` = snapshot
+    every k steps (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
 
     Memory and speed, not mathematics: ``activation_checkpointing`` recomputes each layer in the
     backward pass; ``compile_layers`` compiles each layer with ``torch.compile``; the loss is
@@ -153,6 +166,7 @@ class TrainSettings:
     state_interval: int = 0
     deterministic: bool = False
     zero_optimizer: bool = True
+    tensor_parallel: int = 1
     activation_checkpointing: bool = False
     compile_layers: bool = False
     loss_chunk_tokens: int = 8192
@@ -167,6 +181,7 @@ class TrainSettings:
             "decay_iters",
             "log_interval",
             "loss_chunk_tokens",
+            "tensor_parallel",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -197,6 +212,17 @@ class NonFiniteLossError(RuntimeError):
 
 class SegmentPreempted(RuntimeError):
     """SIGTERM arrived; a snapshot was saved (if a state dir was given). Exit non-zero."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Whose segment this is, for its summary record (``segment_summary.json``): the run and
+    size names, and the GPU's dense fp16/bf16 peak per device (``config.gpu_record``), which
+    MFU uses on CUDA only."""
+
+    run: str = ""
+    size: str = ""
+    gpu_peak_tflops: float | None = None
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -231,6 +257,10 @@ def segment_key(
         "settings": computed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _format_eta(seconds: float) -> str:
@@ -283,15 +313,6 @@ def _rank0_check(env: DistributedEnv, check: Callable[[], object]) -> object:
     return result[0]
 
 
-def _any_rank(env: DistributedEnv, flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
@@ -318,6 +339,112 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# ----------------------------------------------------------------------------- data
+
+
+def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[int, int]:
+    """``(data-parallel size, data-parallel rank)`` of this process.
+
+    Ranks form a (data, tensor) grid with the tensor index fastest, global rank =
+    ``dp_rank * tensor_parallel + tp_rank``: a node's GPUs share tensor groups (as Megatron's).
+    Tensor-parallel peers read the same rows.
+    """
+    tp = settings.tensor_parallel
+    return env.world_size // tp, env.rank // tp
+
+
+def local_rows(
+    samples: BatchSource, step: int, global_batch: int, dp_size: int, dp_rank: int
+) -> np.ndarray:
+    """Rows ``[r*B/D, (r+1)*B/D)`` of global batch ``step`` for data-parallel rank ``r`` of
+    ``D``: read alone where the source can (``local_batch``), else cut from ``batch``."""
+    read_local = getattr(samples, "local_batch", None)
+    if read_local is not None:
+        return read_local(step, global_batch, dp_rank, dp_size)
+    rows = global_batch // dp_size
+    return samples.batch(step, global_batch)[dp_rank * rows : (dp_rank + 1) * rows]
+
+
+class _Prefetcher:
+    """This rank's rows of each step, read one step ahead by a background thread (into pinned
+    memory on CUDA) and copied to the device without blocking."""
+
+    def __init__(
+        self,
+        samples: BatchSource,
+        settings: TrainSettings,
+        env: DistributedEnv,
+        device: torch.device,
+    ) -> None:
+        self.samples, self.settings, self.device = samples, settings, device
+        self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def tokens(self, step: int, next_step: int | None) -> torch.Tensor:
+        """Step ``step``'s rows on the device; starts reading ``next_step``'s."""
+        current = self._pending.pop(step, None) or self._pool.submit(self._load, step)
+        if next_step is not None and next_step not in self._pending:
+            self._pending[next_step] = self._pool.submit(self._load, next_step)
+        return current.result().to(self.device, non_blocking=True)
+
+    def _load(self, step: int) -> torch.Tensor:
+        s = self.settings
+        rows = local_rows(self.samples, step, s.global_batch, self.dp_size, self.dp_rank)
+        expected = (s.global_batch // self.dp_size, s.seq_length + 1)
+        if tuple(rows.shape) != expected or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"samples: rows of step {step} for data-parallel rank {self.dp_rank} of "
+                f"{self.dp_size} have shape {tuple(rows.shape)} and dtype {rows.dtype}, "
+                f"expected {expected} integer ids"
+            )
+        host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        return host.pin_memory() if self.device.type == "cuda" else host
+
+
+class _Fingerprints:
+    """The data fingerprints, on global rank 0 only: sha256 of each step's whole global batch
+    and the running sha256 of the segment (``hasher``), computed by a background thread while
+    the step trains. Other ranks neither read the global batch nor hash it."""
+
+    def __init__(self, samples: BatchSource, settings: TrainSettings, enabled: bool) -> None:
+        self.samples, self.settings, self.enabled = samples, settings, enabled
+        self.hasher = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint") if enabled else None
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Fingerprints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, step: int) -> None:
+        if self.enabled:
+            self._pending[step] = self._pool.submit(self._digest, step)
+
+    def result(self, step: int) -> str | None:
+        """Step ``step``'s digest (waits for it); the segment hash then includes the step."""
+        return self._pending.pop(step).result() if self.enabled else None
+
+    def hexdigest(self) -> str | None:
+        return self.hasher.hexdigest() if self.enabled else None
+
+    def _digest(self, step: int) -> str:
+        batch = self.samples.batch(step, self.settings.global_batch)
+        _check_batch(batch, step, self.settings)
+        data = np.ascontiguousarray(batch, dtype="<i8").tobytes()
+        self.hasher.update(data)
+        return hashlib.sha256(data).hexdigest()
+
+
 # ----------------------------------------------------------------------------- segment state
 
 
@@ -335,6 +462,8 @@ class Progress:
     # The spike detector's window carries over from the previous segment.
     recent_losses: list[float] = field(default_factory=list)
     train_time_s: float = 0.0
+    wall_s: float = 0.0  # wall time of earlier attempts, up to their last snapshot
+    started_at: str = field(default_factory=lambda: _utc_now())
 
     @classmethod
     def fresh(cls, start_step: int, end_step: int, key: str, start_state: dict | None):
@@ -362,6 +491,8 @@ class Progress:
             spikes=saved["spikes"],
             recent_losses=saved["recent_losses"],
             train_time_s=saved["train_time_s"],
+            wall_s=saved.get("wall_s", 0.0),
+            started_at=saved.get("started_at") or _utc_now(),
         )
 
 
@@ -408,10 +539,13 @@ class Segment:
     hook: Callable[[str, int], None]
     log: _Log
     preempt: threading.Event
-    segment_hash: Any = None  # sha256 over the segment's batches (rank 0)
+    batches: _Prefetcher
+    fingerprints: _Fingerprints
     names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
+    run_info: RunInfo = field(default_factory=RunInfo)
     first_step: int = 0  # where this process started training (after a resume: the snapshot)
-    started: float = field(default_factory=time.perf_counter)
+    begun: float = field(default_factory=time.perf_counter)  # this process's wall clock
+    started: float = field(default_factory=time.perf_counter)  # the first step's start
 
 
 # ----------------------------------------------------------------------------- model and loss
@@ -427,6 +561,7 @@ def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device
     it; tensor parallelism is applied later, by ``parallelize``, to the initialised model.
     """
     model = build_model(hf_config, device, empty=True)
+    model.base_model.rotary_emb.register_forward_hook(_rotary_in_compute_dtype)
     if settings.activation_checkpointing:
         kwargs = {"use_reentrant": False}
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
@@ -438,6 +573,54 @@ def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device
         for layer in model.base_model.layers:
             layer.compile()
     return model
+
+
+def _rotary_in_compute_dtype(module: nn.Module, args, output):
+    """Under autocast, hand the layers rotary cos/sin in the compute dtype (fp16/bf16).
+
+    transformers returns them in the residual stream's dtype (fp32), which turns ``q * cos``
+    into an fp32 product of the half-precision q and k: two full fp32 copies per layer. Exact
+    enough in half precision because the angles (position x inverse frequency) are still
+    computed in fp32, only the values in [-1, 1] are rounded (relative 2^-11 in fp16, 2^-8 in
+    bf16), and q, k are half precision already; GPT-NeoX v1.0 itself applied rotary in the
+    training dtype (``cos_cached.to(x.dtype)``), Pythia's runs included.
+    """
+    device_type = output[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return output
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in output)
+
+
+def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.device) -> str:
+    """Which scaled-dot-product-attention kernel the model's attention runs, checked by trying.
+
+    transformers' ``sdpa`` attention with no mask (causal by ``is_causal``) is what the flash
+    kernel needs. Tries flash, then memory-efficient, then math, at the model's head size in
+    the compute dtype on ``device``, and returns ``"SDPA flash"`` or the fallback's name with
+    why flash was refused. The loop logs it at start-up.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    impl = model.config._attn_implementation
+    if impl != "sdpa":
+        return f"{impl} attention (not SDPA: no flash kernel)"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision, torch.float32)
+    heads = model.config.num_attention_heads
+    q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
+    refused = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")  # torch warns why; the reason is kept below
+                F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        except RuntimeError as err:
+            refused.append(f"{backend.name}: {str(err).splitlines()[0]}")
+            continue
+        if not refused:
+            return f"SDPA {backend.name} ({device.type}, {dtype})"
+        return f"SDPA {backend.name} ({device.type}, {dtype}); refused: {'; '.join(refused)}"
+    return f"no SDPA kernel ({device.type}, {dtype}): {'; '.join(refused)}"
 
 
 class LMLoss(nn.Module):
@@ -543,6 +726,11 @@ def parallelize(
     optimizer is built over the parameters it leaves. This is where tensor parallelism and
     FSDP2 plug in.
     """
+    if settings.tensor_parallel != 1:
+        raise ValueError(
+            f"tensor_parallel {settings.tensor_parallel}: this trainer has no tensor "
+            "parallelism; run with tensor_parallel 1"
+        )
     train_module = LMLoss(model, settings)
     if env.world_size > 1:
         # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
@@ -555,14 +743,16 @@ def parallelize(
 
 
 def build_training_optimizer(
-    model: nn.Module, settings: TrainSettings, env: DistributedEnv
+    model: nn.Module, settings: TrainSettings, env: DistributedEnv, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the ranks when ``zero_optimizer``."""
+    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the ranks when ``zero_optimizer``;
+    torch's fused AdamW kernel on CUDA (the same update, one kernel for all parameters)."""
     return build_optimizer(
         build_param_groups(model, settings.weight_decay),
         betas=(settings.adam_beta1, settings.adam_beta2),
         eps=settings.adam_eps,
         sharded=env.world_size > 1 and settings.zero_optimizer,
+        fused=device.type == "cuda",
     )
 
 
@@ -596,7 +786,7 @@ def init_train_state(
         device=device,
         model=model,
         train_module=train_module,
-        optimizer=build_training_optimizer(model, settings, env),
+        optimizer=build_training_optimizer(model, settings, env, device),
         scaler=new_loss_scaler(settings),
         progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
     )
@@ -711,6 +901,7 @@ def train_segment(
     hook: Callable[[str, int], None] | None = None,
     env: DistributedEnv | None = None,
     device: torch.device | str | None = None,
+    run_info: RunInfo | None = None,
 ) -> dict:
     """Train from ``start_checkpoint`` (step ``start_step``) to ``end_step``; write ``out_dir``.
 
@@ -722,7 +913,9 @@ def train_segment(
     only; default stderr). ``hook(event, step)`` is called on every rank at ``"step_end"`` and
     ``"snapshot_saved"``, and on rank 0 at ``"before_publish"`` (tests inject failures there).
     ``env`` defaults to ``detect_distributed_env()``; ``device`` to ``cuda:{local_rank}`` if
-    available, else the CPU. Returns the ``trainer_state`` written with the checkpoint.
+    available, else the CPU. ``run_info`` names the run for the segment summary record
+    (``segment_summary.json``, written into ``out_dir``). Returns the ``trainer_state`` written
+    with the checkpoint.
 
     Raises ``ValueError`` for inconsistent arguments, ``FileExistsError`` if ``out_dir``
     exists, ``ckpt.CheckpointError`` for a start checkpoint that does not match,
@@ -749,6 +942,9 @@ def train_segment(
             hook=hook or (lambda event, step: None),
             log=_Log(log, enabled=env.is_main),
             preempt=threading.Event(),
+            batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
+            fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
+            run_info=run_info or RunInfo(),
         )
         stack.callback(seg.log.close)
         stack.enter_context(distributed_context(env, device))
@@ -781,6 +977,7 @@ def _set_up(
 ) -> TrainState:
     """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state."""
     model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     n_params = count_parameters(model)
     _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
 
@@ -819,7 +1016,7 @@ def _set_up(
             state.scaler.load_state_dict(saved["loss_scaler"])
         ckpt.restore_rng_state(saved["rng"])
         seg.log(f"starting at step {saved['step']} from {resume_from}")
-    seg.segment_hash = _segment_hasher(seg.samples, settings, progress, env)
+    seg.fingerprints.hasher = _segment_hasher(seg.samples, settings, progress, env)
     seg.first_step = progress.step
     seg.started = time.perf_counter()
     return state
@@ -830,26 +1027,13 @@ def _train_iteration(seg: Segment, state: TrainState, it: int) -> None:
     log line, the hook, and a snapshot when due or when a rank got SIGTERM."""
     settings, env = state.settings, state.env
     t0 = time.perf_counter()
-    batch = seg.samples.batch(it, settings.global_batch)
-    _check_batch(batch, it, settings)
-    fingerprint = batch_fingerprint(batch)
-    if env.is_main:
-        seg.segment_hash.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-    rows = settings.global_batch // env.world_size
-    local = batch[env.rank * rows : (env.rank + 1) * rows]
-    tokens = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64)).to(state.device)
-
+    seg.fingerprints.submit(it)  # rank 0, in the background while the step trains
+    tokens = seg.batches.tokens(it, next_step=it + 1 if it + 1 < seg.end_step else None)
     result = train_step(state, tokens, stop_requested=seg.preempt.is_set())
+    fingerprint = seg.fingerprints.result(it)
     dt = time.perf_counter() - t0
-    _record_step(
-        state.progress,
-        it,
-        result,
-        settings.global_batch * settings.seq_length / dt,
-        fingerprint,
-        settings,
-        seg.log,
-    )
+    tokens_per_s = settings.global_batch * settings.seq_length / dt
+    _record_step(state.progress, it, result, tokens_per_s, fingerprint, settings, seg.log)
     if (it + 1) % settings.log_interval == 0 or it + 1 == seg.end_step:
         _log_progress(seg, state, it, result, dt)
     seg.hook("step_end", it + 1)
@@ -886,6 +1070,13 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
     """Write ``out_dir`` (every rank: its optimizer shard) and drop the segment's snapshots."""
     env = state.env
     trainer_state = _trainer_state(seg, state, seg.end_step)
+    hosts = _hosts(env)
+    summary: dict = {}
+
+    def summarise() -> dict:
+        summary.update(segment_summary(seg, state, hosts))
+        return summary
+
     ckpt.write_training_state(
         seg.out_dir,
         env=env,
@@ -894,8 +1085,16 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
         trainer_state=trainer_state,
         hf_config=seg.hf_config,
         before_publish=lambda: seg.hook("before_publish", seg.end_step),
+        # Last into the directory, inside its atomic rename: its wall time includes the save.
+        last_files={SEGMENT_SUMMARY_NAME: summarise},
     )
     seg.log(f"wrote {seg.out_dir}")
+    if summary.get("tokens_per_s"):
+        mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "n/a (no GPU peak)"
+        seg.log(
+            f"segment: {summary['steps']} steps, {summary['tokens_per_s']:.0f} tokens/s, "
+            f"MFU {mfu}, wall {summary['wall_s']:.1f} s"
+        )
     if seg.state_dir is not None:
         _rank0_check(env, lambda: ckpt.remove_snapshots(seg.state_dir))
     return trainer_state
@@ -916,6 +1115,85 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
     # The new snapshot is complete: older ones of this segment are no longer needed.
     _rank0_check(state.env, lambda: ckpt.remove_snapshots(seg.state_dir, keep=path))
     seg.log(f"snapshot at step {step}: {path}")
+
+
+def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
+    """The segment's summary record (``layout.SEGMENT_SUMMARY_NAME``), exactly its keys.
+
+    Counts the whole segment ``(start_step, end_step]``, attempts before a resume included.
+    ``flops_per_token``: ``config.transformer_flops_per_token`` (attention included, no
+    recomputation). ``mfu`` = flops_per_token x tokens_per_s / (devices x peak), on CUDA with a
+    known peak; ``None`` on CPU. Losses leave out fp16-skipped steps; ``None`` without steps.
+    """
+    settings, env, progress, hf = state.settings, state.env, state.progress, seg.hf_config
+    dp_size, _ = data_parallel_coords(env, settings)
+    steps = len(progress.history)
+    tokens = steps * settings.global_batch * settings.seq_length
+    tokens_per_s = tokens / progress.train_time_s if progress.train_time_s > 0 else None
+    flops = transformer_flops_per_token(
+        layers=hf["num_hidden_layers"],
+        hidden=hf["hidden_size"],
+        intermediate=hf["intermediate_size"],
+        seq_length=settings.seq_length,
+        vocab=hf["vocab_size"],
+    )
+    cuda = state.device.type == "cuda"
+    peak = seg.run_info.gpu_peak_tflops if cuda else None
+    mfu = flops * tokens_per_s / (env.world_size * peak * 1e12) if peak and tokens_per_s else None
+    wall = progress.wall_s + time.perf_counter() - seg.begun
+    losses = [r["loss"] for r in progress.history if not r["skipped"]]
+    return {
+        "format": SEGMENT_SUMMARY_FORMAT,
+        "run": seg.run_info.run,
+        "size": seg.run_info.size,
+        "start_step": seg.start_step,
+        "end_step": seg.end_step,
+        "steps": steps,
+        "skipped_steps": sum(1 for r in progress.history if r["skipped"]),
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": float(flops),
+        "mfu": mfu,
+        "peak_tflops": peak,
+        "device_kind": state.device.type,
+        "device_name": torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
+        "devices": env.world_size,
+        "nodes": len(hosts),
+        "data_parallel": dp_size,
+        "tensor_parallel": settings.tensor_parallel,
+        "micro_batch": settings.micro_batch,
+        "gas": settings.global_batch // (dp_size * settings.micro_batch),
+        "precision": settings.precision,
+        "wall_s": wall,
+        "train_time_s": progress.train_time_s,
+        "device_hours": env.world_size * wall / 3600,
+        "losses": {
+            "first": losses[0] if losses else None,
+            "last": losses[-1] if losses else None,
+            "min": min(losses) if losses else None,
+            "max": max(losses) if losses else None,
+            "mean": sum(losses) / len(losses) if losses else None,
+        },
+        "spikes": progress.spikes,
+        "nan_abort": False,  # a NaN abort writes no checkpoint, hence no summary
+        "started_at": progress.started_at,
+        "finished_at": _utc_now(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hosts": hosts,
+    }
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _hosts(env: DistributedEnv) -> list[str]:
+    """Host names of every rank, sorted, once each (collective)."""
+    names = [socket.gethostname()]
+    if env.world_size > 1:
+        names = [None] * env.world_size
+        dist.all_gather_object(names, socket.gethostname())
+    return sorted(set(names))
 
 
 # ----------------------------------------------------------------------------- optimizer state
@@ -967,11 +1245,17 @@ def _check_arguments(
         raise ValueError(
             f"start_checkpoint=None (fresh weights) needs start_step=0, got {start_step}"
         )
-    rows_per_step = env.world_size * settings.micro_batch
-    if settings.global_batch % rows_per_step:
+    if env.world_size % settings.tensor_parallel:
         raise ValueError(
-            f"global_batch {settings.global_batch} is not a multiple of world_size "
-            f"{env.world_size} x micro_batch {settings.micro_batch}"
+            f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
+            f"{env.world_size}"
+        )
+    dp_size, _ = data_parallel_coords(env, settings)
+    if settings.global_batch % (dp_size * settings.micro_batch):
+        raise ValueError(
+            f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
+            f"{dp_size} (world_size {env.world_size} / tensor_parallel "
+            f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
         )
     if settings.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
@@ -1122,10 +1406,12 @@ def _trainer_state(seg: Segment, state: TrainState, step: int) -> dict:
         "spikes": progress.spikes,
         "recent_losses": progress.recent_losses,
         "train_time_s": progress.train_time_s,
+        "wall_s": progress.wall_s + time.perf_counter() - seg.begun,
+        "started_at": progress.started_at,
         "tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else None,
         "data_fingerprint": {
             "algorithm": "sha256 over int64 little-endian token ids, batch rows in order",
-            "segment": seg.segment_hash.hexdigest() if env.is_main else None,
+            "segment": seg.fingerprints.hexdigest(),
             "steps": {str(r["iteration"]): r["tokens_sha256"] for r in history},
         },
         "settings": dataclasses.asdict(settings),
