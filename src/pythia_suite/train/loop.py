@@ -35,10 +35,10 @@ from typing import Protocol, TextIO
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
 from .model import (
     INIT_METHODS,
@@ -46,13 +46,11 @@ from .model import (
     build_model,
     count_parameters,
     hf_name,
-    hf_state_dict,
     init_gpt_neox_weights,
     load_hf_state_dict,
 )
 from .optim import (
     DynamicLossScaler,
-    build_optimizer,
     build_param_groups,
     local_optimizer,
     lr_at,
@@ -81,6 +79,9 @@ _NOT_IN_SEGMENT_KEY = (
     "micro_batch",
     "deterministic",
     "zero_optimizer",
+    "tensor_parallel",
+    "data_parallel",
+    "partition_activations",
 )
 
 
@@ -128,10 +129,20 @@ class TrainSettings:
     state_interval: int = 0
     deterministic: bool = False
     zero_optimizer: bool = True
+    tensor_parallel: int = 1
+    data_parallel: str = "zero1"
+    partition_activations: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting whose value is out of range."""
-        positive = ("global_batch", "micro_batch", "seq_length", "decay_iters", "log_interval")
+        positive = (
+            "global_batch",
+            "micro_batch",
+            "seq_length",
+            "decay_iters",
+            "log_interval",
+            "tensor_parallel",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainSettings.{name} must be > 0, got {getattr(self, name)}")
@@ -150,6 +161,11 @@ class TrainSettings:
             raise ValueError(
                 f"TrainSettings.output_layer_init_method must be one of "
                 f"{OUTPUT_LAYER_INIT_METHODS}, got {self.output_layer_init_method!r}"
+            )
+        if self.data_parallel not in parallel.DATA_PARALLEL_MODES:
+            raise ValueError(
+                f"TrainSettings.data_parallel must be one of {parallel.DATA_PARALLEL_MODES}, "
+                f"got {self.data_parallel!r}"
             )
         if self.spike_factor <= 1.0:
             raise ValueError(f"TrainSettings.spike_factor must be > 1, got {self.spike_factor}")
@@ -295,19 +311,6 @@ def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
     return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
 
 
-def _optimizer_shard(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
-    """This rank's AdamW state keyed by HF parameter name, as CPU tensors."""
-    local = local_optimizer(optimizer)
-    state = {}
-    for group in local.param_groups:
-        for p in group["params"]:
-            if p in local.state and local.state[p]:
-                state[names[id(p)]] = {
-                    k: v.detach().cpu().clone() for k, v in local.state[p].items()
-                }
-    return {"state": state}
-
-
 def _load_optimizer_state(
     optimizer: torch.optim.Optimizer, owned: dict[str, torch.Tensor], state: dict[str, dict]
 ) -> None:
@@ -326,30 +329,26 @@ def _forward_backward(
     micro_batch: int,
     loss_scale: float,
     autocast: Callable[[], contextlib.AbstractContextManager],
+    par: parallel.Parallelism,
 ) -> torch.Tensor:
-    """Accumulate the gradients of this rank's rows; return their mean loss (not scaled).
+    """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
 
-    Each micro-step's loss is divided by the number of micro-steps, and DDP averages over the
-    ranks, so the gradient is that of the mean loss over the global batch.
+    Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
+    reduction averages over the data ranks, so the gradient is that of the mean loss over the
+    global batch. Under tensor parallelism the logits stay vocabulary-sharded (loss_parallel).
     """
     n_micro = tokens.shape[0] // micro_batch
     total = torch.zeros((), device=tokens.device)
     for m in range(n_micro):
         chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
         inputs, labels = chunk[:, :-1], chunk[:, 1:]
-        is_last = m == n_micro - 1
-        # Reduce gradients across ranks only once, after the last micro-step.
-        sync = (
-            contextlib.nullcontext()
-            if is_last or not hasattr(model, "no_sync")
-            else model.no_sync()
-        )
-        with sync:
+        # Reduce gradients across data ranks only once, after the last micro-step.
+        with parallel.gradient_sync(model, par, m == n_micro - 1), parallel.loss_context(par):
             with autocast():
                 logits = model(input_ids=inputs).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            loss = parallel.causal_lm_loss(logits, labels)
             (loss * (loss_scale / n_micro)).backward()
-        total += loss.detach() / n_micro
+        total += parallel.scalar(loss.detach()) / n_micro
     return total
 
 
@@ -398,7 +397,6 @@ def train_segment(
     _check_arguments(
         settings, env, device, start_checkpoint, start_step, end_step, out_dir, state_dir
     )
-    ranks_rows = settings.global_batch // env.world_size
     log_line = _Log(log, enabled=env.is_main)
 
     with contextlib.ExitStack() as stack:
@@ -413,16 +411,32 @@ def train_segment(
             _rank0_check(env, lambda: None)
 
         # --- model and optimizer ---------------------------------------------------------
+        # The (data, tensor) mesh; the model is sharded before its values are set, so that a
+        # rank never holds more than its block (plus one full parameter on the CPU at a time).
+        par = parallel.build_parallelism(
+            env.world_size,
+            settings.tensor_parallel,
+            device,
+            settings.data_parallel,
+        )
+        ranks_rows = settings.global_batch // par.data
         # Every parameter is overwritten below (GPT-NeoX init or the checkpoint's weights).
         model = build_model(hf_config, device, empty=True)
+        parallel.prepare_model(
+            model,
+            par,
+            precision=settings.precision,
+            partition_activations=settings.partition_activations,
+        )
         names = _param_names(model)
         n_params = count_parameters(model)
         _rank0_check(env, lambda: _check_disk_space(n_params, out_dir, state_dir, settings))
-        optimizer = build_optimizer(
+        optimizer = parallel.build_optimizer(
             build_param_groups(model, settings.weight_decay),
+            par,
             betas=(settings.adam_beta1, settings.adam_beta2),
             eps=settings.adam_eps,
-            sharded=env.world_size > 1 and settings.zero_optimizer,
+            sharded=settings.zero_optimizer,
         )
         scaler = (
             DynamicLossScaler(
@@ -472,14 +486,7 @@ def train_segment(
             log_line(f"starting at step {saved['step']} from {resume_from}")
         segment_hash = _segment_hasher(samples, settings, progress, env)
 
-        train_model = model
-        if env.world_size > 1:
-            # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
-            train_model = nn.parallel.DistributedDataParallel(
-                model,
-                device_ids=[device] if device.type == "cuda" else None,
-                forward_sync_buffers=False,
-            )
+        # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
         autocast = _autocast_factory(settings.precision, device)
         params = [p for p in model.parameters()]
         tokens_per_step = settings.global_batch * settings.seq_length
@@ -494,23 +501,25 @@ def train_segment(
             fingerprint = batch_fingerprint(batch)
             if env.is_main:
                 segment_hash.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-            rows = batch[env.rank * ranks_rows : (env.rank + 1) * ranks_rows]
+            rows = batch[par.data_rank * ranks_rows : (par.data_rank + 1) * ranks_rows]
             tokens = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(device)
 
             loss_scale = scaler.scale if scaler else 1.0
             local_loss = _forward_backward(
-                train_model,
+                model,
                 tokens,
                 micro_batch=settings.micro_batch,
                 loss_scale=loss_scale,
                 autocast=autocast,
+                par=par,
             )
+            parallel.all_reduce_gradients(params, par)
             loss = _mean_over_ranks(local_loss, env)
             if loss_scale != 1.0:
                 for p in params:
                     if p.grad is not None:
                         p.grad.mul_(1.0 / loss_scale)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            grad_norm = float(parallel.clip_grad_norm(params, settings.grad_clip))
             overflow = not (math.isfinite(loss) and math.isfinite(grad_norm))
             if overflow and scaler is None:
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -577,6 +586,7 @@ def train_segment(
                     hf_config,
                     settings,
                     env,
+                    par,
                     log_line,
                 )
                 hook("snapshot_saved", it + 1)
@@ -591,8 +601,8 @@ def train_segment(
         ckpt.write_training_state(
             out_dir,
             env=env,
-            model_tensors=hf_state_dict(model) if env.is_main else None,
-            optimizer_shard=_optimizer_shard(optimizer, names),
+            model_tensors=parallel.full_state_dict(model, env.is_main, hf_name),
+            optimizer_shard=parallel.optimizer_blocks(local_optimizer(optimizer), names, par),
             trainer_state=trainer_state,
             hf_config=hf_config,
             before_publish=lambda: hook("before_publish", end_step),
@@ -622,11 +632,17 @@ def _check_arguments(
         raise ValueError(
             f"start_checkpoint=None (fresh weights) needs start_step=0, got {start_step}"
         )
-    rows_per_step = env.world_size * settings.micro_batch
+    if env.world_size % settings.tensor_parallel:
+        raise ValueError(
+            f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
+            f"{env.world_size}"
+        )
+    data_parallel = env.world_size // settings.tensor_parallel
+    rows_per_step = data_parallel * settings.micro_batch
     if settings.global_batch % rows_per_step:
         raise ValueError(
-            f"global_batch {settings.global_batch} is not a multiple of world_size "
-            f"{env.world_size} x micro_batch {settings.micro_batch}"
+            f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
+            f"{data_parallel} x micro_batch {settings.micro_batch}"
         )
     if settings.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
@@ -853,6 +869,7 @@ def _save_snapshot(
     hf_config: dict,
     settings: TrainSettings,
     env: DistributedEnv,
+    par: parallel.Parallelism,
     log_line: _Log,
 ) -> None:
     path = ckpt.snapshot_path(state_dir, step)
@@ -861,8 +878,8 @@ def _save_snapshot(
     ckpt.write_training_state(
         path,
         env=env,
-        model_tensors=hf_state_dict(model) if env.is_main else None,
-        optimizer_shard=_optimizer_shard(optimizer, names),
+        model_tensors=parallel.full_state_dict(model, env.is_main, hf_name),
+        optimizer_shard=parallel.optimizer_blocks(local_optimizer(optimizer), names, par),
         trainer_state=_trainer_state(step, scaler, progress, segment_hash, settings, env),
         hf_config=hf_config,
     )
