@@ -170,20 +170,22 @@ def tensor_parallel_plan(model: nn.Module) -> dict[str, object]:
     return plan
 
 
-def expected_weight_placements(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> the dimension its weight is sharded on under tensor parallelism.
+def expected_weight_placements(model: nn.Module) -> dict[str, int | None]:
+    """Parameter name -> the dimension it is sharded on under tensor parallelism (None:
+    replicated as a DTensor).
 
     Column-parallel weights (out x in) split the output rows (dim 0) and their biases too;
-    row-parallel weights split the input columns (dim 1); the embedding splits the vocabulary
-    rows (dim 0).
+    row-parallel weights split the input columns (dim 1) and keep their bias whole (added once,
+    after the reduction); the embedding splits the vocabulary rows (dim 0).
     """
-    expected = {f"{EMBEDDING}.weight": 0, f"{OUTPUT_LAYER}.weight": 0}
+    expected: dict[str, int | None] = {f"{EMBEDDING}.weight": 0, f"{OUTPUT_LAYER}.weight": 0}
     for i in range(len(model.gpt_neox.layers)):
         for name in _COLUMN:
             expected[f"gpt_neox.layers.{i}.{name}.weight"] = 0
             expected[f"gpt_neox.layers.{i}.{name}.bias"] = 0
         for name in _ROW:
             expected[f"gpt_neox.layers.{i}.{name}.weight"] = 1
+            expected[f"gpt_neox.layers.{i}.{name}.bias"] = None
     return expected
 
 
@@ -193,15 +195,18 @@ def check_tensor_parallel(model: nn.Module, par: Parallelism) -> None:
     ``parallelize_module`` only warns about a plan key that matches no module (a transformers
     rename would silently leave a whole layer replicated).
     """
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 
     params = dict(model.named_parameters())
     wrong = []
     for name, dim in expected_weight_placements(model).items():
-        p = params.get(name)
-        if not isinstance(p, DTensor) or tuple(p.placements) != (Shard(dim),):
+        if name not in params:  # a config without biases
+            continue
+        p = params[name]
+        want = (Replicate(),) if dim is None else (Shard(dim),)
+        if not isinstance(p, DTensor) or tuple(p.placements) != want:
             placement = tuple(p.placements) if isinstance(p, DTensor) else "not a DTensor"
-            wrong.append(f"{name}: {placement}, expected (Shard(dim={dim}),)")
+            wrong.append(f"{name}: {placement}, expected {want}")
     if wrong:
         raise ParallelLayoutError(
             f"tensor parallel {par.tensor}: {len(wrong)} parameters not sharded as planned: "
