@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from train_support import (
     TINY_CONFIG,
     RandomTokens,
@@ -25,6 +24,7 @@ from train_support import (
     tiny_settings,
 )
 
+from pythia_suite import config as cfg
 from pythia_suite.train import parallel
 from pythia_suite.train.loop import train_segment
 from pythia_suite.train.model import build_model, init_gpt_neox_weights
@@ -208,17 +208,22 @@ def test_resume_across_tensor_parallel_degrees(reference, tmp_path, first, secon
 
 
 def _size_shapes() -> dict[tuple, list[str]]:
-    """Distinct (tensor parallel, micro_batch, gas, partition-activations) of config.yaml."""
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    """Distinct (tensor parallel, micro_batch, gas, partition-activations, CPU precision) of
+    config.yaml's sizes (fp16 needs CUDA: fp32 here; pythia-1b's bf16 runs as bf16)."""
+    config = cfg.load_config([ROOT / "config.yaml"])
     shapes: dict[tuple, list[str]] = {}
     for name, size in config["sizes"].items():
-        neox = dict(config["neox"], **(size.get("neox") or {}))
+        precision = size["precision"]
+        if isinstance(precision, dict):
+            precision = precision.get("standard", "fp16")
         shape = (
             size["tensor_parallel"],
             size["micro_batch"],
             size["gas"],
-            bool(neox.get("partition-activations")),
+            cfg.partition_activations(config, name),
+            "bf16" if precision == "bf16" else "fp32",
         )
+
         shapes.setdefault(shape, []).append(name)
     return shapes
 
@@ -230,7 +235,7 @@ _SHAPES = _size_shapes()
 def test_each_size_parallel_shape_trains(tmp_path, shape):
     """Each size's tensor-parallel degree, micro-batch : gas ratio (micro-batch / 8) and
     partitioned activations, at tiny width, in at most 4 processes, for 2 steps."""
-    tp, micro, gas, partition = shape
+    tp, micro, gas, partition, precision = shape
     data = max(1, 4 // tp) if tp > 1 else 2
     world = data * tp
     assert world <= 4
@@ -238,6 +243,7 @@ def test_each_size_parallel_shape_trains(tmp_path, shape):
     settings = {
         "tensor_parallel": tp,
         "partition_activations": partition,
+        "precision": precision,
         "micro_batch": micro,
         "global_batch": micro * gas * data,
     }
@@ -251,3 +257,33 @@ def test_each_size_parallel_shape_trains(tmp_path, shape):
     state = json.loads((tmp_path / "step2" / "trainer_state.json").read_text())
     assert state["world_size"] == world and len(state["losses"]) == 2
     assert all(np.isfinite(state["losses"]))
+
+
+def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(reference, tmp_path):
+    """FSDP2's MixedPrecisionPolicy (bf16 compute, fp32 reduction and master weights)."""
+    root, ref_state = reference
+    segment = {
+        "start_checkpoint": str(root / "step0"),
+        "start_step": 0,
+        "end_step": 3,
+        "out_dir": str(tmp_path / "step3"),
+    }
+    settings = {"data_parallel": "fsdp", "micro_batch": 2, "precision": "bf16"}
+    assert run_ranks(2, segment, settings=settings, timeout=240) == [0, 0]
+    state = json.loads((tmp_path / "step3" / "trainer_state.json").read_text())
+    np.testing.assert_allclose(state["losses"], ref_state["losses"], rtol=2e-2)
+    assert all(t.dtype == torch.float32 for t in read_weights(tmp_path / "step3").values())
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_layout_keys():
+    config = cfg.load_config([ROOT / "config.yaml"])
+    assert config["training"]["data_parallel"] == "zero1"
+    partitioned = {s for s in config["sizes"] if cfg.partition_activations(config, s)}
+    assert partitioned == {"6.9b", "12b"}  # the tensor-parallel originals
+    with pytest.raises(cfg.ConfigError, match="training.data_parallel: 'fsdp' is offered"):
+        cfg.load_config([ROOT / "config.yaml"], {"training": {"data_parallel": "fsdp"}})
+    with pytest.raises(cfg.ConfigError, match="data_parallel"):
+        cfg.load_config([ROOT / "config.yaml"], {"training": {"data_parallel": "zero3"}})
