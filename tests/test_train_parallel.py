@@ -223,7 +223,6 @@ def _size_shapes() -> dict[tuple, list[str]]:
             cfg.partition_activations(config, name),
             "bf16" if precision == "bf16" else "fp32",
         )
-
         shapes.setdefault(shape, []).append(name)
     return shapes
 

@@ -170,6 +170,12 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{size['micro_batch']} x {size['gas']} x {devices} / {tp} = {batch}, "
                 f"but training.global_batch is {training['global_batch']}"
             )
+        gpus_per_node = size["cluster"]["gpus_per_node"]
+        if gpus_per_node and gpus_per_node % tp:
+            raise ConfigError(
+                f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
+                f"{gpus_per_node}: a tensor-parallel group must sit within one node"
+            )
         if size["heads"] % tp:
             raise ConfigError(
                 f"{source}: {key}.heads: {size['heads']} heads do not split over "
