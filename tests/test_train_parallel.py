@@ -95,7 +95,7 @@ def test_contiguous_qkv_row_shard_holds_whole_heads():
 def _check_sharding(par: parallel.Parallelism) -> dict:
     model = build_model(TINY_CONFIG, empty=True)
     init_gpt_neox_weights(model, weight_seed=3)
-    parallel.prepare_model(model, par)
+    parallel.apply_tensor_parallel_once(model, par)
     from torch.distributed.tensor import DTensor
 
     placements = {
@@ -208,8 +208,9 @@ def test_resume_across_tensor_parallel_degrees(reference, tmp_path, first, secon
 
 
 def _size_shapes() -> dict[tuple, list[str]]:
-    """Distinct (tensor parallel, micro_batch, gas, partition-activations, CPU precision) of
-    config.yaml's sizes (fp16 needs CUDA: fp32 here; pythia-1b's bf16 runs as bf16)."""
+    """Distinct (tensor parallel, micro_batch, gas, activation checkpointing,
+    partition-activations, CPU precision) of config.yaml's sizes (fp16 needs CUDA: fp32 here;
+    pythia-1b's bf16 runs as bf16)."""
     config = cfg.load_config([ROOT / "config.yaml"])
     shapes: dict[tuple, list[str]] = {}
     for name, size in config["sizes"].items():
@@ -220,6 +221,7 @@ def _size_shapes() -> dict[tuple, list[str]]:
             size["tensor_parallel"],
             size["micro_batch"],
             size["gas"],
+            cfg.activation_checkpointing(config, name),
             cfg.partition_activations(config, name),
             "bf16" if precision == "bf16" else "fp32",
         )
@@ -232,15 +234,17 @@ _SHAPES = _size_shapes()
 
 @pytest.mark.parametrize("shape", list(_SHAPES), ids=[",".join(v) for v in _SHAPES.values()])
 def test_each_size_parallel_shape_trains(tmp_path, shape):
-    """Each size's tensor-parallel degree, micro-batch : gas ratio (micro-batch / 8) and
-    partitioned activations, at tiny width, in at most 4 processes, for 2 steps."""
-    tp, micro, gas, partition, precision = shape
+    """Each size's tensor-parallel degree, micro-batch : gas ratio (micro-batch / 8),
+    activation checkpointing and partitioned activations, at tiny width, in at most 4
+    processes, for 2 steps."""
+    tp, micro, gas, checkpointing, partition, precision = shape
     data = max(1, 4 // tp) if tp > 1 else 2
     world = data * tp
     assert world <= 4
     micro = max(1, micro // 8)
     settings = {
         "tensor_parallel": tp,
+        "activation_checkpointing": checkpointing,
         "partition_activations": partition,
         "precision": precision,
         "micro_batch": micro,

@@ -151,25 +151,13 @@ def check_config(config: dict, source: str = "config") -> None:
         if name not in used_sizes:
             continue
         key = f"sizes.{name}"
-        tp = size["tensor_parallel"]
-        devices = size["cluster"]["nodes"] * max(size["cluster"]["gpus_per_node"], 1)
         if size["hidden"] % size["heads"]:
             raise ConfigError(
                 f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
                 f"{size['heads']}"
             )
-        if devices % tp:
-            raise ConfigError(
-                f"{source}: {key}.tensor_parallel: {tp} does not divide the {devices} devices "
-                f"of {key}.cluster"
-            )
-        batch = size["micro_batch"] * size["gas"] * devices // tp
-        if batch != training["global_batch"]:
-            raise ConfigError(
-                f"{source}: {key}: micro_batch x gas x GPUs / tensor_parallel = "
-                f"{size['micro_batch']} x {size['gas']} x {devices} / {tp} = {batch}, "
-                f"but training.global_batch is {training['global_batch']}"
-            )
+        check_layout(config, name, source)
+        tp = size["tensor_parallel"]
         gpus_per_node = size["cluster"]["gpus_per_node"]
         if gpus_per_node and gpus_per_node % tp:
             raise ConfigError(
@@ -314,11 +302,60 @@ def padded_vocab_size(config: dict, size: str) -> int:
     return math.ceil(config["data"]["tokenizer"]["vocab_size"] / multiple) * multiple
 
 
-def world_size(config: dict, size: str) -> int:
-    """Training ranks of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU nodes."""
+def ranks_per_node(config: dict, size: str) -> int:
+    """Training processes per node of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU
+    nodes (gpus_per_node 0)."""
     layout = config["sizes"][size]["cluster"]
-    per_node = layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
-    return layout["nodes"] * per_node
+    return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
+
+
+def devices(config: dict, size: str) -> int:
+    """Devices (= training ranks) of a size: nodes x ranks_per_node. The one count of them."""
+    return config["sizes"][size]["cluster"]["nodes"] * ranks_per_node(config, size)
+
+
+def data_parallel_size(config: dict, size: str) -> int:
+    """Data-parallel ranks of a size: devices / tensor_parallel (each holds whole batch rows)."""
+    return devices(config, size) // config["sizes"][size]["tensor_parallel"]
+
+
+def check_layout(config: dict, size: str, source: str = "config") -> None:
+    """The original layout holds: micro_batch x gas x data-parallel ranks = global_batch.
+
+    A GPU always runs the size's configured micro_batch; a cluster layout on which that cannot
+    reach the global batch is refused, never silently changed. Raises ConfigError naming the
+    size, micro_batch, gas, devices, tensor_parallel and global_batch.
+    """
+    entry = config["sizes"][size]
+    key, tp, n = f"sizes.{size}", entry["tensor_parallel"], devices(config, size)
+    global_batch = config["training"]["global_batch"]
+    if n % tp:
+        raise ConfigError(
+            f"{source}: {key}.tensor_parallel: {tp} does not divide the {n} devices "
+            f"of {key}.cluster"
+        )
+    dp = n // tp
+    micro, gas = entry["micro_batch"], entry["gas"]
+    if micro * gas * dp != global_batch:
+        raise ConfigError(
+            f"{source}: {key}: micro_batch {micro} x gas {gas} x data-parallel ranks {dp} "
+            f"(devices {n} / tensor_parallel {tp}) = {micro * gas * dp} sequences per step, "
+            f"but training.global_batch is {global_batch}. Each GPU runs {key}.micro_batch as "
+            f"configured, so change {key}.gas or {key}.cluster (nodes x gpus_per_node) to "
+            f"reach it"
+        )
+
+
+def activation_checkpointing(config: dict, size: str) -> bool:
+    """Whether a size recomputes each layer's activations in the backward pass.
+
+    The one source is GPT-NeoX's `checkpoint-activations` as the size's neox config has it (the
+    size's `neox` over the common `neox`; null or absent: GPT-NeoX's default, false), so both
+    backends agree: true for the original 70m-12b, false for 14m and 31m.
+    """
+    common = config["neox"].get("checkpoint-activations")
+    value = config["sizes"][size].get("neox", {}).get("checkpoint-activations", common)
+    return bool(value)
 
 
 def gpu_record(config: dict, size: str) -> dict:
@@ -540,22 +577,18 @@ def write_effective_config(config: dict, path: str | Path) -> None:
 def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
     """Keyword arguments for `pythia_suite.train.loop.TrainSettings` of a run.
 
-    The PyTorch backend has no tensor parallelism: every rank is data parallel, so a rank's
-    micro-batch is the size's micro_batch where it divides the per-rank share of the global
-    batch, else their greatest common divisor (gradient accumulation makes up the rest).
+    Each rank runs the size's micro_batch with its gas (`check_layout` has refused a layout on
+    which they cannot make the global batch); the loop derives the accumulation steps from the
+    ranks it actually has, so a resume on another layout keeps the micro-batch.
     """
     size = config["sizes"][run.size]
     training = config["training"]
     scaler = training["loss_scaler"]
-    per_rank, remainder = divmod(training["global_batch"], world_size(config, run.size))
-    if remainder or per_rank == 0:
-        raise ConfigError(
-            f"training.global_batch: {training['global_batch']} sequences do not split evenly "
-            f"over the {world_size(config, run.size)} ranks of sizes.{run.size}.cluster"
-        )
+    check_layout(config, run.size)
     return {
         "global_batch": training["global_batch"],
-        "micro_batch": math.gcd(per_rank, size["micro_batch"]),
+        "micro_batch": size["micro_batch"],
+        "tensor_parallel": size["tensor_parallel"],
         "seq_length": config["model"]["seq_length"],
         "lr": size["lr"],
         "min_lr": size["min_lr"],
@@ -580,9 +613,11 @@ def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
         "state_interval": training["state_interval"],
         "deterministic": training["deterministic"],
         # Ranks form a (data, tensor) mesh; the tensor groups are consecutive ranks (a node).
-        "tensor_parallel": size["tensor_parallel"],
         "data_parallel": training["data_parallel"],
         "partition_activations": partition_activations(config, run.size),
+        "activation_checkpointing": activation_checkpointing(config, run.size),
+        "compile_layers": training["compile_layers"],
+        "loss_chunk_tokens": training["loss_chunk_tokens"],
     }
 
 

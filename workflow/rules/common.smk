@@ -88,7 +88,7 @@ def train_nodes(wildcards):
 
 
 def train_tasks(wildcards):
-    return suite_config.world_size(config, RUNS[wildcards.run].size)
+    return suite_config.devices(config, RUNS[wildcards.run].size)
 
 
 def train_gpus(wildcards):
@@ -100,7 +100,7 @@ def train_mem_mb(wildcards, attempt):
     """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node, times the attempt:
     a segment killed for memory (OOM killer, SLURM OUT_OF_MEMORY) is retried (`retries`) with
     more, and resumes from its newest snapshot (docs/failures.md)."""
-    ranks = max(cluster_layout(wildcards)["gpus_per_node"], 1)
+    ranks = suite_config.ranks_per_node(config, RUNS[wildcards.run].size)
     return attempt * ranks * config["cluster"]["mem_mb_per_gpu"]
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "write_training_state",
     "read_trainer_state",
     "read_training_state",
+    "read_model_state",
+    "read_optimizer_state",
     "optimizer_shard_name",
     "state_dir_lock",
     "find_snapshot",
@@ -225,21 +227,10 @@ def _check_hf_config(path: Path, hf_config: dict) -> None:
             )
 
 
-def read_training_state(
-    state_dir: Path,
-    *,
-    hf_config: dict,
-    owned: dict[str, torch.Tensor],
-) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict]]:
-    """Read a training-state directory for the parameters this rank owns.
+def read_model_state(state_dir: Path, *, hf_config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(trainer_state, weights)`` of a training-state directory: all weights, CPU fp32.
 
-    ``owned`` maps Hugging Face parameter names (those whose optimizer state this rank keeps) to
-    their parameters (for the device). Returns ``(trainer_state, weights, optimizer_state)``:
-    all weights (CPU fp32) and the AdamW state of the owned parameters (empty for a step-0
-    checkpoint, which has no optimizer state yet).
-
-    Raises ``CheckpointError`` naming the file and key when the config differs, a file is
-    missing, or the optimizer shards cover some owned parameters but not others.
+    Raises ``CheckpointError`` naming the file when the config differs or a file is missing.
     """
     state_dir = Path(state_dir)
     trainer_state = read_trainer_state(state_dir)
@@ -247,8 +238,20 @@ def read_training_state(
     model_path = state_dir / _MODEL_FILE
     if not model_path.is_file():
         raise CheckpointError(f"{model_path} is missing")
-    weights = load_file(str(model_path))
+    return trainer_state, load_file(str(model_path))
 
+
+def read_optimizer_state(
+    state_dir: Path, trainer_state: dict, owned: dict[str, torch.Tensor]
+) -> dict[str, dict]:
+    """The AdamW state of the parameters this rank owns, from every saved shard.
+
+    ``owned`` maps Hugging Face parameter names (those whose optimizer state this rank keeps) to
+    their parameters (for the device). Empty for a step-0 checkpoint (no state yet). Raises
+    ``CheckpointError`` when a shard is missing or the shards cover some owned parameters but
+    not others.
+    """
+    state_dir = Path(state_dir)
     saved_world = trainer_state["world_size"]
     shard_paths = [
         state_dir / _OPT_DIR / optimizer_shard_name(r, saved_world) for r in range(saved_world)
@@ -276,7 +279,19 @@ def read_training_state(
             f"{state_dir / _OPT_DIR}: no optimizer state although "
             f"{trainer_state['scheduler']['iteration']} updates were applied"
         )
-    return trainer_state, weights, optimizer_state
+    return optimizer_state
+
+
+def read_training_state(
+    state_dir: Path,
+    *,
+    hf_config: dict,
+    owned: dict[str, torch.Tensor],
+) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict]]:
+    """``read_model_state`` then ``read_optimizer_state``: ``(trainer_state, weights,
+    optimizer_state)``. Raises ``CheckpointError`` as those do."""
+    trainer_state, weights = read_model_state(state_dir, hf_config=hf_config)
+    return trainer_state, weights, read_optimizer_state(state_dir, trainer_state, owned)
 
 
 def _assemble_state(name: str, param: torch.Tensor, entries: list[dict], where: Path) -> dict:

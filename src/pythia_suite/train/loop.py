@@ -1,14 +1,21 @@
 """Train one checkpoint segment ``(start_step, end_step]`` of a Pythia run with plain PyTorch.
 
-One process per device; data parallel (DDP) with ZeRO-1 optimizer-state sharding
-(``ZeroRedundancyOptimizer``) and gradient accumulation. Iteration ``s`` (0-based) consumes the
-global batch ``samples.batch(s, global_batch)`` whatever the world size: rank ``r`` takes rows
-``[r*B/W, (r+1)*B/W)`` and its micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The
-loss is the mean over the global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
+One process per device on a (data, tensor) mesh (``parallel``): tensor parallelism
+(``sizes.*.tensor_parallel``), data parallelism with ZeRO-1 or FSDP2, gradient accumulation.
+Iteration ``s`` (0-based) consumes the global batch ``samples.batch(s, global_batch)`` whatever
+the layout: data-parallel rank ``d`` of ``D`` takes rows ``[d*B/D, (d+1)*B/D)`` and its
+micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The loss is the mean over the
+global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
 and ``optim`` (decay groups, LR schedule, loss scaler).
 
-``train_segment`` is the whole story, top to bottom: set up, restore (start checkpoint or the
-newest in-segment snapshot), loop, save. With ``state_interval > 0`` it snapshots its state to
+``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
+checkpoint or the newest in-segment snapshot, optimizer), ``_train_iteration`` per step (around
+``train_step``, one optimizer update), ``_save_checkpoint``. The state one step changes is a
+``TrainState``; a step's outcome a ``StepResult``. ``prepare_model`` / ``init_train_state`` /
+``train_step`` are public so that the memory tracer runs exactly the step the loop runs, and
+``parallelize`` / ``build_training_optimizer`` are the one seam where parallelism plugs in.
+
+With ``state_interval > 0`` it snapshots its state to
 ``state_dir`` every ``state_interval`` steps so that a killed or preempted run continues where it
 stopped; at the same world size the final weights are bit-identical to an uninterrupted run
 (CPU, ``deterministic=True``).
@@ -27,14 +34,17 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -62,7 +72,17 @@ __all__ = [
     "BatchSource",
     "NonFiniteLossError",
     "SegmentPreempted",
+    "Progress",
+    "TrainState",
+    "StepResult",
     "train_segment",
+    "prepare_model",
+    "parallelize",
+    "build_training_optimizer",
+    "init_train_state",
+    "forward_loss",
+    "chunked_cross_entropy",
+    "train_step",
     "batch_fingerprint",
     "segment_key",
 ]
@@ -82,6 +102,9 @@ _NOT_IN_SEGMENT_KEY = (
     "tensor_parallel",
     "data_parallel",
     "partition_activations",
+    "activation_checkpointing",
+    "compile_layers",
+    "loss_chunk_tokens",
 )
 
 
@@ -92,14 +115,27 @@ class BatchSource(Protocol):
         """int64 array ``(global_batch, seq_length + 1)``: samples ``[step*B, (step+1)*B)``."""
         ...
 
+    # Optional (``SampleBatches`` has it): ``local_batch(step, global_batch, dp_rank, dp_size)``,
+    # data-parallel rank ``dp_rank``'s block of ``global_batch / dp_size`` rows, read alone.
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Every hyperparameter of a segment (Pythia's values as defaults where they are shared).
 
     ``micro_batch`` is sequences per rank per micro-step; gradient accumulation steps follow as
-    ``global_batch / (world_size * micro_batch)``. ``state_interval`` = snapshot every k steps
-    (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+    ``global_batch / (data-parallel ranks * micro_batch)``, where the data-parallel ranks are
+    ``world_size / tensor_parallel`` (``data_parallel_coords``). ``state_interval`` = snapshot
+    every k steps (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+
+    Memory and speed, not mathematics: ``activation_checkpointing`` recomputes each layer in the
+    backward pass; ``compile_layers`` compiles each layer with ``torch.compile``; the loss is
+    computed ``loss_chunk_tokens`` predicted tokens at a time (``chunked_cross_entropy``).
+    Layout, not mathematics: ``tensor_parallel`` ranks per tensor group; ``data_parallel``
+    ``"zero1"`` (ZeRO stage 1 over the data ranks) or ``"fsdp"`` (FSDP2); with
+    ``partition_activations`` each checkpointed layer input is split over the tensor group.
+    ``loss_scaler_in_fp32`` (tests only) runs fp16's dynamic loss scaler and overflow skip
+    with fp32 compute, so that the skip path runs on a CPU.
     """
 
     global_batch: int
@@ -132,6 +168,10 @@ class TrainSettings:
     tensor_parallel: int = 1
     data_parallel: str = "zero1"
     partition_activations: bool = False
+    activation_checkpointing: bool = False
+    compile_layers: bool = False
+    loss_chunk_tokens: int = 8192
+    loss_scaler_in_fp32: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting whose value is out of range."""
@@ -141,6 +181,7 @@ class TrainSettings:
             "seq_length",
             "decay_iters",
             "log_interval",
+            "loss_chunk_tokens",
             "tensor_parallel",
         )
         for name in positive:
@@ -263,15 +304,6 @@ def _rank0_check(env: DistributedEnv, check: Callable[[], object]) -> object:
     return result[0]
 
 
-def _any_rank(env: DistributedEnv, flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
@@ -298,58 +330,548 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# ----------------------------------------------------------------------------- optimizer state
+# ----------------------------------------------------------------------------- data
 
 
-def _param_names(model: nn.Module) -> dict[int, str]:
-    return {id(p): hf_name(n) for n, p in model.named_parameters()}
+def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[int, int]:
+    """``(data-parallel size, data-parallel rank)`` of this process.
+
+    Ranks form a (data, tensor) grid with the tensor index fastest, global rank =
+    ``dp_rank * tensor_parallel + tp_rank``: a node's GPUs share tensor groups (as Megatron's).
+    Tensor-parallel peers read the same rows.
+    """
+    tp = settings.tensor_parallel
+    return env.world_size // tp, env.rank // tp
 
 
-def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
-    """HF name -> parameter, for the parameters whose optimizer state this rank keeps."""
-    local = local_optimizer(optimizer)
-    return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
+def local_rows(
+    samples: BatchSource, step: int, global_batch: int, dp_size: int, dp_rank: int
+) -> np.ndarray:
+    """Rows ``[r*B/D, (r+1)*B/D)`` of global batch ``step`` for data-parallel rank ``r`` of
+    ``D``: read alone where the source can (``local_batch``), else cut from ``batch``."""
+    read_local = getattr(samples, "local_batch", None)
+    if read_local is not None:
+        return read_local(step, global_batch, dp_rank, dp_size)
+    rows = global_batch // dp_size
+    return samples.batch(step, global_batch)[dp_rank * rows : (dp_rank + 1) * rows]
 
 
-def _load_optimizer_state(
-    optimizer: torch.optim.Optimizer, owned: dict[str, torch.Tensor], state: dict[str, dict]
-) -> None:
-    local = local_optimizer(optimizer)
-    for name, param_state in state.items():
-        local.state[owned[name]] = param_state
+class _Prefetcher:
+    """This rank's rows of each step, read one step ahead by a background thread (into pinned
+    memory on CUDA) and copied to the device without blocking."""
+
+    def __init__(
+        self,
+        samples: BatchSource,
+        settings: TrainSettings,
+        env: DistributedEnv,
+        device: torch.device,
+    ) -> None:
+        self.samples, self.settings, self.device = samples, settings, device
+        self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def tokens(self, step: int, next_step: int | None) -> torch.Tensor:
+        """Step ``step``'s rows on the device; starts reading ``next_step``'s."""
+        current = self._pending.pop(step, None) or self._pool.submit(self._load, step)
+        if next_step is not None and next_step not in self._pending:
+            self._pending[next_step] = self._pool.submit(self._load, next_step)
+        return current.result().to(self.device, non_blocking=True)
+
+    def _load(self, step: int) -> torch.Tensor:
+        s = self.settings
+        rows = local_rows(self.samples, step, s.global_batch, self.dp_size, self.dp_rank)
+        expected = (s.global_batch // self.dp_size, s.seq_length + 1)
+        if tuple(rows.shape) != expected or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"samples: rows of step {step} for data-parallel rank {self.dp_rank} of "
+                f"{self.dp_size} have shape {tuple(rows.shape)} and dtype {rows.dtype}, "
+                f"expected {expected} integer ids"
+            )
+        host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        return host.pin_memory() if self.device.type == "cuda" else host
 
 
-# ----------------------------------------------------------------------------- one update
+class _Fingerprints:
+    """The data fingerprints, on global rank 0 only: sha256 of each step's whole global batch
+    and the running sha256 of the segment (``hasher``), computed by a background thread while
+    the step trains. Other ranks neither read the global batch nor hash it."""
+
+    def __init__(self, samples: BatchSource, settings: TrainSettings, enabled: bool) -> None:
+        self.samples, self.settings, self.enabled = samples, settings, enabled
+        self.hasher = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint") if enabled else None
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Fingerprints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, step: int) -> None:
+        if self.enabled:
+            self._pending[step] = self._pool.submit(self._digest, step)
+
+    def result(self, step: int) -> str | None:
+        """Step ``step``'s digest (waits for it); the segment hash then includes the step."""
+        return self._pending.pop(step).result() if self.enabled else None
+
+    def hexdigest(self) -> str | None:
+        return self.hasher.hexdigest() if self.enabled else None
+
+    def _digest(self, step: int) -> str:
+        batch = self.samples.batch(step, self.settings.global_batch)
+        _check_batch(batch, step, self.settings)
+        data = np.ascontiguousarray(batch, dtype="<i8").tobytes()
+        self.hasher.update(data)
+        return hashlib.sha256(data).hexdigest()
 
 
-def _forward_backward(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    *,
-    micro_batch: int,
-    loss_scale: float,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    par: parallel.Parallelism,
+# ----------------------------------------------------------------------------- segment state
+
+
+@dataclass
+class Progress:
+    """Per-segment bookkeeping: saved in every snapshot, so a resumed segment continues it."""
+
+    start_step: int
+    end_step: int
+    segment_key: str
+    step: int
+    scheduler_iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+    spikes: list[dict] = field(default_factory=list)
+    # The spike detector's window carries over from the previous segment.
+    recent_losses: list[float] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+    @classmethod
+    def fresh(cls, start_step: int, end_step: int, key: str, start_state: dict | None):
+        """At the segment's start (history empty), continuing the start checkpoint's schedule."""
+        carried = start_state or {}
+        return cls(
+            start_step=start_step,
+            end_step=end_step,
+            segment_key=key,
+            step=start_step,
+            scheduler_iteration=carried.get("scheduler", {}).get("iteration", 0),
+            recent_losses=list(carried.get("recent_losses", [])),
+        )
+
+    @classmethod
+    def from_snapshot(cls, saved: dict):
+        """As recorded in a snapshot's ``trainer_state.json``."""
+        return cls(
+            start_step=saved["segment"]["start_step"],
+            end_step=saved["segment"]["end_step"],
+            segment_key=saved["segment_key"],
+            step=saved["step"],
+            scheduler_iteration=saved["scheduler"]["iteration"],
+            history=saved["history"],
+            spikes=saved["spikes"],
+            recent_losses=saved["recent_losses"],
+            train_time_s=saved["train_time_s"],
+        )
+
+
+@dataclass
+class TrainState:
+    """What one optimizer step needs and changes (``train_step``); built by ``init_train_state``.
+
+    ``model`` is the ``GPTNeoXForCausalLM`` whose parameters are trained and saved;
+    ``train_module`` is what a micro-step calls (the LM loss of ``model``, wrapped for data
+    parallelism by ``parallelize``).
+    """
+
+    settings: TrainSettings
+    env: DistributedEnv
+    device: torch.device
+    model: nn.Module
+    train_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: DynamicLossScaler | None
+    progress: Progress
+    par: parallel.Parallelism  # this rank on the (data, tensor) mesh
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step, as every rank agrees on it (the step's single host sync)."""
+
+    loss: float  # mean over the global batch, unscaled
+    grad_norm: float  # after unscaling, before clipping
+    lr: float
+    skipped: bool  # fp16 overflow: no update, schedule not advanced
+    stop_requested: bool  # some rank had ``stop_requested`` set (SIGTERM)
+
+
+@dataclass
+class Segment:
+    """The segment being trained: where it reads, writes, logs and reports (not the maths)."""
+
+    hf_config: dict
+    samples: BatchSource
+    start_step: int
+    end_step: int
+    out_dir: Path
+    state_dir: Path | None
+    hook: Callable[[str, int], None]
+    log: _Log
+    preempt: threading.Event
+    batches: _Prefetcher
+    fingerprints: _Fingerprints
+    names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
+    first_step: int = 0  # where this process started training (after a resume: the snapshot)
+    started: float = field(default_factory=time.perf_counter)
+
+
+# ----------------------------------------------------------------------------- model and loss
+
+
+def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device) -> nn.Module:
+    """The model as it trains, weights left uninitialised (init or load them next).
+
+    ``GPTNeoXForCausalLM`` on ``device`` in fp32 with the fast paths of ``settings``: activation
+    checkpointing of every layer (non-reentrant, recomputed in backward: identical results,
+    about one forward more compute) and, with ``compile_layers``, each layer compiled by
+    ``torch.compile``. Parameter names are unchanged. The loop and the memory tracer both call
+    it; tensor parallelism is applied later, by ``parallelize``, to the initialised model.
+    """
+    model = build_model(hf_config, device, empty=True)
+    model.base_model.rotary_emb.register_forward_hook(_rotary_in_compute_dtype)
+    if settings.activation_checkpointing:
+        kwargs = {"use_reentrant": False}
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if settings.compile_layers:
+        for layer in model.base_model.layers:
+            layer.compile()
+    return model
+
+
+def _rotary_in_compute_dtype(module: nn.Module, args, output):
+    """Under autocast, hand the layers rotary cos/sin in the compute dtype (fp16/bf16).
+
+    transformers returns them in the residual stream's dtype (fp32), which turns ``q * cos``
+    into an fp32 product of the half-precision q and k: two full fp32 copies per layer. Exact
+    enough in half precision because the angles (position x inverse frequency) are still
+    computed in fp32, only the values in [-1, 1] are rounded (relative 2^-11 in fp16, 2^-8 in
+    bf16), and q, k are half precision already; GPT-NeoX v1.0 itself applied rotary in the
+    training dtype (``cos_cached.to(x.dtype)``), Pythia's runs included.
+    """
+    device_type = output[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return output
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in output)
+
+
+def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.device) -> str:
+    """Which scaled-dot-product-attention kernel the model's attention runs, checked by trying.
+
+    transformers' ``sdpa`` attention with no mask (causal by ``is_causal``) is what the flash
+    kernel needs. Tries flash, then memory-efficient, then math, at the model's head size in
+    the compute dtype on ``device``, and returns ``"SDPA flash"`` or the fallback's name with
+    why flash was refused. The loop logs it at start-up.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    impl = model.config._attn_implementation
+    if impl != "sdpa":
+        return f"{impl} attention (not SDPA: no flash kernel)"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision, torch.float32)
+    heads = model.config.num_attention_heads
+    q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
+    refused = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")  # torch warns why; the reason is kept below
+                F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        except RuntimeError as err:
+            refused.append(f"{backend.name}: {str(err).splitlines()[0]}")
+            continue
+        if not refused:
+            return f"SDPA {backend.name} ({device.type}, {dtype})"
+        return f"SDPA {backend.name} ({device.type}, {dtype}); refused: {'; '.join(refused)}"
+    return f"no SDPA kernel ({device.type}, {dtype}): {'; '.join(refused)}"
+
+
+class LMLoss(nn.Module):
+    """``forward(tokens)`` = ``forward_loss(model, tokens, settings)``: the module that data
+    parallel wrappers (DDP, FSDP2) see, so that their hooks run around the whole loss."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return forward_loss(self.model, tokens, self.settings)
+
+
+def forward_loss(model: nn.Module, tokens: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``tokens`` (``(batch, seq_length + 1)`` ids), fp32.
+
+    Up to ``settings.loss_chunk_tokens`` predicted tokens: the output layer's logits in one
+    piece (as transformers computes them). More: ``chunked_cross_entropy``, which never holds
+    more than one chunk's logits. Under tensor parallelism: the loss-parallel cross-entropy of
+    the vocabulary-sharded logits (call inside ``parallel.loss_context``).
+    """
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    hidden = model.base_model(input_ids=inputs).last_hidden_state
+    head = model.get_output_embeddings()
+    if labels.numel() <= settings.loss_chunk_tokens or parallel.is_vocab_parallel(head):
+        # Under tensor parallelism the logits stay vocabulary-sharded (1/T per rank) and the
+        # loss is loss-parallel: never gathered, so no chunking is needed.
+        logits = head(hidden)
+        return parallel.causal_lm_loss(logits, labels)
+    return chunked_cross_entropy(
+        hidden.flatten(0, 1), head.weight, labels.flatten(), settings.loss_chunk_tokens
+    )
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean CE of ``hidden @ weight.T`` computed chunk by chunk, gradients included.
+
+    The forward pass computes each chunk's logits (in the autocast dtype where autocast is on,
+    as ``nn.Linear`` would), its loss in fp32, and at once the chunk's gradients
+    (``softmax - onehot``) with respect to ``hidden`` and ``weight``; the logits are then
+    dropped. Backward only scales the stored gradients. Same FLOPs as the plain loss; memory
+    ``chunk x vocab`` logits plus one ``weight``-sized fp32 gradient, not ``tokens x vocab``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_tokens):
+        n = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk_tokens):
+            h = hidden[start : start + chunk_tokens]
+            y = labels[start : start + chunk_tokens]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            grad_logits = torch.softmax(logits, dim=-1)
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            del logits, lse
+            g = grad_logits.to(h.dtype) if not torch.is_autocast_enabled() else grad_logits
+            grad_hidden[start : start + chunk_tokens] = g @ weight
+            grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.n = n
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output / ctx.n
+        return (
+            (grad_hidden * scale).to(grad_hidden.dtype),
+            (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+        )
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
 ) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T, labels)`` (mean) without all the logits at once.
+
+    ``hidden`` is ``(tokens, hidden)``, ``weight`` the output layer's ``(vocab, hidden)``,
+    ``labels`` ``(tokens,)``; at most ``chunk_tokens`` rows of logits exist at any time, in
+    the forward and the backward pass. Equal to the plain loss and its gradients within fp32
+    rounding (tests/test_train_loop.py).
+    """
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_tokens)
+
+
+# ----------------------------------------------------------------------------- parallelism seam
+
+
+def parallelize(
+    model: nn.Module,
+    settings: TrainSettings,
+    env: DistributedEnv,
+    device: torch.device,
+    par: parallel.Parallelism | None = None,
+) -> tuple[nn.Module, parallel.Parallelism]:
+    """The module a micro-step calls (``LMLoss(model)``) and this rank's place on the mesh.
+
+    Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
+    before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
+    FSDP2 shards each layer and then ``LMLoss`` as the root. ZeRO-1 needs no wrapper: its
+    gradient all-reduce runs in ``train_step`` (``parallel.all_reduce_gradients``).
+    """
+    if par is None:
+        par = parallel.build_parallelism(
+            env.world_size, settings.tensor_parallel, device, settings.data_parallel
+        )
+    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    train_module = LMLoss(model, settings)
+    parallel.apply_fsdp(model, train_module, par, settings.precision)
+    return train_module, par
+
+
+def build_training_optimizer(
+    model: nn.Module, settings: TrainSettings, par: parallel.Parallelism, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
+    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel)."""
+    return parallel.build_optimizer(
+        build_param_groups(model, settings.weight_decay),
+        par,
+        betas=(settings.adam_beta1, settings.adam_beta2),
+        eps=settings.adam_eps,
+        sharded=settings.zero_optimizer,
+        fused=device.type == "cuda",
+    )
+
+
+def new_loss_scaler(settings: TrainSettings) -> DynamicLossScaler | None:
+    """DeepSpeed's dynamic loss scaler for fp16 (or ``loss_scaler_in_fp32``), else ``None``."""
+    if settings.precision != "fp16" and not settings.loss_scaler_in_fp32:
+        return None
+    return DynamicLossScaler(
+        settings.loss_scale_initial,
+        settings.loss_scale_window,
+        settings.loss_scale_hysteresis,
+        settings.loss_scale_min,
+    )
+
+
+def init_train_state(
+    model: nn.Module,
+    settings: TrainSettings,
+    env: DistributedEnv,
+    device: torch.device,
+    progress: Progress | None = None,
+    par: parallel.Parallelism | None = None,
+) -> TrainState:
+    """Parallelise ``model`` (weights in place) and build its optimizer and loss scaler.
+
+    ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs); ``par``
+    to the mesh of ``env`` and ``settings``.
+    """
+    train_module, par = parallelize(model, settings, env, device, par)
+    return TrainState(
+        settings=settings,
+        env=env,
+        device=device,
+        model=model,
+        train_module=train_module,
+        optimizer=build_training_optimizer(model, settings, par, device),
+        scaler=new_loss_scaler(settings),
+        progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
+        par=par,
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def autocast_context(settings: TrainSettings, device: torch.device):
+    """The forward pass's autocast: none for fp32, else fp16/bf16 on ``device``'s type."""
+    if settings.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if settings.precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float) -> torch.Tensor:
     """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
 
     Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
-    reduction averages over the data ranks, so the gradient is that of the mean loss over the
-    global batch. Under tensor parallelism the logits stay vocabulary-sharded (loss_parallel).
+    reduction (ZeRO-1's all-reduce in ``train_step``, FSDP2's reduce-scatter) averages over the
+    data ranks, so the gradient is that of the mean loss over the global batch.
     """
+    micro_batch = state.settings.micro_batch
+    module, par = state.train_module, state.par
     n_micro = tokens.shape[0] // micro_batch
     total = torch.zeros((), device=tokens.device)
     for m in range(n_micro):
         chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
-        inputs, labels = chunk[:, :-1], chunk[:, 1:]
-        # Reduce gradients across data ranks only once, after the last micro-step.
-        with parallel.gradient_sync(model, par, m == n_micro - 1), parallel.loss_context(par):
-            with autocast():
-                logits = model(input_ids=inputs).logits
-            loss = parallel.causal_lm_loss(logits, labels)
+        # FSDP2 reduces gradients only once, after the last micro-step.
+        last = m == n_micro - 1
+        with parallel.gradient_sync(module, par, last), parallel.loss_context(par):
+            with autocast_context(state.settings, state.device):
+                loss = module(chunk)
             (loss * (loss_scale / n_micro)).backward()
         total += parallel.scalar(loss.detach()) / n_micro
     return total
+
+
+def train_step(
+    state: TrainState, tokens: torch.Tensor, *, stop_requested: bool = False
+) -> StepResult:
+    """One optimizer iteration on this rank's rows ``tokens`` (``(rows, seq_length + 1)``).
+
+    Forward and backward over the micro-batches, loss averaged over ranks, unscale, clip, then
+    the update at the schedule's LR, or (fp16 overflow) a skipped update that leaves weights
+    and schedule alone and tells the loss scaler. One host sync: loss, gradient norm and the
+    ranks' stop flag in one small tensor. Raises ``NonFiniteLossError`` on a non-finite loss or
+    gradient norm without a loss scaler.
+    """
+    settings, env, progress = state.settings, state.env, state.progress
+    params = [p for p in state.model.parameters()]
+    loss_scale = state.scaler.scale if state.scaler else 1.0
+    local_loss = _forward_backward(state, tokens, loss_scale)
+    parallel.all_reduce_gradients(params, state.par)
+    reduced = torch.stack([local_loss, torch.tensor(float(stop_requested), device=state.device)])
+    if env.world_size > 1:
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        reduced[0] /= env.world_size
+    if loss_scale != 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(1.0 / loss_scale)
+    # The global norm over tensor- and data-sharded gradients (each block counted once).
+    grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
+    loss, stops, norm = torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]).tolist()
+    overflow = not (math.isfinite(loss) and math.isfinite(norm))
+    it = progress.step
+    if overflow and state.scaler is None:
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        raise NonFiniteLossError(
+            f"{what} is not finite at iteration {it} (the update to step {it + 1}): "
+            f"loss={loss}, grad_norm={norm}; stopping before anything is saved"
+        )
+    lr = lr_at(
+        progress.scheduler_iteration,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        warmup_iters=settings.warmup_iters,
+        decay_iters=settings.decay_iters,
+    )
+    if overflow:
+        # fp16 overflow: DeepSpeed skips the update and the LR schedule does not advance.
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.update(True)
+    else:
+        set_lr(state.optimizer, lr)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        progress.scheduler_iteration += 1
+        if state.scaler is not None:
+            state.scaler.update(False)
+    return StepResult(loss, norm, lr, overflow, stops > 0)
 
 
 # ----------------------------------------------------------------------------- the segment
@@ -393,224 +915,213 @@ def train_segment(
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir is not None else None
     start_checkpoint = Path(start_checkpoint) if start_checkpoint is not None else None
-    hook = hook or (lambda event, step: None)
     _check_arguments(
         settings, env, device, start_checkpoint, start_step, end_step, out_dir, state_dir
     )
-    log_line = _Log(log, enabled=env.is_main)
-
     with contextlib.ExitStack() as stack:
-        stack.callback(log_line.close)
+        seg = Segment(
+            hf_config=hf_config,
+            samples=samples,
+            start_step=start_step,
+            end_step=end_step,
+            out_dir=out_dir,
+            state_dir=state_dir,
+            hook=hook or (lambda event, step: None),
+            log=_Log(log, enabled=env.is_main),
+            preempt=threading.Event(),
+            batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
+            fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
+        )
+        stack.callback(seg.log.close)
         stack.enter_context(distributed_context(env, device))
         stack.enter_context(_deterministic(settings.deterministic))
-        preempt = stack.enter_context(_sigterm_flag())
-        if state_dir is not None and env.is_main:
-            # Held by rank 0 for the whole segment; the failure reaches every rank below.
-            _rank0_check(env, lambda: stack.enter_context(ckpt.state_dir_lock(state_dir)))
-        elif state_dir is not None:
-            _rank0_check(env, lambda: None)
+        seg.preempt = stack.enter_context(_sigterm_flag())
+        _lock_state_dir(stack, seg, env)
+        state = _set_up(seg, settings, start_checkpoint, env, device)
+        for it in range(state.progress.step, end_step):
+            _train_iteration(seg, state, it)
+        return _save_checkpoint(seg, state)
 
-        # --- model and optimizer ---------------------------------------------------------
-        # The (data, tensor) mesh; the model is sharded before its values are set, so that a
-        # rank never holds more than its block (plus one full parameter on the CPU at a time).
-        par = parallel.build_parallelism(
-            env.world_size,
-            settings.tensor_parallel,
-            device,
-            settings.data_parallel,
-        )
-        ranks_rows = settings.global_batch // par.data
-        # Every parameter is overwritten below (GPT-NeoX init or the checkpoint's weights).
-        model = build_model(hf_config, device, empty=True)
-        parallel.prepare_model(
+
+def _lock_state_dir(stack: contextlib.ExitStack, seg: Segment, env: DistributedEnv) -> None:
+    """Rank 0 holds the state dir's writer lock for the whole segment; a failure to take it
+    reaches every rank."""
+    if seg.state_dir is None:
+        return
+    if env.is_main:
+        _rank0_check(env, lambda: stack.enter_context(ckpt.state_dir_lock(seg.state_dir)))
+    else:
+        _rank0_check(env, lambda: None)
+
+
+def _set_up(
+    seg: Segment,
+    settings: TrainSettings,
+    start_checkpoint: Path | None,
+    env: DistributedEnv,
+    device: torch.device,
+) -> TrainState:
+    """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
+
+    Tensor parallelism shards the model before its weights are set: each rank then copies its
+    block from the full CPU tensors, one parameter at a time.
+    """
+    model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
+    par = parallel.build_parallelism(
+        env.world_size, settings.tensor_parallel, device, settings.data_parallel
+    )
+    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    seg.log(
+        f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
+        f"micro_batch {settings.micro_batch} x gas "
+        f"{settings.global_batch // (par.data * settings.micro_batch)}"
+    )
+    n_params = count_parameters(model)
+    _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
+
+    start_state = ckpt.read_trainer_state(start_checkpoint) if start_checkpoint else None
+    key = segment_key(seg.hf_config, settings, start_state, seg.start_step, seg.end_step)
+    snapshot = None
+    if seg.state_dir is not None:
+        snapshot, stale = ckpt.find_snapshot(seg.state_dir, key)
+        _rank0_check(env, lambda: _remove_stale(stale, seg.log))
+    resume_from = snapshot or start_checkpoint
+    progress = Progress.fresh(seg.start_step, seg.end_step, key, start_state)
+    saved = None
+    if resume_from is None:
+        init_gpt_neox_weights(
             model,
-            par,
-            precision=settings.precision,
-            partition_activations=settings.partition_activations,
+            weight_seed=settings.weight_seed,
+            init_method=settings.init_method,
+            output_layer_init_method=settings.output_layer_init_method,
+            base_std=settings.init_std,
         )
-        names = _param_names(model)
-        n_params = count_parameters(model)
-        _rank0_check(env, lambda: _check_disk_space(n_params, out_dir, state_dir, settings))
-        optimizer = parallel.build_optimizer(
-            build_param_groups(model, settings.weight_decay),
-            par,
-            betas=(settings.adam_beta1, settings.adam_beta2),
-            eps=settings.adam_eps,
-            sharded=settings.zero_optimizer,
+    else:
+        saved, weights = ckpt.read_model_state(resume_from, hf_config=seg.hf_config)
+        _check_resumable(resume_from, saved, settings, seg.start_step, seg.end_step, snapshot)
+        load_hf_state_dict(model, weights, str(resume_from / "model.safetensors"))
+        del weights
+        if snapshot:
+            progress = Progress.from_snapshot(saved)
+
+    state = init_train_state(model, settings, env, device, progress, par)
+    seg.names = {id(p): hf_name(n) for n, p in model.named_parameters()}
+    if saved is not None:
+        owned = _owned_parameters(state.optimizer, seg.names)
+        opt_state = ckpt.read_optimizer_state(resume_from, saved, owned)
+        _load_optimizer_state(state.optimizer, owned, opt_state)
+        if state.scaler is not None and saved.get("loss_scaler"):
+            state.scaler.load_state_dict(saved["loss_scaler"])
+        ckpt.restore_rng_state(saved["rng"])
+        seg.log(f"starting at step {saved['step']} from {resume_from}")
+    seg.fingerprints.hasher = _segment_hasher(seg.samples, settings, progress, env)
+    seg.first_step = progress.step
+    seg.started = time.perf_counter()
+    return state
+
+
+def _train_iteration(seg: Segment, state: TrainState, it: int) -> None:
+    """Iteration ``it``: this rank's rows of the global batch, ``train_step``, the record, the
+    log line, the hook, and a snapshot when due or when a rank got SIGTERM."""
+    settings, env = state.settings, state.env
+    t0 = time.perf_counter()
+    seg.fingerprints.submit(it)  # rank 0, in the background while the step trains
+    tokens = seg.batches.tokens(it, next_step=it + 1 if it + 1 < seg.end_step else None)
+    result = train_step(state, tokens, stop_requested=seg.preempt.is_set())
+    fingerprint = seg.fingerprints.result(it)
+    dt = time.perf_counter() - t0
+    tokens_per_s = settings.global_batch * settings.seq_length / dt
+    _record_step(state.progress, it, result, tokens_per_s, fingerprint, settings, seg.log)
+    if (it + 1) % settings.log_interval == 0 or it + 1 == seg.end_step:
+        _log_progress(seg, state, it, result, dt)
+    seg.hook("step_end", it + 1)
+
+    # One rank: its own flag, now. Several: the flag as the step's reduction agreed on it
+    # (no extra host sync); a later SIGTERM is seen at the next step.
+    preempted = seg.preempt.is_set() if env.world_size == 1 else result.stop_requested
+    due = settings.state_interval and (it + 1) % settings.state_interval == 0
+    if seg.state_dir is not None and (preempted or due) and it + 1 < seg.end_step:
+        _save_snapshot(seg, state, it + 1)
+        seg.hook("snapshot_saved", it + 1)
+    if preempted:
+        raise SegmentPreempted(
+            f"SIGTERM received; stopped after step {it + 1} of {seg.end_step}"
+            + (f", snapshot in {seg.state_dir}" if seg.state_dir is not None else "")
         )
-        scaler = (
-            DynamicLossScaler(
-                settings.loss_scale_initial,
-                settings.loss_scale_window,
-                settings.loss_scale_hysteresis,
-                settings.loss_scale_min,
-            )
-            if settings.precision == "fp16"
-            else None
-        )
 
-        # --- where to start: fresh weights, the start checkpoint, or a newer snapshot ----
-        start_state = ckpt.read_trainer_state(start_checkpoint) if start_checkpoint else None
-        key = segment_key(hf_config, settings, start_state, start_step, end_step)
-        snapshot = None
-        if state_dir is not None:
-            snapshot, stale = ckpt.find_snapshot(state_dir, key)
-            _rank0_check(env, lambda: _remove_stale(stale, log_line))
-        resume_from = snapshot or start_checkpoint
-        if resume_from is None:
-            init_gpt_neox_weights(
-                model,
-                weight_seed=settings.weight_seed,
-                init_method=settings.init_method,
-                output_layer_init_method=settings.output_layer_init_method,
-                base_std=settings.init_std,
-            )
-            progress = _fresh_progress(start_step, end_step, key, start_state)
-        else:
-            owned = _owned_parameters(optimizer, names)
-            saved, weights, opt_state = ckpt.read_training_state(
-                resume_from, hf_config=hf_config, owned=owned
-            )
-            _check_resumable(resume_from, saved, settings, start_step, end_step, snapshot)
-            load_hf_state_dict(model, weights, str(resume_from / "model.safetensors"))
-            del weights
-            _load_optimizer_state(optimizer, owned, opt_state)
-            if scaler is not None and saved.get("loss_scaler"):
-                scaler.load_state_dict(saved["loss_scaler"])
-            ckpt.restore_rng_state(saved["rng"])
-            progress = (
-                _progress_from_snapshot(saved)
-                if snapshot
-                else _fresh_progress(start_step, end_step, key, start_state)
-            )
-            log_line(f"starting at step {saved['step']} from {resume_from}")
-        segment_hash = _segment_hasher(samples, settings, progress, env)
 
-        # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
-        autocast = _autocast_factory(settings.precision, device)
-        params = [p for p in model.parameters()]
-        tokens_per_step = settings.global_batch * settings.seq_length
+def _log_progress(seg: Segment, state: TrainState, it: int, result: StepResult, dt: float) -> None:
+    settings = state.settings
+    done = it + 1 - seg.first_step
+    elapsed = time.perf_counter() - seg.started
+    eta = elapsed / max(done, 1) * (seg.end_step - it - 1)
+    scale_note = f" | loss_scale {state.scaler.scale:g}" if state.scaler else ""
+    seg.log(
+        f"step {it + 1}/{seg.end_step} | loss {result.loss:.4f} | lr {result.lr:.3e} | "
+        f"grad_norm {result.grad_norm:.3f} | tokens/s "
+        f"{settings.global_batch * settings.seq_length / dt:.0f} | "
+        f"eta {_format_eta(eta)}{scale_note}"
+    )
 
-        # --- the loop ----------------------------------------------------------------------
-        first_step = progress["step"]
-        t_segment = time.perf_counter()
-        for it in range(first_step, end_step):
-            t0 = time.perf_counter()
-            batch = samples.batch(it, settings.global_batch)
-            _check_batch(batch, it, settings)
-            fingerprint = batch_fingerprint(batch)
-            if env.is_main:
-                segment_hash.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-            rows = batch[par.data_rank * ranks_rows : (par.data_rank + 1) * ranks_rows]
-            tokens = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(device)
 
-            loss_scale = scaler.scale if scaler else 1.0
-            local_loss = _forward_backward(
-                model,
-                tokens,
-                micro_batch=settings.micro_batch,
-                loss_scale=loss_scale,
-                autocast=autocast,
-                par=par,
-            )
-            parallel.all_reduce_gradients(params, par)
-            loss = _mean_over_ranks(local_loss, env)
-            if loss_scale != 1.0:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.mul_(1.0 / loss_scale)
-            grad_norm = float(parallel.clip_grad_norm(params, settings.grad_clip))
-            overflow = not (math.isfinite(loss) and math.isfinite(grad_norm))
-            if overflow and scaler is None:
-                what = "loss" if not math.isfinite(loss) else "gradient norm"
-                raise NonFiniteLossError(
-                    f"{what} is not finite at iteration {it} (the update to step {it + 1}): "
-                    f"loss={loss}, grad_norm={grad_norm}; stopping before anything is saved"
-                )
-            lr = lr_at(
-                progress["scheduler_iteration"],
-                lr=settings.lr,
-                min_lr=settings.min_lr,
-                warmup_iters=settings.warmup_iters,
-                decay_iters=settings.decay_iters,
-            )
-            if overflow:
-                # fp16 overflow: DeepSpeed skips the update and the LR schedule does not advance.
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update(True)
-            else:
-                set_lr(optimizer, lr)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress["scheduler_iteration"] += 1
-                if scaler is not None:
-                    scaler.update(False)
-            dt = time.perf_counter() - t0
+def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
+    """Write ``out_dir`` (every rank: its optimizer shard) and drop the segment's snapshots."""
+    env = state.env
+    trainer_state = _trainer_state(seg, state, seg.end_step)
+    ckpt.write_training_state(
+        seg.out_dir,
+        env=env,
+        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
+        trainer_state=trainer_state,
+        hf_config=seg.hf_config,
+        before_publish=lambda: seg.hook("before_publish", seg.end_step),
+    )
+    seg.log(f"wrote {seg.out_dir}")
+    if seg.state_dir is not None:
+        _rank0_check(env, lambda: ckpt.remove_snapshots(seg.state_dir))
+    return trainer_state
 
-            _record_step(
-                progress,
-                it,
-                loss,
-                lr,
-                grad_norm,
-                overflow,
-                tokens_per_step / dt,
-                fingerprint,
-                settings,
-                log_line,
-            )
-            done = it + 1 - first_step
-            if (it + 1) % settings.log_interval == 0 or it + 1 == end_step:
-                elapsed = time.perf_counter() - t_segment
-                eta = elapsed / done * (end_step - it - 1)
-                scale_note = f" | loss_scale {scaler.scale:g}" if scaler else ""
-                log_line(
-                    f"step {it + 1}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | "
-                    f"grad_norm {grad_norm:.3f} | tokens/s {tokens_per_step / dt:.0f} | "
-                    f"eta {_format_eta(eta)}{scale_note}"
-                )
-            hook("step_end", it + 1)
 
-            preempted = _any_rank(env, preempt.is_set(), device)
-            due = settings.state_interval and (it + 1) % settings.state_interval == 0
-            if state_dir is not None and (preempted or due) and it + 1 < end_step:
-                _save_snapshot(
-                    state_dir,
-                    it + 1,
-                    model,
-                    optimizer,
-                    names,
-                    scaler,
-                    progress,
-                    segment_hash,
-                    hf_config,
-                    settings,
-                    env,
-                    par,
-                    log_line,
-                )
-                hook("snapshot_saved", it + 1)
-            if preempted:
-                raise SegmentPreempted(
-                    f"SIGTERM received; stopped after step {it + 1} of {end_step}"
-                    + (f", snapshot in {state_dir}" if state_dir is not None else "")
-                )
+def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
+    path = ckpt.snapshot_path(seg.state_dir, step)
+    if path.exists():
+        return  # resumed from this very snapshot and stopped again at once
+    ckpt.write_training_state(
+        path,
+        env=state.env,
+        model_tensors=parallel.full_state_dict(state.model, state.env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
+        trainer_state=_trainer_state(seg, state, step),
+        hf_config=seg.hf_config,
+    )
+    # The new snapshot is complete: older ones of this segment are no longer needed.
+    _rank0_check(state.env, lambda: ckpt.remove_snapshots(seg.state_dir, keep=path))
+    seg.log(f"snapshot at step {step}: {path}")
 
-        # --- the checkpoint -----------------------------------------------------------------
-        trainer_state = _trainer_state(end_step, scaler, progress, segment_hash, settings, env)
-        ckpt.write_training_state(
-            out_dir,
-            env=env,
-            model_tensors=parallel.full_state_dict(model, env.is_main, hf_name),
-            optimizer_shard=parallel.optimizer_blocks(local_optimizer(optimizer), names, par),
-            trainer_state=trainer_state,
-            hf_config=hf_config,
-            before_publish=lambda: hook("before_publish", end_step),
-        )
-        log_line(f"wrote {out_dir}")
-        if state_dir is not None:
-            _rank0_check(env, lambda: ckpt.remove_snapshots(state_dir))
-        return trainer_state
+
+# ----------------------------------------------------------------------------- optimizer state
+
+
+def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
+    """HF name -> parameter, for the parameters whose optimizer state this rank keeps."""
+    local = local_optimizer(optimizer)
+    return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
+
+
+def _optimizer_shard(state: TrainState, names: dict[int, str]) -> dict:
+    """This rank's AdamW state keyed by HF parameter name, as CPU blocks with their offsets
+    (``parallel.optimizer_blocks``): any (data, tensor) layout can load it."""
+    return parallel.optimizer_blocks(local_optimizer(state.optimizer), names, state.par)
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, owned: dict[str, torch.Tensor], state: dict[str, dict]
+) -> None:
+    local = local_optimizer(optimizer)
+    for name, param_state in state.items():
+        local.state[owned[name]] = param_state
 
 
 # ----------------------------------------------------------------------------- loop helpers
@@ -637,12 +1148,12 @@ def _check_arguments(
             f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
             f"{env.world_size}"
         )
-    data_parallel = env.world_size // settings.tensor_parallel
-    rows_per_step = data_parallel * settings.micro_batch
-    if settings.global_batch % rows_per_step:
+    dp_size, _ = data_parallel_coords(env, settings)
+    if settings.global_batch % (dp_size * settings.micro_batch):
         raise ValueError(
             f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
-            f"{data_parallel} x micro_batch {settings.micro_batch}"
+            f"{dp_size} (world_size {env.world_size} / tensor_parallel "
+            f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
         )
     if settings.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
@@ -701,54 +1212,8 @@ def _check_batch(batch: np.ndarray, it: int, settings: TrainSettings) -> None:
         raise ValueError(f"samples.batch({it}) has dtype {batch.dtype}, expected integer ids")
 
 
-def _mean_over_ranks(local_loss: torch.Tensor, env: DistributedEnv) -> float:
-    if env.world_size > 1:
-        local_loss = local_loss.clone()
-        dist.all_reduce(local_loss, op=dist.ReduceOp.SUM)
-        local_loss /= env.world_size
-    return float(local_loss)
-
-
-def _autocast_factory(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _fresh_progress(start_step: int, end_step: int, key: str, start_state: dict | None) -> dict:
-    """Per-segment bookkeeping at the segment's start (history empty)."""
-    carried = start_state or {}
-    return {
-        "step": start_step,
-        "start_step": start_step,
-        "end_step": end_step,
-        "segment_key": key,
-        "scheduler_iteration": carried.get("scheduler", {}).get("iteration", 0),
-        "history": [],
-        "spikes": [],
-        # The spike detector's window carries over from the previous segment.
-        "recent_losses": list(carried.get("recent_losses", [])),
-        "train_time_s": 0.0,
-    }
-
-
-def _progress_from_snapshot(saved: dict) -> dict:
-    return {
-        "step": saved["step"],
-        "start_step": saved["segment"]["start_step"],
-        "end_step": saved["segment"]["end_step"],
-        "segment_key": saved["segment_key"],
-        "scheduler_iteration": saved["scheduler"]["iteration"],
-        "history": saved["history"],
-        "spikes": saved["spikes"],
-        "recent_losses": saved["recent_losses"],
-        "train_time_s": saved["train_time_s"],
-    }
-
-
 def _segment_hasher(
-    samples: BatchSource, settings: TrainSettings, progress: dict, env: DistributedEnv
+    samples: BatchSource, settings: TrainSettings, progress: Progress, env: DistributedEnv
 ):
     """sha256 over every token id the segment consumed so far (rank 0 only).
 
@@ -758,7 +1223,7 @@ def _segment_hasher(
     hasher = hashlib.sha256()
     if not env.is_main:
         return hasher
-    for record in progress["history"]:
+    for record in progress.history:
         batch = samples.batch(record["iteration"], settings.global_batch)
         if batch_fingerprint(batch) != record["tokens_sha256"]:
             raise ckpt.CheckpointError(
@@ -770,119 +1235,80 @@ def _segment_hasher(
 
 
 def _record_step(
-    progress: dict,
+    progress: Progress,
     it: int,
-    loss: float,
-    lr: float,
-    grad_norm: float,
-    skipped: bool,
+    result: StepResult,
     tokens_per_s: float,
     fingerprint: str,
     settings: TrainSettings,
     log_line: _Log,
 ) -> None:
     """Append the step to the history; detect a loss spike against the running mean."""
-    recent = progress["recent_losses"]
+    recent, loss = progress.recent_losses, result.loss
     min_count = min(10, settings.spike_window)
-    if not skipped and len(recent) >= min_count:
+    if not result.skipped and len(recent) >= min_count:
         running_mean = sum(recent) / len(recent)
         if loss > settings.spike_factor * running_mean:
-            progress["spikes"].append({"step": it + 1, "loss": loss, "running_mean": running_mean})
+            progress.spikes.append({"step": it + 1, "loss": loss, "running_mean": running_mean})
             log_line(
                 f"SPIKE step {it + 1} | loss {loss:.4f} > {settings.spike_factor:g} x "
                 f"running mean {running_mean:.4f}"
             )
-    if not skipped:
+    if not result.skipped:
         recent.append(loss)
         del recent[: max(0, len(recent) - settings.spike_window)]
-    progress["history"].append(
+    progress.history.append(
         {
             "iteration": it,
             "step": it + 1,
             "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "skipped": skipped,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "skipped": result.skipped,
             "tokens_per_s": tokens_per_s,
             "tokens_sha256": fingerprint,
         }
     )
-    progress["train_time_s"] += settings.global_batch * settings.seq_length / tokens_per_s
-    progress["step"] = it + 1
+    progress.train_time_s += settings.global_batch * settings.seq_length / tokens_per_s
+    progress.step = it + 1
 
 
-def _trainer_state(
-    step: int,
-    scaler: DynamicLossScaler | None,
-    progress: dict,
-    segment_hash,
-    settings: TrainSettings,
-    env: DistributedEnv,
-) -> dict:
-    history = progress["history"]
+def _trainer_state(seg: Segment, state: TrainState, step: int) -> dict:
+    """``trainer_state.json`` of a checkpoint or snapshot at ``step``."""
+    settings, env, progress = state.settings, state.env, state.progress
+    history = progress.history
     tokens = len(history) * settings.global_batch * settings.seq_length
     return {
         "format": ckpt.TRAINER_STATE_FORMAT,
         "step": step,
-        "segment": {"start_step": progress["start_step"], "end_step": progress["end_step"]},
-        "segment_key": progress["segment_key"],
+        "segment": {"start_step": progress.start_step, "end_step": progress.end_step},
+        "segment_key": progress.segment_key,
         "world_size": env.world_size,
         "global_batch": settings.global_batch,
         "seq_length": settings.seq_length,
         "consumed_samples": step * settings.global_batch,
         "scheduler": {
-            "iteration": progress["scheduler_iteration"],
+            "iteration": progress.scheduler_iteration,
             "next_lr": lr_at(
-                progress["scheduler_iteration"],
+                progress.scheduler_iteration,
                 lr=settings.lr,
                 min_lr=settings.min_lr,
                 warmup_iters=settings.warmup_iters,
                 decay_iters=settings.decay_iters,
             ),
         },
-        "loss_scaler": scaler.state_dict() if scaler else None,
+        "loss_scaler": state.scaler.state_dict() if state.scaler else None,
         "rng": ckpt.capture_rng_state(),
         "losses": [r["loss"] for r in history],
         "history": history,
-        "spikes": progress["spikes"],
-        "recent_losses": progress["recent_losses"],
-        "train_time_s": progress["train_time_s"],
-        "tokens_per_s": tokens / progress["train_time_s"] if progress["train_time_s"] else None,
+        "spikes": progress.spikes,
+        "recent_losses": progress.recent_losses,
+        "train_time_s": progress.train_time_s,
+        "tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else None,
         "data_fingerprint": {
             "algorithm": "sha256 over int64 little-endian token ids, batch rows in order",
-            "segment": segment_hash.hexdigest() if env.is_main else None,
+            "segment": seg.fingerprints.hexdigest(),
             "steps": {str(r["iteration"]): r["tokens_sha256"] for r in history},
         },
         "settings": dataclasses.asdict(settings),
     }
-
-
-def _save_snapshot(
-    state_dir: Path,
-    step: int,
-    model: nn.Module,
-    optimizer,
-    names,
-    scaler,
-    progress: dict,
-    segment_hash,
-    hf_config: dict,
-    settings: TrainSettings,
-    env: DistributedEnv,
-    par: parallel.Parallelism,
-    log_line: _Log,
-) -> None:
-    path = ckpt.snapshot_path(state_dir, step)
-    if path.exists():
-        return  # resumed from this very snapshot and stopped again at once
-    ckpt.write_training_state(
-        path,
-        env=env,
-        model_tensors=parallel.full_state_dict(model, env.is_main, hf_name),
-        optimizer_shard=parallel.optimizer_blocks(local_optimizer(optimizer), names, par),
-        trainer_state=_trainer_state(step, scaler, progress, segment_hash, settings, env),
-        hf_config=hf_config,
-    )
-    # The new snapshot is complete: older ones of this segment are no longer needed.
-    _rank0_check(env, lambda: ckpt.remove_snapshots(state_dir, keep=path))
-    log_line(f"snapshot at step {step}: {path}")

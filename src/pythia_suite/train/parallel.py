@@ -52,8 +52,9 @@ __all__ = [
     "check_tensor_parallel",
     "partitioned_checkpoint",
     "enable_partitioned_checkpointing",
+    "apply_tensor_parallel_once",
+    "is_vocab_parallel",
     "apply_fsdp",
-    "prepare_model",
     "ZeroOneOptimizer",
     "build_optimizer",
     "causal_lm_loss",
@@ -297,13 +298,36 @@ def enable_partitioned_checkpointing(model: nn.Module, par: Parallelism) -> None
 # ----------------------------------------------------------------------------- data parallel
 
 
-def apply_fsdp(model: nn.Module, par: Parallelism, precision: str = "fp32") -> nn.Module:
-    """FSDP2 over the data group: each layer, the embedding, the output layer, then the root.
+def apply_tensor_parallel_once(
+    model: nn.Module, par: Parallelism, partition_activations: bool = False
+) -> nn.Module:
+    """``apply_tensor_parallel`` (and partitioned checkpointing) unless already applied; a no-op
+    at tensor parallel 1. ``partition_activations`` replaces the model's checkpoint function:
+    every layer is then checkpointed with its input split over the tensor group."""
+    if par.tensor == 1 or getattr(model, "_pythia_tensor_parallel", False):
+        return model
+    apply_tensor_parallel(model, par)
+    if partition_activations:
+        enable_partitioned_checkpointing(model, par)
+    model._pythia_tensor_parallel = True
+    return model
 
-    The embedding and output layer are their own units so that a loss that runs
-    ``model.gpt_neox`` and ``model.lm_head`` separately (a chunked cross-entropy) still gathers
-    them. bf16/fp16 compute with fp32 gradient reduction (``MixedPrecisionPolicy``).
+
+def is_vocab_parallel(head: nn.Module) -> bool:
+    """Whether the output layer's weight is sharded over the vocabulary (tensor parallelism)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    return isinstance(head.weight, DTensor) and Shard(0) in tuple(head.weight.placements)
+
+
+def apply_fsdp(model: nn.Module, root: nn.Module, par: Parallelism, precision: str) -> None:
+    """FSDP2 over the data group (``data_parallel: fsdp``, more than one data rank): each layer,
+    then ``root`` (the loss module holding ``model``), which gathers the embedding, the final
+    norm and the output layer around the whole loss. bf16/fp16 compute with fp32 gradient
+    reduction and fp32 master weights (``MixedPrecisionPolicy``). No-op otherwise.
     """
+    if par.mode != "fsdp" or par.data == 1:
+        return
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp_policy = MixedPrecisionPolicy()
@@ -311,32 +335,9 @@ def apply_fsdp(model: nn.Module, par: Parallelism, precision: str = "fp32") -> n
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         mp_policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     mesh = par.mesh["data"]
-    for module in [model.gpt_neox.embed_in, *model.gpt_neox.layers, model.lm_head]:
-        fully_shard(module, mesh=mesh, mp_policy=mp_policy)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
-    return model
-
-
-def prepare_model(
-    model: nn.Module,
-    par: Parallelism,
-    *,
-    precision: str = "fp32",
-    partition_activations: bool = False,
-) -> nn.Module:
-    """Shard an initialised model for ``par``: tensor parallel, partitioned checkpointing, FSDP.
-
-    Weights must already hold their values (GPT-NeoX init or a checkpoint): sharding keeps each
-    rank's block of them. ``partition_activations`` applies under tensor parallelism only (with
-    one tensor rank there is nothing to partition).
-    """
-    if par.tensor > 1:
-        apply_tensor_parallel(model, par)
-        if partition_activations:
-            enable_partitioned_checkpointing(model, par)
-    if par.mode == "fsdp" and par.data > 1:
-        apply_fsdp(model, par, precision)
-    return model
+    for layer in model.gpt_neox.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(root, mesh=mesh, mp_policy=mp_policy)
 
 
 class ZeroOneOptimizer:
