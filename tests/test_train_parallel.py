@@ -155,8 +155,25 @@ def test_every_intended_module_is_sharded_and_a_wrong_name_is_refused():
         (2, {"tensor_parallel": 2, "partition_activations": True}),
         (4, {"tensor_parallel": 2, "micro_batch": 2}),
         (2, {"data_parallel": "fsdp", "micro_batch": 2}),
+        (
+            2,
+            {
+                "data_parallel": "fsdp",
+                "micro_batch": 2,
+                "activation_checkpointing": True,
+                "loss_chunk_tokens": 8,
+            },
+        ),
+        (2, {"micro_batch": 2, "activation_checkpointing": True, "loss_chunk_tokens": 8}),
     ],
-    ids=["tp2", "tp2-partitioned-checkpoints", "dp2xtp2", "fsdp2"],
+    ids=[
+        "tp2",
+        "tp2-partitioned-checkpoints",
+        "dp2xtp2",
+        "fsdp2",
+        "fsdp2-checkpointed-chunked-loss",
+        "zero1-ddp-checkpointed-chunked-loss",
+    ],
 )
 def test_parallel_layout_matches_one_rank(reference, tmp_path, world, settings):
     root, ref_state = reference

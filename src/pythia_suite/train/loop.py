@@ -717,8 +717,9 @@ def parallelize(
 
     Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
     before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
-    FSDP2 shards each layer and then ``LMLoss`` as the root. ZeRO-1 needs no wrapper: its
-    gradient all-reduce runs in ``train_step`` (``parallel.all_reduce_gradients``).
+    FSDP2 shards each layer and then ``LMLoss`` as the root; under ``zero1`` DDP wraps it at
+    tensor parallel 1, and with tensor parallelism the gradient all-reduce runs in
+    ``train_step`` (``parallel.all_reduce_gradients``).
     """
     if par is None:
         par = parallel.build_parallelism(
@@ -727,7 +728,7 @@ def parallelize(
     parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
     train_module = LMLoss(model, settings)
     parallel.apply_fsdp(model, train_module, par, settings.precision)
-    return train_module, par
+    return parallel.wrap_data_parallel(train_module, par, device), par
 
 
 def build_training_optimizer(
@@ -799,8 +800,9 @@ def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float
     """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
 
     Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
-    reduction (ZeRO-1's all-reduce in ``train_step``, FSDP2's reduce-scatter) averages over the
-    data ranks, so the gradient is that of the mean loss over the global batch.
+    reduction (DDP, FSDP2, or ``parallel.all_reduce_gradients`` under tensor parallelism)
+    averages over the data ranks, so the gradient is that of the mean loss over the global
+    batch.
     """
     micro_batch = state.settings.micro_batch
     module, par = state.train_module, state.par
@@ -808,7 +810,7 @@ def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float
     total = torch.zeros((), device=tokens.device)
     for m in range(n_micro):
         chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
-        # FSDP2 reduces gradients only once, after the last micro-step.
+        # Reduce gradients across data ranks only once, after the last micro-step.
         last = m == n_micro - 1
         with parallel.gradient_sync(module, par, last), parallel.loss_context(par):
             with autocast_context(state.settings, state.device):

@@ -59,6 +59,7 @@ __all__ = [
     "build_optimizer",
     "causal_lm_loss",
     "loss_context",
+    "wrap_data_parallel",
     "gradient_sync",
     "all_reduce_gradients",
     "clip_grad_norm",
@@ -423,19 +424,39 @@ def build_optimizer(
     return torch.optim.AdamW(param_groups, **defaults)
 
 
+def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device) -> nn.Module:
+    """``zero1`` at tensor parallel 1 with several data ranks: DDP over the data group, whose
+    bucketed all-reduce overlaps the backward pass. Under tensor parallelism (DTensor
+    parameters) the gradients are all-reduced after the backward (``all_reduce_gradients``)."""
+    if par.mode != "zero1" or par.data == 1 or par.tensor > 1:
+        return module
+    # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
+    return nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[device] if device.type == "cuda" else None,
+        process_group=par.data_group,
+        forward_sync_buffers=False,
+    )
+
+
 @contextlib.contextmanager
-def gradient_sync(model: nn.Module, par: Parallelism, enabled: bool) -> Iterator[None]:
-    """Under FSDP, skip the reduce-scatter of micro-steps before the last (``enabled=False``)."""
+def gradient_sync(module: nn.Module, par: Parallelism, enabled: bool) -> Iterator[None]:
+    """Skip the gradient reduction of micro-steps before the last (``enabled=False``): DDP's
+    ``no_sync``, FSDP2's ``set_requires_gradient_sync``."""
+    if isinstance(module, nn.parallel.DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+        return
     if par.mode == "fsdp" and par.data > 1:
-        model.set_requires_gradient_sync(enabled)
+        module.set_requires_gradient_sync(enabled)
     yield
 
 
 @torch.no_grad()
 def all_reduce_gradients(params: Iterable[torch.Tensor], par: Parallelism) -> None:
-    """Mean of the gradients over the data group (``zero1``; FSDP reduces its own), one
-    all-reduce of a flat buffer."""
-    if par.mode != "zero1" or par.data == 1:
+    """Mean of the gradients over the data group under ``zero1`` with tensor parallelism, one
+    all-reduce of a flat buffer (DDP reduces them at tensor parallel 1, FSDP2 always)."""
+    if par.mode != "zero1" or par.data == 1 or par.tensor == 1:
         return
     grads = [local_view(p.grad) for p in params if p.grad is not None]
     if not grads:
