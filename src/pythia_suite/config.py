@@ -157,6 +157,23 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{size['heads']}"
             )
         check_layout(config, name, source)
+        tp = size["tensor_parallel"]
+        gpus_per_node = size["cluster"]["gpus_per_node"]
+        if gpus_per_node and gpus_per_node % tp:
+            raise ConfigError(
+                f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
+                f"{gpus_per_node}: a tensor-parallel group must sit within one node"
+            )
+        if size["heads"] % tp:
+            raise ConfigError(
+                f"{source}: {key}.heads: {size['heads']} heads do not split over "
+                f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
+            )
+        if tp > 1 and training.get("data_parallel") == "fsdp":
+            raise ConfigError(
+                f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
+                f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
+            )
         if size["min_lr"] > size["lr"]:
             raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
         precision = size["precision"]
@@ -624,10 +641,21 @@ def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
         "log_interval": training["log_interval"],
         "state_interval": training["state_interval"],
         "deterministic": training["deterministic"],
+        # Ranks form a (data, tensor) mesh; the tensor groups are consecutive ranks (a node).
+        "data_parallel": training["data_parallel"],
+        "partition_activations": partition_activations(config, run.size),
         "activation_checkpointing": activation_checkpointing(config, run.size),
         "compile_layers": training["compile_layers"],
         "loss_chunk_tokens": training["loss_chunk_tokens"],
     }
+
+
+def partition_activations(config: dict, size: str) -> bool:
+    """Whether a size's checkpointed activations are split over its tensor-parallel ranks: the
+    original's ``partition-activations`` (its `neox` keys; 14m and 31m set it false)."""
+    merged = deep_merge(config["neox"], config["sizes"][size].get("neox") or {})
+    tensor_parallel = config["sizes"][size]["tensor_parallel"]
+    return bool(merged.get("partition-activations")) and tensor_parallel > 1
 
 
 def num_samples(config: dict) -> int:

@@ -4,8 +4,9 @@ A training-state directory (a checkpoint ``step{N}/`` or a snapshot in the state
 
 - ``model.safetensors``: fp32 weights under Hugging Face GPTNeoX key names;
 - ``optimizer/rank{r:05d}-of-{w:05d}.pt``: AdamW state of the parameters rank ``r`` owned, keyed
-  by Hugging Face parameter name, so a run at any world size can load it (every rank reads the
-  entries of the parameters it owns now);
+  by Hugging Face parameter name; under tensor parallelism or FSDP each entry is the block the
+  rank held, with its ``offsets`` in the full tensor (one copy per block, not per replica). A run
+  at any (data, tensor) layout reads the blocks it needs (``_assemble_state``);
 - ``trainer_state.json``: step, schedule, scaler, RNG, losses, data fingerprints (see ``loop``);
 - ``hf_config.json``: the ``GPTNeoXConfig`` dict the weights belong to.
 
@@ -260,7 +261,7 @@ def read_optimizer_state(
     shard_paths = [
         state_dir / _OPT_DIR / optimizer_shard_name(r, saved_world) for r in range(saved_world)
     ]
-    optimizer_state: dict[str, dict] = {}
+    pieces: dict[str, list[dict]] = {}
     for shard_path in shard_paths:
         if not shard_path.is_file():
             raise CheckpointError(
@@ -270,10 +271,11 @@ def read_optimizer_state(
         shard = torch.load(shard_path, map_location="cpu", weights_only=True, mmap=True)
         for name, param_state in shard["state"].items():
             if name in owned:
-                optimizer_state[name] = {
-                    k: v.to(owned[name].device) if k != "step" else v.clone()
-                    for k, v in param_state.items()
-                }
+                pieces.setdefault(name, []).append(param_state)
+    optimizer_state = {
+        name: _assemble_state(name, owned[name], entries, state_dir / _OPT_DIR)
+        for name, entries in pieces.items()
+    }
     if optimizer_state and optimizer_state.keys() != owned.keys():
         missing = sorted(owned.keys() - optimizer_state.keys())
         raise CheckpointError(f"{state_dir / _OPT_DIR}: no optimizer state for {missing[:5]}")
@@ -295,6 +297,46 @@ def read_training_state(
     optimizer_state)``. Raises ``CheckpointError`` as those do."""
     trainer_state, weights = read_model_state(state_dir, hf_config=hf_config)
     return trainer_state, weights, read_optimizer_state(state_dir, trainer_state, owned)
+
+
+def _assemble_state(name: str, param: torch.Tensor, entries: list[dict], where: Path) -> dict:
+    """AdamW state of the block of ``param`` this rank holds, cut from the saved blocks.
+
+    Each saved entry is one rank's block: ``offsets`` (absent: the whole tensor) and its
+    ``exp_avg``/``exp_avg_sq`` blocks, so a checkpoint of any (data, tensor) layout loads on any
+    other. Raises ``CheckpointError`` when the saved blocks do not cover this rank's block.
+    """
+    from .parallel import like_param, tensor_slice
+
+    offsets, shape = tensor_slice(param)
+    out: dict[str, torch.Tensor] = {}
+    covered = torch.zeros(shape, dtype=torch.bool)
+    for entry in entries:
+        tensors = {k: v for k, v in entry.items() if k not in ("step", "offsets")}
+        some = next(iter(tensors.values()))
+        saved_offsets = entry.get("offsets")
+        start = (0,) * some.dim() if saved_offsets is None else tuple(saved_offsets.tolist())
+        # Intersection of the saved block with the wanted one, in both coordinate frames.
+        lo = [max(a, b) for a, b in zip(start, offsets, strict=True)]
+        hi = [
+            min(a + n, b + m) for a, n, b, m in zip(start, some.shape, offsets, shape, strict=True)
+        ]
+        if any(low >= high for low, high in zip(lo, hi, strict=True)):
+            continue
+        src = tuple(slice(low - a, high - a) for low, high, a in zip(lo, hi, start, strict=True))
+        dst = tuple(slice(low - b, high - b) for low, high, b in zip(lo, hi, offsets, strict=True))
+        for key, value in tensors.items():
+            if key not in out:
+                out[key] = torch.empty(shape, dtype=value.dtype)
+            out[key][dst] = value[src]
+        covered[dst] = True
+        out["step"] = entry["step"].clone()
+    if not bool(covered.all()):
+        raise CheckpointError(
+            f"{where}: the saved optimizer blocks of {name!r} do not cover offsets {offsets} "
+            f"shape {shape} (global {tuple(param.shape)})"
+        )
+    return {k: v.clone() if k == "step" else like_param(v, param) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- snapshots

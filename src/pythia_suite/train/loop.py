@@ -1,10 +1,11 @@
 """Train one checkpoint segment ``(start_step, end_step]`` of a Pythia run with plain PyTorch.
 
-One process per device; data parallel (DDP) with ZeRO-1 optimizer-state sharding
-(``ZeroRedundancyOptimizer``) and gradient accumulation. Iteration ``s`` (0-based) consumes the
-global batch ``samples.batch(s, global_batch)`` whatever the world size: rank ``r`` takes rows
-``[r*B/W, (r+1)*B/W)`` and its micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The
-loss is the mean over the global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
+One process per device on a (data, tensor) mesh (``parallel``): tensor parallelism
+(``sizes.*.tensor_parallel``), data parallelism with ZeRO-1 or FSDP2, gradient accumulation.
+Iteration ``s`` (0-based) consumes the global batch ``samples.batch(s, global_batch)`` whatever
+the layout: data-parallel rank ``d`` of ``D`` takes rows ``[d*B/D, (d+1)*B/D)`` and its
+micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The loss is the mean over the
+global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
 and ``optim`` (decay groups, LR schedule, loss scaler).
 
 ``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
@@ -52,6 +53,7 @@ from torch import nn
 from ..config import transformer_flops_per_token
 from ..layout import SEGMENT_SUMMARY_NAME
 from . import checkpoint as ckpt
+from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
 from .model import (
     INIT_METHODS,
@@ -59,13 +61,11 @@ from .model import (
     build_model,
     count_parameters,
     hf_name,
-    hf_state_dict,
     init_gpt_neox_weights,
     load_hf_state_dict,
 )
 from .optim import (
     DynamicLossScaler,
-    build_optimizer,
     build_param_groups,
     local_optimizer,
     lr_at,
@@ -106,6 +106,8 @@ _NOT_IN_SEGMENT_KEY = (
     "deterministic",
     "zero_optimizer",
     "tensor_parallel",
+    "data_parallel",
+    "partition_activations",
     "activation_checkpointing",
     "compile_layers",
     "loss_chunk_tokens",
@@ -135,6 +137,9 @@ class TrainSettings:
     Memory and speed, not mathematics: ``activation_checkpointing`` recomputes each layer in the
     backward pass; ``compile_layers`` compiles each layer with ``torch.compile``; the loss is
     computed ``loss_chunk_tokens`` predicted tokens at a time (``chunked_cross_entropy``).
+    Layout, not mathematics: ``tensor_parallel`` ranks per tensor group; ``data_parallel``
+    ``"zero1"`` (ZeRO stage 1 over the data ranks) or ``"fsdp"`` (FSDP2); with
+    ``partition_activations`` each checkpointed layer input is split over the tensor group.
     ``loss_scaler_in_fp32`` (tests only) runs fp16's dynamic loss scaler and overflow skip
     with fp32 compute, so that the skip path runs on a CPU.
     """
@@ -167,6 +172,8 @@ class TrainSettings:
     deterministic: bool = False
     zero_optimizer: bool = True
     tensor_parallel: int = 1
+    data_parallel: str = "zero1"
+    partition_activations: bool = False
     activation_checkpointing: bool = False
     compile_layers: bool = False
     loss_chunk_tokens: int = 8192
@@ -201,6 +208,11 @@ class TrainSettings:
             raise ValueError(
                 f"TrainSettings.output_layer_init_method must be one of "
                 f"{OUTPUT_LAYER_INIT_METHODS}, got {self.output_layer_init_method!r}"
+            )
+        if self.data_parallel not in parallel.DATA_PARALLEL_MODES:
+            raise ValueError(
+                f"TrainSettings.data_parallel must be one of {parallel.DATA_PARALLEL_MODES}, "
+                f"got {self.data_parallel!r}"
             )
         if self.spike_factor <= 1.0:
             raise ValueError(f"TrainSettings.spike_factor must be > 1, got {self.spike_factor}")
@@ -513,6 +525,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scaler: DynamicLossScaler | None
     progress: Progress
+    par: parallel.Parallelism  # this rank on the (data, tensor) mesh
 
 
 @dataclass(frozen=True)
@@ -641,14 +654,17 @@ def forward_loss(model: nn.Module, tokens: torch.Tensor, settings: TrainSettings
 
     Up to ``settings.loss_chunk_tokens`` predicted tokens: the output layer's logits in one
     piece (as transformers computes them). More: ``chunked_cross_entropy``, which never holds
-    more than one chunk's logits.
+    more than one chunk's logits. Under tensor parallelism: the loss-parallel cross-entropy of
+    the vocabulary-sharded logits (call inside ``parallel.loss_context``).
     """
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     hidden = model.base_model(input_ids=inputs).last_hidden_state
     head = model.get_output_embeddings()
-    if labels.numel() <= settings.loss_chunk_tokens:
+    if labels.numel() <= settings.loss_chunk_tokens or parallel.is_vocab_parallel(head):
+        # Under tensor parallelism the logits stay vocabulary-sharded (1/T per rank) and the
+        # loss is loss-parallel: never gathered, so no chunking is needed.
         logits = head(hidden)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        return parallel.causal_lm_loss(logits, labels)
     return chunked_cross_entropy(
         hidden.flatten(0, 1), head.weight, labels.flatten(), settings.loss_chunk_tokens
     )
@@ -718,40 +734,41 @@ def chunked_cross_entropy(
 
 
 def parallelize(
-    model: nn.Module, settings: TrainSettings, env: DistributedEnv, device: torch.device
-) -> nn.Module:
-    """The module a micro-step calls: ``LMLoss(model)``, under DDP when there are several ranks.
+    model: nn.Module,
+    settings: TrainSettings,
+    env: DistributedEnv,
+    device: torch.device,
+    par: parallel.Parallelism | None = None,
+) -> tuple[nn.Module, parallel.Parallelism]:
+    """The module a micro-step calls (``LMLoss(model)``) and this rank's place on the mesh.
 
-    Called once the weights are in place (every rank holds the same full weights), before the
-    optimizer is built over the parameters it leaves. This is where tensor parallelism and
-    FSDP2 plug in.
+    Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
+    before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
+    FSDP2 shards each layer and then ``LMLoss`` as the root; under ``zero1`` DDP wraps it at
+    tensor parallel 1, and with tensor parallelism the gradient all-reduce runs in
+    ``train_step`` (``parallel.all_reduce_gradients``).
     """
-    if settings.tensor_parallel != 1:
-        raise ValueError(
-            f"tensor_parallel {settings.tensor_parallel}: this trainer has no tensor "
-            "parallelism; run with tensor_parallel 1"
+    if par is None:
+        par = parallel.build_parallelism(
+            env.world_size, settings.tensor_parallel, device, settings.data_parallel
         )
+    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
     train_module = LMLoss(model, settings)
-    if env.world_size > 1:
-        # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
-        train_module = nn.parallel.DistributedDataParallel(
-            train_module,
-            device_ids=[device] if device.type == "cuda" else None,
-            forward_sync_buffers=False,
-        )
-    return train_module
+    parallel.apply_fsdp(model, train_module, par, settings.precision)
+    return parallel.wrap_data_parallel(train_module, par, device), par
 
 
 def build_training_optimizer(
-    model: nn.Module, settings: TrainSettings, env: DistributedEnv, device: torch.device
+    model: nn.Module, settings: TrainSettings, par: parallel.Parallelism, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the ranks when ``zero_optimizer``;
-    torch's fused AdamW kernel on CUDA (the same update, one kernel for all parameters)."""
-    return build_optimizer(
+    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
+    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel)."""
+    return parallel.build_optimizer(
         build_param_groups(model, settings.weight_decay),
+        par,
         betas=(settings.adam_beta1, settings.adam_beta2),
         eps=settings.adam_eps,
-        sharded=env.world_size > 1 and settings.zero_optimizer,
+        sharded=settings.zero_optimizer,
         fused=device.type == "cuda",
     )
 
@@ -774,21 +791,24 @@ def init_train_state(
     env: DistributedEnv,
     device: torch.device,
     progress: Progress | None = None,
+    par: parallel.Parallelism | None = None,
 ) -> TrainState:
     """Parallelise ``model`` (weights in place) and build its optimizer and loss scaler.
 
-    ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs).
+    ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs); ``par``
+    to the mesh of ``env`` and ``settings``.
     """
-    train_module = parallelize(model, settings, env, device)
+    train_module, par = parallelize(model, settings, env, device, par)
     return TrainState(
         settings=settings,
         env=env,
         device=device,
         model=model,
         train_module=train_module,
-        optimizer=build_training_optimizer(model, settings, env, device),
+        optimizer=build_training_optimizer(model, settings, par, device),
         scaler=new_loss_scaler(settings),
         progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
+        par=par,
     )
 
 
@@ -804,29 +824,26 @@ def autocast_context(settings: TrainSettings, device: torch.device):
 
 
 def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float) -> torch.Tensor:
-    """Accumulate the gradients of this rank's rows; return their mean loss (not scaled).
+    """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
 
-    Each micro-step's loss is divided by the number of micro-steps, and DDP averages over the
-    ranks, so the gradient is that of the mean loss over the global batch.
+    Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
+    reduction (DDP, FSDP2, or ``parallel.all_reduce_gradients`` under tensor parallelism)
+    averages over the data ranks, so the gradient is that of the mean loss over the global
+    batch.
     """
     micro_batch = state.settings.micro_batch
-    module = state.train_module
+    module, par = state.train_module, state.par
     n_micro = tokens.shape[0] // micro_batch
     total = torch.zeros((), device=tokens.device)
     for m in range(n_micro):
         chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
-        # Reduce gradients across ranks only once, after the last micro-step.
+        # Reduce gradients across data ranks only once, after the last micro-step.
         last = m == n_micro - 1
-        sync = (
-            module.no_sync()
-            if not last and hasattr(module, "no_sync")
-            else contextlib.nullcontext()
-        )
-        with sync:
+        with parallel.gradient_sync(module, par, last), parallel.loss_context(par):
             with autocast_context(state.settings, state.device):
                 loss = module(chunk)
             (loss * (loss_scale / n_micro)).backward()
-        total += loss.detach() / n_micro
+        total += parallel.scalar(loss.detach()) / n_micro
     return total
 
 
@@ -845,6 +862,7 @@ def train_step(
     params = [p for p in state.model.parameters()]
     loss_scale = state.scaler.scale if state.scaler else 1.0
     local_loss = _forward_backward(state, tokens, loss_scale)
+    parallel.all_reduce_gradients(params, state.par)
     reduced = torch.stack([local_loss, torch.tensor(float(stop_requested), device=state.device)])
     if env.world_size > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
@@ -853,7 +871,8 @@ def train_step(
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(1.0 / loss_scale)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    # The global norm over tensor- and data-sharded gradients (each block counted once).
+    grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
     loss, stops, norm = torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]).tolist()
     overflow = not (math.isfinite(loss) and math.isfinite(norm))
     it = progress.step
@@ -975,9 +994,22 @@ def _set_up(
     env: DistributedEnv,
     device: torch.device,
 ) -> TrainState:
-    """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state."""
+    """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
+
+    Tensor parallelism shards the model before its weights are set: each rank then copies its
+    block from the full CPU tensors, one parameter at a time.
+    """
     model = prepare_model(seg.hf_config, settings, device)
     seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
+    par = parallel.build_parallelism(
+        env.world_size, settings.tensor_parallel, device, settings.data_parallel
+    )
+    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    seg.log(
+        f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
+        f"micro_batch {settings.micro_batch} x gas "
+        f"{settings.global_batch // (par.data * settings.micro_batch)}"
+    )
     n_params = count_parameters(model)
     _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
 
@@ -1006,7 +1038,7 @@ def _set_up(
         if snapshot:
             progress = Progress.from_snapshot(saved)
 
-    state = init_train_state(model, settings, env, device, progress)
+    state = init_train_state(model, settings, env, device, progress, par)
     seg.names = {id(p): hf_name(n) for n, p in model.named_parameters()}
     if saved is not None:
         owned = _owned_parameters(state.optimizer, seg.names)
@@ -1080,8 +1112,8 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
     ckpt.write_training_state(
         seg.out_dir,
         env=env,
-        model_tensors=hf_state_dict(state.model) if env.is_main else None,
-        optimizer_shard=_optimizer_shard(state.optimizer, seg.names),
+        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=trainer_state,
         hf_config=seg.hf_config,
         before_publish=lambda: seg.hook("before_publish", seg.end_step),
@@ -1107,8 +1139,8 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
     ckpt.write_training_state(
         path,
         env=state.env,
-        model_tensors=hf_state_dict(state.model) if state.env.is_main else None,
-        optimizer_shard=_optimizer_shard(state.optimizer, seg.names),
+        model_tensors=parallel.full_state_dict(state.model, state.env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=_trainer_state(seg, state, step),
         hf_config=seg.hf_config,
     )
@@ -1205,17 +1237,10 @@ def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
     return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
 
 
-def _optimizer_shard(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
-    """This rank's AdamW state keyed by HF parameter name, as CPU tensors."""
-    local = local_optimizer(optimizer)
-    state = {}
-    for group in local.param_groups:
-        for p in group["params"]:
-            if p in local.state and local.state[p]:
-                state[names[id(p)]] = {
-                    k: v.detach().cpu().clone() for k, v in local.state[p].items()
-                }
-    return {"state": state}
+def _optimizer_shard(state: TrainState, names: dict[int, str]) -> dict:
+    """This rank's AdamW state keyed by HF parameter name, as CPU blocks with their offsets
+    (``parallel.optimizer_blocks``): any (data, tensor) layout can load it."""
+    return parallel.optimizer_blocks(local_optimizer(state.optimizer), names, state.par)
 
 
 def _load_optimizer_state(
