@@ -36,6 +36,8 @@ TINY = memory.StepLayout(
     loss_chunk_tokens=96,
     tensor_parallel=1,
     data_parallel=1,
+    data_parallel_mode="zero1",
+    partition_activations=False,
     gpu_name="test-GPU",
     gpu_memory_gb=1.0,
     reserve_gb=0.0,
@@ -82,24 +84,28 @@ def cfg_param_numel(layout: memory.StepLayout, tp: int = 1) -> dict[str, int]:
     return {"layers": n * per_layer, "embeddings": 2 * v * h // tp, "final_norm": 2 * h}
 
 
-def test_tensor_parallel_trace_uses_one_rank_of_megatrons_split():
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def test_tensor_parallel_and_fsdp_are_traced_through_the_loops_parallelism():
+    """TP 2 x DP 2 (DTensor, ZeRO-1 over data) and FSDP over 4 ranks, each in a fake process
+    group of the real world size: rank 0 holds its shards, by Megatron's split and by FSDP's."""
+    full = sum(cfg_param_numel(TINY).values())
+    tp = dataclasses.replace(TINY, tensor_parallel=2, data_parallel=2, partition_activations=True)
+    traced = memory.trace_step_peaks(tp, tp.layers)
+    assert memory._traced_world(tp) == 4
+    buffers = traced["forward"]["parameters"] - 4 * sum(cfg_param_numel(TINY, tp=2).values())
+    assert 0 <= buffers < 1024  # the rotary frequencies
+    # ZeRO-1 over the 2 data ranks: rank 0 keeps about half of the (per-rank) AdamW state.
+    assert traced["forward"]["optimizer"] < 0.75 * 8 * sum(cfg_param_numel(TINY, tp=2).values())
+    estimate = memory.estimate_layout(tp)
+    assert estimate["method"]["traced_world_size"] == 4
+    assert estimate["method"]["ddp_buckets_by_rule"] is False
 
-    tp2 = dataclasses.replace(TINY, tensor_parallel=2)
-    with FakeTensorMode():
-        model = memory._fake_model(tp2, tp2.layers)
-        attention = model.gpt_neox.layers[0].attention
-        assert tuple(attention.query_key_value.weight.shape) == (3 * 64 // 2, 64)
-        assert tuple(attention.dense.weight.shape) == (64, 32)
-        assert tuple(model.get_output_embeddings().weight.shape) == (256, 64)
-        assert tuple(model.get_input_embeddings().weight.shape) == (256, 64)
-        numel = sum(p.numel() for p in model.parameters())
-    assert numel == sum(cfg_param_numel(TINY, tp=2).values())
-    one, two = memory.estimate_layout(TINY), memory.estimate_layout(tp2)
-    assert two["breakdown"]["parameters"] < one["breakdown"]["parameters"]
-    with pytest.raises(ValueError, match="num_attention_heads 4 does not divide"):
-        with FakeTensorMode():
-            memory._fake_model(dataclasses.replace(TINY, tensor_parallel=3), 1)
+    fsdp = dataclasses.replace(TINY, data_parallel=4, data_parallel_mode="fsdp")
+    traced = memory.trace_step_peaks(fsdp, fsdp.layers)
+    # Resharded at the optimizer step: a quarter of every parameter (fp32), padding aside.
+    assert 0.25 * 4 * full <= traced["optimizer"]["parameters"] < 0.3 * 4 * full
+    # In the forward the layer being computed is all-gathered besides: more than the shard.
+    assert traced["forward"]["parameters"] > traced["optimizer"]["parameters"]
+    assert memory.estimate_layout(fsdp)["method"]["tracker"] == "FSDPMemTracker"
 
 
 def test_zero1_share_is_zero_redundancy_optimizers_own_partition():

@@ -91,6 +91,14 @@ _CATEGORY_OF = {
     "Inputs": "activations",
     "Temp": "temporaries",
     "Other": "temporaries",
+    # FSDPMemTracker's own types: shards, the all-gathered (unsharded) layer, collectives.
+    "Sharded Param": "parameters",
+    "Unsharded Param": "parameters",
+    "Sharded Grad": "gradients",
+    "Unsharded Grad": "gradients",
+    "OptState": "optimizer",
+    "All Gather": "temporaries",
+    "Reduce Scatter": "temporaries",
 }
 
 
@@ -117,6 +125,8 @@ class StepLayout:
     loss_chunk_tokens: int
     tensor_parallel: int
     data_parallel: int
+    data_parallel_mode: str  # zero1 | fsdp (training.data_parallel)
+    partition_activations: bool
     gpu_name: str
     gpu_memory_gb: float
     reserve_gb: float
@@ -178,6 +188,8 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
             loss_chunk_tokens=settings["loss_chunk_tokens"],
             tensor_parallel=size["tensor_parallel"],
             data_parallel=devices // size["tensor_parallel"],
+            data_parallel_mode=settings["data_parallel"],
+            partition_activations=settings["partition_activations"],
             gpu_name=gpu["name"],
             gpu_memory_gb=float(gpu["memory_gb"]),
             reserve_gb=float(config["cluster"]["gpu_memory_reserve_gb"]),
@@ -188,6 +200,17 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
 # ----------------------------------------------------------------------------- tracing
 
 
+def _traced_world(layout: StepLayout) -> int:
+    """Ranks of the fake process group the step is traced in: the real world size where the
+    parallelism is traceable (tensor parallel, FSDP), else 1 (DDP's C++ reducer cannot run on
+    fake tensors: data parallelism at tensor parallel 1 under ZeRO-1 is added by rule)."""
+    if layout.tensor_parallel > 1 or (
+        layout.data_parallel_mode == "fsdp" and layout.data_parallel > 1
+    ):
+        return layout.tensor_parallel * layout.data_parallel
+    return 1
+
+
 def _step_settings(layout: StepLayout):
     """``TrainSettings`` of one rank's step: its micro-batch x gas rows, as the loop runs them.
 
@@ -195,8 +218,9 @@ def _step_settings(layout: StepLayout):
     """
     from .loop import TrainSettings
 
+    data_ranks = _traced_world(layout) // layout.tensor_parallel
     return TrainSettings(
-        global_batch=layout.micro_batch * layout.gas,
+        global_batch=layout.micro_batch * layout.gas * data_ranks,
         micro_batch=layout.micro_batch,
         seq_length=layout.seq_length,
         lr=1e-4,
@@ -206,62 +230,53 @@ def _step_settings(layout: StepLayout):
         precision=layout.precision,
         activation_checkpointing=layout.activation_checkpointing,
         loss_chunk_tokens=layout.loss_chunk_tokens,
+        tensor_parallel=layout.tensor_parallel,
+        data_parallel=layout.data_parallel_mode,
+        partition_activations=layout.partition_activations,
     )
 
 
 def _fake_model(layout: StepLayout, layers: int):
-    """The loop's model (``loop.prepare_model``) ``layers`` deep, fake fp32 weights, per-rank
-    tensor-parallel shapes. Call inside ``FakeTensorMode``."""
+    """The loop's model (``loop.prepare_model``) ``layers`` deep, fake fp32 weights, unsharded
+    (``loop.init_train_state`` applies the parallelism). Call inside ``FakeTensorMode``."""
     import torch
 
     from .loop import prepare_model
 
-    model = prepare_model(layout.hf_config(layers), _step_settings(layout), torch.device("cpu"))
-    if layout.tensor_parallel > 1:
-        shard_like_megatron(model, layout.tensor_parallel)
-    return model
+    return prepare_model(layout.hf_config(layers), _step_settings(layout), torch.device("cpu"))
 
 
-def shard_like_megatron(model, tp: int) -> None:
-    """Replace weights by one tensor-parallel rank's shards (Megatron's split), in place.
-
-    Column-parallel (output rows / tp, bias too): ``query_key_value``, ``dense_h_to_4h``,
-    ``lm_head``; row-parallel (input columns / tp, bias replicated): ``attention.dense``,
-    ``dense_4h_to_h``; vocabulary-parallel: ``embed_in``. GPT-NeoX's fused QKV rows are grouped
-    per head, so a row shard is whole heads and attention runs on the local heads. Raises
-    ``ValueError`` when heads, the FFN width or the vocabulary does not divide by ``tp``.
-    """
+@contextlib.contextmanager
+def _fake_world(world_size: int):
+    """This process as rank 0 of a fake process group of ``world_size`` ranks (collectives are
+    no-ops; torch's own testing backend, as torchtitan's estimator uses), with its
+    ``DistributedEnv`` and the loop's (data, tensor) mesh built outside ``FakeTensorMode``."""
     import torch
-    from torch import nn
+    import torch.distributed as dist
 
-    config = model.config
-    for what, n in (
-        ("num_attention_heads", config.num_attention_heads),
-        ("intermediate_size", config.intermediate_size),
-        ("vocab_size", config.vocab_size),
-    ):
-        if n % tp:
-            raise ValueError(f"{what} {n} does not divide by tensor_parallel {tp}")
+    from .distributed import DistributedEnv
 
-    def shard(module: nn.Module, dim: int) -> None:
-        weight = module.weight
-        shape = list(weight.shape)
-        shape[dim] //= tp
-        module.weight = nn.Parameter(torch.empty(shape, dtype=weight.dtype))
-        if dim == 0 and getattr(module, "bias", None) is not None:
-            module.bias = nn.Parameter(torch.empty(shape[0], dtype=module.bias.dtype))
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        else:
-            module.num_embeddings = module.weight.shape[0]
+    env = DistributedEnv(
+        rank=0,
+        world_size=world_size,
+        local_rank=0,
+        master_addr="",
+        master_port=0,
+        source="single" if world_size == 1 else "torchrun",
+    )
+    if world_size == 1:
+        yield env
+        return
+    if dist.is_initialized():
+        raise RuntimeError("the memory tracer needs its own process group: one is initialised")
+    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    for name, module in model.named_modules():
-        if name.endswith(("query_key_value", "dense_h_to_4h")) or name == "embed_out":
-            shard(module, 0)
-        elif name.endswith(("attention.dense", "dense_4h_to_h")):
-            shard(module, 1)
-    shard(model.get_input_embeddings(), 0)
-    shard(model.get_output_embeddings(), 0)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield env
+    finally:
+        dist.destroy_process_group()
+    del torch
 
 
 class _PhasePeaks:
@@ -344,46 +359,62 @@ class _ResetBeforeEachCall:
         self.tracker.reset_mod_stats()
         return self.module(*args, **kwargs)
 
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)  # no_sync, set_requires_gradient_sync, ...
+
 
 def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int]]:
-    """Trace two ``loop.train_step`` calls of one rank of ``layout`` at depth ``layers``.
+    """Trace two ``loop.train_step`` calls of rank 0 of ``layout`` at depth ``layers``.
 
     The model is ``loop.prepare_model``'s (activation checkpointing as configured), the state
-    ``loop.init_train_state``'s (fp32 master weights, AdamW, the fp16 loss scaler), the step
-    ``loop.train_step`` over ``micro_batch x gas`` rows: the loop's own code, on fake tensors.
-    Returns ``{phase: {category: bytes}}`` at each phase's peak during the second step (the
-    first creates the optimizer state). One rank: no DDP, an unsharded AdamW; the rules of
-    ``estimate_layout`` add what data parallelism changes.
+    ``loop.init_train_state``'s (tensor parallelism with partitioned activations, FSDP2 or
+    ZeRO-1 over the data ranks, fp32 master weights, AdamW, the fp16 loss scaler) in a fake
+    process group of the real world size (``_traced_world``), the step ``loop.train_step`` over
+    ``micro_batch x gas`` rows: the loop's own code, on fake tensors. ``MemTracker``, or
+    ``FSDPMemTracker`` under FSDP. Returns ``{phase: {category: bytes}}`` at each phase's peak
+    during the second step (the first creates the optimizer state).
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from .distributed import DistributedEnv
+    from . import parallel
     from .loop import init_train_state, train_step
+    from .optim import local_optimizer
 
-    env = DistributedEnv(
-        rank=0, world_size=1, local_rank=0, master_addr="", master_port=0, source="single"
-    )
-    with FakeTensorMode():
-        model = _fake_model(layout, layers)
-        state = init_train_state(model, _step_settings(layout), env, torch.device("cpu"))
-        vocab_local = layout.vocab // layout.tensor_parallel
-        rows = layout.micro_batch * layout.gas
-        tokens = torch.randint(0, vocab_local, (rows, layout.seq_length + 1))
-        tracker = MemTracker()
-        tracker.track_external(model, state.optimizer, tokens)
-        # MemTracker refuses a second call of the root module (it takes it for a new iteration)
-        # unless its module stats are reset first; the loop calls it once per micro-step.
-        state.train_module = _ResetBeforeEachCall(state.train_module, tracker)
-        with tracker, _HostReads(), contextlib.ExitStack() as stack:
-            train_step(state, tokens)  # step 0 creates the optimizer state; measure step 1
-            phases = _PhasePeaks(tracker, model, state.optimizer)
-            stack.callback(phases.close)
-            phases.enter(None)
-            train_step(state, tokens)
-            phases.enter(None)
-        return phases.peaks
+    cpu = torch.device("cpu")
+    settings = _step_settings(layout)
+    world = _traced_world(layout)
+    with _fake_world(world) as env:
+        par = parallel.build_parallelism(
+            world, layout.tensor_parallel, cpu, layout.data_parallel_mode
+        )  # the device mesh cannot be built under FakeTensorMode
+        with FakeTensorMode():
+            model = _fake_model(layout, layers)
+            state = init_train_state(model, settings, env, cpu, par=par)
+            optimizer = local_optimizer(state.optimizer)  # ZeRO-1: this rank's AdamW
+            vocab_local = layout.vocab // layout.tensor_parallel
+            rows = layout.micro_batch * layout.gas
+            tokens = torch.randint(0, vocab_local, (rows, layout.seq_length + 1))
+            if layout.data_parallel_mode == "fsdp" and world > 1:
+                tracker = FSDPMemTracker(state.train_module, optimizer)
+                tracker.track_inputs((tokens,))
+            else:
+                tracker = MemTracker()
+                tracker.track_external(model, optimizer, tokens)
+            # MemTracker refuses a second call of the root module (it takes it for a new
+            # iteration) unless its module stats are reset first; the loop calls it once per
+            # micro-step.
+            state.train_module = _ResetBeforeEachCall(state.train_module, tracker)
+            with tracker, _HostReads(), contextlib.ExitStack() as stack:
+                train_step(state, tokens)  # step 0 creates the optimizer state; measure step 1
+                phases = _PhasePeaks(tracker, model, optimizer)
+                stack.callback(phases.close)
+                phases.enter(None)
+                train_step(state, tokens)
+                phases.enter(None)
+            return phases.peaks
 
 
 def zero1_max_share(layout: StepLayout) -> float:
@@ -433,12 +464,15 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
         )
         depth = f"traced at 1 and 2 layers, extrapolated linearly to {layout.layers}"
     traced = {phase: dict(cats) for phase, cats in phases.items()}
-    share = zero1_max_share(layout)
-    for cats in phases.values():
-        cats["optimizer"] = round(cats["optimizer"] * share)
-        if layout.data_parallel > 1:
-            # DDP's fp32 gradient buckets: one copy of the local parameters, for its whole life.
-            cats["gradients"] += _parameter_bytes(phases)
+    by_rule = _traced_world(layout) == 1 and layout.data_parallel > 1
+    share = zero1_max_share(layout) if by_rule else None
+    if by_rule:
+        # ZeRO-1 at tensor parallel 1, traced as one rank: this rank's optimizer partition, and
+        # DDP's fp32 gradient buckets (one copy of the parameters, for DDP's whole life).
+        buckets = phases["forward"]["parameters"]  # fp32 parameters (+ a few buffer bytes)
+        for cats in phases.values():
+            cats["optimizer"] = round(cats["optimizer"] * share)
+            cats["gradients"] += buckets
     peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
     breakdown = phases[peak_phase]
     total = sum(breakdown.values())
@@ -454,21 +488,15 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
         "fits": total <= layout.limit_bytes,
         "method": {
             "depth": depth,
-            "tensor_parallel": (
-                "traced on Megatron's per-rank shapes (shard_like_megatron)"
-                if layout.tensor_parallel > 1
-                else "none"
-            ),
-            "zero1_optimizer_share": share,
-            "ddp_buckets": layout.data_parallel > 1,
+            "traced_world_size": _traced_world(layout),
+            "tracker": "FSDPMemTracker"
+            if layout.data_parallel_mode == "fsdp" and _traced_world(layout) > 1
+            else "MemTracker",
+            "zero1_optimizer_share_by_rule": share,
+            "ddp_buckets_by_rule": by_rule,
         },
         "trace_s": round(time.perf_counter() - started, 2),
     }
-
-
-def _parameter_bytes(phases: dict) -> int:
-    # Parameters are fp32 and the same in every phase; the rotary buffer is a few bytes.
-    return phases["forward"]["parameters"]
 
 
 # ----------------------------------------------------------------------------- the cached plan
