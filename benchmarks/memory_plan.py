@@ -6,7 +6,7 @@ Traces every distinct layout of the config afresh (no cache: train.memory.memory
 use_cache=False, written to a temporary results directory) and prints, per run, the peak GPU
 memory per rank by category, the phase of the step where it peaks, whether it fits the GPU
 record's memory less the reserve, and the seconds its traces took. ``--verify SIZE`` also traces
-that size at full depth and compares it with the extrapolation from 1 and 2 layers, phase by
+that size at full depth and compares it with the extrapolation from 2 and 3 layers, phase by
 phase and category by category (they should agree to the byte).
 """
 
@@ -64,7 +64,7 @@ def main() -> None:
         full_s = time.perf_counter() - started
         extrapolated = plan["runs"][run]
         print(
-            f"\n{args.verify}: full depth ({layout.layers} layers) vs 1 and 2 layers extrapolated"
+            f"\n{args.verify}: full depth ({layout.layers} layers) vs 2 and 3 layers extrapolated"
         )
         for phase in memory.PHASES:
             for c in memory.CATEGORIES:

@@ -2,33 +2,28 @@
 
 How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
 
-- **Traced.** The transformers GPTNeoX is built under ``FakeTensorMode`` on the CPU with the
-  per-rank shapes of its layout, and one full training step runs inside
-  ``torch.distributed._tools.MemTracker``: forward under autocast in the run's precision, the
-  loss, backward (with activation checkpointing when configured), gradient clipping and the
-  AdamW step over fp32 master weights, twice (the first step creates the optimizer state;
-  ``reset_mod_stats`` between them, as torchtitan's estimator does). Peak bytes are read per
-  phase (forward, loss, backward, optimizer) by category: parameters, gradients, optimizer,
-  activations, temporaries.
-- **Tensor parallel: traced on Megatron's per-rank shapes.** ``shard_like_megatron`` replaces
-  the column-parallel weights (``query_key_value``, ``dense_h_to_4h``: rows and bias / TP), the
-  row-parallel weights (``attention.dense``, ``dense_4h_to_h``: columns / TP, bias replicated),
-  the vocabulary-parallel embedding and output layer (rows / TP) with their local shards, so
-  the traced rank computes exactly the local tensors a DTensor rank holds (whole heads per rank;
-  the loss over its vocabulary slice, as ``loss_parallel`` does). Residual-stream activations
-  stay full size, as in Megatron without sequence parallelism. Collective buffers are not
-  counted (NCCL's live outside the caching allocator: see the reserve).
-- **By rule.** ZeRO-1 (``ZeroRedundancyOptimizer`` over the data-parallel group) keeps the
-  optimizer state of its own partition only: the traced optimizer bytes are scaled by the
-  largest rank's share of the greedy, largest-first partition that ZeroRedundancyOptimizer
-  computes (``zero1_max_share``; an embedding matrix is never split, so the share can exceed
-  1/DP). DDP (data parallel > 1) keeps fp32 gradient buckets the size of the local parameters
-  for its whole life: counted under gradients.
-- **Layers by extrapolation.** A stack of identical layers adds the same bytes per layer to
-  every phase's peak, so the estimate traces 1 and 2 layers and extrapolates each phase's
-  peak linearly to the configured depth, then takes the largest phase. The benchmark
-  (``benchmarks/memory_plan.py --verify 410m``) and ``tests/test_train_memory.py`` check this
-  against a full-depth trace.
+- **Traced: the loop's own step.** ``loop.prepare_model`` (activation checkpointing as
+  configured), ``loop.init_train_state`` (tensor parallelism with partitioned activations,
+  ZeRO-1 or FSDP2 over the data ranks, fp32 master weights, AdamW, the fp16 loss scaler) and
+  two ``loop.train_step`` calls over the rank's ``micro_batch x gas`` rows run on fake tensors
+  (``FakeTensorMode``, CPU) inside ``torch.distributed._tools.MemTracker`` (``FSDPMemTracker``
+  under FSDP), as rank 0 of a fake process group of the real world size (torch's testing
+  backend, as torchtitan's estimator uses; the device mesh is built outside the fake mode).
+  The first step creates the optimizer state; the second is measured. Peak bytes per phase
+  (forward; loss; backward; reduce = gradient all-reduce and clipping; optimizer) by category:
+  parameters, gradients, optimizer, activations, temporaries.
+- **By rule, where the trace cannot run.** DDP's C++ reducer cannot run on fake tensors, so
+  ZeRO-1 at tensor parallel 1 is traced as one rank, and its data parallelism is added by rule:
+  the optimizer state of the largest data rank's partition (``zero1_shares``: the greedy,
+  largest-first partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer``; an
+  embedding matrix is never split, so a share can exceed 1/DP), and DDP's fp32 gradient
+  buckets, one copy of the parameters for DDP's whole life. Under tensor parallelism ZeRO-1 is
+  traced (``ZeroOneOptimizer`` and the flat gradient all-reduce run), and the optimizer bytes
+  are rescaled from rank 0's partition to the largest one at full depth.
+- **Layers by extrapolation.** From two layers on, each added layer adds the same bytes to
+  every phase's peak, so the estimate traces 2 and 3 layers and extrapolates each phase
+  linearly to the configured depth, then takes the largest phase. ``tests/test_train_memory.py``
+  and ``benchmarks/memory_plan.py --verify 410m`` check this against full-depth traces.
 
 CPU trace vs CUDA:
 - attention: on the CPU, SDPA dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
@@ -77,7 +72,7 @@ __all__ = [
 
 PLAN_FORMAT = "pythia-suite/memory-plan/1"
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
-PHASES = ("forward", "loss", "backward", "optimizer")
+PHASES = ("forward", "loss", "backward", "reduce", "optimizer")
 GB = 1e9
 GIB = 2**30
 # MemTracker's reference types -> the plan's categories (buffers: the rotary frequencies;
@@ -298,6 +293,11 @@ class _PhasePeaks:
             model.base_model.register_forward_pre_hook(lambda *a: self.enter("forward")),
             final_norm.register_forward_hook(lambda *a: self.enter("loss")),
             final_norm.register_full_backward_pre_hook(lambda *a: self.enter("backward")),
+            # The input embedding's gradient is the last of a backward pass: then come the
+            # gradient reduction (ZeRO-1's flat all-reduce under tensor parallelism) and clipping.
+            model.get_input_embeddings().weight.register_post_accumulate_grad_hook(
+                lambda param: self.enter("reduce")
+            ),
             optimizer.register_step_pre_hook(lambda *a: self.enter("optimizer")),
         ]
 
@@ -307,7 +307,11 @@ class _PhasePeaks:
             raise RuntimeError("this torch's MemTracker has no _peak_mem_snap: update _PhasePeaks")
         if self.phase is not None:
             ((_, snap),) = tracker._peak_mem_snap.items()
-            self.peaks[self.phase] = _categorise(snap)
+            peak = _categorise(snap)
+            # A phase recurs once per micro-step: keep its highest peak.
+            seen = self.peaks.get(self.phase)
+            if seen is None or sum(peak.values()) > sum(seen.values()):
+                self.peaks[self.phase] = peak
         current = tracker.get_tracker_snapshot()
         tracker._peak_mem_snap = current
         tracker._peak_mem = {dev: s["Total"] for dev, s in current.items()}
@@ -417,63 +421,105 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
             return phases.peaks
 
 
-def zero1_max_share(layout: StepLayout) -> float:
-    """Largest fraction of the optimizer state one ZeRO-1 rank keeps (1.0 at DP 1).
+def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, float]:
+    """(rank 0's, the largest rank's) share of the optimizer state under ZeRO-1, at ``layers``.
 
-    ``ZeroRedundancyOptimizer``'s partition: per parameter group (decay, then no decay), the
-    parameters largest first, each to the rank with the fewest elements so far.
+    The partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer`` alike: per
+    parameter group (decay, then no decay), parameters largest first (by their full element
+    count), each to the least-loaded data rank; a share counts the elements this rank holds (a
+    tensor-parallel shard is 1/T of its parameter). (1, 1) without ZeRO-1 over several ranks.
     """
-    if layout.data_parallel <= 1:
-        return 1.0
+    if layout.data_parallel <= 1 or layout.data_parallel_mode != "zero1":
+        return 1.0, 1.0
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .optim import build_param_groups
+    from .parallel import expected_weight_placements
 
     with FakeTensorMode():
-        model = _fake_model(layout, layout.layers)
-        groups = [[p.numel() for p in g["params"]] for g in build_param_groups(model, 0.1)]
-    sizes = [0] * layout.data_parallel
+        model = _fake_model(layout, layers or layout.layers)
+        names = {id(p): n for n, p in model.named_parameters()}
+        split = (
+            {n for n, dim in expected_weight_placements(model).items() if dim is not None}
+            if layout.tensor_parallel > 1
+            else set()
+        )
+        groups = [
+            [(p.numel(), names[id(p)]) for p in g["params"]] for g in build_param_groups(model, 0.1)
+        ]
+    loads = [0] * layout.data_parallel
+    owned = [0] * layout.data_parallel
     for group in groups:
-        for numel in sorted(group, reverse=True):
-            rank = sizes.index(min(sizes))
-            sizes[rank] += numel
-    return max(sizes) / sum(sizes)
+        for numel, name in sorted(group, key=lambda item: -item[0]):
+            rank = loads.index(min(loads))
+            loads[rank] += numel
+            owned[rank] += numel // layout.tensor_parallel if name in split else numel
+    return owned[0] / sum(owned), max(owned) / sum(owned)
 
 
-def _extrapolate(one: dict, two: dict, layers: int) -> dict[str, dict[str, int]]:
+def zero1_max_share(layout: StepLayout) -> float:
+    """The largest data rank's share of the optimizer state under ZeRO-1 (1.0 without it)."""
+    return zero1_shares(layout)[1]
+
+
+def _unsharded_optimizer(phases: dict, layout: StepLayout, layers: int) -> dict:
+    """A trace's optimizer bytes as if rank 0 held every parameter's state (÷ its share)."""
+    traced_zero1 = _traced_world(layout) > 1
+    rank0 = zero1_shares(layout, layers)[0] if traced_zero1 else 1.0
+    return {
+        phase: {c: (v / rank0 if c == "optimizer" else v) for c, v in cats.items()}
+        for phase, cats in phases.items()
+    }
+
+
+def _extrapolate(two: dict, three: dict, layers: int) -> dict[str, dict[str, float]]:
+    """Each phase's peak at ``layers`` layers from those at 2 and 3, linearly.
+
+    From 2 layers on, each added layer adds the same bytes (at 1 the first layer's input is the
+    embedding output, not a layer's: partitioned activations keep it differently).
+    """
+    if two.keys() != three.keys():
+        raise RuntimeError(
+            f"traces at 2 and 3 layers saw different phases: {two.keys()}, {three.keys()}"
+        )
     return {
         phase: {
-            c: one[phase][c] + (layers - 1) * (two[phase][c] - one[phase][c]) for c in CATEGORIES
+            c: two[phase][c] + (layers - 2) * (three[phase][c] - two[phase][c]) for c in CATEGORIES
         }
-        for phase in PHASES
+        for phase in two
     }
 
 
 def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
     """Peak bytes per rank of ``layout``, by category, with how each part was obtained.
 
-    ``full_depth`` traces all layers instead of extrapolating from 1 and 2 (slow; for checks).
+    ``full_depth`` traces all layers instead of extrapolating from 2 and 3 (slow; for checks).
     """
     started = time.perf_counter()
-    if full_depth or layout.layers <= 2:
-        phases = trace_step_peaks(layout, layout.layers)
+    if full_depth or layout.layers <= 3:
+        phases = _unsharded_optimizer(
+            trace_step_peaks(layout, layout.layers), layout, layout.layers
+        )
         depth = f"traced at full depth ({layout.layers} layers)"
     else:
         phases = _extrapolate(
-            trace_step_peaks(layout, 1), trace_step_peaks(layout, 2), layout.layers
+            _unsharded_optimizer(trace_step_peaks(layout, 2), layout, 2),
+            _unsharded_optimizer(trace_step_peaks(layout, 3), layout, 3),
+            layout.layers,
         )
-        depth = f"traced at 1 and 2 layers, extrapolated linearly to {layout.layers}"
-    traced = {phase: dict(cats) for phase, cats in phases.items()}
-    by_rule = _traced_world(layout) == 1 and layout.data_parallel > 1
-    share = zero1_max_share(layout) if by_rule else None
-    if by_rule:
-        # ZeRO-1 at tensor parallel 1, traced as one rank: this rank's optimizer partition, and
-        # DDP's fp32 gradient buckets (one copy of the parameters, for DDP's whole life).
-        buckets = phases["forward"]["parameters"]  # fp32 parameters (+ a few buffer bytes)
-        for cats in phases.values():
-            cats["optimizer"] = round(cats["optimizer"] * share)
-            cats["gradients"] += buckets
-    peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
+        depth = f"traced at 2 and 3 layers, extrapolated linearly to {layout.layers}"
+    # ZeRO-1: the largest data rank's partition of the optimizer state, at full depth (the
+    # partition of a 1- or 2-layer model is not that of the real one).
+    share = zero1_max_share(layout)
+    ddp_buckets = _traced_world(layout) == 1 and layout.data_parallel > 1
+    for cats in phases.values():
+        cats["optimizer"] *= share
+        if ddp_buckets:
+            # DDP at tensor parallel 1 (not traceable on fake tensors): fp32 gradient buckets,
+            # one copy of the parameters, for DDP's whole life.
+            cats["gradients"] += phases["forward"]["parameters"]
+    phases = {p: {c: round(v) for c, v in cats.items()} for p, cats in phases.items()}
+    peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = phases[peak_phase]
     total = sum(breakdown.values())
     return {
@@ -483,7 +529,6 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
         "peak_phase": peak_phase,
         "breakdown": breakdown,
         "phases": phases,
-        "traced_phases": traced,
         "limit_bytes": layout.limit_bytes,
         "fits": total <= layout.limit_bytes,
         "method": {
@@ -492,8 +537,8 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
             "tracker": "FSDPMemTracker"
             if layout.data_parallel_mode == "fsdp" and _traced_world(layout) > 1
             else "MemTracker",
-            "zero1_optimizer_share_by_rule": share,
-            "ddp_buckets_by_rule": by_rule,
+            "zero1_optimizer_share": share,
+            "ddp_buckets_by_rule": ddp_buckets,
         },
         "trace_s": round(time.perf_counter() - started, 2),
     }
