@@ -53,6 +53,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..hashing import sha256_file
 
 __all__ = [
     "CATEGORIES",
@@ -551,10 +552,14 @@ def _versions() -> dict:
     return {pkg: metadata.version(pkg) for pkg in ("torch", "transformers")}
 
 
+_TRACED_CODE = ("memory.py", "loop.py", "parallel.py", "model.py", "optim.py")
+
+
 def _plan_key(layouts: dict[str, StepLayout]) -> str:
     blob = {
         "format": PLAN_FORMAT,
-        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        # The step the estimate traces: any change to it makes a new plan.
+        "code": {name: sha256_file(Path(__file__).with_name(name)) for name in _TRACED_CODE},
         "versions": _versions(),
         "layouts": {name: asdict(layout) for name, layout in sorted(layouts.items())},
     }
