@@ -965,15 +965,21 @@ def _set_up(
 ) -> TrainState:
     """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
 
-    Tensor parallelism shards the model before its weights are set: each rank then copies its
-    block from the full CPU tensors, one parameter at a time.
+    Under tensor parallelism the model is built on the meta device and sharded before it is
+    allocated; each rank then copies its block of each weight from the full CPU tensors, one
+    parameter at a time.
     """
-    model = prepare_model(seg.hf_config, settings, device)
-    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     par = parallel.build_parallelism(
         env.world_size, settings.tensor_parallel, device, settings.data_parallel
     )
-    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    if par.tensor > 1:
+        # Built on the meta device and sharded there: no rank ever allocates the whole model.
+        model = prepare_model(seg.hf_config, settings, torch.device("meta"))
+        parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+        parallel.materialize(model, device)
+    else:
+        model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     seg.log(
         f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
         f"micro_batch {settings.micro_batch} x gas "

@@ -53,6 +53,7 @@ __all__ = [
     "partitioned_checkpoint",
     "enable_partitioned_checkpointing",
     "apply_tensor_parallel_once",
+    "materialize",
     "is_vocab_parallel",
     "apply_fsdp",
     "ZeroOneOptimizer",
@@ -311,6 +312,25 @@ def apply_tensor_parallel_once(
     if partition_activations:
         enable_partitioned_checkpointing(model, par)
     model._pythia_tensor_parallel = True
+    return model
+
+
+def materialize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Allocate a model built on the meta device (and sharded there) on ``device``.
+
+    Parameters get uninitialised storage (only each rank's block under tensor parallelism); the
+    rotary frequencies, the one computed buffer, are recomputed from the config. Set every
+    parameter next (GPT-NeoX init or a checkpoint). Raises ``ValueError`` for a rotary type
+    other than the default one (Pythia's).
+    """
+    model.to_empty(device=device)
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "compute_default_rope_parameters"):
+            if getattr(module, "rope_type", "default") != "default":
+                raise ValueError(f"cannot recompute rotary type {module.rope_type!r} after meta")
+            inv_freq, _ = module.compute_default_rope_parameters(module.config, device=device)
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq.clone()
     return model
 
 
