@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from train_support import TINY_CONFIG, RandomTokens, read_weights, tiny_settings
+from train_support import SEQ, TINY_CONFIG, RandomTokens, read_weights, tiny_settings
 
 from pythia_suite.train.distributed import DistributedEnv
 from pythia_suite.train.loop import (
@@ -460,3 +460,17 @@ def test_mfu_uses_the_gpu_peak_on_cuda_only():
     assert gpu["device_kind"] == "cuda" and gpu["device_name"] == "Test GPU"
     assert gpu["peak_tflops"] == 1e-6
     assert gpu["mfu"] == pytest.approx(gpu["flops_per_token"] * tokens_per_s / (1 * 1e-6 * 1e12))
+
+
+def test_one_step_traces_under_fake_tensor_mode():
+    """What the memory tracer does: the real model and step on fake tensors, no values."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    settings = tiny_settings(activation_checkpointing=True, loss_chunk_tokens=16)
+    with FakeTensorMode():
+        state = init_train_state(prepare_model(TINY_CONFIG, settings, CPU), settings, SINGLE, CPU)
+        result = train_step(state, torch.zeros(8, SEQ + 1, dtype=torch.long))
+    assert isinstance(next(state.model.parameters()), FakeTensor)
+    assert not result.skipped and state.progress.scheduler_iteration == 1
+    # The update ran: AdamW holds its moments for every parameter.
+    assert len(state.optimizer.state) == len(list(state.model.parameters()))

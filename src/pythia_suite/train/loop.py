@@ -854,7 +854,7 @@ def train_step(
             if p.grad is not None:
                 p.grad.mul_(1.0 / loss_scale)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-    loss, stops, norm = torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]).tolist()
+    loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
     overflow = not (math.isfinite(loss) and math.isfinite(norm))
     it = progress.step
     if overflow and state.scaler is None:
@@ -882,6 +882,16 @@ def train_step(
         if state.scaler is not None:
             state.scaler.update(False)
     return StepResult(loss, norm, lr, overflow, stops > 0)
+
+
+def _host_values(values: torch.Tensor) -> list[float]:
+    """The step's one host sync. Under ``FakeTensorMode`` (the memory tracer) there are no
+    values: the step is taken as finite, so that the update and its memory are traced."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(values):
+        return [0.0] * values.numel()
+    return values.tolist()
 
 
 # ----------------------------------------------------------------------------- the segment
