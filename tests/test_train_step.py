@@ -77,6 +77,23 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients():
         chunked_cross_entropy(hidden, weight, labels, 0)
 
 
+def test_chunked_cross_entropy_under_autocast_matches_the_plain_loss():
+    torch.manual_seed(1)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy((hidden @ weight.t()).float(), labels)
+        chunked = chunked_cross_entropy(hidden, weight, labels, 16)
+    assert chunked.dtype == torch.float32
+    expected = torch.autograd.grad(plain, (hidden, weight))
+    got = torch.autograd.grad(chunked, (hidden, weight))
+    torch.testing.assert_close(chunked, plain, rtol=1e-3, atol=1e-3)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-3)
+
+
 def test_forward_loss_chunked_equals_transformers_logits_loss():
     settings = tiny_settings()
     model = prepare_model(TINY_CONFIG, settings, CPU)

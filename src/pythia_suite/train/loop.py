@@ -676,12 +676,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            grad_logits = torch.softmax(logits, dim=-1)
+            # d(sum of losses)/d(logits) = softmax - onehot, in place: one chunk buffer.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            del logits, lse
-            g = grad_logits.to(h.dtype) if not torch.is_autocast_enabled() else grad_logits
-            grad_hidden[start : start + chunk_tokens] = g @ weight
-            grad_weight += (g.t() @ h).float()
+            # Under autocast these matmuls run in the compute dtype, as autograd's would.
+            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
+            grad_weight += (grad_logits.t() @ h).float()
+            del logits, lse, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.n = n
         ctx.weight_dtype = weight.dtype
