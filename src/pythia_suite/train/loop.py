@@ -846,7 +846,9 @@ def train_step(
     params = [p for p in state.model.parameters()]
     loss_scale = state.scaler.scale if state.scaler else 1.0
     local_loss = _forward_backward(state, tokens, loss_scale)
-    reduced = torch.stack([local_loss, torch.tensor(float(stop_requested), device=state.device)])
+    # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy.
+    stop_flag = torch.full((), float(stop_requested), device=state.device)
+    reduced = torch.stack([local_loss, stop_flag])
     if env.world_size > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         reduced[0] /= env.world_size
