@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from train_support import TINY_CONFIG, RandomTokens, read_weights, tiny_settings
+from train_support import SEQ, TINY_CONFIG, RandomTokens, read_weights, tiny_settings
 
 from pythia_suite.train.distributed import DistributedEnv
 from pythia_suite.train.loop import (
@@ -75,6 +75,23 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients():
         torch.testing.assert_close(c_weight, g_weight, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_cross_entropy(hidden, weight, labels, 0)
+
+
+def test_chunked_cross_entropy_under_autocast_matches_the_plain_loss():
+    torch.manual_seed(1)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy((hidden @ weight.t()).float(), labels)
+        chunked = chunked_cross_entropy(hidden, weight, labels, 16)
+    assert chunked.dtype == torch.float32
+    expected = torch.autograd.grad(plain, (hidden, weight))
+    got = torch.autograd.grad(chunked, (hidden, weight))
+    torch.testing.assert_close(chunked, plain, rtol=1e-3, atol=1e-3)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-3)
 
 
 def test_forward_loss_chunked_equals_transformers_logits_loss():
@@ -323,3 +340,154 @@ def test_loss_scaler_in_fp32_trains_exactly_like_no_scaler_and_records_skips(tmp
     assert "loss_scale 4096" in log.getvalue()
     # The skipped loss does not enter the spike detector's window.
     assert len(skipped["recent_losses"]) == 3 and all(np.isfinite(skipped["recent_losses"]))
+
+
+# ----------------------------------------------------------------------------- summary record
+
+SUMMARY_KEYS = {
+    "format", "run", "size", "start_step", "end_step", "steps", "skipped_steps", "tokens",
+    "tokens_per_s", "flops_per_token", "mfu", "peak_tflops", "device_kind", "device_name",
+    "devices", "nodes", "data_parallel", "tensor_parallel", "micro_batch", "gas", "precision",
+    "wall_s", "train_time_s", "device_hours", "losses", "spikes", "nan_abort", "started_at",
+    "finished_at", "slurm_job_id", "hosts",
+}  # fmt: skip
+
+
+def _read_summary(checkpoint):
+    import json
+
+    from pythia_suite.layout import SEGMENT_SUMMARY_NAME
+
+    return json.loads((checkpoint / SEGMENT_SUMMARY_NAME).read_text())
+
+
+def test_segment_summary_is_written_inside_the_checkpoint_with_its_values(tmp_path, monkeypatch):
+    import datetime
+    import socket
+
+    from pythia_suite.config import transformer_flops_per_token
+    from pythia_suite.train.loop import RunInfo
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    _poison_iterations(monkeypatch, {2})
+    info = RunInfo(run="pythia-tiny", size="tiny", gpu_peak_tflops=312.0)
+    settings = tiny_settings(loss_scaler_in_fp32=True)
+    t0 = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    state = _segment(tmp_path, 5, settings, run_info=info)
+    summary = _read_summary(tmp_path / "step5")
+    assert set(summary) == SUMMARY_KEYS
+    history = state["history"]
+    good = [r["loss"] for r in history if not r["skipped"]]
+    expected_flops = transformer_flops_per_token(
+        layers=2, hidden=32, intermediate=128, seq_length=16, vocab=128
+    )
+    assert expected_flops == 6 * (2 * (4 * 32 * 32 + 2 * 32 * 128) + 128 * 32) + 12 * 2 * 16 * 32
+    assert summary | {"tokens_per_s": None, "wall_s": None, "train_time_s": None} == summary | {
+        "format": "pythia-suite/segment-summary/1",
+        "run": "pythia-tiny",
+        "size": "tiny",
+        "start_step": 0,
+        "end_step": 5,
+        "steps": 5,
+        "skipped_steps": 1,
+        "tokens": 5 * 8 * 16,
+        "tokens_per_s": None,
+        "flops_per_token": float(expected_flops),
+        "mfu": None,  # CPU: no peak, whatever the GPU record says
+        "peak_tflops": None,
+        "device_kind": "cpu",
+        "devices": 1,
+        "nodes": 1,
+        "data_parallel": 1,
+        "tensor_parallel": 1,
+        "micro_batch": 4,
+        "gas": 2,
+        "precision": "fp32",
+        "wall_s": None,
+        "train_time_s": None,
+        "losses": {
+            "first": good[0],
+            "last": good[-1],
+            "min": min(good),
+            "max": max(good),
+            "mean": sum(good) / len(good),
+        },
+        "spikes": [],
+        "nan_abort": False,
+        "slurm_job_id": "4242",
+        "hosts": [socket.gethostname()],
+    }
+    assert summary["train_time_s"] == pytest.approx(state["train_time_s"])
+    assert summary["tokens_per_s"] == pytest.approx(summary["tokens"] / summary["train_time_s"])
+    assert summary["wall_s"] >= summary["train_time_s"] > 0
+    assert summary["device_hours"] == pytest.approx(summary["wall_s"] / 3600)
+    started = datetime.datetime.fromisoformat(summary["started_at"])
+    finished = datetime.datetime.fromisoformat(summary["finished_at"])
+    assert t0 <= started <= finished <= datetime.datetime.now(datetime.UTC)
+    assert summary["device_name"]
+
+
+def test_segment_summary_of_a_resumed_segment_counts_the_whole_segment(tmp_path):
+    settings = tiny_settings(state_interval=2)
+
+    def stop_at_3(event, step):
+        if event == "step_end" and step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _segment(tmp_path, 5, settings, state_dir=tmp_path / "state", hook=stop_at_3)
+    assert not (tmp_path / "step5").exists()
+    _segment(tmp_path, 5, settings, state_dir=tmp_path / "state")
+    summary = _read_summary(tmp_path / "step5")
+    assert (summary["steps"], summary["tokens"], summary["skipped_steps"]) == (5, 5 * 8 * 16, 0)
+    assert summary["losses"]["first"] is not None
+
+
+def test_step0_summary_has_no_steps(tmp_path):
+    _segment(tmp_path, 0, tiny_settings())
+    summary = _read_summary(tmp_path / "step0")
+    assert (summary["steps"], summary["tokens"], summary["tokens_per_s"]) == (0, 0, None)
+    assert summary["losses"] == dict.fromkeys(("first", "last", "min", "max", "mean"))
+
+
+def test_mfu_uses_the_gpu_peak_on_cuda_only():
+    """The CUDA branch's arithmetic, with a CPU state dressed as a CUDA one."""
+    from pythia_suite.train.loop import Progress, RunInfo, Segment, segment_summary
+
+    state = _fresh_state()
+    state.progress = Progress(
+        start_step=0, end_step=2, segment_key="k", step=2, train_time_s=2.0,
+        history=[{"loss": 3.0, "skipped": False}, {"loss": 2.0, "skipped": False}],
+    )  # fmt: skip
+    seg = Segment(
+        hf_config=TINY_CONFIG, samples=RandomTokens(), start_step=0, end_step=2,
+        out_dir=None, state_dir=None, hook=None, log=None, preempt=None, batches=None,
+        fingerprints=None, run_info=RunInfo("r", "s", gpu_peak_tflops=1e-6),
+    )  # fmt: skip
+    cpu = segment_summary(seg, state, ["h"])
+    assert cpu["mfu"] is None and cpu["peak_tflops"] is None
+    state.device = torch.device("cuda", 0)
+    real_name = torch.cuda.get_device_name
+    torch.cuda.get_device_name = lambda device=None: "Test GPU"
+    try:
+        gpu = segment_summary(seg, state, ["h"])
+    finally:
+        torch.cuda.get_device_name = real_name
+    tokens_per_s = 2 * 8 * 16 / 2.0
+    assert gpu["device_kind"] == "cuda" and gpu["device_name"] == "Test GPU"
+    assert gpu["peak_tflops"] == 1e-6
+    assert gpu["mfu"] == pytest.approx(gpu["flops_per_token"] * tokens_per_s / (1 * 1e-6 * 1e12))
+
+
+def test_one_step_traces_under_fake_tensor_mode():
+    """What the memory tracer does: the real model and step on fake tensors, no values."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    settings = tiny_settings(activation_checkpointing=True, loss_chunk_tokens=16)
+    with FakeTensorMode():
+        state = init_train_state(prepare_model(TINY_CONFIG, settings, CPU), settings, SINGLE, CPU)
+        result = train_step(state, torch.zeros(8, SEQ + 1, dtype=torch.long))
+    assert isinstance(next(state.model.parameters()), FakeTensor)
+    assert not result.skipped and state.progress.scheduler_iteration == 1
+    # The update ran: AdamW holds its moments for every parameter.
+    assert len(state.optimizer.state) == len(list(state.model.parameters()))

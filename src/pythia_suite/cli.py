@@ -392,7 +392,7 @@ def cmd_train_segment(config: dict, args) -> None:
     if config["training"]["backend"] == "neox":
         _train_segment_neox(config, run, args.step, Path(args.output))
         return
-    from pythia_suite.train.loop import TrainSettings, train_segment
+    from pythia_suite.train.loop import RunInfo, TrainSettings, train_segment
 
     values = cfg.train_settings_values(config, run)
     settings = TrainSettings(**values)
@@ -417,6 +417,7 @@ def cmd_train_segment(config: dict, args) -> None:
             end_step=args.step,
             out_dir=args.output,
             state_dir=layout.state_dir(config["paths"]["state"], run.name),
+            run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
         )
     except (RuntimeError, OSError) as err:
         _explain_pruned_start(err, args.resume_from)

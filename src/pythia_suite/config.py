@@ -518,13 +518,36 @@ def parameter_counts(config: dict, size: str) -> tuple[int, int]:
     return non_embedding + embeddings, non_embedding
 
 
+def transformer_flops_per_token(
+    *, layers: int, hidden: int, intermediate: int, seq_length: int, vocab: int
+) -> int:
+    """Training FLOPs per token of a GPT-NeoX model, forward + backward, attention included.
+
+    The one FLOP formula of the suite (plan, segment summaries, MFU), PaLM's / Megatron's
+    counting with no recomputation: 6 FLOPs per matmul parameter per token (2 forward, 4
+    backward), output layer included, input embedding (a lookup) not; plus attention's scores
+    and weighted values, 2 matmuls of S x h per token per layer, x 6:
+
+        6 x L x (4 h^2 + 2 h ffn)  +  12 x L x S x h  +  6 x V x h
+
+    (= 72 L h^2 + 12 L S h + 6 V h for Pythia's ffn = 4h). Biases, norms, softmax and rotary
+    are left out, as in those papers. Activation checkpointing's recomputation is not counted:
+    MFU counts the model's FLOPs, not the hardware's.
+    """
+    matmul_params = layers * (4 * hidden * hidden + 2 * hidden * intermediate) + vocab * hidden
+    return 6 * matmul_params + 12 * layers * seq_length * hidden
+
+
 def training_flops_per_token(config: dict, size: str) -> int:
-    """Model FLOPs per token, forward + backward (Megatron's formula, no recomputation)."""
+    """Model FLOPs per token of a size, forward + backward (`transformer_flops_per_token`)."""
     s = config["sizes"][size]
-    h, layers = s["hidden"], s["layers"]
-    seq = config["model"]["seq_length"]
-    vocab = padded_vocab_size(config, size)
-    return 72 * layers * h * h + 12 * layers * seq * h + 6 * vocab * h
+    return transformer_flops_per_token(
+        layers=s["layers"],
+        hidden=s["hidden"],
+        intermediate=config["model"]["mlp_ratio"] * s["hidden"],
+        seq_length=config["model"]["seq_length"],
+        vocab=padded_vocab_size(config, size),
+    )
 
 
 def total_tokens(config: dict) -> int:

@@ -150,14 +150,17 @@ def write_training_state(
     trainer_state: dict,
     hf_config: dict,
     before_publish: Callable[[], None] | None = None,
+    last_files: dict[str, Callable[[], dict]] | None = None,
 ) -> Path:
     """Write a training-state directory at ``final_dir`` (collective: every rank calls it).
 
     Rank 0 writes the weights (``model_tensors``, Hugging Face names), ``trainer_state.json`` and
     ``hf_config.json``; every rank writes its ``optimizer_shard``. Everything goes to
     ``.{name}.partial`` first (a stale one from a killed writer is removed) and is renamed to
-    ``final_dir`` once complete. ``before_publish`` runs on rank 0 just before the rename (tests
-    kill the process there). Raises ``FileExistsError`` if ``final_dir`` already exists.
+    ``final_dir`` once complete. ``last_files`` (rank 0: JSON file name -> a function giving
+    its content) are written after everything else, just before the rename, so that they can
+    time the save too. ``before_publish`` runs on rank 0 just before the rename (tests kill the
+    process there). Raises ``FileExistsError`` if ``final_dir`` already exists.
     """
     final_dir = Path(final_dir)
     partial = _partial_path(final_dir)
@@ -181,6 +184,8 @@ def write_training_state(
         _write_json(partial / _STATE_FILE, trainer_state)
     _barrier(env)
     if env.is_main:
+        for name, content in (last_files or {}).items():
+            _write_json(partial / name, content())
         if before_publish is not None:
             before_publish()
         os.replace(partial, final_dir)

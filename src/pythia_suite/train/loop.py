@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -47,6 +50,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import transformer_flops_per_token
+from ..layout import SEGMENT_SUMMARY_NAME
 from . import checkpoint as ckpt
 from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
@@ -88,6 +93,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 # Settings left out of the segment key: how the segment is observed (logging, snapshots, spike
 # detection) and how each global batch is laid out over ranks and micro-steps (like the world
 # size, these change rounding, not the mathematics), so a rerun may change them and still resume.
@@ -220,6 +226,17 @@ class SegmentPreempted(RuntimeError):
     """SIGTERM arrived; a snapshot was saved (if a state dir was given). Exit non-zero."""
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """Whose segment this is, for its summary record (``segment_summary.json``): the run and
+    size names, and the GPU's dense fp16/bf16 peak per device (``config.gpu_record``), which
+    MFU uses on CUDA only."""
+
+    run: str = ""
+    size: str = ""
+    gpu_peak_tflops: float | None = None
+
+
 # ----------------------------------------------------------------------------- small helpers
 
 
@@ -252,6 +269,10 @@ def segment_key(
         "settings": computed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _format_eta(seconds: float) -> str:
@@ -453,6 +474,8 @@ class Progress:
     # The spike detector's window carries over from the previous segment.
     recent_losses: list[float] = field(default_factory=list)
     train_time_s: float = 0.0
+    wall_s: float = 0.0  # wall time of earlier attempts, up to their last snapshot
+    started_at: str = field(default_factory=lambda: _utc_now())
 
     @classmethod
     def fresh(cls, start_step: int, end_step: int, key: str, start_state: dict | None):
@@ -480,6 +503,8 @@ class Progress:
             spikes=saved["spikes"],
             recent_losses=saved["recent_losses"],
             train_time_s=saved["train_time_s"],
+            wall_s=saved.get("wall_s", 0.0),
+            started_at=saved.get("started_at") or _utc_now(),
         )
 
 
@@ -530,8 +555,10 @@ class Segment:
     batches: _Prefetcher
     fingerprints: _Fingerprints
     names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
+    run_info: RunInfo = field(default_factory=RunInfo)
     first_step: int = 0  # where this process started training (after a resume: the snapshot)
-    started: float = field(default_factory=time.perf_counter)
+    begun: float = field(default_factory=time.perf_counter)  # this process's wall clock
+    started: float = field(default_factory=time.perf_counter)  # the first step's start
 
 
 # ----------------------------------------------------------------------------- model and loss
@@ -665,12 +692,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            grad_logits = torch.softmax(logits, dim=-1)
+            # d(sum of losses)/d(logits) = softmax - onehot, in place: one chunk buffer.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            del logits, lse
-            g = grad_logits.to(h.dtype) if not torch.is_autocast_enabled() else grad_logits
-            grad_hidden[start : start + chunk_tokens] = g @ weight
-            grad_weight += (g.t() @ h).float()
+            # Under autocast these matmuls run in the compute dtype, as autograd's would.
+            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
+            grad_weight += (grad_logits.t() @ h).float()
+            del logits, lse, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.n = n
         ctx.weight_dtype = weight.dtype
@@ -836,7 +864,9 @@ def train_step(
     loss_scale = state.scaler.scale if state.scaler else 1.0
     local_loss = _forward_backward(state, tokens, loss_scale)
     parallel.all_reduce_gradients(params, state.par)
-    reduced = torch.stack([local_loss, torch.tensor(float(stop_requested), device=state.device)])
+    # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy.
+    stop_flag = torch.full((), float(stop_requested), device=state.device)
+    reduced = torch.stack([local_loss, stop_flag])
     if env.world_size > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         reduced[0] /= env.world_size
@@ -846,7 +876,7 @@ def train_step(
                 p.grad.mul_(1.0 / loss_scale)
     # The global norm over tensor- and data-sharded gradients (each block counted once).
     grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
-    loss, stops, norm = torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]).tolist()
+    loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
     overflow = not (math.isfinite(loss) and math.isfinite(norm))
     it = progress.step
     if overflow and state.scaler is None:
@@ -876,6 +906,16 @@ def train_step(
     return StepResult(loss, norm, lr, overflow, stops > 0)
 
 
+def _host_values(values: torch.Tensor) -> list[float]:
+    """The step's one host sync. Under ``FakeTensorMode`` (the memory tracer) there are no
+    values: the step is taken as finite, so that the update and its memory are traced."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(values):
+        return [0.0] * values.numel()
+    return values.tolist()
+
+
 # ----------------------------------------------------------------------------- the segment
 
 
@@ -893,6 +933,7 @@ def train_segment(
     hook: Callable[[str, int], None] | None = None,
     env: DistributedEnv | None = None,
     device: torch.device | str | None = None,
+    run_info: RunInfo | None = None,
 ) -> dict:
     """Train from ``start_checkpoint`` (step ``start_step``) to ``end_step``; write ``out_dir``.
 
@@ -904,7 +945,9 @@ def train_segment(
     only; default stderr). ``hook(event, step)`` is called on every rank at ``"step_end"`` and
     ``"snapshot_saved"``, and on rank 0 at ``"before_publish"`` (tests inject failures there).
     ``env`` defaults to ``detect_distributed_env()``; ``device`` to ``cuda:{local_rank}`` if
-    available, else the CPU. Returns the ``trainer_state`` written with the checkpoint.
+    available, else the CPU. ``run_info`` names the run for the segment summary record
+    (``segment_summary.json``, written into ``out_dir``). Returns the ``trainer_state`` written
+    with the checkpoint.
 
     Raises ``ValueError`` for inconsistent arguments, ``FileExistsError`` if ``out_dir``
     exists, ``ckpt.CheckpointError`` for a start checkpoint that does not match,
@@ -933,6 +976,7 @@ def train_segment(
             preempt=threading.Event(),
             batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
             fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
+            run_info=run_info or RunInfo(),
         )
         stack.callback(seg.log.close)
         stack.enter_context(distributed_context(env, device))
@@ -1077,6 +1121,13 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
     """Write ``out_dir`` (every rank: its optimizer shard) and drop the segment's snapshots."""
     env = state.env
     trainer_state = _trainer_state(seg, state, seg.end_step)
+    hosts = _hosts(env)
+    summary: dict = {}
+
+    def summarise() -> dict:
+        summary.update(segment_summary(seg, state, hosts))
+        return summary
+
     ckpt.write_training_state(
         seg.out_dir,
         env=env,
@@ -1085,8 +1136,16 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
         trainer_state=trainer_state,
         hf_config=seg.hf_config,
         before_publish=lambda: seg.hook("before_publish", seg.end_step),
+        # Last into the directory, inside its atomic rename: its wall time includes the save.
+        last_files={SEGMENT_SUMMARY_NAME: summarise},
     )
     seg.log(f"wrote {seg.out_dir}")
+    if summary.get("tokens_per_s"):
+        mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "n/a (no GPU peak)"
+        seg.log(
+            f"segment: {summary['steps']} steps, {summary['tokens_per_s']:.0f} tokens/s, "
+            f"MFU {mfu}, wall {summary['wall_s']:.1f} s"
+        )
     if seg.state_dir is not None:
         _rank0_check(env, lambda: ckpt.remove_snapshots(seg.state_dir))
     return trainer_state
@@ -1107,6 +1166,85 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
     # The new snapshot is complete: older ones of this segment are no longer needed.
     _rank0_check(state.env, lambda: ckpt.remove_snapshots(seg.state_dir, keep=path))
     seg.log(f"snapshot at step {step}: {path}")
+
+
+def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
+    """The segment's summary record (``layout.SEGMENT_SUMMARY_NAME``), exactly its keys.
+
+    Counts the whole segment ``(start_step, end_step]``, attempts before a resume included.
+    ``flops_per_token``: ``config.transformer_flops_per_token`` (attention included, no
+    recomputation). ``mfu`` = flops_per_token x tokens_per_s / (devices x peak), on CUDA with a
+    known peak; ``None`` on CPU. Losses leave out fp16-skipped steps; ``None`` without steps.
+    """
+    settings, env, progress, hf = state.settings, state.env, state.progress, seg.hf_config
+    dp_size, _ = data_parallel_coords(env, settings)
+    steps = len(progress.history)
+    tokens = steps * settings.global_batch * settings.seq_length
+    tokens_per_s = tokens / progress.train_time_s if progress.train_time_s > 0 else None
+    flops = transformer_flops_per_token(
+        layers=hf["num_hidden_layers"],
+        hidden=hf["hidden_size"],
+        intermediate=hf["intermediate_size"],
+        seq_length=settings.seq_length,
+        vocab=hf["vocab_size"],
+    )
+    cuda = state.device.type == "cuda"
+    peak = seg.run_info.gpu_peak_tflops if cuda else None
+    mfu = flops * tokens_per_s / (env.world_size * peak * 1e12) if peak and tokens_per_s else None
+    wall = progress.wall_s + time.perf_counter() - seg.begun
+    losses = [r["loss"] for r in progress.history if not r["skipped"]]
+    return {
+        "format": SEGMENT_SUMMARY_FORMAT,
+        "run": seg.run_info.run,
+        "size": seg.run_info.size,
+        "start_step": seg.start_step,
+        "end_step": seg.end_step,
+        "steps": steps,
+        "skipped_steps": sum(1 for r in progress.history if r["skipped"]),
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": float(flops),
+        "mfu": mfu,
+        "peak_tflops": peak,
+        "device_kind": state.device.type,
+        "device_name": torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
+        "devices": env.world_size,
+        "nodes": len(hosts),
+        "data_parallel": dp_size,
+        "tensor_parallel": settings.tensor_parallel,
+        "micro_batch": settings.micro_batch,
+        "gas": settings.global_batch // (dp_size * settings.micro_batch),
+        "precision": settings.precision,
+        "wall_s": wall,
+        "train_time_s": progress.train_time_s,
+        "device_hours": env.world_size * wall / 3600,
+        "losses": {
+            "first": losses[0] if losses else None,
+            "last": losses[-1] if losses else None,
+            "min": min(losses) if losses else None,
+            "max": max(losses) if losses else None,
+            "mean": sum(losses) / len(losses) if losses else None,
+        },
+        "spikes": progress.spikes,
+        "nan_abort": False,  # a NaN abort writes no checkpoint, hence no summary
+        "started_at": progress.started_at,
+        "finished_at": _utc_now(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hosts": hosts,
+    }
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _hosts(env: DistributedEnv) -> list[str]:
+    """Host names of every rank, sorted, once each (collective)."""
+    names = [socket.gethostname()]
+    if env.world_size > 1:
+        names = [None] * env.world_size
+        dist.all_gather_object(names, socket.gethostname())
+    return sorted(set(names))
 
 
 # ----------------------------------------------------------------------------- optimizer state
@@ -1312,6 +1450,8 @@ def _trainer_state(seg: Segment, state: TrainState, step: int) -> dict:
         "spikes": progress.spikes,
         "recent_losses": progress.recent_losses,
         "train_time_s": progress.train_time_s,
+        "wall_s": progress.wall_s + time.perf_counter() - seg.begun,
+        "started_at": progress.started_at,
         "tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else None,
         "data_fingerprint": {
             "algorithm": "sha256 over int64 little-endian token ids, batch rows in order",

@@ -77,7 +77,11 @@ def build_model(hf_config: dict, device: torch.device | str = "cpu", *, empty: b
         skip_init = no_init_weights()
     with torch.device(device), skip_init:
         model = GPTNeoXForCausalLM(config)
-    return model.float().train()
+    # Converting tensors that are fp32 already is a no-op, except under FakeTensorMode (the
+    # memory tracer), where swapping a parameter fails: convert only when needed.
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()
+    return model.train()
 
 
 def init_std(kind: str, *, hidden_size: int, num_layers: int, base_std: float = 0.02) -> float:
