@@ -186,6 +186,10 @@ def test_parallel_layout_matches_one_rank(reference, tmp_path, world, settings):
     assert run_ranks(world, segment, settings=settings, timeout=240) == [0] * world
     state = _assert_same_run(tmp_path / "step3", root, ref_state)
     assert state["world_size"] == world
+    summary = json.loads((tmp_path / "step3" / "segment_summary.json").read_text())
+    tp = settings.get("tensor_parallel", 1)
+    assert (summary["devices"], summary["tensor_parallel"]) == (world, tp)
+    assert summary["data_parallel"] == world // tp
     # One copy of every optimizer block, whatever the layout: the blocks tile each parameter.
     shards = [
         torch.load(path, weights_only=True)["state"]
