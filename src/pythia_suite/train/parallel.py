@@ -501,6 +501,9 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     from torch.distributed.tensor import DTensor, Shard
 
     params = [p for p in params if p.grad is not None]
+    if not any(isinstance(p.grad, DTensor) for p in params):
+        # Whole (or data-replicated) gradients: torch's own, foreach kernels included.
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     buckets: dict[tuple, torch.Tensor] = {}
     meshes: dict[tuple, object] = {}
     for p in params:
