@@ -145,6 +145,32 @@ def test_every_intended_module_is_sharded_and_a_wrong_name_is_refused():
         assert result["refused"] and "lm_head.weight" in result["refused"]
 
 
+def _partitioned_checkpoint_saves(par: parallel.Parallelism) -> dict:
+    layer = torch.nn.Linear(8, 8)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    out = parallel.partitioned_checkpoint(layer, x, group=par.tensor_group)
+    saved = [t.numel() for t in out.grad_fn.saved_tensors]
+    out.sum().backward()
+    reference = torch.nn.Linear(8, 8)
+    reference.load_state_dict(layer.state_dict())
+    x_ref = x.detach().clone().requires_grad_(True)
+    reference(x_ref).sum().backward()
+    return {
+        "saved": saved,
+        "grad_equal": torch.equal(x.grad, x_ref.grad),
+        "weight_grad_equal": torch.equal(layer.weight.grad, reference.weight.grad),
+    }
+
+
+def test_partitioned_checkpoint_keeps_one_slice_per_tensor_rank():
+    """DeepSpeed's partition-activations: each of T ranks keeps ceil(n / T) of a layer's input
+    (here 120 values over 2 ranks: 60), and the recomputed backward equals the plain one."""
+    for result in run_in_ranks(2, _partitioned_checkpoint_saves, tensor_parallel=2):
+        assert result["saved"] == [60]
+        assert result["grad_equal"] and result["weight_grad_equal"]
+
+
 # ----------------------------------------------------------------------------- equivalence
 
 
@@ -186,6 +212,10 @@ def test_parallel_layout_matches_one_rank(reference, tmp_path, world, settings):
     assert run_ranks(world, segment, settings=settings, timeout=240) == [0] * world
     state = _assert_same_run(tmp_path / "step3", root, ref_state)
     assert state["world_size"] == world
+    summary = json.loads((tmp_path / "step3" / "segment_summary.json").read_text())
+    tp = settings.get("tensor_parallel", 1)
+    assert (summary["devices"], summary["tensor_parallel"]) == (world, tp)
+    assert summary["data_parallel"] == world // tp
     # One copy of every optimizer block, whatever the layout: the blocks tile each parameter.
     shards = [
         torch.load(path, weights_only=True)["state"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from train_support import TINY_CONFIG, RandomTokens, read_weights, tiny_settings
+from train_support import SEQ, TINY_CONFIG, RandomTokens, read_weights, tiny_settings
 
 from pythia_suite.train.distributed import DistributedEnv
 from pythia_suite.train.loop import (
@@ -75,6 +75,23 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients():
         torch.testing.assert_close(c_weight, g_weight, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_cross_entropy(hidden, weight, labels, 0)
+
+
+def test_chunked_cross_entropy_under_autocast_matches_the_plain_loss():
+    torch.manual_seed(1)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy((hidden @ weight.t()).float(), labels)
+        chunked = chunked_cross_entropy(hidden, weight, labels, 16)
+    assert chunked.dtype == torch.float32
+    expected = torch.autograd.grad(plain, (hidden, weight))
+    got = torch.autograd.grad(chunked, (hidden, weight))
+    torch.testing.assert_close(chunked, plain, rtol=1e-3, atol=1e-3)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-3)
 
 
 def test_forward_loss_chunked_equals_transformers_logits_loss():
@@ -460,3 +477,17 @@ def test_mfu_uses_the_gpu_peak_on_cuda_only():
     assert gpu["device_kind"] == "cuda" and gpu["device_name"] == "Test GPU"
     assert gpu["peak_tflops"] == 1e-6
     assert gpu["mfu"] == pytest.approx(gpu["flops_per_token"] * tokens_per_s / (1 * 1e-6 * 1e12))
+
+
+def test_one_step_traces_under_fake_tensor_mode():
+    """What the memory tracer does: the real model and step on fake tensors, no values."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    settings = tiny_settings(activation_checkpointing=True, loss_chunk_tokens=16)
+    with FakeTensorMode():
+        state = init_train_state(prepare_model(TINY_CONFIG, settings, CPU), settings, SINGLE, CPU)
+        result = train_step(state, torch.zeros(8, SEQ + 1, dtype=torch.long))
+    assert isinstance(next(state.model.parameters()), FakeTensor)
+    assert not result.skipped and state.progress.scheduler_iteration == 1
+    # The update ran: AdamW holds its moments for every parameter.
+    assert len(state.optimizer.state) == len(list(state.model.parameters()))

@@ -692,12 +692,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            grad_logits = torch.softmax(logits, dim=-1)
+            # d(sum of losses)/d(logits) = softmax - onehot, in place: one chunk buffer.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            del logits, lse
-            g = grad_logits.to(h.dtype) if not torch.is_autocast_enabled() else grad_logits
-            grad_hidden[start : start + chunk_tokens] = g @ weight
-            grad_weight += (g.t() @ h).float()
+            # Under autocast these matmuls run in the compute dtype, as autograd's would.
+            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
+            grad_weight += (grad_logits.t() @ h).float()
+            del logits, lse, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.n = n
         ctx.weight_dtype = weight.dtype
@@ -863,7 +864,9 @@ def train_step(
     loss_scale = state.scaler.scale if state.scaler else 1.0
     local_loss = _forward_backward(state, tokens, loss_scale)
     parallel.all_reduce_gradients(params, state.par)
-    reduced = torch.stack([local_loss, torch.tensor(float(stop_requested), device=state.device)])
+    # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy.
+    stop_flag = torch.full((), float(stop_requested), device=state.device)
+    reduced = torch.stack([local_loss, stop_flag])
     if env.world_size > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         reduced[0] /= env.world_size
@@ -873,7 +876,7 @@ def train_step(
                 p.grad.mul_(1.0 / loss_scale)
     # The global norm over tensor- and data-sharded gradients (each block counted once).
     grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
-    loss, stops, norm = torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]).tolist()
+    loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
     overflow = not (math.isfinite(loss) and math.isfinite(norm))
     it = progress.step
     if overflow and state.scaler is None:
@@ -901,6 +904,16 @@ def train_step(
         if state.scaler is not None:
             state.scaler.update(False)
     return StepResult(loss, norm, lr, overflow, stops > 0)
+
+
+def _host_values(values: torch.Tensor) -> list[float]:
+    """The step's one host sync. Under ``FakeTensorMode`` (the memory tracer) there are no
+    values: the step is taken as finite, so that the update and its memory are traced."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(values):
+        return [0.0] * values.numel()
+    return values.tolist()
 
 
 # ----------------------------------------------------------------------------- the segment
@@ -996,15 +1009,21 @@ def _set_up(
 ) -> TrainState:
     """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
 
-    Tensor parallelism shards the model before its weights are set: each rank then copies its
-    block from the full CPU tensors, one parameter at a time.
+    Under tensor parallelism the model is built on the meta device and sharded before it is
+    allocated; each rank then copies its block of each weight from the full CPU tensors, one
+    parameter at a time.
     """
-    model = prepare_model(seg.hf_config, settings, device)
-    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     par = parallel.build_parallelism(
         env.world_size, settings.tensor_parallel, device, settings.data_parallel
     )
-    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    if par.tensor > 1:
+        # Built on the meta device and sharded there: no rank ever allocates the whole model.
+        model = prepare_model(seg.hf_config, settings, torch.device("meta"))
+        parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+        parallel.materialize(model, device)
+    else:
+        model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
     seg.log(
         f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
         f"micro_batch {settings.micro_batch} x gas "

@@ -77,9 +77,9 @@ def build_model(hf_config: dict, device: torch.device | str = "cpu", *, empty: b
         skip_init = no_init_weights()
     with torch.device(device), skip_init:
         model = GPTNeoXForCausalLM(config)
+    # Converting tensors that are fp32 already is a no-op, except under FakeTensorMode (the
+    # memory tracer), where swapping a parameter fails: convert only when needed.
     if any(p.dtype != torch.float32 for p in model.parameters()):
-        # Only when needed: `.float()` swaps every parameter, which the memory tracer's fake
-        # tensors refuse (train.memory builds this model under FakeTensorMode).
         model = model.float()
     return model.train()
 

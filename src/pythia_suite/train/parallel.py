@@ -53,6 +53,7 @@ __all__ = [
     "partitioned_checkpoint",
     "enable_partitioned_checkpointing",
     "apply_tensor_parallel_once",
+    "materialize",
     "is_vocab_parallel",
     "apply_fsdp",
     "ZeroOneOptimizer",
@@ -314,6 +315,25 @@ def apply_tensor_parallel_once(
     return model
 
 
+def materialize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Allocate a model built on the meta device (and sharded there) on ``device``.
+
+    Parameters get uninitialised storage (only each rank's block under tensor parallelism); the
+    rotary frequencies, the one computed buffer, are recomputed from the config. Set every
+    parameter next (GPT-NeoX init or a checkpoint). Raises ``ValueError`` for a rotary type
+    other than the default one (Pythia's).
+    """
+    model.to_empty(device=device)
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "compute_default_rope_parameters"):
+            if getattr(module, "rope_type", "default") != "default":
+                raise ValueError(f"cannot recompute rotary type {module.rope_type!r} after meta")
+            inv_freq, _ = module.compute_default_rope_parameters(module.config, device=device)
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq.clone()
+    return model
+
+
 def is_vocab_parallel(head: nn.Module) -> bool:
     """Whether the output layer's weight is sharded over the vocabulary (tensor parallelism)."""
     from torch.distributed.tensor import DTensor, Shard
@@ -481,6 +501,9 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     from torch.distributed.tensor import DTensor, Shard
 
     params = [p for p in params if p.grad is not None]
+    if not any(isinstance(p.grad, DTensor) for p in params):
+        # Whole (or data-replicated) gradients: torch's own, foreach kernels included.
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     buckets: dict[tuple, torch.Tensor] = {}
     meshes: dict[tuple, object] = {}
     for p in params:
