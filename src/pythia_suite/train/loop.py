@@ -2,9 +2,9 @@
 
 One process per device; data parallel (DDP) with ZeRO-1 optimizer-state sharding
 (``ZeroRedundancyOptimizer``) and gradient accumulation. Iteration ``s`` (0-based) consumes the
-global batch ``samples.batch(s, global_batch)`` whatever the world size: rank ``r`` takes rows
-``[r*B/W, (r+1)*B/W)`` and its micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The
-loss is the mean over the global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
+global batch ``samples.batch(s, global_batch)`` whatever the world size: data-parallel rank
+``r`` of ``D`` reads only rows ``[r*B/D, (r+1)*B/D)`` and its micro-step ``m`` trains on the
+``m``-th ``micro_batch`` rows of those. The loss is the mean over the global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
 and ``optim`` (decay groups, LR schedule, loss scaler).
 
 ``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
