@@ -67,7 +67,7 @@ def segment_summary(
     """A segment summary exactly as the training helper writes it (brief's contract)."""
     size = config["sizes"][run.size]
     cluster = size["cluster"]
-    devices = cfg.world_size(config, run.size)
+    devices = cfg.devices(config, run.size)
     steps = end - start
     tokens = steps * cfg.total_tokens(config) // config["training"]["train_iters"]
     train_time = tokens / tokens_per_s

@@ -170,6 +170,78 @@ def test_precision_per_variant_encodes_erratum_3(suite):
     assert cfg.precision(suite, cfg.get_run(suite, "pythia-1b-deduped")) == "fp16"
 
 
+def test_activation_checkpointing_has_one_source_the_sizes_neox_config(suite, mini):
+    expected = {size: size not in ("14m", "31m") for size in suite["sizes"]}
+    assert {size: cfg.activation_checkpointing(suite, size) for size in suite["sizes"]} == expected
+    for name in ("pythia-70m", "pythia-12b"):
+        run = cfg.get_run(suite, name)
+        values = cfg.train_settings_values(suite, run)
+        assert values["activation_checkpointing"] is True
+        assert cfg.neox_config(suite, run)["checkpoint-activations"] is True
+    # An overlay that turns it off for a size turns it off for both backends.
+    overlay = copy.deepcopy(suite)
+    overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = False
+    run = cfg.get_run(overlay, "pythia-70m")
+    assert cfg.train_settings_values(overlay, run)["activation_checkpointing"] is False
+    assert cfg.neox_config(overlay, run)["checkpoint-activations"] is False
+    # A null removes the key: GPT-NeoX's default, off.
+    overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = None
+    assert cfg.activation_checkpointing(overlay, "70m") is False
+    assert (
+        cfg.train_settings_values(mini, cfg.get_run(mini, "pythia-0.4m"))["compile_layers"] is False
+    )
+
+
+def test_original_layout_is_kept_and_devices_are_counted_once(suite, mini):
+    assert (cfg.devices(suite, "12b"), cfg.data_parallel_size(suite, "12b")) == (256, 64)
+    assert (cfg.devices(suite, "6.9b"), cfg.data_parallel_size(suite, "6.9b")) == (128, 64)
+    for name in ("pythia-12b", "pythia-6.9b", "pythia-410m"):
+        run = cfg.get_run(suite, name)
+        size = suite["sizes"][run.size]
+        values = cfg.train_settings_values(suite, run)
+        # What a GPU holds is the original micro-batch, at the original tensor parallel degree.
+        assert values["micro_batch"] == size["micro_batch"]
+        assert values["tensor_parallel"] == size["tensor_parallel"]
+        assert (
+            values["micro_batch"] * size["gas"] * cfg.data_parallel_size(suite, run.size)
+            == (values["global_batch"])
+        )
+    # CPU nodes count cluster.cpu_ranks_per_node, in the check and in the launcher alike.
+    assert cfg.devices(mini, "0.4m") == 1 and cfg.ranks_per_node(mini, "0.4m") == 1
+    two_ranks = copy.deepcopy(mini)
+    two_ranks["cluster"]["cpu_ranks_per_node"] = 2
+    assert cfg.devices(two_ranks, "0.4m") == 2
+    with pytest.raises(cfg.ConfigError, match=r"micro_batch 8 x gas 1 x data-parallel ranks 2"):
+        cfg.check_config(two_ranks)
+
+
+@pytest.mark.parametrize(
+    ("size", "cluster", "message"),
+    [
+        # 96 GPUs instead of 256: the original micro-batch cannot make the global batch.
+        (
+            "12b",
+            {"nodes": 12, "gpus_per_node": 8},
+            r"sizes\.12b: micro_batch 8 x gas 2 x data-parallel ranks 24 \(devices 96 / "
+            r"tensor_parallel 4\) = 384 sequences per step, but training\.global_batch is 1024\. "
+            r"Each GPU runs sizes\.12b\.micro_batch as configured",
+        ),
+        (
+            "6.9b",
+            {"nodes": 1, "gpus_per_node": 1},
+            r"sizes\.6\.9b\.tensor_parallel: 2 does not divide the 1 devices",
+        ),
+    ],
+)
+def test_a_layout_that_cannot_keep_the_micro_batch_is_refused(suite, size, cluster, message):
+    changed = copy.deepcopy(suite)
+    changed["sizes"][size]["cluster"] = cluster
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.check_config(changed)
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.train_settings_values(changed, cfg.get_run(changed, f"pythia-{size}"))
+
+
 def test_plan_rows(suite):
     rows = {r["run"]: r for r in cfg.plan_rows(suite, 989.0, 0.4)}
     row = rows["pythia-12b"]
@@ -204,8 +276,8 @@ def write_overlay(tmp_path: Path, overlay: dict) -> Path:
         ({"matrix": [{"sizes": ["3b"]}]}, r"matrix\[0\]\.sizes: '3b' is not defined under 'sizes'"),
         (
             {"sizes": {"410m": {"micro_batch": 16}}},
-            r"sizes\.410m: micro_batch x gas x GPUs / tensor_parallel = 16 x 1 x 32 / 1 = 512, "
-            r"but training\.global_batch is 1024",
+            r"sizes\.410m: micro_batch 16 x gas 1 x data-parallel ranks 32 \(devices 32 / "
+            r"tensor_parallel 1\) = 512 sequences per step, but training\.global_batch is 1024",
         ),
         (
             {"training": {"checkpoints": {"extra": [0, 150000]}}},

@@ -53,6 +53,7 @@ def test_step0_checkpoint_layout_and_first_update_has_lr_zero(tmp_path):
         "hf_config.json",
         "model.safetensors",
         "optimizer",
+        "segment_summary.json",
         "trainer_state.json",
     ]
     assert json.loads((step0 / "hf_config.json").read_text()) == TINY_CONFIG

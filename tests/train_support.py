@@ -183,3 +183,60 @@ def run_ranks(
             proc.join()
         codes.append(proc.exitcode)
     return codes
+
+
+def _function_worker(spec: dict) -> None:
+    """Run ``spec['function'](par)`` on one rank of a (data, tensor) mesh; queue its result."""
+    torch.set_num_threads(1)
+    import datetime
+
+    import torch.distributed as dist
+
+    from pythia_suite.train import parallel
+
+    rank, world = spec["rank"], spec["world_size"]
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{spec['port']}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        par = parallel.build_parallelism(world, spec["tensor_parallel"], torch.device("cpu"))
+        spec["queue"].put((rank, spec["function"](par)))
+        dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(3)
+
+
+def run_in_ranks(world_size: int, function, *, tensor_parallel: int = 1, timeout=120) -> list:
+    """``function(par)`` on ``world_size`` gloo ranks; returns each rank's (picklable) result."""
+    ctx = _context()
+    queue = ctx.Queue()
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        spec = {
+            "rank": rank,
+            "world_size": world_size,
+            "port": port,
+            "tensor_parallel": tensor_parallel,
+            "function": function,
+            "queue": queue,
+        }
+        proc = ctx.Process(target=_function_worker, args=(spec,))
+        proc.start()
+        procs.append(proc)
+    results = {}
+    for _ in range(world_size):
+        rank, value = queue.get(timeout=timeout)
+        results[rank] = value
+    for proc in procs:
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert [proc.exitcode for proc in procs] == [0] * world_size
+    return [results[r] for r in range(world_size)]

@@ -21,7 +21,6 @@ from pythia_suite.atomic import write_json_atomic, write_text_atomic
 from pythia_suite.provenance import Recorder
 
 DEFAULT_CONFIG = "config.yaml"
-HOPPER_BF16_TFLOPS = 989.0  # H100 SXM dense bf16/fp16 peak
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -147,9 +146,60 @@ def cmd_plan(config: dict, args) -> None:
     args.mfu_override = args.mfu
     args.mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
     rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
+    memory = None
+    if args.memory:
+        from .train import memory as train_memory
+
+        memory = train_memory.memory_plan(config, use_cache=not args.retrace, log=_say)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"runs": rows, "memory": memory} if memory else rows, indent=2))
         return
+    _print_plan_table(rows, args)
+    _print_costs(config, args)
+    if memory is not None:
+        _print_memory_table(memory)
+
+
+def cmd_check_memory(config: dict, args) -> None:
+    from .train import memory as train_memory
+
+    try:
+        plan = train_memory.check_memory_plan(config, log=_say)
+    except train_memory.MemoryDoesNotFitError as err:
+        raise RuntimeError(str(err)) from err
+    print(f"memory plan: {len(plan['runs'])} GPU runs fit (CPU runs exempt)")
+
+
+def _print_memory_table(plan: dict) -> None:
+    from .train.memory import CATEGORIES
+
+    gib = 2**30
+    header = (
+        f"{'run':<28} {'GPU':<15} {'TPxDP':>7} {'micro':>8} {'prec':>4} {'AC':>3} "
+        f"{'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'temp':>7} {'peak':>7} "
+        f"{'limit':>7} {'phase':>9} fits"
+    )
+    print("\npeak GPU memory per rank (GiB), traced (train.memory; docs/ARCHITECTURE.md)")
+    print(header)
+    print("-" * len(header))
+    for name, e in plan["runs"].items():
+        lay, b = e["layout"], e["breakdown"]
+        print(
+            f"{name:<28} {lay['gpu_name']:<15} "
+            f"{str(lay['tensor_parallel']) + 'x' + str(lay['data_parallel']):>7} "
+            f"{str(lay['micro_batch']) + 'x' + str(lay['gas']):>8} {lay['precision']:>4} "
+            f"{'yes' if lay['activation_checkpointing'] else 'no':>3} "
+            + " ".join(f"{b[c] / gib:>7.2f}" for c in CATEGORIES)
+            + f" {e['peak_bytes'] / gib:>7.2f} {e['limit_bytes'] / gib:>7.2f} "
+            f"{e['peak_phase']:>9} {'yes' if e['fits'] else 'NO'}"
+        )
+    print(
+        "micro = micro-batch x gradient accumulation per rank; limit = gpu.memory_gb less "
+        "cluster.gpu_memory_reserve_gb; runs of one layout share a trace"
+    )
+
+
+def _print_plan_table(rows: list[dict], args) -> None:
     header = (
         f"{'run':<28} {'params':>8} {'non-emb':>8} {'tokens':>8} {'FLOPs':>8} {'ckpts':>5} "
         f"{'published':>10} {'resume (all)':>12} {'resume (kept)':>13} {'GPUs':>5} "
@@ -167,10 +217,16 @@ def cmd_plan(config: dict, args) -> None:
         )
     total = sum(r["gpu_hours"] for r in rows)
     print(
-        f"\n{len(rows)} runs, {total:,.0f} GPU-hours at {args.gpu_peak_tflops:g} TFLOP/s peak and "
-        f"{args.mfu:.0%} MFU; resume states kept per run: training.keep_resume_states"
+        f"\n{len(rows)} runs, {total:,.0f} GPU-hours at "
+        + (
+            f"{args.gpu_peak_tflops:g} TFLOP/s peak"
+            if args.gpu_peak_tflops
+            else "each size's cluster.gpu peak ("
+            + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
+            + ")"
+        )
+        + f" and {args.mfu:.0%} MFU; resume states kept per run: training.keep_resume_states"
     )
-    _print_costs(config, args)
 
 
 def _print_costs(config: dict, args) -> None:
@@ -446,7 +502,7 @@ def cmd_train_segment(config: dict, args) -> None:
 
         neox.train_segment_neox(config, run, args.step, args.output, inputs)
         return
-    from pythia_suite.train.loop import TrainSettings, train_segment
+    from pythia_suite.train.loop import RunInfo, TrainSettings, train_segment
 
     values = cfg.train_settings_values(config, run)
     settings = TrainSettings(**values)
@@ -466,6 +522,7 @@ def cmd_train_segment(config: dict, args) -> None:
             end_step=args.step,
             out_dir=args.output,
             state_dir=layout.state_dir(config["paths"]["state"], run.name),
+            run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
         )
     except (RuntimeError, OSError) as err:
         _explain_pruned_start(err, args.resume_from)
@@ -879,11 +936,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
-    p.add_argument("--gpu-peak-tflops", type=float, default=HOPPER_BF16_TFLOPS)
+    p.add_argument(
+        "--gpu-peak-tflops",
+        type=float,
+        default=None,
+        help="override the per-device FLOP peak (default: each size's cluster.gpu peak_tflops)",
+    )
     p.add_argument(
         "--mfu", type=float, help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="also the peak GPU memory per rank of every GPU run (traced once, cached)",
+    )
+    p.add_argument(
+        "--retrace", action="store_true", help="with --memory: trace again, ignoring the cache"
+    )
+    p = add(
+        "check-memory",
+        cmd_check_memory,
+        "refuse (exit 1) when a run's layout does not fit its GPU's memory; CPU runs exempt",
+    )
     p = add("status", cmd_status, "where each run stands, from finished artifacts (no lock)")
     p.add_argument("runs", nargs="*", metavar="RUN", help="runs to show (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable status")
@@ -1037,6 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
         "hf-config",
         "plan",
         "status",
+        "check-memory",
         "verify",
         "compare-reference",
     ):

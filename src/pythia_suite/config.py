@@ -151,24 +151,28 @@ def check_config(config: dict, source: str = "config") -> None:
         if name not in used_sizes:
             continue
         key = f"sizes.{name}"
-        tp = size["tensor_parallel"]
-        devices = world_size(config, name)  # GPUs, or CPU ranks (cluster.cpu_ranks_per_node)
         if size["hidden"] % size["heads"]:
             raise ConfigError(
                 f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
                 f"{size['heads']}"
             )
-        if devices % tp:
+        check_layout(config, name, source)
+        tp = size["tensor_parallel"]
+        gpus_per_node = size["cluster"]["gpus_per_node"]
+        if gpus_per_node and gpus_per_node % tp:
             raise ConfigError(
-                f"{source}: {key}.tensor_parallel: {tp} does not divide the {devices} devices "
-                f"of {key}.cluster"
+                f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
+                f"{gpus_per_node}: a tensor-parallel group must sit within one node"
             )
-        batch = size["micro_batch"] * size["gas"] * devices // tp
-        if batch != training["global_batch"]:
+        if size["heads"] % tp:
             raise ConfigError(
-                f"{source}: {key}: micro_batch x gas x GPUs / tensor_parallel = "
-                f"{size['micro_batch']} x {size['gas']} x {devices} / {tp} = {batch}, "
-                f"but training.global_batch is {training['global_batch']}"
+                f"{source}: {key}.heads: {size['heads']} heads do not split over "
+                f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
+            )
+        if tp > 1 and training.get("data_parallel") == "fsdp":
+            raise ConfigError(
+                f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
+                f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
             )
         if size["min_lr"] > size["lr"]:
             raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
@@ -298,11 +302,60 @@ def padded_vocab_size(config: dict, size: str) -> int:
     return math.ceil(config["data"]["tokenizer"]["vocab_size"] / multiple) * multiple
 
 
-def world_size(config: dict, size: str) -> int:
-    """Training ranks of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU nodes."""
+def ranks_per_node(config: dict, size: str) -> int:
+    """Training processes per node of a size: one per GPU, or cluster.cpu_ranks_per_node on CPU
+    nodes (gpus_per_node 0)."""
     layout = config["sizes"][size]["cluster"]
-    per_node = layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
-    return layout["nodes"] * per_node
+    return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
+
+
+def devices(config: dict, size: str) -> int:
+    """Devices (= training ranks) of a size: nodes x ranks_per_node. The one count of them."""
+    return config["sizes"][size]["cluster"]["nodes"] * ranks_per_node(config, size)
+
+
+def data_parallel_size(config: dict, size: str) -> int:
+    """Data-parallel ranks of a size: devices / tensor_parallel (each holds whole batch rows)."""
+    return devices(config, size) // config["sizes"][size]["tensor_parallel"]
+
+
+def check_layout(config: dict, size: str, source: str = "config") -> None:
+    """The original layout holds: micro_batch x gas x data-parallel ranks = global_batch.
+
+    A GPU always runs the size's configured micro_batch; a cluster layout on which that cannot
+    reach the global batch is refused, never silently changed. Raises ConfigError naming the
+    size, micro_batch, gas, devices, tensor_parallel and global_batch.
+    """
+    entry = config["sizes"][size]
+    key, tp, n = f"sizes.{size}", entry["tensor_parallel"], devices(config, size)
+    global_batch = config["training"]["global_batch"]
+    if n % tp:
+        raise ConfigError(
+            f"{source}: {key}.tensor_parallel: {tp} does not divide the {n} devices "
+            f"of {key}.cluster"
+        )
+    dp = n // tp
+    micro, gas = entry["micro_batch"], entry["gas"]
+    if micro * gas * dp != global_batch:
+        raise ConfigError(
+            f"{source}: {key}: micro_batch {micro} x gas {gas} x data-parallel ranks {dp} "
+            f"(devices {n} / tensor_parallel {tp}) = {micro * gas * dp} sequences per step, "
+            f"but training.global_batch is {global_batch}. Each GPU runs {key}.micro_batch as "
+            f"configured, so change {key}.gas or {key}.cluster (nodes x gpus_per_node) to "
+            f"reach it"
+        )
+
+
+def activation_checkpointing(config: dict, size: str) -> bool:
+    """Whether a size recomputes each layer's activations in the backward pass.
+
+    The one source is GPT-NeoX's `checkpoint-activations` as the size's neox config has it (the
+    size's `neox` over the common `neox`; null or absent: GPT-NeoX's default, false), so both
+    backends agree: true for the original 70m-12b, false for 14m and 31m.
+    """
+    common = config["neox"].get("checkpoint-activations")
+    value = config["sizes"][size].get("neox", {}).get("checkpoint-activations", common)
+    return bool(value)
 
 
 def gpu_record(config: dict, size: str) -> dict:
@@ -465,13 +518,36 @@ def parameter_counts(config: dict, size: str) -> tuple[int, int]:
     return non_embedding + embeddings, non_embedding
 
 
+def transformer_flops_per_token(
+    *, layers: int, hidden: int, intermediate: int, seq_length: int, vocab: int
+) -> int:
+    """Training FLOPs per token of a GPT-NeoX model, forward + backward, attention included.
+
+    The one FLOP formula of the suite (plan, segment summaries, MFU), PaLM's / Megatron's
+    counting with no recomputation: 6 FLOPs per matmul parameter per token (2 forward, 4
+    backward), output layer included, input embedding (a lookup) not; plus attention's scores
+    and weighted values, 2 matmuls of S x h per token per layer, x 6:
+
+        6 x L x (4 h^2 + 2 h ffn)  +  12 x L x S x h  +  6 x V x h
+
+    (= 72 L h^2 + 12 L S h + 6 V h for Pythia's ffn = 4h). Biases, norms, softmax and rotary
+    are left out, as in those papers. Activation checkpointing's recomputation is not counted:
+    MFU counts the model's FLOPs, not the hardware's.
+    """
+    matmul_params = layers * (4 * hidden * hidden + 2 * hidden * intermediate) + vocab * hidden
+    return 6 * matmul_params + 12 * layers * seq_length * hidden
+
+
 def training_flops_per_token(config: dict, size: str) -> int:
-    """Model FLOPs per token, forward + backward (Megatron's formula, no recomputation)."""
+    """Model FLOPs per token of a size, forward + backward (`transformer_flops_per_token`)."""
     s = config["sizes"][size]
-    h, layers = s["hidden"], s["layers"]
-    seq = config["model"]["seq_length"]
-    vocab = padded_vocab_size(config, size)
-    return 72 * layers * h * h + 12 * layers * seq * h + 6 * vocab * h
+    return transformer_flops_per_token(
+        layers=s["layers"],
+        hidden=s["hidden"],
+        intermediate=config["model"]["mlp_ratio"] * s["hidden"],
+        seq_length=config["model"]["seq_length"],
+        vocab=padded_vocab_size(config, size),
+    )
 
 
 def total_tokens(config: dict) -> int:
@@ -480,8 +556,11 @@ def total_tokens(config: dict) -> int:
     return training["train_iters"] * training["global_batch"] * config["model"]["seq_length"]
 
 
-def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
-    """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU."""
+def plan_rows(config: dict, gpu_peak_tflops: float | None, mfu: float) -> list[dict]:
+    """One row per run: parameters, tokens, FLOPs, storage, and GPU-hours at the given MFU.
+
+    The FLOP peak is each size's `gpu_record` unless `gpu_peak_tflops` overrides it.
+    """
     training = config["training"]
     tokens = total_tokens(config)
     n_checkpoints = len(checkpoint_steps(config))
@@ -491,7 +570,8 @@ def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
     for run in expand_runs(config).values():
         total, non_embedding = parameter_counts(config, run.size)
         flops = training_flops_per_token(config, run.size) * tokens
-        gpu_hours = flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
+        peak = gpu_peak_tflops or gpu_record(config, run.size)["peak_tflops"]
+        gpu_hours = flops / (peak * 1e12 * mfu) / 3600
         rows.append(
             {
                 "run": run.name,
@@ -507,6 +587,8 @@ def plan_rows(config: dict, gpu_peak_tflops: float, mfu: float) -> list[dict]:
                 "gpus": config["sizes"][run.size]["cluster"]["nodes"]
                 * config["sizes"][run.size]["cluster"]["gpus_per_node"],
                 "gpu_hours": gpu_hours,
+                "gpu": gpu_record(config, run.size)["name"],
+                "peak_tflops": peak,
             }
         )
     return rows
@@ -524,22 +606,18 @@ def write_effective_config(config: dict, path: str | Path) -> None:
 def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
     """Keyword arguments for `pythia_suite.train.loop.TrainSettings` of a run.
 
-    The PyTorch backend has no tensor parallelism: every rank is data parallel, so a rank's
-    micro-batch is the size's micro_batch where it divides the per-rank share of the global
-    batch, else their greatest common divisor (gradient accumulation makes up the rest).
+    Each rank runs the size's micro_batch with its gas (`check_layout` has refused a layout on
+    which they cannot make the global batch); the loop derives the accumulation steps from the
+    ranks it actually has, so a resume on another layout keeps the micro-batch.
     """
     size = config["sizes"][run.size]
     training = config["training"]
     scaler = training["loss_scaler"]
-    per_rank, remainder = divmod(training["global_batch"], world_size(config, run.size))
-    if remainder or per_rank == 0:
-        raise ConfigError(
-            f"training.global_batch: {training['global_batch']} sequences do not split evenly "
-            f"over the {world_size(config, run.size)} ranks of sizes.{run.size}.cluster"
-        )
+    check_layout(config, run.size)
     return {
         "global_batch": training["global_batch"],
-        "micro_batch": math.gcd(per_rank, size["micro_batch"]),
+        "micro_batch": size["micro_batch"],
+        "tensor_parallel": size["tensor_parallel"],
         "seq_length": config["model"]["seq_length"],
         "lr": size["lr"],
         "min_lr": size["min_lr"],
@@ -563,7 +641,21 @@ def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
         "log_interval": training["log_interval"],
         "state_interval": training["state_interval"],
         "deterministic": training["deterministic"],
+        # Ranks form a (data, tensor) mesh; the tensor groups are consecutive ranks (a node).
+        "data_parallel": training["data_parallel"],
+        "partition_activations": partition_activations(config, run.size),
+        "activation_checkpointing": activation_checkpointing(config, run.size),
+        "compile_layers": training["compile_layers"],
+        "loss_chunk_tokens": training["loss_chunk_tokens"],
     }
+
+
+def partition_activations(config: dict, size: str) -> bool:
+    """Whether a size's checkpointed activations are split over its tensor-parallel ranks: the
+    original's ``partition-activations`` (its `neox` keys; 14m and 31m set it false)."""
+    merged = deep_merge(config["neox"], config["sizes"][size].get("neox") or {})
+    tensor_parallel = config["sizes"][size]["tensor_parallel"]
+    return bool(merged.get("partition-activations")) and tensor_parallel > 1
 
 
 def num_samples(config: dict) -> int:

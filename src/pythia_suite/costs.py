@@ -36,7 +36,7 @@ def layout_key(config: dict, size: str) -> dict:
     return {
         "size": size,
         "nodes": cluster["nodes"],
-        "devices": cfg.world_size(config, size),
+        "devices": cfg.devices(config, size),
         "tensor_parallel": config["sizes"][size]["tensor_parallel"],
         "device_kind": device_kind(config, size),
     }
@@ -126,7 +126,7 @@ def cost_rows(
     for run in cfg.expand_runs(config).values():
         record = cfg.gpu_record(config, run.size)
         peak = peak_tflops if peak_tflops is not None else record["peak_tflops"]
-        devices = cfg.world_size(config, run.size)
+        devices = cfg.devices(config, run.size)
         flops_per_token = cfg.training_flops_per_token(config, run.size)
         flops = flops_per_token * tokens
         predicted = flops / (peak * 1e12 * assumed_mfu) / 3600

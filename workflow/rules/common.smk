@@ -40,6 +40,12 @@ wildcard_constraints:
 
 
 onstart:
+    # Refuse a layout that cannot fit GPU memory before anything is queued: the cached memory
+    # plan (results/plan/memory-<hash>.json, traced once per config; CPU layouts exempt).
+    # onstart runs once per invocation, not in dry runs and not in the jobs' re-parses.
+    from pythia_suite.train import memory as train_memory
+
+    train_memory.check_memory_plan(config, log=print)
     # Every pythia-suite call reads the same merged, validated config as the workflow.
     suite_config.write_effective_config(config, EFFECTIVE_CONFIG)
     # The plan's prediction, recorded once (never overwritten by later starts): `status`
@@ -98,7 +104,7 @@ def train_nodes(wildcards):
 
 
 def train_tasks(wildcards):
-    return suite_config.world_size(config, RUNS[wildcards.run].size)
+    return suite_config.devices(config, RUNS[wildcards.run].size)
 
 
 def train_gpus(wildcards):
@@ -110,7 +116,7 @@ def train_mem_mb(wildcards, attempt):
     """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node, times the attempt:
     a segment killed for memory (OOM killer, SLURM OUT_OF_MEMORY) is retried (`retries`) with
     more, and resumes from its newest snapshot (docs/failures.md)."""
-    ranks = max(cluster_layout(wildcards)["gpus_per_node"], 1)
+    ranks = suite_config.ranks_per_node(config, RUNS[wildcards.run].size)
     return attempt * ranks * config["cluster"]["mem_mb_per_gpu"]
 
 

@@ -397,24 +397,28 @@ class SampleBatches:
         self,
         step: int,
         global_batch: int,
-        rank: int,
-        world_size: int,
+        dp_rank: int,
+        dp_size: int,
         micro_step: int = 0,
         grad_accum: int = 1,
     ) -> np.ndarray:
-        """The micro-batch data-parallel ``rank`` reads at ``micro_step`` of iteration ``step``.
+        """The rows data-parallel rank ``dp_rank`` of ``dp_size`` reads at ``micro_step`` of
+        iteration ``step`` (data-parallel ranks, not the world's: tensor-parallel peers share
+        rows). Reads those rows only.
 
         GPT-NeoX's ``DistributedBatchSampler`` cuts the global batch into ``grad_accum`` chunks of
-        ``micro * world_size`` consecutive samples and gives rank ``r`` the ``r``-th ``micro``
-        slice of each, so concatenating ranks then micro-steps gives back ``batch(step)``.
+        ``micro * dp_size`` consecutive samples and gives rank ``r`` the ``r``-th ``micro``
+        slice of each, so concatenating ranks then micro-steps gives back ``batch(step)``. With
+        ``grad_accum=1`` that is rank ``r``'s block of ``global_batch / dp_size`` rows (what the
+        PyTorch trainer reads, accumulating over that block).
         """
-        micro, rest = divmod(global_batch, world_size * grad_accum)
-        if rest or not 0 <= rank < world_size or not 0 <= micro_step < grad_accum:
+        micro, rest = divmod(global_batch, dp_size * grad_accum)
+        if rest or not 0 <= dp_rank < dp_size or not 0 <= micro_step < grad_accum:
             raise ValueError(
                 f"global_batch {global_batch} must split into grad_accum {grad_accum} x "
-                f"world_size {world_size} micro-batches; rank {rank}, micro_step {micro_step}"
+                f"dp_size {dp_size} micro-batches; dp_rank {dp_rank}, micro_step {micro_step}"
             )
-        first = step * global_batch + micro_step * micro * world_size + rank * micro
+        first = step * global_batch + micro_step * micro * dp_size + dp_rank * micro
         return self.samples_range(first, first + micro)
 
     def samples_range(self, start: int, stop: int) -> np.ndarray:

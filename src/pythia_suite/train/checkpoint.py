@@ -4,8 +4,9 @@ A training-state directory (a checkpoint ``step{N}/`` or a snapshot in the state
 
 - ``model.safetensors``: fp32 weights under Hugging Face GPTNeoX key names;
 - ``optimizer/rank{r:05d}-of-{w:05d}.pt``: AdamW state of the parameters rank ``r`` owned, keyed
-  by Hugging Face parameter name, so a run at any world size can load it (every rank reads the
-  entries of the parameters it owns now);
+  by Hugging Face parameter name; under tensor parallelism or FSDP each entry is the block the
+  rank held, with its ``offsets`` in the full tensor (one copy per block, not per replica). A run
+  at any (data, tensor) layout reads the blocks it needs (``_assemble_state``);
 - ``trainer_state.json``: step, schedule, scaler, RNG, losses, data fingerprints (see ``loop``);
 - ``hf_config.json``: the ``GPTNeoXConfig`` dict the weights belong to.
 
@@ -43,6 +44,8 @@ __all__ = [
     "write_training_state",
     "read_trainer_state",
     "read_training_state",
+    "read_model_state",
+    "read_optimizer_state",
     "optimizer_shard_name",
     "state_dir_lock",
     "find_snapshot",
@@ -147,14 +150,17 @@ def write_training_state(
     trainer_state: dict,
     hf_config: dict,
     before_publish: Callable[[], None] | None = None,
+    last_files: dict[str, Callable[[], dict]] | None = None,
 ) -> Path:
     """Write a training-state directory at ``final_dir`` (collective: every rank calls it).
 
     Rank 0 writes the weights (``model_tensors``, Hugging Face names), ``trainer_state.json`` and
     ``hf_config.json``; every rank writes its ``optimizer_shard``. Everything goes to
     ``.{name}.partial`` first (a stale one from a killed writer is removed) and is renamed to
-    ``final_dir`` once complete. ``before_publish`` runs on rank 0 just before the rename (tests
-    kill the process there). Raises ``FileExistsError`` if ``final_dir`` already exists.
+    ``final_dir`` once complete. ``last_files`` (rank 0: JSON file name -> a function giving
+    its content) are written after everything else, just before the rename, so that they can
+    time the save too. ``before_publish`` runs on rank 0 just before the rename (tests kill the
+    process there). Raises ``FileExistsError`` if ``final_dir`` already exists.
     """
     final_dir = Path(final_dir)
     partial = _partial_path(final_dir)
@@ -178,6 +184,8 @@ def write_training_state(
         _write_json(partial / _STATE_FILE, trainer_state)
     _barrier(env)
     if env.is_main:
+        for name, content in (last_files or {}).items():
+            _write_json(partial / name, content())
         if before_publish is not None:
             before_publish()
         os.replace(partial, final_dir)
@@ -224,21 +232,10 @@ def _check_hf_config(path: Path, hf_config: dict) -> None:
             )
 
 
-def read_training_state(
-    state_dir: Path,
-    *,
-    hf_config: dict,
-    owned: dict[str, torch.Tensor],
-) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict]]:
-    """Read a training-state directory for the parameters this rank owns.
+def read_model_state(state_dir: Path, *, hf_config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(trainer_state, weights)`` of a training-state directory: all weights, CPU fp32.
 
-    ``owned`` maps Hugging Face parameter names (those whose optimizer state this rank keeps) to
-    their parameters (for the device). Returns ``(trainer_state, weights, optimizer_state)``:
-    all weights (CPU fp32) and the AdamW state of the owned parameters (empty for a step-0
-    checkpoint, which has no optimizer state yet).
-
-    Raises ``CheckpointError`` naming the file and key when the config differs, a file is
-    missing, or the optimizer shards cover some owned parameters but not others.
+    Raises ``CheckpointError`` naming the file when the config differs or a file is missing.
     """
     state_dir = Path(state_dir)
     trainer_state = read_trainer_state(state_dir)
@@ -246,13 +243,25 @@ def read_training_state(
     model_path = state_dir / _MODEL_FILE
     if not model_path.is_file():
         raise CheckpointError(f"{model_path} is missing")
-    weights = load_file(str(model_path))
+    return trainer_state, load_file(str(model_path))
 
+
+def read_optimizer_state(
+    state_dir: Path, trainer_state: dict, owned: dict[str, torch.Tensor]
+) -> dict[str, dict]:
+    """The AdamW state of the parameters this rank owns, from every saved shard.
+
+    ``owned`` maps Hugging Face parameter names (those whose optimizer state this rank keeps) to
+    their parameters (for the device). Empty for a step-0 checkpoint (no state yet). Raises
+    ``CheckpointError`` when a shard is missing or the shards cover some owned parameters but
+    not others.
+    """
+    state_dir = Path(state_dir)
     saved_world = trainer_state["world_size"]
     shard_paths = [
         state_dir / _OPT_DIR / optimizer_shard_name(r, saved_world) for r in range(saved_world)
     ]
-    optimizer_state: dict[str, dict] = {}
+    pieces: dict[str, list[dict]] = {}
     for shard_path in shard_paths:
         if not shard_path.is_file():
             raise CheckpointError(
@@ -262,10 +271,11 @@ def read_training_state(
         shard = torch.load(shard_path, map_location="cpu", weights_only=True, mmap=True)
         for name, param_state in shard["state"].items():
             if name in owned:
-                optimizer_state[name] = {
-                    k: v.to(owned[name].device) if k != "step" else v.clone()
-                    for k, v in param_state.items()
-                }
+                pieces.setdefault(name, []).append(param_state)
+    optimizer_state = {
+        name: _assemble_state(name, owned[name], entries, state_dir / _OPT_DIR)
+        for name, entries in pieces.items()
+    }
     if optimizer_state and optimizer_state.keys() != owned.keys():
         missing = sorted(owned.keys() - optimizer_state.keys())
         raise CheckpointError(f"{state_dir / _OPT_DIR}: no optimizer state for {missing[:5]}")
@@ -274,7 +284,59 @@ def read_training_state(
             f"{state_dir / _OPT_DIR}: no optimizer state although "
             f"{trainer_state['scheduler']['iteration']} updates were applied"
         )
-    return trainer_state, weights, optimizer_state
+    return optimizer_state
+
+
+def read_training_state(
+    state_dir: Path,
+    *,
+    hf_config: dict,
+    owned: dict[str, torch.Tensor],
+) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict]]:
+    """``read_model_state`` then ``read_optimizer_state``: ``(trainer_state, weights,
+    optimizer_state)``. Raises ``CheckpointError`` as those do."""
+    trainer_state, weights = read_model_state(state_dir, hf_config=hf_config)
+    return trainer_state, weights, read_optimizer_state(state_dir, trainer_state, owned)
+
+
+def _assemble_state(name: str, param: torch.Tensor, entries: list[dict], where: Path) -> dict:
+    """AdamW state of the block of ``param`` this rank holds, cut from the saved blocks.
+
+    Each saved entry is one rank's block: ``offsets`` (absent: the whole tensor) and its
+    ``exp_avg``/``exp_avg_sq`` blocks, so a checkpoint of any (data, tensor) layout loads on any
+    other. Raises ``CheckpointError`` when the saved blocks do not cover this rank's block.
+    """
+    from .parallel import like_param, tensor_slice
+
+    offsets, shape = tensor_slice(param)
+    out: dict[str, torch.Tensor] = {}
+    covered = torch.zeros(shape, dtype=torch.bool)
+    for entry in entries:
+        tensors = {k: v for k, v in entry.items() if k not in ("step", "offsets")}
+        some = next(iter(tensors.values()))
+        saved_offsets = entry.get("offsets")
+        start = (0,) * some.dim() if saved_offsets is None else tuple(saved_offsets.tolist())
+        # Intersection of the saved block with the wanted one, in both coordinate frames.
+        lo = [max(a, b) for a, b in zip(start, offsets, strict=True)]
+        hi = [
+            min(a + n, b + m) for a, n, b, m in zip(start, some.shape, offsets, shape, strict=True)
+        ]
+        if any(low >= high for low, high in zip(lo, hi, strict=True)):
+            continue
+        src = tuple(slice(low - a, high - a) for low, high, a in zip(lo, hi, start, strict=True))
+        dst = tuple(slice(low - b, high - b) for low, high, b in zip(lo, hi, offsets, strict=True))
+        for key, value in tensors.items():
+            if key not in out:
+                out[key] = torch.empty(shape, dtype=value.dtype)
+            out[key][dst] = value[src]
+        covered[dst] = True
+        out["step"] = entry["step"].clone()
+    if not bool(covered.all()):
+        raise CheckpointError(
+            f"{where}: the saved optimizer blocks of {name!r} do not cover offsets {offsets} "
+            f"shape {shape} (global {tuple(param.shape)})"
+        )
+    return {k: v.clone() if k == "step" else like_param(v, param) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- snapshots

@@ -1,14 +1,21 @@
 """Train one checkpoint segment ``(start_step, end_step]`` of a Pythia run with plain PyTorch.
 
-One process per device; data parallel (DDP) with ZeRO-1 optimizer-state sharding
-(``ZeroRedundancyOptimizer``) and gradient accumulation. Iteration ``s`` (0-based) consumes the
-global batch ``samples.batch(s, global_batch)`` whatever the world size: rank ``r`` takes rows
-``[r*B/W, (r+1)*B/W)`` and its micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The
-loss is the mean over the global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
+One process per device on a (data, tensor) mesh (``parallel``): tensor parallelism
+(``sizes.*.tensor_parallel``), data parallelism with ZeRO-1 or FSDP2, gradient accumulation.
+Iteration ``s`` (0-based) consumes the global batch ``samples.batch(s, global_batch)`` whatever
+the layout: data-parallel rank ``d`` of ``D`` takes rows ``[d*B/D, (d+1)*B/D)`` and its
+micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The loss is the mean over the
+global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
 and ``optim`` (decay groups, LR schedule, loss scaler).
 
-``train_segment`` is the whole story, top to bottom: set up, restore (start checkpoint or the
-newest in-segment snapshot), loop, save. With ``state_interval > 0`` it snapshots its state to
+``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
+checkpoint or the newest in-segment snapshot, optimizer), ``_train_iteration`` per step (around
+``train_step``, one optimizer update), ``_save_checkpoint``. The state one step changes is a
+``TrainState``; a step's outcome a ``StepResult``. ``prepare_model`` / ``init_train_state`` /
+``train_step`` are public so that the memory tracer runs exactly the step the loop runs, and
+``parallelize`` / ``build_training_optimizer`` are the one seam where parallelism plugs in.
+
+With ``state_interval > 0`` it snapshots its state to
 ``state_dir`` every ``state_interval`` steps so that a killed or preempted run continues where it
 stopped; at the same world size the final weights are bit-identical to an uninterrupted run
 (CPU, ``deterministic=True``).
@@ -18,17 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -38,7 +50,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import transformer_flops_per_token
+from ..layout import SEGMENT_SUMMARY_NAME
 from . import checkpoint as ckpt
+from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
 from .model import (
     INIT_METHODS,
@@ -46,13 +61,11 @@ from .model import (
     build_model,
     count_parameters,
     hf_name,
-    hf_state_dict,
     init_gpt_neox_weights,
     load_hf_state_dict,
 )
 from .optim import (
     DynamicLossScaler,
-    build_optimizer,
     build_param_groups,
     local_optimizer,
     lr_at,
@@ -64,12 +77,23 @@ __all__ = [
     "BatchSource",
     "NonFiniteLossError",
     "SegmentPreempted",
+    "Progress",
+    "TrainState",
+    "StepResult",
     "train_segment",
+    "prepare_model",
+    "parallelize",
+    "build_training_optimizer",
+    "init_train_state",
+    "forward_loss",
+    "chunked_cross_entropy",
+    "train_step",
     "batch_fingerprint",
     "segment_key",
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 # Settings left out of the segment key: how the segment is observed (logging, snapshots, spike
 # detection) and how each global batch is laid out over ranks and micro-steps (like the world
 # size, these change rounding, not the mathematics), so a rerun may change them and still resume.
@@ -81,6 +105,12 @@ _NOT_IN_SEGMENT_KEY = (
     "micro_batch",
     "deterministic",
     "zero_optimizer",
+    "tensor_parallel",
+    "data_parallel",
+    "partition_activations",
+    "activation_checkpointing",
+    "compile_layers",
+    "loss_chunk_tokens",
 )
 
 
@@ -91,14 +121,27 @@ class BatchSource(Protocol):
         """int64 array ``(global_batch, seq_length + 1)``: samples ``[step*B, (step+1)*B)``."""
         ...
 
+    # Optional (``SampleBatches`` has it): ``local_batch(step, global_batch, dp_rank, dp_size)``,
+    # data-parallel rank ``dp_rank``'s block of ``global_batch / dp_size`` rows, read alone.
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Every hyperparameter of a segment (Pythia's values as defaults where they are shared).
 
     ``micro_batch`` is sequences per rank per micro-step; gradient accumulation steps follow as
-    ``global_batch / (world_size * micro_batch)``. ``state_interval`` = snapshot every k steps
-    (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+    ``global_batch / (data-parallel ranks * micro_batch)``, where the data-parallel ranks are
+    ``world_size / tensor_parallel`` (``data_parallel_coords``). ``state_interval`` = snapshot
+    every k steps (0: never). ``deterministic`` turns on ``torch.use_deterministic_algorithms``.
+
+    Memory and speed, not mathematics: ``activation_checkpointing`` recomputes each layer in the
+    backward pass; ``compile_layers`` compiles each layer with ``torch.compile``; the loss is
+    computed ``loss_chunk_tokens`` predicted tokens at a time (``chunked_cross_entropy``).
+    Layout, not mathematics: ``tensor_parallel`` ranks per tensor group; ``data_parallel``
+    ``"zero1"`` (ZeRO stage 1 over the data ranks) or ``"fsdp"`` (FSDP2); with
+    ``partition_activations`` each checkpointed layer input is split over the tensor group.
+    ``loss_scaler_in_fp32`` (tests only) runs fp16's dynamic loss scaler and overflow skip
+    with fp32 compute, so that the skip path runs on a CPU.
     """
 
     global_batch: int
@@ -128,10 +171,25 @@ class TrainSettings:
     state_interval: int = 0
     deterministic: bool = False
     zero_optimizer: bool = True
+    tensor_parallel: int = 1
+    data_parallel: str = "zero1"
+    partition_activations: bool = False
+    activation_checkpointing: bool = False
+    compile_layers: bool = False
+    loss_chunk_tokens: int = 8192
+    loss_scaler_in_fp32: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting whose value is out of range."""
-        positive = ("global_batch", "micro_batch", "seq_length", "decay_iters", "log_interval")
+        positive = (
+            "global_batch",
+            "micro_batch",
+            "seq_length",
+            "decay_iters",
+            "log_interval",
+            "loss_chunk_tokens",
+            "tensor_parallel",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainSettings.{name} must be > 0, got {getattr(self, name)}")
@@ -151,6 +209,11 @@ class TrainSettings:
                 f"TrainSettings.output_layer_init_method must be one of "
                 f"{OUTPUT_LAYER_INIT_METHODS}, got {self.output_layer_init_method!r}"
             )
+        if self.data_parallel not in parallel.DATA_PARALLEL_MODES:
+            raise ValueError(
+                f"TrainSettings.data_parallel must be one of {parallel.DATA_PARALLEL_MODES}, "
+                f"got {self.data_parallel!r}"
+            )
         if self.spike_factor <= 1.0:
             raise ValueError(f"TrainSettings.spike_factor must be > 1, got {self.spike_factor}")
 
@@ -161,6 +224,17 @@ class NonFiniteLossError(RuntimeError):
 
 class SegmentPreempted(RuntimeError):
     """SIGTERM arrived; a snapshot was saved (if a state dir was given). Exit non-zero."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Whose segment this is, for its summary record (``segment_summary.json``): the run and
+    size names, and the GPU's dense fp16/bf16 peak per device (``config.gpu_record``), which
+    MFU uses on CUDA only."""
+
+    run: str = ""
+    size: str = ""
+    gpu_peak_tflops: float | None = None
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -195,6 +269,10 @@ def segment_key(
         "settings": computed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _format_eta(seconds: float) -> str:
@@ -247,15 +325,6 @@ def _rank0_check(env: DistributedEnv, check: Callable[[], object]) -> object:
     return result[0]
 
 
-def _any_rank(env: DistributedEnv, flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
@@ -282,75 +351,569 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# ----------------------------------------------------------------------------- optimizer state
+# ----------------------------------------------------------------------------- data
 
 
-def _param_names(model: nn.Module) -> dict[int, str]:
-    return {id(p): hf_name(n) for n, p in model.named_parameters()}
+def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[int, int]:
+    """``(data-parallel size, data-parallel rank)`` of this process.
 
-
-def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
-    """HF name -> parameter, for the parameters whose optimizer state this rank keeps."""
-    local = local_optimizer(optimizer)
-    return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
-
-
-def _optimizer_shard(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
-    """This rank's AdamW state keyed by HF parameter name, as CPU tensors."""
-    local = local_optimizer(optimizer)
-    state = {}
-    for group in local.param_groups:
-        for p in group["params"]:
-            if p in local.state and local.state[p]:
-                state[names[id(p)]] = {
-                    k: v.detach().cpu().clone() for k, v in local.state[p].items()
-                }
-    return {"state": state}
-
-
-def _load_optimizer_state(
-    optimizer: torch.optim.Optimizer, owned: dict[str, torch.Tensor], state: dict[str, dict]
-) -> None:
-    local = local_optimizer(optimizer)
-    for name, param_state in state.items():
-        local.state[owned[name]] = param_state
-
-
-# ----------------------------------------------------------------------------- one update
-
-
-def _forward_backward(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    *,
-    micro_batch: int,
-    loss_scale: float,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-) -> torch.Tensor:
-    """Accumulate the gradients of this rank's rows; return their mean loss (not scaled).
-
-    Each micro-step's loss is divided by the number of micro-steps, and DDP averages over the
-    ranks, so the gradient is that of the mean loss over the global batch.
+    Ranks form a (data, tensor) grid with the tensor index fastest, global rank =
+    ``dp_rank * tensor_parallel + tp_rank``: a node's GPUs share tensor groups (as Megatron's).
+    Tensor-parallel peers read the same rows.
     """
+    tp = settings.tensor_parallel
+    return env.world_size // tp, env.rank // tp
+
+
+def local_rows(
+    samples: BatchSource, step: int, global_batch: int, dp_size: int, dp_rank: int
+) -> np.ndarray:
+    """Rows ``[r*B/D, (r+1)*B/D)`` of global batch ``step`` for data-parallel rank ``r`` of
+    ``D``: read alone where the source can (``local_batch``), else cut from ``batch``."""
+    read_local = getattr(samples, "local_batch", None)
+    if read_local is not None:
+        return read_local(step, global_batch, dp_rank, dp_size)
+    rows = global_batch // dp_size
+    return samples.batch(step, global_batch)[dp_rank * rows : (dp_rank + 1) * rows]
+
+
+class _Prefetcher:
+    """This rank's rows of each step, read one step ahead by a background thread (into pinned
+    memory on CUDA) and copied to the device without blocking."""
+
+    def __init__(
+        self,
+        samples: BatchSource,
+        settings: TrainSettings,
+        env: DistributedEnv,
+        device: torch.device,
+    ) -> None:
+        self.samples, self.settings, self.device = samples, settings, device
+        self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def tokens(self, step: int, next_step: int | None) -> torch.Tensor:
+        """Step ``step``'s rows on the device; starts reading ``next_step``'s."""
+        current = self._pending.pop(step, None) or self._pool.submit(self._load, step)
+        if next_step is not None and next_step not in self._pending:
+            self._pending[next_step] = self._pool.submit(self._load, next_step)
+        return current.result().to(self.device, non_blocking=True)
+
+    def _load(self, step: int) -> torch.Tensor:
+        s = self.settings
+        rows = local_rows(self.samples, step, s.global_batch, self.dp_size, self.dp_rank)
+        expected = (s.global_batch // self.dp_size, s.seq_length + 1)
+        if tuple(rows.shape) != expected or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"samples: rows of step {step} for data-parallel rank {self.dp_rank} of "
+                f"{self.dp_size} have shape {tuple(rows.shape)} and dtype {rows.dtype}, "
+                f"expected {expected} integer ids"
+            )
+        host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        return host.pin_memory() if self.device.type == "cuda" else host
+
+
+class _Fingerprints:
+    """The data fingerprints, on global rank 0 only: sha256 of each step's whole global batch
+    and the running sha256 of the segment (``hasher``), computed by a background thread while
+    the step trains. Other ranks neither read the global batch nor hash it."""
+
+    def __init__(self, samples: BatchSource, settings: TrainSettings, enabled: bool) -> None:
+        self.samples, self.settings, self.enabled = samples, settings, enabled
+        self.hasher = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint") if enabled else None
+        self._pending: dict[int, Future] = {}
+
+    def __enter__(self) -> _Fingerprints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, step: int) -> None:
+        if self.enabled:
+            self._pending[step] = self._pool.submit(self._digest, step)
+
+    def result(self, step: int) -> str | None:
+        """Step ``step``'s digest (waits for it); the segment hash then includes the step."""
+        return self._pending.pop(step).result() if self.enabled else None
+
+    def hexdigest(self) -> str | None:
+        return self.hasher.hexdigest() if self.enabled else None
+
+    def _digest(self, step: int) -> str:
+        batch = self.samples.batch(step, self.settings.global_batch)
+        _check_batch(batch, step, self.settings)
+        data = np.ascontiguousarray(batch, dtype="<i8").tobytes()
+        self.hasher.update(data)
+        return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- segment state
+
+
+@dataclass
+class Progress:
+    """Per-segment bookkeeping: saved in every snapshot, so a resumed segment continues it."""
+
+    start_step: int
+    end_step: int
+    segment_key: str
+    step: int
+    scheduler_iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+    spikes: list[dict] = field(default_factory=list)
+    # The spike detector's window carries over from the previous segment.
+    recent_losses: list[float] = field(default_factory=list)
+    train_time_s: float = 0.0
+    wall_s: float = 0.0  # wall time of earlier attempts, up to their last snapshot
+    started_at: str = field(default_factory=lambda: _utc_now())
+
+    @classmethod
+    def fresh(cls, start_step: int, end_step: int, key: str, start_state: dict | None):
+        """At the segment's start (history empty), continuing the start checkpoint's schedule."""
+        carried = start_state or {}
+        return cls(
+            start_step=start_step,
+            end_step=end_step,
+            segment_key=key,
+            step=start_step,
+            scheduler_iteration=carried.get("scheduler", {}).get("iteration", 0),
+            recent_losses=list(carried.get("recent_losses", [])),
+        )
+
+    @classmethod
+    def from_snapshot(cls, saved: dict):
+        """As recorded in a snapshot's ``trainer_state.json``."""
+        return cls(
+            start_step=saved["segment"]["start_step"],
+            end_step=saved["segment"]["end_step"],
+            segment_key=saved["segment_key"],
+            step=saved["step"],
+            scheduler_iteration=saved["scheduler"]["iteration"],
+            history=saved["history"],
+            spikes=saved["spikes"],
+            recent_losses=saved["recent_losses"],
+            train_time_s=saved["train_time_s"],
+            wall_s=saved.get("wall_s", 0.0),
+            started_at=saved.get("started_at") or _utc_now(),
+        )
+
+
+@dataclass
+class TrainState:
+    """What one optimizer step needs and changes (``train_step``); built by ``init_train_state``.
+
+    ``model`` is the ``GPTNeoXForCausalLM`` whose parameters are trained and saved;
+    ``train_module`` is what a micro-step calls (the LM loss of ``model``, wrapped for data
+    parallelism by ``parallelize``).
+    """
+
+    settings: TrainSettings
+    env: DistributedEnv
+    device: torch.device
+    model: nn.Module
+    train_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: DynamicLossScaler | None
+    progress: Progress
+    par: parallel.Parallelism  # this rank on the (data, tensor) mesh
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step, as every rank agrees on it (the step's single host sync)."""
+
+    loss: float  # mean over the global batch, unscaled
+    grad_norm: float  # after unscaling, before clipping
+    lr: float
+    skipped: bool  # fp16 overflow: no update, schedule not advanced
+    stop_requested: bool  # some rank had ``stop_requested`` set (SIGTERM)
+
+
+@dataclass
+class Segment:
+    """The segment being trained: where it reads, writes, logs and reports (not the maths)."""
+
+    hf_config: dict
+    samples: BatchSource
+    start_step: int
+    end_step: int
+    out_dir: Path
+    state_dir: Path | None
+    hook: Callable[[str, int], None]
+    log: _Log
+    preempt: threading.Event
+    batches: _Prefetcher
+    fingerprints: _Fingerprints
+    names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
+    run_info: RunInfo = field(default_factory=RunInfo)
+    first_step: int = 0  # where this process started training (after a resume: the snapshot)
+    begun: float = field(default_factory=time.perf_counter)  # this process's wall clock
+    started: float = field(default_factory=time.perf_counter)  # the first step's start
+
+
+# ----------------------------------------------------------------------------- model and loss
+
+
+def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device) -> nn.Module:
+    """The model as it trains, weights left uninitialised (init or load them next).
+
+    ``GPTNeoXForCausalLM`` on ``device`` in fp32 with the fast paths of ``settings``: activation
+    checkpointing of every layer (non-reentrant, recomputed in backward: identical results,
+    about one forward more compute) and, with ``compile_layers``, each layer compiled by
+    ``torch.compile``. Parameter names are unchanged. The loop and the memory tracer both call
+    it; tensor parallelism is applied later, by ``parallelize``, to the initialised model.
+    """
+    model = build_model(hf_config, device, empty=True)
+    model.base_model.rotary_emb.register_forward_hook(_rotary_in_compute_dtype)
+    if settings.activation_checkpointing:
+        kwargs = {"use_reentrant": False}
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if settings.compile_layers:
+        for layer in model.base_model.layers:
+            layer.compile()
+    return model
+
+
+def _rotary_in_compute_dtype(module: nn.Module, args, output):
+    """Under autocast, hand the layers rotary cos/sin in the compute dtype (fp16/bf16).
+
+    transformers returns them in the residual stream's dtype (fp32), which turns ``q * cos``
+    into an fp32 product of the half-precision q and k: two full fp32 copies per layer. Exact
+    enough in half precision because the angles (position x inverse frequency) are still
+    computed in fp32, only the values in [-1, 1] are rounded (relative 2^-11 in fp16, 2^-8 in
+    bf16), and q, k are half precision already; GPT-NeoX v1.0 itself applied rotary in the
+    training dtype (``cos_cached.to(x.dtype)``), Pythia's runs included.
+    """
+    device_type = output[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return output
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in output)
+
+
+def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.device) -> str:
+    """Which scaled-dot-product-attention kernel the model's attention runs, checked by trying.
+
+    transformers' ``sdpa`` attention with no mask (causal by ``is_causal``) is what the flash
+    kernel needs. Tries flash, then memory-efficient, then math, at the model's head size in
+    the compute dtype on ``device``, and returns ``"SDPA flash"`` or the fallback's name with
+    why flash was refused. The loop logs it at start-up.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    impl = model.config._attn_implementation
+    if impl != "sdpa":
+        return f"{impl} attention (not SDPA: no flash kernel)"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision, torch.float32)
+    heads = model.config.num_attention_heads
+    q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
+    refused = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")  # torch warns why; the reason is kept below
+                F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        except RuntimeError as err:
+            refused.append(f"{backend.name}: {str(err).splitlines()[0]}")
+            continue
+        if not refused:
+            return f"SDPA {backend.name} ({device.type}, {dtype})"
+        return f"SDPA {backend.name} ({device.type}, {dtype}); refused: {'; '.join(refused)}"
+    return f"no SDPA kernel ({device.type}, {dtype}): {'; '.join(refused)}"
+
+
+class LMLoss(nn.Module):
+    """``forward(tokens)`` = ``forward_loss(model, tokens, settings)``: the module that data
+    parallel wrappers (DDP, FSDP2) see, so that their hooks run around the whole loss."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return forward_loss(self.model, tokens, self.settings)
+
+
+def forward_loss(model: nn.Module, tokens: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``tokens`` (``(batch, seq_length + 1)`` ids), fp32.
+
+    Up to ``settings.loss_chunk_tokens`` predicted tokens: the output layer's logits in one
+    piece (as transformers computes them). More: ``chunked_cross_entropy``, which never holds
+    more than one chunk's logits. Under tensor parallelism: the loss-parallel cross-entropy of
+    the vocabulary-sharded logits (call inside ``parallel.loss_context``).
+    """
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    hidden = model.base_model(input_ids=inputs).last_hidden_state
+    head = model.get_output_embeddings()
+    if labels.numel() <= settings.loss_chunk_tokens or parallel.is_vocab_parallel(head):
+        # Under tensor parallelism the logits stay vocabulary-sharded (1/T per rank) and the
+        # loss is loss-parallel: never gathered, so no chunking is needed.
+        logits = head(hidden)
+        return parallel.causal_lm_loss(logits, labels)
+    return chunked_cross_entropy(
+        hidden.flatten(0, 1), head.weight, labels.flatten(), settings.loss_chunk_tokens
+    )
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean CE of ``hidden @ weight.T`` computed chunk by chunk, gradients included.
+
+    The forward pass computes each chunk's logits (in the autocast dtype where autocast is on,
+    as ``nn.Linear`` would), its loss in fp32, and at once the chunk's gradients
+    (``softmax - onehot``) with respect to ``hidden`` and ``weight``; the logits are then
+    dropped. Backward only scales the stored gradients. Same FLOPs as the plain loss; memory
+    ``chunk x vocab`` logits plus one ``weight``-sized fp32 gradient, not ``tokens x vocab``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_tokens):
+        n = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk_tokens):
+            h = hidden[start : start + chunk_tokens]
+            y = labels[start : start + chunk_tokens]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            # d(sum of losses)/d(logits) = softmax - onehot, in place: one chunk buffer.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            # Under autocast these matmuls run in the compute dtype, as autograd's would.
+            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
+            grad_weight += (grad_logits.t() @ h).float()
+            del logits, lse, grad_logits
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.n = n
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output / ctx.n
+        return (
+            (grad_hidden * scale).to(grad_hidden.dtype),
+            (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+        )
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T, labels)`` (mean) without all the logits at once.
+
+    ``hidden`` is ``(tokens, hidden)``, ``weight`` the output layer's ``(vocab, hidden)``,
+    ``labels`` ``(tokens,)``; at most ``chunk_tokens`` rows of logits exist at any time, in
+    the forward and the backward pass. Equal to the plain loss and its gradients within fp32
+    rounding (tests/test_train_loop.py).
+    """
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_tokens)
+
+
+# ----------------------------------------------------------------------------- parallelism seam
+
+
+def parallelize(
+    model: nn.Module,
+    settings: TrainSettings,
+    env: DistributedEnv,
+    device: torch.device,
+    par: parallel.Parallelism | None = None,
+) -> tuple[nn.Module, parallel.Parallelism]:
+    """The module a micro-step calls (``LMLoss(model)``) and this rank's place on the mesh.
+
+    Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
+    before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
+    FSDP2 shards each layer and then ``LMLoss`` as the root; under ``zero1`` DDP wraps it at
+    tensor parallel 1, and with tensor parallelism the gradient all-reduce runs in
+    ``train_step`` (``parallel.all_reduce_gradients``).
+    """
+    if par is None:
+        par = parallel.build_parallelism(
+            env.world_size, settings.tensor_parallel, device, settings.data_parallel
+        )
+    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+    train_module = LMLoss(model, settings)
+    parallel.apply_fsdp(model, train_module, par, settings.precision)
+    return parallel.wrap_data_parallel(train_module, par, device), par
+
+
+def build_training_optimizer(
+    model: nn.Module, settings: TrainSettings, par: parallel.Parallelism, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
+    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel)."""
+    return parallel.build_optimizer(
+        build_param_groups(model, settings.weight_decay),
+        par,
+        betas=(settings.adam_beta1, settings.adam_beta2),
+        eps=settings.adam_eps,
+        sharded=settings.zero_optimizer,
+        fused=device.type == "cuda",
+    )
+
+
+def new_loss_scaler(settings: TrainSettings) -> DynamicLossScaler | None:
+    """DeepSpeed's dynamic loss scaler for fp16 (or ``loss_scaler_in_fp32``), else ``None``."""
+    if settings.precision != "fp16" and not settings.loss_scaler_in_fp32:
+        return None
+    return DynamicLossScaler(
+        settings.loss_scale_initial,
+        settings.loss_scale_window,
+        settings.loss_scale_hysteresis,
+        settings.loss_scale_min,
+    )
+
+
+def init_train_state(
+    model: nn.Module,
+    settings: TrainSettings,
+    env: DistributedEnv,
+    device: torch.device,
+    progress: Progress | None = None,
+    par: parallel.Parallelism | None = None,
+) -> TrainState:
+    """Parallelise ``model`` (weights in place) and build its optimizer and loss scaler.
+
+    ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs); ``par``
+    to the mesh of ``env`` and ``settings``.
+    """
+    train_module, par = parallelize(model, settings, env, device, par)
+    return TrainState(
+        settings=settings,
+        env=env,
+        device=device,
+        model=model,
+        train_module=train_module,
+        optimizer=build_training_optimizer(model, settings, par, device),
+        scaler=new_loss_scaler(settings),
+        progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
+        par=par,
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def autocast_context(settings: TrainSettings, device: torch.device):
+    """The forward pass's autocast: none for fp32, else fp16/bf16 on ``device``'s type."""
+    if settings.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if settings.precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float) -> torch.Tensor:
+    """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
+
+    Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
+    reduction (DDP, FSDP2, or ``parallel.all_reduce_gradients`` under tensor parallelism)
+    averages over the data ranks, so the gradient is that of the mean loss over the global
+    batch.
+    """
+    micro_batch = state.settings.micro_batch
+    module, par = state.train_module, state.par
     n_micro = tokens.shape[0] // micro_batch
     total = torch.zeros((), device=tokens.device)
     for m in range(n_micro):
         chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
-        inputs, labels = chunk[:, :-1], chunk[:, 1:]
-        is_last = m == n_micro - 1
-        # Reduce gradients across ranks only once, after the last micro-step.
-        sync = (
-            contextlib.nullcontext()
-            if is_last or not hasattr(model, "no_sync")
-            else model.no_sync()
-        )
-        with sync:
-            with autocast():
-                logits = model(input_ids=inputs).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        # Reduce gradients across data ranks only once, after the last micro-step.
+        last = m == n_micro - 1
+        with parallel.gradient_sync(module, par, last), parallel.loss_context(par):
+            with autocast_context(state.settings, state.device):
+                loss = module(chunk)
             (loss * (loss_scale / n_micro)).backward()
-        total += loss.detach() / n_micro
+        total += parallel.scalar(loss.detach()) / n_micro
     return total
+
+
+def train_step(
+    state: TrainState, tokens: torch.Tensor, *, stop_requested: bool = False
+) -> StepResult:
+    """One optimizer iteration on this rank's rows ``tokens`` (``(rows, seq_length + 1)``).
+
+    Forward and backward over the micro-batches, loss averaged over ranks, unscale, clip, then
+    the update at the schedule's LR, or (fp16 overflow) a skipped update that leaves weights
+    and schedule alone and tells the loss scaler. One host sync: loss, gradient norm and the
+    ranks' stop flag in one small tensor. Raises ``NonFiniteLossError`` on a non-finite loss or
+    gradient norm without a loss scaler.
+    """
+    settings, env, progress = state.settings, state.env, state.progress
+    params = [p for p in state.model.parameters()]
+    loss_scale = state.scaler.scale if state.scaler else 1.0
+    local_loss = _forward_backward(state, tokens, loss_scale)
+    parallel.all_reduce_gradients(params, state.par)
+    # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy.
+    stop_flag = torch.full((), float(stop_requested), device=state.device)
+    reduced = torch.stack([local_loss, stop_flag])
+    if env.world_size > 1:
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        reduced[0] /= env.world_size
+    if loss_scale != 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(1.0 / loss_scale)
+    # The global norm over tensor- and data-sharded gradients (each block counted once).
+    grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
+    loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
+    overflow = not (math.isfinite(loss) and math.isfinite(norm))
+    it = progress.step
+    if overflow and state.scaler is None:
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        raise NonFiniteLossError(
+            f"{what} is not finite at iteration {it} (the update to step {it + 1}): "
+            f"loss={loss}, grad_norm={norm}; stopping before anything is saved"
+        )
+    lr = lr_at(
+        progress.scheduler_iteration,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        warmup_iters=settings.warmup_iters,
+        decay_iters=settings.decay_iters,
+    )
+    if overflow:
+        # fp16 overflow: DeepSpeed skips the update and the LR schedule does not advance.
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.update(True)
+    else:
+        set_lr(state.optimizer, lr)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        progress.scheduler_iteration += 1
+        if state.scaler is not None:
+            state.scaler.update(False)
+    return StepResult(loss, norm, lr, overflow, stops > 0)
+
+
+def _host_values(values: torch.Tensor) -> list[float]:
+    """The step's one host sync. Under ``FakeTensorMode`` (the memory tracer) there are no
+    values: the step is taken as finite, so that the update and its memory are traced."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(values):
+        return [0.0] * values.numel()
+    return values.tolist()
 
 
 # ----------------------------------------------------------------------------- the segment
@@ -370,6 +933,7 @@ def train_segment(
     hook: Callable[[str, int], None] | None = None,
     env: DistributedEnv | None = None,
     device: torch.device | str | None = None,
+    run_info: RunInfo | None = None,
 ) -> dict:
     """Train from ``start_checkpoint`` (step ``start_step``) to ``end_step``; write ``out_dir``.
 
@@ -381,7 +945,9 @@ def train_segment(
     only; default stderr). ``hook(event, step)`` is called on every rank at ``"step_end"`` and
     ``"snapshot_saved"``, and on rank 0 at ``"before_publish"`` (tests inject failures there).
     ``env`` defaults to ``detect_distributed_env()``; ``device`` to ``cuda:{local_rank}`` if
-    available, else the CPU. Returns the ``trainer_state`` written with the checkpoint.
+    available, else the CPU. ``run_info`` names the run for the segment summary record
+    (``segment_summary.json``, written into ``out_dir``). Returns the ``trainer_state`` written
+    with the checkpoint.
 
     Raises ``ValueError`` for inconsistent arguments, ``FileExistsError`` if ``out_dir``
     exists, ``ckpt.CheckpointError`` for a start checkpoint that does not match,
@@ -394,213 +960,314 @@ def train_segment(
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir is not None else None
     start_checkpoint = Path(start_checkpoint) if start_checkpoint is not None else None
-    hook = hook or (lambda event, step: None)
     _check_arguments(
         settings, env, device, start_checkpoint, start_step, end_step, out_dir, state_dir
     )
-    ranks_rows = settings.global_batch // env.world_size
-    log_line = _Log(log, enabled=env.is_main)
-
     with contextlib.ExitStack() as stack:
-        stack.callback(log_line.close)
+        seg = Segment(
+            hf_config=hf_config,
+            samples=samples,
+            start_step=start_step,
+            end_step=end_step,
+            out_dir=out_dir,
+            state_dir=state_dir,
+            hook=hook or (lambda event, step: None),
+            log=_Log(log, enabled=env.is_main),
+            preempt=threading.Event(),
+            batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
+            fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
+            run_info=run_info or RunInfo(),
+        )
+        stack.callback(seg.log.close)
         stack.enter_context(distributed_context(env, device))
         stack.enter_context(_deterministic(settings.deterministic))
-        preempt = stack.enter_context(_sigterm_flag())
-        if state_dir is not None and env.is_main:
-            # Held by rank 0 for the whole segment; the failure reaches every rank below.
-            _rank0_check(env, lambda: stack.enter_context(ckpt.state_dir_lock(state_dir)))
-        elif state_dir is not None:
-            _rank0_check(env, lambda: None)
+        seg.preempt = stack.enter_context(_sigterm_flag())
+        _lock_state_dir(stack, seg, env)
+        state = _set_up(seg, settings, start_checkpoint, env, device)
+        for it in range(state.progress.step, end_step):
+            _train_iteration(seg, state, it)
+        return _save_checkpoint(seg, state)
 
-        # --- model and optimizer ---------------------------------------------------------
-        # Every parameter is overwritten below (GPT-NeoX init or the checkpoint's weights).
-        model = build_model(hf_config, device, empty=True)
-        names = _param_names(model)
-        n_params = count_parameters(model)
-        _rank0_check(env, lambda: _check_disk_space(n_params, out_dir, state_dir, settings))
-        optimizer = build_optimizer(
-            build_param_groups(model, settings.weight_decay),
-            betas=(settings.adam_beta1, settings.adam_beta2),
-            eps=settings.adam_eps,
-            sharded=env.world_size > 1 and settings.zero_optimizer,
+
+def _lock_state_dir(stack: contextlib.ExitStack, seg: Segment, env: DistributedEnv) -> None:
+    """Rank 0 holds the state dir's writer lock for the whole segment; a failure to take it
+    reaches every rank."""
+    if seg.state_dir is None:
+        return
+    if env.is_main:
+        _rank0_check(env, lambda: stack.enter_context(ckpt.state_dir_lock(seg.state_dir)))
+    else:
+        _rank0_check(env, lambda: None)
+
+
+def _set_up(
+    seg: Segment,
+    settings: TrainSettings,
+    start_checkpoint: Path | None,
+    env: DistributedEnv,
+    device: torch.device,
+) -> TrainState:
+    """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
+
+    Under tensor parallelism the model is built on the meta device and sharded before it is
+    allocated; each rank then copies its block of each weight from the full CPU tensors, one
+    parameter at a time.
+    """
+    par = parallel.build_parallelism(
+        env.world_size, settings.tensor_parallel, device, settings.data_parallel
+    )
+    if par.tensor > 1:
+        # Built on the meta device and sharded there: no rank ever allocates the whole model.
+        model = prepare_model(seg.hf_config, settings, torch.device("meta"))
+        parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
+        parallel.materialize(model, device)
+    else:
+        model = prepare_model(seg.hf_config, settings, device)
+    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
+    seg.log(
+        f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
+        f"micro_batch {settings.micro_batch} x gas "
+        f"{settings.global_batch // (par.data * settings.micro_batch)}"
+    )
+    n_params = count_parameters(model)
+    _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
+
+    start_state = ckpt.read_trainer_state(start_checkpoint) if start_checkpoint else None
+    key = segment_key(seg.hf_config, settings, start_state, seg.start_step, seg.end_step)
+    snapshot = None
+    if seg.state_dir is not None:
+        snapshot, stale = ckpt.find_snapshot(seg.state_dir, key)
+        _rank0_check(env, lambda: _remove_stale(stale, seg.log))
+    resume_from = snapshot or start_checkpoint
+    progress = Progress.fresh(seg.start_step, seg.end_step, key, start_state)
+    saved = None
+    if resume_from is None:
+        init_gpt_neox_weights(
+            model,
+            weight_seed=settings.weight_seed,
+            init_method=settings.init_method,
+            output_layer_init_method=settings.output_layer_init_method,
+            base_std=settings.init_std,
         )
-        scaler = (
-            DynamicLossScaler(
-                settings.loss_scale_initial,
-                settings.loss_scale_window,
-                settings.loss_scale_hysteresis,
-                settings.loss_scale_min,
-            )
-            if settings.precision == "fp16"
-            else None
+    else:
+        saved, weights = ckpt.read_model_state(resume_from, hf_config=seg.hf_config)
+        _check_resumable(resume_from, saved, settings, seg.start_step, seg.end_step, snapshot)
+        load_hf_state_dict(model, weights, str(resume_from / "model.safetensors"))
+        del weights
+        if snapshot:
+            progress = Progress.from_snapshot(saved)
+
+    state = init_train_state(model, settings, env, device, progress, par)
+    seg.names = {id(p): hf_name(n) for n, p in model.named_parameters()}
+    if saved is not None:
+        owned = _owned_parameters(state.optimizer, seg.names)
+        opt_state = ckpt.read_optimizer_state(resume_from, saved, owned)
+        _load_optimizer_state(state.optimizer, owned, opt_state)
+        if state.scaler is not None and saved.get("loss_scaler"):
+            state.scaler.load_state_dict(saved["loss_scaler"])
+        ckpt.restore_rng_state(saved["rng"])
+        seg.log(f"starting at step {saved['step']} from {resume_from}")
+    seg.fingerprints.hasher = _segment_hasher(seg.samples, settings, progress, env)
+    seg.first_step = progress.step
+    seg.started = time.perf_counter()
+    return state
+
+
+def _train_iteration(seg: Segment, state: TrainState, it: int) -> None:
+    """Iteration ``it``: this rank's rows of the global batch, ``train_step``, the record, the
+    log line, the hook, and a snapshot when due or when a rank got SIGTERM."""
+    settings, env = state.settings, state.env
+    t0 = time.perf_counter()
+    seg.fingerprints.submit(it)  # rank 0, in the background while the step trains
+    tokens = seg.batches.tokens(it, next_step=it + 1 if it + 1 < seg.end_step else None)
+    result = train_step(state, tokens, stop_requested=seg.preempt.is_set())
+    fingerprint = seg.fingerprints.result(it)
+    dt = time.perf_counter() - t0
+    tokens_per_s = settings.global_batch * settings.seq_length / dt
+    _record_step(state.progress, it, result, tokens_per_s, fingerprint, settings, seg.log)
+    if (it + 1) % settings.log_interval == 0 or it + 1 == seg.end_step:
+        _log_progress(seg, state, it, result, dt)
+    seg.hook("step_end", it + 1)
+
+    # One rank: its own flag, now. Several: the flag as the step's reduction agreed on it
+    # (no extra host sync); a later SIGTERM is seen at the next step.
+    preempted = seg.preempt.is_set() if env.world_size == 1 else result.stop_requested
+    due = settings.state_interval and (it + 1) % settings.state_interval == 0
+    if seg.state_dir is not None and (preempted or due) and it + 1 < seg.end_step:
+        _save_snapshot(seg, state, it + 1)
+        seg.hook("snapshot_saved", it + 1)
+    if preempted:
+        raise SegmentPreempted(
+            f"SIGTERM received; stopped after step {it + 1} of {seg.end_step}"
+            + (f", snapshot in {seg.state_dir}" if seg.state_dir is not None else "")
         )
 
-        # --- where to start: fresh weights, the start checkpoint, or a newer snapshot ----
-        start_state = ckpt.read_trainer_state(start_checkpoint) if start_checkpoint else None
-        key = segment_key(hf_config, settings, start_state, start_step, end_step)
-        snapshot = None
-        if state_dir is not None:
-            snapshot, stale = ckpt.find_snapshot(state_dir, key)
-            _rank0_check(env, lambda: _remove_stale(stale, log_line))
-        resume_from = snapshot or start_checkpoint
-        if resume_from is None:
-            init_gpt_neox_weights(
-                model,
-                weight_seed=settings.weight_seed,
-                init_method=settings.init_method,
-                output_layer_init_method=settings.output_layer_init_method,
-                base_std=settings.init_std,
-            )
-            progress = _fresh_progress(start_step, end_step, key, start_state)
-        else:
-            owned = _owned_parameters(optimizer, names)
-            saved, weights, opt_state = ckpt.read_training_state(
-                resume_from, hf_config=hf_config, owned=owned
-            )
-            _check_resumable(resume_from, saved, settings, start_step, end_step, snapshot)
-            load_hf_state_dict(model, weights, str(resume_from / "model.safetensors"))
-            del weights
-            _load_optimizer_state(optimizer, owned, opt_state)
-            if scaler is not None and saved.get("loss_scaler"):
-                scaler.load_state_dict(saved["loss_scaler"])
-            ckpt.restore_rng_state(saved["rng"])
-            progress = (
-                _progress_from_snapshot(saved)
-                if snapshot
-                else _fresh_progress(start_step, end_step, key, start_state)
-            )
-            log_line(f"starting at step {saved['step']} from {resume_from}")
-        segment_hash = _segment_hasher(samples, settings, progress, env)
 
-        train_model = model
-        if env.world_size > 1:
-            # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
-            train_model = nn.parallel.DistributedDataParallel(
-                model,
-                device_ids=[device] if device.type == "cuda" else None,
-                forward_sync_buffers=False,
-            )
-        autocast = _autocast_factory(settings.precision, device)
-        params = [p for p in model.parameters()]
-        tokens_per_step = settings.global_batch * settings.seq_length
+def _log_progress(seg: Segment, state: TrainState, it: int, result: StepResult, dt: float) -> None:
+    settings = state.settings
+    done = it + 1 - seg.first_step
+    elapsed = time.perf_counter() - seg.started
+    eta = elapsed / max(done, 1) * (seg.end_step - it - 1)
+    scale_note = f" | loss_scale {state.scaler.scale:g}" if state.scaler else ""
+    seg.log(
+        f"step {it + 1}/{seg.end_step} | loss {result.loss:.4f} | lr {result.lr:.3e} | "
+        f"grad_norm {result.grad_norm:.3f} | tokens/s "
+        f"{settings.global_batch * settings.seq_length / dt:.0f} | "
+        f"eta {_format_eta(eta)}{scale_note}"
+    )
 
-        # --- the loop ----------------------------------------------------------------------
-        first_step = progress["step"]
-        t_segment = time.perf_counter()
-        for it in range(first_step, end_step):
-            t0 = time.perf_counter()
-            batch = samples.batch(it, settings.global_batch)
-            _check_batch(batch, it, settings)
-            fingerprint = batch_fingerprint(batch)
-            if env.is_main:
-                segment_hash.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-            rows = batch[env.rank * ranks_rows : (env.rank + 1) * ranks_rows]
-            tokens = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(device)
 
-            loss_scale = scaler.scale if scaler else 1.0
-            local_loss = _forward_backward(
-                train_model,
-                tokens,
-                micro_batch=settings.micro_batch,
-                loss_scale=loss_scale,
-                autocast=autocast,
-            )
-            loss = _mean_over_ranks(local_loss, env)
-            if loss_scale != 1.0:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.mul_(1.0 / loss_scale)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
-            overflow = not (math.isfinite(loss) and math.isfinite(grad_norm))
-            if overflow and scaler is None:
-                what = "loss" if not math.isfinite(loss) else "gradient norm"
-                raise NonFiniteLossError(
-                    f"{what} is not finite at iteration {it} (the update to step {it + 1}): "
-                    f"loss={loss}, grad_norm={grad_norm}; stopping before anything is saved"
-                )
-            lr = lr_at(
-                progress["scheduler_iteration"],
-                lr=settings.lr,
-                min_lr=settings.min_lr,
-                warmup_iters=settings.warmup_iters,
-                decay_iters=settings.decay_iters,
-            )
-            if overflow:
-                # fp16 overflow: DeepSpeed skips the update and the LR schedule does not advance.
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update(True)
-            else:
-                set_lr(optimizer, lr)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress["scheduler_iteration"] += 1
-                if scaler is not None:
-                    scaler.update(False)
-            dt = time.perf_counter() - t0
+def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
+    """Write ``out_dir`` (every rank: its optimizer shard) and drop the segment's snapshots."""
+    env = state.env
+    trainer_state = _trainer_state(seg, state, seg.end_step)
+    hosts = _hosts(env)
+    summary: dict = {}
 
-            _record_step(
-                progress,
-                it,
-                loss,
-                lr,
-                grad_norm,
-                overflow,
-                tokens_per_step / dt,
-                fingerprint,
-                settings,
-                log_line,
-            )
-            done = it + 1 - first_step
-            if (it + 1) % settings.log_interval == 0 or it + 1 == end_step:
-                elapsed = time.perf_counter() - t_segment
-                eta = elapsed / done * (end_step - it - 1)
-                scale_note = f" | loss_scale {scaler.scale:g}" if scaler else ""
-                log_line(
-                    f"step {it + 1}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | "
-                    f"grad_norm {grad_norm:.3f} | tokens/s {tokens_per_step / dt:.0f} | "
-                    f"eta {_format_eta(eta)}{scale_note}"
-                )
-            hook("step_end", it + 1)
+    def summarise() -> dict:
+        summary.update(segment_summary(seg, state, hosts))
+        return summary
 
-            preempted = _any_rank(env, preempt.is_set(), device)
-            due = settings.state_interval and (it + 1) % settings.state_interval == 0
-            if state_dir is not None and (preempted or due) and it + 1 < end_step:
-                _save_snapshot(
-                    state_dir,
-                    it + 1,
-                    model,
-                    optimizer,
-                    names,
-                    scaler,
-                    progress,
-                    segment_hash,
-                    hf_config,
-                    settings,
-                    env,
-                    log_line,
-                )
-                hook("snapshot_saved", it + 1)
-            if preempted:
-                raise SegmentPreempted(
-                    f"SIGTERM received; stopped after step {it + 1} of {end_step}"
-                    + (f", snapshot in {state_dir}" if state_dir is not None else "")
-                )
-
-        # --- the checkpoint -----------------------------------------------------------------
-        trainer_state = _trainer_state(end_step, scaler, progress, segment_hash, settings, env)
-        ckpt.write_training_state(
-            out_dir,
-            env=env,
-            model_tensors=hf_state_dict(model) if env.is_main else None,
-            optimizer_shard=_optimizer_shard(optimizer, names),
-            trainer_state=trainer_state,
-            hf_config=hf_config,
-            before_publish=lambda: hook("before_publish", end_step),
+    ckpt.write_training_state(
+        seg.out_dir,
+        env=env,
+        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
+        trainer_state=trainer_state,
+        hf_config=seg.hf_config,
+        before_publish=lambda: seg.hook("before_publish", seg.end_step),
+        # Last into the directory, inside its atomic rename: its wall time includes the save.
+        last_files={SEGMENT_SUMMARY_NAME: summarise},
+    )
+    seg.log(f"wrote {seg.out_dir}")
+    if summary.get("tokens_per_s"):
+        mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "n/a (no GPU peak)"
+        seg.log(
+            f"segment: {summary['steps']} steps, {summary['tokens_per_s']:.0f} tokens/s, "
+            f"MFU {mfu}, wall {summary['wall_s']:.1f} s"
         )
-        log_line(f"wrote {out_dir}")
-        if state_dir is not None:
-            _rank0_check(env, lambda: ckpt.remove_snapshots(state_dir))
-        return trainer_state
+    if seg.state_dir is not None:
+        _rank0_check(env, lambda: ckpt.remove_snapshots(seg.state_dir))
+    return trainer_state
+
+
+def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
+    path = ckpt.snapshot_path(seg.state_dir, step)
+    if path.exists():
+        return  # resumed from this very snapshot and stopped again at once
+    ckpt.write_training_state(
+        path,
+        env=state.env,
+        model_tensors=parallel.full_state_dict(state.model, state.env.is_main, hf_name),
+        optimizer_shard=_optimizer_shard(state, seg.names),
+        trainer_state=_trainer_state(seg, state, step),
+        hf_config=seg.hf_config,
+    )
+    # The new snapshot is complete: older ones of this segment are no longer needed.
+    _rank0_check(state.env, lambda: ckpt.remove_snapshots(seg.state_dir, keep=path))
+    seg.log(f"snapshot at step {step}: {path}")
+
+
+def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
+    """The segment's summary record (``layout.SEGMENT_SUMMARY_NAME``), exactly its keys.
+
+    Counts the whole segment ``(start_step, end_step]``, attempts before a resume included.
+    ``flops_per_token``: ``config.transformer_flops_per_token`` (attention included, no
+    recomputation). ``mfu`` = flops_per_token x tokens_per_s / (devices x peak), on CUDA with a
+    known peak; ``None`` on CPU. Losses leave out fp16-skipped steps; ``None`` without steps.
+    """
+    settings, env, progress, hf = state.settings, state.env, state.progress, seg.hf_config
+    dp_size, _ = data_parallel_coords(env, settings)
+    steps = len(progress.history)
+    tokens = steps * settings.global_batch * settings.seq_length
+    tokens_per_s = tokens / progress.train_time_s if progress.train_time_s > 0 else None
+    flops = transformer_flops_per_token(
+        layers=hf["num_hidden_layers"],
+        hidden=hf["hidden_size"],
+        intermediate=hf["intermediate_size"],
+        seq_length=settings.seq_length,
+        vocab=hf["vocab_size"],
+    )
+    cuda = state.device.type == "cuda"
+    peak = seg.run_info.gpu_peak_tflops if cuda else None
+    mfu = flops * tokens_per_s / (env.world_size * peak * 1e12) if peak and tokens_per_s else None
+    wall = progress.wall_s + time.perf_counter() - seg.begun
+    losses = [r["loss"] for r in progress.history if not r["skipped"]]
+    return {
+        "format": SEGMENT_SUMMARY_FORMAT,
+        "run": seg.run_info.run,
+        "size": seg.run_info.size,
+        "start_step": seg.start_step,
+        "end_step": seg.end_step,
+        "steps": steps,
+        "skipped_steps": sum(1 for r in progress.history if r["skipped"]),
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": float(flops),
+        "mfu": mfu,
+        "peak_tflops": peak,
+        "device_kind": state.device.type,
+        "device_name": torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
+        "devices": env.world_size,
+        "nodes": len(hosts),
+        "data_parallel": dp_size,
+        "tensor_parallel": settings.tensor_parallel,
+        "micro_batch": settings.micro_batch,
+        "gas": settings.global_batch // (dp_size * settings.micro_batch),
+        "precision": settings.precision,
+        "wall_s": wall,
+        "train_time_s": progress.train_time_s,
+        "device_hours": env.world_size * wall / 3600,
+        "losses": {
+            "first": losses[0] if losses else None,
+            "last": losses[-1] if losses else None,
+            "min": min(losses) if losses else None,
+            "max": max(losses) if losses else None,
+            "mean": sum(losses) / len(losses) if losses else None,
+        },
+        "spikes": progress.spikes,
+        "nan_abort": False,  # a NaN abort writes no checkpoint, hence no summary
+        "started_at": progress.started_at,
+        "finished_at": _utc_now(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hosts": hosts,
+    }
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _hosts(env: DistributedEnv) -> list[str]:
+    """Host names of every rank, sorted, once each (collective)."""
+    names = [socket.gethostname()]
+    if env.world_size > 1:
+        names = [None] * env.world_size
+        dist.all_gather_object(names, socket.gethostname())
+    return sorted(set(names))
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+
+def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
+    """HF name -> parameter, for the parameters whose optimizer state this rank keeps."""
+    local = local_optimizer(optimizer)
+    return {names[id(p)]: p for group in local.param_groups for p in group["params"]}
+
+
+def _optimizer_shard(state: TrainState, names: dict[int, str]) -> dict:
+    """This rank's AdamW state keyed by HF parameter name, as CPU blocks with their offsets
+    (``parallel.optimizer_blocks``): any (data, tensor) layout can load it."""
+    return parallel.optimizer_blocks(local_optimizer(state.optimizer), names, state.par)
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, owned: dict[str, torch.Tensor], state: dict[str, dict]
+) -> None:
+    local = local_optimizer(optimizer)
+    for name, param_state in state.items():
+        local.state[owned[name]] = param_state
 
 
 # ----------------------------------------------------------------------------- loop helpers
@@ -622,11 +1289,17 @@ def _check_arguments(
         raise ValueError(
             f"start_checkpoint=None (fresh weights) needs start_step=0, got {start_step}"
         )
-    rows_per_step = env.world_size * settings.micro_batch
-    if settings.global_batch % rows_per_step:
+    if env.world_size % settings.tensor_parallel:
         raise ValueError(
-            f"global_batch {settings.global_batch} is not a multiple of world_size "
-            f"{env.world_size} x micro_batch {settings.micro_batch}"
+            f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
+            f"{env.world_size}"
+        )
+    dp_size, _ = data_parallel_coords(env, settings)
+    if settings.global_batch % (dp_size * settings.micro_batch):
+        raise ValueError(
+            f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
+            f"{dp_size} (world_size {env.world_size} / tensor_parallel "
+            f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
         )
     if settings.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
@@ -685,54 +1358,8 @@ def _check_batch(batch: np.ndarray, it: int, settings: TrainSettings) -> None:
         raise ValueError(f"samples.batch({it}) has dtype {batch.dtype}, expected integer ids")
 
 
-def _mean_over_ranks(local_loss: torch.Tensor, env: DistributedEnv) -> float:
-    if env.world_size > 1:
-        local_loss = local_loss.clone()
-        dist.all_reduce(local_loss, op=dist.ReduceOp.SUM)
-        local_loss /= env.world_size
-    return float(local_loss)
-
-
-def _autocast_factory(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _fresh_progress(start_step: int, end_step: int, key: str, start_state: dict | None) -> dict:
-    """Per-segment bookkeeping at the segment's start (history empty)."""
-    carried = start_state or {}
-    return {
-        "step": start_step,
-        "start_step": start_step,
-        "end_step": end_step,
-        "segment_key": key,
-        "scheduler_iteration": carried.get("scheduler", {}).get("iteration", 0),
-        "history": [],
-        "spikes": [],
-        # The spike detector's window carries over from the previous segment.
-        "recent_losses": list(carried.get("recent_losses", [])),
-        "train_time_s": 0.0,
-    }
-
-
-def _progress_from_snapshot(saved: dict) -> dict:
-    return {
-        "step": saved["step"],
-        "start_step": saved["segment"]["start_step"],
-        "end_step": saved["segment"]["end_step"],
-        "segment_key": saved["segment_key"],
-        "scheduler_iteration": saved["scheduler"]["iteration"],
-        "history": saved["history"],
-        "spikes": saved["spikes"],
-        "recent_losses": saved["recent_losses"],
-        "train_time_s": saved["train_time_s"],
-    }
-
-
 def _segment_hasher(
-    samples: BatchSource, settings: TrainSettings, progress: dict, env: DistributedEnv
+    samples: BatchSource, settings: TrainSettings, progress: Progress, env: DistributedEnv
 ):
     """sha256 over every token id the segment consumed so far (rank 0 only).
 
@@ -742,7 +1369,7 @@ def _segment_hasher(
     hasher = hashlib.sha256()
     if not env.is_main:
         return hasher
-    for record in progress["history"]:
+    for record in progress.history:
         batch = samples.batch(record["iteration"], settings.global_batch)
         if batch_fingerprint(batch) != record["tokens_sha256"]:
             raise ckpt.CheckpointError(
@@ -754,118 +1381,82 @@ def _segment_hasher(
 
 
 def _record_step(
-    progress: dict,
+    progress: Progress,
     it: int,
-    loss: float,
-    lr: float,
-    grad_norm: float,
-    skipped: bool,
+    result: StepResult,
     tokens_per_s: float,
     fingerprint: str,
     settings: TrainSettings,
     log_line: _Log,
 ) -> None:
     """Append the step to the history; detect a loss spike against the running mean."""
-    recent = progress["recent_losses"]
+    recent, loss = progress.recent_losses, result.loss
     min_count = min(10, settings.spike_window)
-    if not skipped and len(recent) >= min_count:
+    if not result.skipped and len(recent) >= min_count:
         running_mean = sum(recent) / len(recent)
         if loss > settings.spike_factor * running_mean:
-            progress["spikes"].append({"step": it + 1, "loss": loss, "running_mean": running_mean})
+            progress.spikes.append({"step": it + 1, "loss": loss, "running_mean": running_mean})
             log_line(
                 f"SPIKE step {it + 1} | loss {loss:.4f} > {settings.spike_factor:g} x "
                 f"running mean {running_mean:.4f}"
             )
-    if not skipped:
+    if not result.skipped:
         recent.append(loss)
         del recent[: max(0, len(recent) - settings.spike_window)]
-    progress["history"].append(
+    progress.history.append(
         {
             "iteration": it,
             "step": it + 1,
             "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "skipped": skipped,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "skipped": result.skipped,
             "tokens_per_s": tokens_per_s,
             "tokens_sha256": fingerprint,
         }
     )
-    progress["train_time_s"] += settings.global_batch * settings.seq_length / tokens_per_s
-    progress["step"] = it + 1
+    progress.train_time_s += settings.global_batch * settings.seq_length / tokens_per_s
+    progress.step = it + 1
 
 
-def _trainer_state(
-    step: int,
-    scaler: DynamicLossScaler | None,
-    progress: dict,
-    segment_hash,
-    settings: TrainSettings,
-    env: DistributedEnv,
-) -> dict:
-    history = progress["history"]
+def _trainer_state(seg: Segment, state: TrainState, step: int) -> dict:
+    """``trainer_state.json`` of a checkpoint or snapshot at ``step``."""
+    settings, env, progress = state.settings, state.env, state.progress
+    history = progress.history
     tokens = len(history) * settings.global_batch * settings.seq_length
     return {
         "format": ckpt.TRAINER_STATE_FORMAT,
         "step": step,
-        "segment": {"start_step": progress["start_step"], "end_step": progress["end_step"]},
-        "segment_key": progress["segment_key"],
+        "segment": {"start_step": progress.start_step, "end_step": progress.end_step},
+        "segment_key": progress.segment_key,
         "world_size": env.world_size,
         "global_batch": settings.global_batch,
         "seq_length": settings.seq_length,
         "consumed_samples": step * settings.global_batch,
         "scheduler": {
-            "iteration": progress["scheduler_iteration"],
+            "iteration": progress.scheduler_iteration,
             "next_lr": lr_at(
-                progress["scheduler_iteration"],
+                progress.scheduler_iteration,
                 lr=settings.lr,
                 min_lr=settings.min_lr,
                 warmup_iters=settings.warmup_iters,
                 decay_iters=settings.decay_iters,
             ),
         },
-        "loss_scaler": scaler.state_dict() if scaler else None,
+        "loss_scaler": state.scaler.state_dict() if state.scaler else None,
         "rng": ckpt.capture_rng_state(),
         "losses": [r["loss"] for r in history],
         "history": history,
-        "spikes": progress["spikes"],
-        "recent_losses": progress["recent_losses"],
-        "train_time_s": progress["train_time_s"],
-        "tokens_per_s": tokens / progress["train_time_s"] if progress["train_time_s"] else None,
+        "spikes": progress.spikes,
+        "recent_losses": progress.recent_losses,
+        "train_time_s": progress.train_time_s,
+        "wall_s": progress.wall_s + time.perf_counter() - seg.begun,
+        "started_at": progress.started_at,
+        "tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else None,
         "data_fingerprint": {
             "algorithm": "sha256 over int64 little-endian token ids, batch rows in order",
-            "segment": segment_hash.hexdigest() if env.is_main else None,
+            "segment": seg.fingerprints.hexdigest(),
             "steps": {str(r["iteration"]): r["tokens_sha256"] for r in history},
         },
         "settings": dataclasses.asdict(settings),
     }
-
-
-def _save_snapshot(
-    state_dir: Path,
-    step: int,
-    model: nn.Module,
-    optimizer,
-    names,
-    scaler,
-    progress: dict,
-    segment_hash,
-    hf_config: dict,
-    settings: TrainSettings,
-    env: DistributedEnv,
-    log_line: _Log,
-) -> None:
-    path = ckpt.snapshot_path(state_dir, step)
-    if path.exists():
-        return  # resumed from this very snapshot and stopped again at once
-    ckpt.write_training_state(
-        path,
-        env=env,
-        model_tensors=hf_state_dict(model) if env.is_main else None,
-        optimizer_shard=_optimizer_shard(optimizer, names),
-        trainer_state=_trainer_state(step, scaler, progress, segment_hash, settings, env),
-        hf_config=hf_config,
-    )
-    # The new snapshot is complete: older ones of this segment are no longer needed.
-    _rank0_check(env, lambda: ckpt.remove_snapshots(state_dir, keep=path))
-    log_line(f"snapshot at step {step}: {path}")

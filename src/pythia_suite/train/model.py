@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from .parallel import copy_full_into
+
 __all__ = [
     "INIT_METHODS",
     "OUTPUT_LAYER_INIT_METHODS",
@@ -75,7 +77,11 @@ def build_model(hf_config: dict, device: torch.device | str = "cpu", *, empty: b
         skip_init = no_init_weights()
     with torch.device(device), skip_init:
         model = GPTNeoXForCausalLM(config)
-    return model.float().train()
+    # Converting tensors that are fp32 already is a no-op, except under FakeTensorMode (the
+    # memory tracer), where swapping a parameter fails: convert only when needed.
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()
+    return model.train()
 
 
 def init_std(kind: str, *, hidden_size: int, num_layers: int, base_std: float = 0.02) -> float:
@@ -136,7 +142,8 @@ def init_gpt_neox_weights(
     """Overwrite every parameter of ``model`` with GPT-NeoX v1.0's initialisation.
 
     Returns ``{parameter name: std used}`` (0 for constants). Raises ``ValueError`` for an
-    unknown init method or a parameter outside the scheme.
+    unknown init method or a parameter outside the scheme. A sharded model (tensor parallel,
+    FSDP) gets, on each rank, its block of the same full values.
     """
     config = model.config
     hidden, layers = config.hidden_size, config.num_hidden_layers
@@ -153,7 +160,7 @@ def init_gpt_neox_weights(
             generator = torch.Generator(device="cpu").manual_seed(_param_seed(weight_seed, name))
             values = torch.empty(param.shape, dtype=torch.float32)
             values.normal_(mean=0.0, std=stds[kind], generator=generator)
-            param.copy_(values)
+            copy_full_into(param, values)  # this rank's block under tensor parallel / FSDP
             used[name] = stds[kind]
         else:
             param.fill_(1.0 if kind == "one" else 0.0)
@@ -189,7 +196,7 @@ def load_hf_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
                 f"{source}: key {key!r} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(param.shape)}"
             )
-        param.copy_(tensor)
+        copy_full_into(param, tensor)
 
 
 def count_parameters(model: nn.Module) -> int:

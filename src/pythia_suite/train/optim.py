@@ -86,12 +86,16 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     sharded: bool,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW over ``param_groups``; ZeRO-1 sharded across the process group when ``sharded``.
 
     The LR is set before every step from the schedule, so it starts at 0 here.
-    ``sharded`` needs an initialised ``torch.distributed`` process group.
+    ``sharded`` needs an initialised ``torch.distributed`` process group. ``fused`` selects
+    torch's fused (single-kernel) AdamW, for CUDA parameters.
     """
+    # Only ask for fused when wanted: torch picks its own default (foreach on CUDA) otherwise.
+    kernel = {"fused": True} if fused else {}
     if sharded:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -101,8 +105,9 @@ def build_optimizer(
             lr=0.0,
             betas=betas,
             eps=eps,
+            **kernel,
         )
-    return torch.optim.AdamW(param_groups, lr=0.0, betas=betas, eps=eps)
+    return torch.optim.AdamW(param_groups, lr=0.0, betas=betas, eps=eps, **kernel)
 
 
 def local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
