@@ -49,6 +49,23 @@ def write_json_atomic(
     return write_text_atomic(path, text, fsync=fsync)
 
 
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy `source` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory.
+
+    On any error the temporary file is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling (`.NAME.tmp-XXXX`) and rename it to `path`.

@@ -345,6 +345,11 @@ def cmd_batch(config: dict, args) -> None:
     import numpy as np
 
     run = cfg.get_run(config, args.run)
+    last = config["training"]["train_iters"] - 1
+    if not 0 <= args.step <= last:
+        raise cfg.ConfigError(
+            f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
+        )
     samples = _training_samples(config, run)
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
@@ -363,18 +368,18 @@ def cmd_batch(config: dict, args) -> None:
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
+    from pythia_suite.atomic import atomic_directory
     from pythia_suite.evaluate import build_local_tasks
 
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     evaluation = config["evaluation"]
     counts = {
         "n_docs": evaluation["local_task_docs"],
         "n_heldout": evaluation["local_heldout_docs"],
+        "n_choice_items": evaluation["local_choice_items"],
     }
-    build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
     Recorder(out, "eval-tasks", counts, [Path(args.heldout)]).write()
 
 
@@ -576,47 +581,36 @@ def _repo_id(config: dict, run: cfg.Run) -> str:
     return f"{config['suite']['hub_org']}/{run.name}"
 
 
+def _hub_api(config: dict):
+    """A Hub client when publish.hub is on, else None."""
+    if not config["publish"]["hub"]:
+        return None
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
 def cmd_publish(config: dict, args) -> None:
     from pythia_suite import publish
 
     run = cfg.get_run(config, args.run)
-    final = args.step == cfg.checkpoint_steps(config)[-1]
-    repo_id = _repo_id(config, run)
     receipt = Path(args.receipt)
-    receipt.parent.mkdir(parents=True, exist_ok=True)
-    record = {"repo_id": repo_id, "branch": f"step{args.step}", "step": args.step}
-    if config["publish"]["local_hub"]:
-        cache = layout.local_hub(_results(config))
-        record["local_commit"] = publish.publish_local(
-            cache, repo_id, f"step{args.step}", args.export
-        )
-        if final:
-            publish.publish_local(cache, repo_id, "main", args.export)
-    if config["publish"]["hub"]:
-        from huggingface_hub import HfApi
-
-        hub_receipt = receipt.with_name(f".{receipt.name}.hub.json")
-        result = publish.publish_step(
-            HfApi(),
-            repo_id,
-            args.step,
-            args.export,
-            final=final,
-            receipt_path=hub_receipt,
-            private=config["publish"]["private"],
-        )
-        record["hub"] = json.loads(hub_receipt.read_text())
-        hub_receipt.unlink()
-        _say(f"{repo_id}@step{args.step}: {'uploaded' if result.sent else 'already up to date'}")
-    record["files"] = {
-        name: {"size": f.size, "sha256": f.sha256}
-        for name, f in publish.local_files(args.export).items()
-    }
-    record["verified"] = True
-    write_json_atomic(receipt, record, indent=1, sort_keys=False)
-    Recorder(
+    recorder = Recorder(
         receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    ).write()
+    )
+    published = publish.publish_and_verify(
+        args.export,
+        _repo_id(config, run),
+        args.step,
+        receipt,
+        final=args.step == cfg.checkpoint_steps(config)[-1],
+        local_hub=layout.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
+        hub_api=_hub_api(config),
+        private=config["publish"]["private"],
+    )
+    for check in published["verifications"]:
+        _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
+    recorder.write()
     _apply_retention(config, run)
 
 
@@ -690,19 +684,17 @@ def cmd_model_card(config: dict, args) -> None:
 
 
 def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
-    """Put the card on the local hub's main branch beside the final step's files."""
-    import tempfile
-
+    """Put the card on the local hub's main branch beside the final step's files, verified."""
     from pythia_suite import publish
 
     results = _results(config)
-    final_export = Path(layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]))
-    with tempfile.TemporaryDirectory(dir=card.parent) as staging:
-        for path in final_export.iterdir():
-            if path.is_file() and path.name != "provenance.json":
-                os.link(path, Path(staging) / path.name)
-        shutil.copyfile(card, Path(staging) / "README.md")
-        publish.publish_local(layout.local_hub(results), _repo_id(config, run), "main", staging)
+    publish.publish_card_locally(
+        layout.local_hub(results),
+        _repo_id(config, run),
+        layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
+        card,
+        layout.model_card_receipt(results, run.name),
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -816,22 +808,23 @@ def _pythia_result_files(evals_dir: str | Path) -> list[str]:
 
 
 def cmd_verify_run(config: dict, args) -> None:
-    """Check every receipt of a run says verified, and no two branches serve the same weights
-    except where training says they must (step0 = step1: the first update has LR 0)."""
+    """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
+    from pythia_suite import publish
+
     run = cfg.get_run(config, args.run)
     results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    weights: dict[str, list[int]] = {}
-    for step in steps:
-        receipt = json.loads(Path(layout.receipt(results, run.name, step)).read_text())
-        if not receipt.get("verified"):
-            raise RuntimeError(f"{layout.receipt(results, run.name, step)}: not verified")
-        weights.setdefault(receipt["files"]["model.safetensors"]["sha256"], []).append(step)
-    allowed = (0, 1)  # the first update has LR 0, so step1's weights are step0's
-    duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) != allowed]
-    if duplicates:
-        raise RuntimeError(f"{run.name}: branches serve identical weights: steps {duplicates}")
-    summary = {"run": run.name, "steps": len(steps), "identical_allowed": [list(allowed)]}
+    receipts = {
+        f"step{s}": layout.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
+    }
+    card_receipt = Path(layout.model_card_receipt(results, run.name))
+    if config["publish"]["local_hub"] and card_receipt.is_file():
+        receipts["main"] = str(card_receipt)
+    summary = publish.verify_published_run(
+        receipts,
+        _repo_id(config, run),
+        local_hub=layout.local_hub(results) if config["publish"]["local_hub"] else None,
+        hub_api=_hub_api(config),
+    )
     write_json_atomic(args.output, summary, sort_keys=False)
 
 
