@@ -105,7 +105,7 @@ def corpus(tmp_path_factory):
 def task_dir(corpus, tmp_path_factory):
     shard, _ = corpus
     out = tmp_path_factory.mktemp("tasks")
-    ev.build_local_tasks(shard, out, n_docs=12, seed=7, n_fewshot_pool=8)
+    ev.build_local_tasks(shard, out, n_docs=12, seed=7, n_fewshot_pool=8, n_choice_items=20)
     return out
 
 
@@ -128,8 +128,11 @@ def evaluated(corpus, task_dir, tmp_path_factory):
 def test_build_local_tasks_is_deterministic_and_lambada_shaped(corpus, task_dir, tmp_path):
     shard, texts = corpus
     again = tmp_path / "again"
-    configs = ev.build_local_tasks(shard, again, n_docs=12, seed=7, n_fewshot_pool=8)
-    for name in ("mini_lambada.jsonl", "mini_lambada_fewshot.jsonl", "mini_heldout.jsonl"):
+    configs = ev.build_local_tasks(
+        shard, again, n_docs=12, seed=7, n_fewshot_pool=8, n_choice_items=20
+    )
+    names = ("mini_lambada.jsonl", "mini_lambada_fewshot.jsonl", "mini_heldout.jsonl")
+    for name in (*names, "mini_next_word.jsonl"):
         assert (again / name).read_bytes() == (task_dir / name).read_bytes(), name
 
     lambada = [json.loads(line)["text"] for line in (again / "mini_lambada.jsonl").open()]
@@ -150,7 +153,32 @@ def test_build_local_tasks_is_deterministic_and_lambada_shaped(corpus, task_dir,
     assert (tmp_path / "other/mini_lambada.jsonl").read_bytes() != (
         again / "mini_lambada.jsonl"
     ).read_bytes()
-    assert set(other) == set(ev.LOCAL_TASKS)
+    assert set(other) == {"mini_lambada", "mini_heldout"}  # no choice items asked for
+    assert set(configs) == set(ev.LOCAL_TASKS)
+    assert manifest["chance"] == {"mini_next_word": {"acc": 0.25, "acc_norm": 0.25}}
+    assert configs["mini_next_word"]["output_type"] == "multiple_choice"
+
+
+def test_next_word_items_are_fair_multiple_choice(corpus):
+    """The true next word among length- and frequency-matched distractors, gold at random."""
+    _, texts = corpus
+    items = ev.build_next_word_items(texts, 40, seed=3)
+    assert items == ev.build_next_word_items(texts, 40, seed=3)  # fixed before training
+    counts = ev._word_counts(texts)
+    golds = set()
+    for item in items:
+        choices, gold = item["choices"], item["gold"]
+        answer = choices[gold]
+        golds.add(gold)
+        assert len(choices) == 4 and len({c.lower() for c in choices}) == 4
+        assert {len(c) for c in choices} == {len(answer)}  # length-matched
+        assert all(c in counts for c in choices)  # words of the held-out text
+        text = texts[item["doc"]]
+        assert item["context"] + " " + answer in text  # the true continuation
+        assert len(item["context"]) <= 160
+    assert golds == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match=r"give \d+ next-word items; 100000 were asked for"):
+        ev.build_next_word_items(texts, 100_000, seed=3)
 
 
 def test_build_local_tasks_rejects_bad_input(corpus, tmp_path):

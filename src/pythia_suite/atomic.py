@@ -35,6 +35,20 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_json_atomic(
     path: str | os.PathLike,
     data: Any,

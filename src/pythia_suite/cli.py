@@ -844,13 +844,17 @@ def cmd_report(config: dict, args) -> None:
         ]
         for r in runs
     }
+    from pythia_suite.atomic import atomic_directory
+    from pythia_suite.evaluate import chance_levels
+
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    chance = (
+        chance_levels(layout.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
+    )
     inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
     recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
-    build_report(runs, eval_jsons, trainer_states, tmp)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_report(runs, eval_jsons, trainer_states, tmp, chance)
     recorder.write()
 
 

@@ -228,11 +228,17 @@ def _matched_distractors(
     unigram prior (nor, at initialisation, the number of tokens a word costs) tells the answer:
     only the context does. Picked at random among the ``2k`` nearest in log frequency.
     """
-    candidates = [w for w in by_length.get(len(word), []) if w.lower() != word.lower()]
+    target = math.log(counts[word])
+    nearest = sorted(
+        by_length.get(len(word), []), key=lambda w: (abs(math.log(counts[w]) - target), w)
+    )
+    seen, candidates = {word.lower()}, []
+    for w in nearest:  # one spelling per word: "Said" and "said" are the same choice
+        if w.lower() not in seen:
+            seen.add(w.lower())
+            candidates.append(w)
     if len(candidates) < k:
         return None
-    target = math.log(counts[word])
-    candidates.sort(key=lambda w: (abs(math.log(counts[w]) - target), w))
     return rng.sample(candidates[: 2 * k], k)
 
 
@@ -242,13 +248,15 @@ def build_next_word_items(
     seed: int,
     *,
     n_choices: int = 4,
-    context_words: int = 48,
+    context_words: int = 24,
     min_context_words: int = 16,
+    max_context_chars: int = 160,
 ) -> list[dict[str, Any]]:
     """Multiple-choice next-word items from held-out text: which word comes next?
 
     Each item is ``{"context", "choices", "gold", "doc"}``: up to ``context_words`` words of a
-    document (its own spacing kept), then ``n_choices`` candidate next words, one of them the
+    document (its own spacing kept; at most ``max_context_chars``, so that the miniature
+    models' 128-token window holds it), then ``n_choices`` candidate next words, one of them the
     true one (at position ``gold``, drawn at random), the others length- and frequency-matched
     words from the held-out text (:func:`_matched_distractors`). Targets are alphabetic words
     preceded by one space, at random positions; documents are visited in turn so that every
@@ -288,8 +296,11 @@ def build_next_word_items(
                 continue
             gold = rng.randrange(n_choices)
             choices = distractors[:gold] + [target] + distractors[gold:]
-            start = words[max(0, i - context_words)].start()
-            context = text[start : words[i - 1].end()]
+            end = words[i - 1].end()
+            first = max(0, i - context_words)
+            while first < i - 1 and end - words[first].start() > max_context_chars:
+                first += 1
+            context = text[words[first].start() : end]
             items.append({"context": context, "choices": choices, "gold": gold, "doc": doc})
     if len(items) < n_items:
         raise ValueError(
