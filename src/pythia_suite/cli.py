@@ -651,34 +651,35 @@ def cmd_prune(config: dict, args) -> None:
 
 
 def cmd_model_card(config: dict, args) -> None:
-    from pythia_suite.modelcard import render_model_card
-
-    run = cfg.get_run(config, args.run)
-    size = config["sizes"][run.size]
-    training = config["training"]
-    info = {
-        **_run_row(config, run),
-        "repo_id": _repo_id(config, run),
-        "lr": size["lr"],
-        "min_lr": size["min_lr"],
-        "global_batch": training["global_batch"],
-        "seq_length": config["model"]["seq_length"],
-        "train_iters": training["train_iters"],
-        "tokens": cfg.total_tokens(config),
-        "steps": cfg.checkpoint_steps(config),
-        "precision": cfg.precision(config, run),
-        "cache_dir": layout.local_hub(_results(config)),
-    }
+    from pythia_suite.modelcard import card_facts, render_model_card
     from pythia_suite.report import load_eval_points
 
-    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
-    final_step = cfg.checkpoint_steps(config)[-1]
-    results = {
-        f"{p.task} {p.metric} ({p.shots}-shot)": p.value for p in points if p.step == final_step
+    run = cfg.get_run(config, args.run)
+    results = _results(config)
+    steps = cfg.checkpoint_steps(config)
+    receipts = {
+        f"step{s}": json.loads(Path(layout.receipt(results, run.name, s)).read_text())
+        for s in steps
     }
+    info = card_facts(
+        config,
+        run.name,
+        receipts,
+        tokenizer_file=layout.tokenizer(results),
+        cache_dir=layout.local_hub(results),
+    )
+    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
+    table: dict[str, dict[str, float]] = {}
+    for p in points:
+        if p.step == steps[-1]:
+            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
+            metrics[p.metric] = p.value
+            if p.stderr is not None:
+                metrics[f"{p.metric}_stderr"] = p.stderr
     out = Path(args.output)
-    write_text_atomic(out, render_model_card(info, results or None))
-    Recorder(out, "model-card", info, [Path(args.evals)]).write()
+    write_text_atomic(out, render_model_card(info, table or None))
+    inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
+    Recorder(out, "model-card", info, inputs).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)
 
