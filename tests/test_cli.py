@@ -10,20 +10,19 @@ import pytest
 from pythia_suite.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-EVALS = REPO.parent / "shared" / "anchors" / "pythia" / "EleutherAI_pythia" / "evals"
-ZERO_SHOT = EVALS / "pythia-v1" / "pythia-410m" / "zero-shot" / "410m_step143000.json"
+ZERO_SHOT = "evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
 
 
-@pytest.mark.skipif(not ZERO_SHOT.exists(), reason=f"{ZERO_SHOT} absent: no Pythia result file")
-def test_compare_reference_passes_on_itself_and_names_a_perturbed_metric(tmp_path, capsys):
+def test_compare_reference_passes_on_itself_and_names_a_perturbed_metric(tmp_path, capsys, anchor):
+    zero_shot = anchor(ZERO_SHOT)
     config = ["--config", str(REPO / "config.yaml")]
-    assert main([*config, "compare-reference", str(ZERO_SHOT), str(ZERO_SHOT)]) == 0
-    perturbed = json.loads(ZERO_SHOT.read_text())
+    assert main([*config, "compare-reference", str(zero_shot), str(zero_shot)]) == 0
+    perturbed = json.loads(zero_shot.read_text())
     perturbed["results"]["piqa"]["acc"] += 0.05
     ours = tmp_path / "ours.json"
     ours.write_text(json.dumps(perturbed))
     with pytest.raises(SystemExit) as exit_info:
-        main([*config, "compare-reference", str(ours), str(ZERO_SHOT), "--tolerance", "0.02"])
+        main([*config, "compare-reference", str(ours), str(zero_shot), "--tolerance", "0.02"])
     assert exit_info.value.code == 1
     assert "piqa" in capsys.readouterr().out
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PYTHIA_ANCHORS, require_anchor
 
 from pythia_suite import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ORIGINALS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia" / "models"
+ORIGINALS = PYTHIA_ANCHORS / "models"
 
 # Keys that name places on EleutherAI's cluster, not training behaviour.
 SITE_KEYS = {"train-data-paths", "valid-data-paths", "test-data-paths", "vocab-file"}
@@ -87,7 +87,6 @@ def test_eval_schedule_is_pythias(suite):
     assert len(suite["evaluation"]["five_shot_steps"]) == 15
 
 
-@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
 @pytest.mark.parametrize(
     "run_name",
     [
@@ -97,6 +96,7 @@ def test_eval_schedule_is_pythias(suite):
     ],
 )
 def test_neox_config_equals_original_training_config(suite, run_name):
+    require_anchor("models")
     run = cfg.get_run(suite, run_name)
     ours = normalise(cfg.neox_config(suite, run))
     original = normalise(apply_errata(run, read_original(original_config_path(run))))
@@ -108,9 +108,9 @@ def test_neox_config_equals_original_training_config(suite, run_name):
     assert ours == original
 
 
-@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
 @pytest.mark.parametrize("size", ["14m", "31m"])
 def test_small_sizes_match_their_original_configs(suite, size):
+    require_anchor("models")
     config = copy.deepcopy(suite)
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
     run = cfg.get_run(config, f"pythia-{size}")

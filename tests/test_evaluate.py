@@ -12,14 +12,7 @@ import zstandard
 
 from pythia_suite import evaluate as ev
 
-ANCHOR_EVALS = (
-    Path(__file__).resolve().parents[2]
-    / "shared/anchors/pythia/EleutherAI_pythia/evals/pythia-v1/pythia-410m"
-)
-ANCHOR_FILES = sorted(ANCHOR_EVALS.glob("*/*.json")) if ANCHOR_EVALS.is_dir() else []
-needs_anchors = pytest.mark.skipif(
-    not ANCHOR_FILES, reason=f"Pythia anchor eval files not found under {ANCHOR_EVALS}"
-)
+ANCHOR_EVALS = "evals/pythia-v1/pythia-410m"
 
 WORDS = (
     "the a cat dog sat ran on under mat house tree river stone light small big red old young "
@@ -264,21 +257,21 @@ def test_metric_names_map_both_ways():
     assert ev.pythia_task_name("mmlu_anatomy") == "hendrycksTest-anatomy"
 
 
-@needs_anchors
-@pytest.mark.parametrize("path", ANCHOR_FILES, ids=lambda p: p.name)
-def test_anchor_files_round_trip_through_lm_eval_names(path):
-    doc = json.loads(path.read_text())
-    as_04 = ev.to_lm_eval_results(doc["results"])
-    assert "perplexity,none" in as_04["lambada_openai"]
-    assert "mmlu_anatomy" in as_04
-    assert ev.to_pythia_results(as_04) == doc["results"]
-    # And lm-eval 0.4 keys survive the trip the other way.
-    assert ev.to_lm_eval_results(ev.to_pythia_results(as_04)) == as_04
+def test_anchor_files_round_trip_through_lm_eval_names(anchor):
+    paths = sorted(anchor(ANCHOR_EVALS).glob("*/*.json"))
+    assert paths
+    for path in paths:
+        doc = json.loads(path.read_text())
+        as_04 = ev.to_lm_eval_results(doc["results"])
+        assert "perplexity,none" in as_04["lambada_openai"], path
+        assert "mmlu_anatomy" in as_04, path
+        assert ev.to_pythia_results(as_04) == doc["results"], path
+        # And lm-eval 0.4 keys survive the trip the other way.
+        assert ev.to_lm_eval_results(ev.to_pythia_results(as_04)) == as_04, path
 
 
-@needs_anchors
-def test_compare_anchor_with_itself_and_perturbed(tmp_path):
-    ref = ANCHOR_EVALS / "zero-shot/410m_step143000.json"
+def test_compare_anchor_with_itself_and_perturbed(tmp_path, anchor):
+    ref = anchor(ANCHOR_EVALS) / "zero-shot/410m_step143000.json"
     same = ev.compare_with_reference(ref, ref, 1e-9, require_all=True)
     assert same.passed and not same.missing
     assert len(same.diffs) == sum(
@@ -306,11 +299,11 @@ def test_compare_anchor_with_itself_and_perturbed(tmp_path):
     ] == [("piqa", "acc")]
 
 
-@needs_anchors
-def test_compare_reports_missing_and_perplexity_tolerance():
-    early = ANCHOR_EVALS / "zero-shot/410m_step1000.json"
-    final = ANCHOR_EVALS / "zero-shot/410m_step143000.json"
-    five = ANCHOR_EVALS / "five-shot/410m-5shot_step143000.json"
+def test_compare_reports_missing_and_perplexity_tolerance(anchor):
+    evals = anchor(ANCHOR_EVALS)
+    early = evals / "zero-shot/410m_step1000.json"
+    final = evals / "zero-shot/410m_step143000.json"
+    five = evals / "five-shot/410m-5shot_step143000.json"
     # Step 1000 and step 143000 differ wildly in lambada perplexity (4770 vs 10.8).
     tolerance = {"ppl": 1.0, "likelihood_difference": 100.0, "*": 1.0}
     result = ev.compare_with_reference(early, final, tolerance)

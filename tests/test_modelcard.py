@@ -12,8 +12,7 @@ import yaml
 
 from pythia_suite.modelcard import ModelCardError, render_model_card
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
-EVAL_410M = ANCHORS / "EleutherAI_pythia/evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
+EVAL_410M = "evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
 
 PYTHIA_STEPS = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
 
@@ -91,10 +90,8 @@ def test_quickstart_is_valid_python_with_revision() -> None:
         assert kwargs["revision"] == "step3000" and "cache_dir" in kwargs
 
 
-def test_results_table_from_pythia_file() -> None:
-    if not EVAL_410M.is_file():
-        pytest.skip(f"Pythia eval file not found at {EVAL_410M} (../shared anchors)")
-    results = json.loads(EVAL_410M.read_text())
+def test_results_table_from_pythia_file(anchor) -> None:
+    results = json.loads(anchor(EVAL_410M).read_text())
     _, body = split_card(render_model_card(RUN_410M, results))
     assert re.search(r"\| lambada_openai \| acc \| 0\.516\d \| 0\.00\d\d \|", body)
     assert re.search(r"\| sciq \| acc \| 0\.81\d\d \|", body)

@@ -13,10 +13,6 @@ import yaml
 
 from pythia_suite.train import neox
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
-PYTHIA_410M = ANCHORS / "EleutherAI_pythia" / "models" / "410M" / "pythia-410m.yml"
-
-
 # --- node lists and hostfiles ---------------------------------------------------------------
 
 
@@ -177,10 +173,8 @@ def test_write_segment_config_round_trips_through_yaml(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["segment.yml"]
 
 
-def test_segment_config_of_a_published_pythia_config():
-    if not PYTHIA_410M.exists():
-        pytest.skip(f"Pythia anchors not available at {PYTHIA_410M}")
-    base = yaml.safe_load(PYTHIA_410M.read_text())
+def test_segment_config_of_a_published_pythia_config(anchor):
+    base = yaml.safe_load(anchor("models/410M/pythia-410m.yml").read_text())
     cfg = neox.segment_config(
         base, save_dir="s", load_dir="s", start_step=143000 - 1000, end_step=143000,
         train_data_paths=["d"],
