@@ -8,6 +8,7 @@ per process. Errors print one line naming the file, key or value, and exit non-z
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,13 @@ from pathlib import Path
 
 from pythia_suite import config as cfg
 from pythia_suite import layout
-from pythia_suite.atomic import write_json_atomic, write_text_atomic
+from pythia_suite.atomic import (
+    atomic_directory,
+    copy_file_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pythia_suite.provenance import Recorder
 
 DEFAULT_CONFIG = "config.yaml"
@@ -267,15 +274,12 @@ def cmd_fetch_tokenizer(config: dict, args) -> None:
     """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
     tok = config["data"]["tokenizer"]
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     if tok["path"]:
-        shutil.copyfile(tok["path"], tmp)
+        copy_file_atomic(tok["path"], out)
     else:
         from huggingface_hub import hf_hub_download
 
-        shutil.copyfile(hf_hub_download(tok["repo"], tok["file"]), tmp)
-    tmp.replace(out)
+        copy_file_atomic(hf_hub_download(tok["repo"], tok["file"]), out)
     Recorder(out, "tokenizer", tok).write()
 
 
@@ -306,16 +310,14 @@ def cmd_build_order(config: dict, args) -> None:
     from pythia_suite.data.order import build_index_maps
 
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     settings = {
         "num_samples": cfg.num_samples(config),
         "seq_length": config["model"]["seq_length"],
         "seed": args.seed,
     }
     recorder = Recorder(out, "index-maps", settings, [Path(args.dataset_prefix + ".bin")])
-    build_index_maps(args.dataset_prefix, tmp, **settings)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_index_maps(args.dataset_prefix, tmp, **settings)
     recorder.write()
 
 
@@ -334,10 +336,8 @@ def cmd_fetch_preshuffled(config: dict, args) -> None:
         config["data"]["preshuffled"]["revision"],
         seq_length=seq_length,
     )
-    tmp_idx = out.with_name(f".{out.name}.idx.tmp")
-    shutil.copyfile(files.idx, tmp_idx)
     preshuffled.merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
-    tmp_idx.replace(out.with_name(out.name + ".idx"))
+    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
     Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
@@ -354,9 +354,9 @@ def cmd_batch(config: dict, args) -> None:
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
         out = Path(args.output)
-        tmp = out.with_name(f".{out.name}.tmp.npy")
-        np.save(tmp, tokens)
-        tmp.replace(out)
+        buffer = io.BytesIO()
+        np.save(buffer, tokens)
+        write_bytes_atomic(out, buffer.getvalue())
         _say(f"{out}: step {args.step} of {run.name}: tokens {tokens.shape}")
     if args.decode:
         from tokenizers import Tokenizer
@@ -368,7 +368,6 @@ def cmd_batch(config: dict, args) -> None:
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
-    from pythia_suite.atomic import atomic_directory
     from pythia_suite.evaluate import build_local_tasks
 
     out = Path(args.output)
@@ -718,22 +717,20 @@ def cmd_evaluate(config: dict, args) -> None:
     if len(steps) != len(args.exports):
         raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     local = config["evaluation"]["local_tasks"]
     recorder = Recorder(out, "eval", config["evaluation"], [Path(p) for p in args.exports])
-    evaluate_checkpoints(
-        dict(zip(steps, args.exports, strict=True)),
-        _eval_tasks(config, shots),
-        shots,
-        tmp,
-        run.name,
-        batch_size=config["evaluation"]["batch_size"],
-        task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
-        include_defaults=not local,
-        limit=None if local else config["evaluation"]["limit"],
-    )
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        evaluate_checkpoints(
+            dict(zip(steps, args.exports, strict=True)),
+            _eval_tasks(config, shots),
+            shots,
+            tmp,
+            run.name,
+            batch_size=config["evaluation"]["batch_size"],
+            task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
+            include_defaults=not local,
+            limit=None if local else config["evaluation"]["limit"],
+        )
     recorder.write()
 
 
@@ -788,18 +785,15 @@ def cmd_evaluate_reference(config: dict, args) -> None:
 def cmd_collect_evals(config: dict, args) -> None:
     """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for batch in args.batches:
-        for path in Path(batch).rglob("*.json"):
-            if path.name == "provenance.json":
-                continue
-            dest = tmp / path.parent.name / path.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-    tmp.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(out, "evals", {}, [Path(p) for p in args.batches])
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        for batch in args.batches:
+            for path in Path(batch).rglob("*.json"):
+                if path.name == "provenance.json":
+                    continue
+                dest = tmp / path.parent.name / path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
     recorder.write()
 
 
@@ -845,7 +839,6 @@ def cmd_report(config: dict, args) -> None:
         ]
         for r in runs
     }
-    from pythia_suite.atomic import atomic_directory
     from pythia_suite.evaluate import chance_levels
 
     out = Path(args.output)

@@ -685,7 +685,9 @@ def verify_local_branch(
     problems += [f"{p}: unexpected file" for p in sorted(set(listed) - set(files))]
     if problems:
         raise VerificationError(
-            f"{where} (commit {revision.commit_hash}) does not match the export", problems
+            f"{where} (commit {revision.commit_hash}) does not match the export (remove the "
+            "differing blobs and publish again: they are rewritten from the export)",
+            problems,
         )
     return {
         "where": "local hub",
@@ -986,7 +988,7 @@ def _local_hub_problems(
             elif stat.st_mtime_ns != verified_stat[path][1]:
                 problems.append(
                     f"{branch}: {path}: blob {entry.blob_path} was modified after it was "
-                    "verified; publish the step again"
+                    "verified; remove it and publish the listed steps again"
                 )
         for path in sorted(set(listed) - set(files_of(branch))):
             problems.append(f"{branch}: {path}: on the local hub but not in the receipt")

@@ -25,7 +25,6 @@ is restored as well, for checkpoints made outside Snakemake.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pythia_suite.atomic import write_json_atomic
+from pythia_suite.hashing import sha256_file
 
 __all__ = [
     "PRUNED_NAME",
@@ -56,7 +56,6 @@ PRUNED_FORMAT = "pythia-suite/pruned/1"
 RESUME_PARTS = ("optimizer",)
 _RECORD = "provenance.json"
 SAFE = "exported, published and verified"  # the reason a checkpoint may be pruned
-_CHUNK = 1 << 22
 
 
 class RetentionError(RuntimeError):
@@ -72,14 +71,6 @@ class Decision:
     checkpoint: Path
     action: str
     reason: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -202,7 +193,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, reason: str = "") -> dict:
     for part in RESUME_PARTS:
         for path in sorted(p for p in (checkpoint / part).rglob("*") if p.is_file()):
             rel = path.relative_to(checkpoint).as_posix()
-            record["removed"][rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            record["removed"][rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     record.setdefault("pruned_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record.setdefault("reason", reason)
     if record["removed"] and _has_resume_state(checkpoint):
