@@ -32,3 +32,13 @@ def test_plan_prints_every_run_with_gpu_hours(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in rows][:2] == ["pythia-70m", "pythia-70m-deduped"]
     assert all(r["gpu_hours"] > 0 and r["resume_bytes_kept"] < r["resume_bytes_all"] for r in rows)
+
+
+@pytest.mark.parametrize("step", ["999", "128", "-1", "99999"])
+def test_batch_refuses_steps_training_never_reaches(tmp_path, capsys, step):
+    config = ["--config", str(REPO / "config.yaml"), "--config", str(REPO / "config/mini.yaml")]
+    out = tmp_path / "batch.npy"
+    assert main([*config, "batch", "pythia-1.3m", "--step", step, "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--step {step}: training.train_iters is 128, so steps run 0 .. 127" in err
+    assert "Traceback" not in err and not out.exists()

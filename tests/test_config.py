@@ -255,3 +255,12 @@ def test_cli_subcommands_share_the_config_and_fail_clearly(tmp_path, capsys):
     assert "sizes.70m.hidden: 500 is not divisible by heads 8" in capsys.readouterr().err
     assert main(["--config", str(REPO / "config.yaml"), "neox-config", "pythia-3b"]) == 1
     assert "no run named 'pythia-3b'" in capsys.readouterr().err
+
+
+def test_nothing_to_publish_to_is_a_config_error(suite):
+    config = copy.deepcopy(suite)
+    config["publish"].update(hub=False, local_hub=False)
+    with pytest.raises(
+        cfg.ConfigError, match=r"publish\.hub and publish\.local_hub are both false"
+    ):
+        cfg.check_config(config, "x.yaml")
