@@ -2,9 +2,11 @@
 
 Three operations, each a function the CLI can call directly:
 
-- :func:`build_local_tasks` turns held-out Pile-format documents into two lm-eval tasks for the
-  miniature suite: ``mini_lambada`` (LAMBADA-style last-word prediction, like ``lambada_openai``)
-  and ``mini_heldout`` (rolling-loglikelihood perplexity, like ``wikitext``/``pile``).
+- :func:`build_local_tasks` turns held-out Pile-format documents into lm-eval tasks for the
+  miniature suite: ``mini_lambada`` (LAMBADA-style last-word prediction, like ``lambada_openai``),
+  ``mini_heldout`` (rolling-loglikelihood perplexity, like ``wikitext``/``pile``) and
+  ``mini_next_word`` (which of 4 length- and frequency-matched words comes next, scored by
+  loglikelihood like ``piqa``/``sciq``; chance 0.25): the one on which tiny models show learning.
 - :func:`evaluate_checkpoints` evaluates several checkpoints of one run in ONE process (importing
   torch, transformers and lm-eval costs seconds; indexing lm-eval's built-in tasks costs ~10 s
   more) and writes ``<out_dir>/<run>/{zero-shot,five-shot}/<run>_step<N>.json`` shaped like
