@@ -10,20 +10,19 @@ import pytest
 from pythia_suite.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-EVALS = REPO.parent / "shared" / "anchors" / "pythia" / "EleutherAI_pythia" / "evals"
-ZERO_SHOT = EVALS / "pythia-v1" / "pythia-410m" / "zero-shot" / "410m_step143000.json"
+ZERO_SHOT = "evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
 
 
-@pytest.mark.skipif(not ZERO_SHOT.exists(), reason=f"{ZERO_SHOT} absent: no Pythia result file")
-def test_compare_reference_passes_on_itself_and_names_a_perturbed_metric(tmp_path, capsys):
+def test_compare_reference_passes_on_itself_and_names_a_perturbed_metric(tmp_path, capsys, anchor):
+    zero_shot = anchor(ZERO_SHOT)
     config = ["--config", str(REPO / "config.yaml")]
-    assert main([*config, "compare-reference", str(ZERO_SHOT), str(ZERO_SHOT)]) == 0
-    perturbed = json.loads(ZERO_SHOT.read_text())
+    assert main([*config, "compare-reference", str(zero_shot), str(zero_shot)]) == 0
+    perturbed = json.loads(zero_shot.read_text())
     perturbed["results"]["piqa"]["acc"] += 0.05
     ours = tmp_path / "ours.json"
     ours.write_text(json.dumps(perturbed))
     with pytest.raises(SystemExit) as exit_info:
-        main([*config, "compare-reference", str(ours), str(ZERO_SHOT), "--tolerance", "0.02"])
+        main([*config, "compare-reference", str(ours), str(zero_shot), "--tolerance", "0.02"])
     assert exit_info.value.code == 1
     assert "piqa" in capsys.readouterr().out
 
@@ -33,3 +32,13 @@ def test_plan_prints_every_run_with_gpu_hours(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in rows][:2] == ["pythia-70m", "pythia-70m-deduped"]
     assert all(r["gpu_hours"] > 0 and r["resume_bytes_kept"] < r["resume_bytes_all"] for r in rows)
+
+
+@pytest.mark.parametrize("step", ["999", "128", "-1", "99999"])
+def test_batch_refuses_steps_training_never_reaches(tmp_path, capsys, step):
+    config = ["--config", str(REPO / "config.yaml"), "--config", str(REPO / "config/mini.yaml")]
+    out = tmp_path / "batch.npy"
+    assert main([*config, "batch", "pythia-1.3m", "--step", step, "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--step {step}: training.train_iters is 128, so steps run 0 .. 127" in err
+    assert "Traceback" not in err and not out.exists()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PYTHIA_ANCHORS, require_anchor
 
 from pythia_suite import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ORIGINALS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia" / "models"
+ORIGINALS = PYTHIA_ANCHORS / "models"
 
 # Keys that name places on EleutherAI's cluster, not training behaviour.
 SITE_KEYS = {"train-data-paths", "valid-data-paths", "test-data-paths", "vocab-file"}
@@ -87,7 +87,6 @@ def test_eval_schedule_is_pythias(suite):
     assert len(suite["evaluation"]["five_shot_steps"]) == 15
 
 
-@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
 @pytest.mark.parametrize(
     "run_name",
     [
@@ -97,6 +96,7 @@ def test_eval_schedule_is_pythias(suite):
     ],
 )
 def test_neox_config_equals_original_training_config(suite, run_name):
+    require_anchor("models")
     run = cfg.get_run(suite, run_name)
     ours = normalise(cfg.neox_config(suite, run))
     original = normalise(apply_errata(run, read_original(original_config_path(run))))
@@ -108,9 +108,9 @@ def test_neox_config_equals_original_training_config(suite, run_name):
     assert ours == original
 
 
-@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
 @pytest.mark.parametrize("size", ["14m", "31m"])
 def test_small_sizes_match_their_original_configs(suite, size):
+    require_anchor("models")
     config = copy.deepcopy(suite)
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
     run = cfg.get_run(config, f"pythia-{size}")
@@ -327,3 +327,12 @@ def test_cli_subcommands_share_the_config_and_fail_clearly(tmp_path, capsys):
     assert "sizes.70m.hidden: 500 is not divisible by heads 8" in capsys.readouterr().err
     assert main(["--config", str(REPO / "config.yaml"), "neox-config", "pythia-3b"]) == 1
     assert "no run named 'pythia-3b'" in capsys.readouterr().err
+
+
+def test_nothing_to_publish_to_is_a_config_error(suite):
+    config = copy.deepcopy(suite)
+    config["publish"].update(hub=False, local_hub=False)
+    with pytest.raises(
+        cfg.ConfigError, match=r"publish\.hub and publish\.local_hub are both false"
+    ):
+        cfg.check_config(config, "x.yaml")

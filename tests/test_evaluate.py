@@ -12,14 +12,7 @@ import zstandard
 
 from pythia_suite import evaluate as ev
 
-ANCHOR_EVALS = (
-    Path(__file__).resolve().parents[2]
-    / "shared/anchors/pythia/EleutherAI_pythia/evals/pythia-v1/pythia-410m"
-)
-ANCHOR_FILES = sorted(ANCHOR_EVALS.glob("*/*.json")) if ANCHOR_EVALS.is_dir() else []
-needs_anchors = pytest.mark.skipif(
-    not ANCHOR_FILES, reason=f"Pythia anchor eval files not found under {ANCHOR_EVALS}"
-)
+ANCHOR_EVALS = "evals/pythia-v1/pythia-410m"
 
 WORDS = (
     "the a cat dog sat ran on under mat house tree river stone light small big red old young "
@@ -105,7 +98,7 @@ def corpus(tmp_path_factory):
 def task_dir(corpus, tmp_path_factory):
     shard, _ = corpus
     out = tmp_path_factory.mktemp("tasks")
-    ev.build_local_tasks(shard, out, n_docs=12, seed=7, n_fewshot_pool=8)
+    ev.build_local_tasks(shard, out, n_docs=12, seed=7, n_fewshot_pool=8, n_choice_items=20)
     return out
 
 
@@ -128,8 +121,11 @@ def evaluated(corpus, task_dir, tmp_path_factory):
 def test_build_local_tasks_is_deterministic_and_lambada_shaped(corpus, task_dir, tmp_path):
     shard, texts = corpus
     again = tmp_path / "again"
-    configs = ev.build_local_tasks(shard, again, n_docs=12, seed=7, n_fewshot_pool=8)
-    for name in ("mini_lambada.jsonl", "mini_lambada_fewshot.jsonl", "mini_heldout.jsonl"):
+    configs = ev.build_local_tasks(
+        shard, again, n_docs=12, seed=7, n_fewshot_pool=8, n_choice_items=20
+    )
+    names = ("mini_lambada.jsonl", "mini_lambada_fewshot.jsonl", "mini_heldout.jsonl")
+    for name in (*names, "mini_next_word.jsonl"):
         assert (again / name).read_bytes() == (task_dir / name).read_bytes(), name
 
     lambada = [json.loads(line)["text"] for line in (again / "mini_lambada.jsonl").open()]
@@ -150,7 +146,32 @@ def test_build_local_tasks_is_deterministic_and_lambada_shaped(corpus, task_dir,
     assert (tmp_path / "other/mini_lambada.jsonl").read_bytes() != (
         again / "mini_lambada.jsonl"
     ).read_bytes()
-    assert set(other) == set(ev.LOCAL_TASKS)
+    assert set(other) == {"mini_lambada", "mini_heldout"}  # no choice items asked for
+    assert set(configs) == set(ev.LOCAL_TASKS)
+    assert manifest["chance"] == {"mini_next_word": {"acc": 0.25, "acc_norm": 0.25}}
+    assert configs["mini_next_word"]["output_type"] == "multiple_choice"
+
+
+def test_next_word_items_are_fair_multiple_choice(corpus):
+    """The true next word among length- and frequency-matched distractors, gold at random."""
+    _, texts = corpus
+    items = ev.build_next_word_items(texts, 40, seed=3)
+    assert items == ev.build_next_word_items(texts, 40, seed=3)  # fixed before training
+    counts = ev._word_counts(texts)
+    golds = set()
+    for item in items:
+        choices, gold = item["choices"], item["gold"]
+        answer = choices[gold]
+        golds.add(gold)
+        assert len(choices) == 4 and len({c.lower() for c in choices}) == 4
+        assert {len(c) for c in choices} == {len(answer)}  # length-matched
+        assert all(c in counts for c in choices)  # words of the held-out text
+        text = texts[item["doc"]]
+        assert item["context"] + " " + answer in text  # the true continuation
+        assert len(item["context"]) <= 160
+    assert golds == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match=r"give \d+ next-word items; 100000 were asked for"):
+        ev.build_next_word_items(texts, 100_000, seed=3)
 
 
 def test_build_local_tasks_rejects_bad_input(corpus, tmp_path):
@@ -236,21 +257,21 @@ def test_metric_names_map_both_ways():
     assert ev.pythia_task_name("mmlu_anatomy") == "hendrycksTest-anatomy"
 
 
-@needs_anchors
-@pytest.mark.parametrize("path", ANCHOR_FILES, ids=lambda p: p.name)
-def test_anchor_files_round_trip_through_lm_eval_names(path):
-    doc = json.loads(path.read_text())
-    as_04 = ev.to_lm_eval_results(doc["results"])
-    assert "perplexity,none" in as_04["lambada_openai"]
-    assert "mmlu_anatomy" in as_04
-    assert ev.to_pythia_results(as_04) == doc["results"]
-    # And lm-eval 0.4 keys survive the trip the other way.
-    assert ev.to_lm_eval_results(ev.to_pythia_results(as_04)) == as_04
+def test_anchor_files_round_trip_through_lm_eval_names(anchor):
+    paths = sorted(anchor(ANCHOR_EVALS).glob("*/*.json"))
+    assert paths
+    for path in paths:
+        doc = json.loads(path.read_text())
+        as_04 = ev.to_lm_eval_results(doc["results"])
+        assert "perplexity,none" in as_04["lambada_openai"], path
+        assert "mmlu_anatomy" in as_04, path
+        assert ev.to_pythia_results(as_04) == doc["results"], path
+        # And lm-eval 0.4 keys survive the trip the other way.
+        assert ev.to_lm_eval_results(ev.to_pythia_results(as_04)) == as_04, path
 
 
-@needs_anchors
-def test_compare_anchor_with_itself_and_perturbed(tmp_path):
-    ref = ANCHOR_EVALS / "zero-shot/410m_step143000.json"
+def test_compare_anchor_with_itself_and_perturbed(tmp_path, anchor):
+    ref = anchor(ANCHOR_EVALS) / "zero-shot/410m_step143000.json"
     same = ev.compare_with_reference(ref, ref, 1e-9, require_all=True)
     assert same.passed and not same.missing
     assert len(same.diffs) == sum(
@@ -278,11 +299,11 @@ def test_compare_anchor_with_itself_and_perturbed(tmp_path):
     ] == [("piqa", "acc")]
 
 
-@needs_anchors
-def test_compare_reports_missing_and_perplexity_tolerance():
-    early = ANCHOR_EVALS / "zero-shot/410m_step1000.json"
-    final = ANCHOR_EVALS / "zero-shot/410m_step143000.json"
-    five = ANCHOR_EVALS / "five-shot/410m-5shot_step143000.json"
+def test_compare_reports_missing_and_perplexity_tolerance(anchor):
+    evals = anchor(ANCHOR_EVALS)
+    early = evals / "zero-shot/410m_step1000.json"
+    final = evals / "zero-shot/410m_step143000.json"
+    five = evals / "five-shot/410m-5shot_step143000.json"
     # Step 1000 and step 143000 differ wildly in lambada perplexity (4770 vs 10.8).
     tolerance = {"ppl": 1.0, "likelihood_difference": 100.0, "*": 1.0}
     result = ev.compare_with_reference(early, final, tolerance)

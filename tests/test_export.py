@@ -20,8 +20,7 @@ from pythia_suite.export import (
     pythia_state_dict_keys,
 )
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
-TOKENIZER_20B = ANCHORS / "EleutherAI_pythia" / "utils" / "20B_tokenizer.json"
+TOKENIZER_20B = "utils/20B_tokenizer.json"
 
 EXPORT_FILES = {
     "config.json",
@@ -204,11 +203,10 @@ def test_tokenizer_round_trips(exported: Path, small_tokenizer) -> None:
     assert tok.eos_token_id == tok.bos_token_id == 0
 
 
-def test_20b_tokenizer_round_trips(tmp_path: Path, tiny_model) -> None:
-    if not TOKENIZER_20B.is_file():
-        pytest.skip(f"GPT-NeoX-20B tokenizer not found at {TOKENIZER_20B} (../shared anchors)")
+def test_20b_tokenizer_round_trips(tmp_path: Path, tiny_model, anchor) -> None:
+    tokenizer = anchor(TOKENIZER_20B)
     model = GPTNeoXForCausalLM(tiny_config(vocab_size=50304))
-    out = export_checkpoint(write_checkpoint(tmp_path / "ck", model), TOKENIZER_20B, tmp_path / "x")
+    out = export_checkpoint(write_checkpoint(tmp_path / "ck", model), tokenizer, tmp_path / "x")
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("Hello world").input_ids == [12092, 1533]
     assert tok.decode(tok(TEXT).input_ids) == TEXT

@@ -532,7 +532,10 @@ def test_hub_connection_lost_mid_upload(base, tmp_path, monkeypatch, capsys):
     # Continue: the same command once the connection is back.
     assert suite_cli.main(argv) == 0
     record = json.loads(receipt.read_text())
-    assert record["verified"] is True and record["hub"]["verified"] is True
+    assert record["verified"] is True
+    checked = [(c["where"], c["branch"]) for c in record["verifications"]]
+    assert checked == [("hub", "step8"), ("hub", "main")]  # step8 is the final step
+    assert record["verifications"][0]["files_compared"] == len(record["files"])
     assert {e["path"] for e in api.tree("pythia-suite-test/pythia-tiny", "step8")} >= {
         "model.safetensors",
         "config.json",

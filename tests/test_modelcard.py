@@ -12,8 +12,7 @@ import yaml
 
 from pythia_suite.modelcard import ModelCardError, render_model_card
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
-EVAL_410M = ANCHORS / "EleutherAI_pythia/evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
+EVAL_410M = "evals/pythia-v1/pythia-410m/zero-shot/410m_step143000.json"
 
 PYTHIA_STEPS = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
 
@@ -33,6 +32,7 @@ RUN_410M = {
     "train_iters": 143000,
     "steps": PYTHIA_STEPS,
     "params": 405_334_016,
+    "dataset": "EleutherAI/the_pile_deduplicated",
 }
 
 
@@ -47,8 +47,8 @@ def test_front_matter_is_hub_metadata() -> None:
     assert meta["language"] == ["en"] and meta["license"] == "apache-2.0"
     assert {"pytorch", "causal-lm", "pythia"} <= set(meta["tags"])
     assert meta["datasets"] == ["EleutherAI/the_pile_deduplicated"]
-    standard = split_card(render_model_card(RUN_410M | {"variant": "standard"}))[0]
-    assert standard["datasets"] == ["EleutherAI/pile"]
+    with pytest.raises(ModelCardError, match="missing required key 'dataset'"):
+        render_model_card({k: v for k, v in RUN_410M.items() if k != "dataset"})
 
 
 def test_sections_and_architecture_table() -> None:
@@ -71,6 +71,10 @@ def test_sections_and_architecture_table() -> None:
     )
     assert "over the first 1% of iterations" in body
     assert "No evaluation results" in body
+    # Nothing is claimed that the run dict does not say: no architecture, optimizer, decay
+    # style or verification without their facts.
+    for phrase in ("rotary", "Adam", "cosine", "verified", "compared", "Pile"):
+        assert phrase not in body, phrase
 
 
 def test_quickstart_is_valid_python_with_revision() -> None:
@@ -86,10 +90,8 @@ def test_quickstart_is_valid_python_with_revision() -> None:
         assert kwargs["revision"] == "step3000" and "cache_dir" in kwargs
 
 
-def test_results_table_from_pythia_file() -> None:
-    if not EVAL_410M.is_file():
-        pytest.skip(f"Pythia eval file not found at {EVAL_410M} (../shared anchors)")
-    results = json.loads(EVAL_410M.read_text())
+def test_results_table_from_pythia_file(anchor) -> None:
+    results = json.loads(anchor(EVAL_410M).read_text())
     _, body = split_card(render_model_card(RUN_410M, results))
     assert re.search(r"\| lambada_openai \| acc \| 0\.516\d \| 0\.00\d\d \|", body)
     assert re.search(r"\| sciq \| acc \| 0\.81\d\d \|", body)
@@ -133,3 +135,124 @@ def test_lead_style_run_dict_and_flat_results() -> None:
     assert "| Batch size (sequences) | 1024 |" in card
     assert "| piqa acc (0-shot) |  | 0.6676 |  |" in card
     assert card.count('cache_dir="/results/hub"') == 2
+
+
+# ----------------------------------------------------------------------------- cards from facts
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(*overlays: str) -> dict:
+    from pythia_suite.config import load_config
+
+    return load_config([REPO_ROOT / "config.yaml", *(REPO_ROOT / o for o in overlays)])
+
+
+def _raw_yaml(*names: str) -> dict:
+    """The config files read as plain YAML, merged by hand: a source independent of the card
+    code and of the config loader."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merge(base[key], value) if both else value
+        return out
+
+    merged: dict = {}
+    for name in names:
+        merged = merge(merged, yaml.safe_load((REPO_ROOT / name).read_text()))
+    return merged
+
+
+def _receipts(steps, verified: bool) -> dict:
+    files = {"model.safetensors": {"size": 1, "sha256": "0" * 64}}
+    check = {"where": "local hub", "branch": "x", "commit": "c", "files_compared": 1}
+    return {
+        f"step{s}": {
+            "files": files,
+            "verifications": [check | {"matched": True}] if verified else [],
+            "verified": verified,
+        }
+        for s in steps
+    }
+
+
+def test_mini_card_states_what_config_data_record_and_receipts_say(tmp_path: Path) -> None:
+    from pythia_suite.config import checkpoint_steps
+    from pythia_suite.modelcard import card_facts
+
+    config = _config("config/mini.yaml")
+    raw = _raw_yaml("config.yaml", "config/mini.yaml")
+    steps = checkpoint_steps(config)
+    card = render_model_card(
+        card_facts(config, "pythia-1.3m-deduped", _receipts(steps, True), cache_dir="results/hub"),
+        {"mini_next_word (0-shot)": {"acc": 0.55, "acc_stderr": 0.03}},
+    )
+    meta, body = split_card(card)
+    # Data: the shipped corpus, named by its shards and its own manifest; never the Pile.
+    assert "Pile," not in body and "the_pile" not in card and "GPT-NeoX-20B" not in body
+    assert "datasets" not in meta  # not a Hub dataset
+    manifest = json.loads((REPO_ROOT / "data/mini-pile/manifest.json").read_text())
+    for shard in raw["data"]["raw"]["shards"]:
+        assert f"`{shard['path']}`" in body
+    for source in manifest["files"]["train/00.jsonl.zst"]["pile_set_names"]:
+        assert source in body
+    assert "`data/mini-pile/SOURCES.md`" in body
+    dedup = raw["data"]["dedup"]
+    assert f"Jaccard threshold {dedup['threshold']}" in body
+    vocab = raw["data"]["tokenizer"]["vocab_size"]
+    assert f"a byte-level BPE of {vocab:,} tokens trained by this pipeline" in body
+    # Architecture, optimizer and schedule: the config's values.
+    model, training = raw["model"], raw["training"]
+    assert f"rotary position embeddings on {model['rotary_pct']:.0%}" in body
+    assert ("untied" if not model["tie_embeddings"] else "tied") + " input and output" in body
+    assert f"beta2 {training['adam']['beta2']}" in body
+    assert f"then {training['lr_decay_style']} decay" in body
+    assert f"weight decay {training['weight_decay']}" in body
+    # Verified, because every receipt records a matching comparison.
+    assert f"Each of the {len(steps)} published branches was read back" in body
+    # The quickstart's revision is a branch of this run, loaded offline from the local hub.
+    revision = re.search(r'revision="step(\d+)"', card).group(1)
+    assert int(revision) in steps and 'cache_dir="results/hub"' in card
+    assert 'os.environ["HF_HUB_OFFLINE"] = "1"' in card
+    # The evaluation table names its metric.
+    assert "| mini_next_word (0-shot) | acc | 0.5500 | 0.0300 |" in body
+
+
+def test_real_card_states_the_preshuffled_pile_and_gpt_neox_tokenizer() -> None:
+    from pythia_suite.config import checkpoint_steps
+    from pythia_suite.modelcard import card_facts
+
+    config = _config()
+    raw = _raw_yaml("config.yaml")
+    steps = checkpoint_steps(config)
+    card = render_model_card(card_facts(config, "pythia-410m-deduped", _receipts(steps, True)))
+    meta, body = split_card(card)
+    assert meta["datasets"] == [raw["data"]["preshuffled"]["deduped"]]
+    tok = raw["data"]["tokenizer"]
+    assert f"`{tok['repo']}` (`{tok['file']}`), {tok['vocab_size']:,} tokens" in body
+    assert f"| Layers | {raw['sizes']['410m']['layers']} |" in body
+    assert f"Each of {len(steps)}" not in body and f"Each of the {len(steps)}" in body
+    local_only = raw["publish"]["local_hub"] and not raw["publish"]["hub"]
+    assert ("HF_HUB_OFFLINE" in card) == local_only  # offline only when only the local hub
+    hub = render_model_card(
+        card_facts(config | {"publish": {**config["publish"], "hub": True}}, "pythia-410m", {})
+    )
+    assert "HF_HUB_OFFLINE" not in hub and "read back" not in hub  # no receipts: no claim
+
+
+def test_unverified_receipt_means_no_verified_sentence() -> None:
+    from pythia_suite.config import checkpoint_steps
+    from pythia_suite.modelcard import card_facts, verification_sentence
+
+    config = _config("config/mini.yaml")
+    steps = checkpoint_steps(config)
+    receipts = _receipts(steps, True)
+    receipts["step2"] = _receipts([2], False)["step2"]
+    body = split_card(render_model_card(card_facts(config, "pythia-0.4m", receipts)))[1]
+    assert "read back" not in body and "verified" not in body and "compared" not in body
+    flag_only = _receipts(steps, True)
+    flag_only["step4"]["verifications"][0]["matched"] = False  # the flag alone is not enough
+    assert verification_sentence(flag_only) is None
+    assert verification_sentence({}) is None

@@ -13,10 +13,6 @@ import yaml
 
 from pythia_suite.train import neox
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
-PYTHIA_410M = ANCHORS / "EleutherAI_pythia" / "models" / "410M" / "pythia-410m.yml"
-
-
 # --- node lists and hostfiles ---------------------------------------------------------------
 
 
@@ -177,10 +173,8 @@ def test_write_segment_config_round_trips_through_yaml(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["segment.yml"]
 
 
-def test_segment_config_of_a_published_pythia_config():
-    if not PYTHIA_410M.exists():
-        pytest.skip(f"Pythia anchors not available at {PYTHIA_410M}")
-    base = yaml.safe_load(PYTHIA_410M.read_text())
+def test_segment_config_of_a_published_pythia_config(anchor):
+    base = yaml.safe_load(anchor("models/410M/pythia-410m.yml").read_text())
     cfg = neox.segment_config(
         base, save_dir="s", load_dir="s", start_step=143000 - 1000, end_step=143000,
         train_data_paths=["d"],
@@ -414,8 +408,6 @@ def test_hostnames_from_nodelist_with_real_scontrol():
 # --- one config for neox-config and the segments ----------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ORIGINALS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia" / "models"
 SUITE_RUNS = [
     f"pythia-{s}{v}"
     for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
@@ -441,15 +433,15 @@ def _original(run) -> dict:
     return test_config.normalise(test_config.apply_errata(run, test_config.read_original(path)))
 
 
-@pytest.mark.skipif(not ORIGINALS.exists(), reason=f"{ORIGINALS} absent: no original configs")
 @pytest.mark.parametrize("run_name", SUITE_RUNS)
 def test_segment_config_differs_from_the_original_only_in_paths_segment_end_and_errata(
-    suite_config, run_name, tmp_path
+    suite_config, run_name, tmp_path, anchor
 ):
     import test_config
 
     from pythia_suite import config as cfg
 
+    anchor("models")  # the original configs: skip locally without ../shared, fail under CI
     run = cfg.get_run(suite_config, run_name)
     segment = neox.NeoXSegment(
         save_dir=tmp_path / "ck", start_step=1000, end_step=2000,

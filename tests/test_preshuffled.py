@@ -26,7 +26,6 @@ from pythia_suite.data.preshuffled import (
 )
 
 SEQ = 16
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pythia"
 
 
 @pytest.fixture
@@ -144,10 +143,8 @@ def test_parse_shard_hashes_both_layouts_and_bad_lines(tmp_path):
         parse_shard_hashes(listing)
 
 
-def test_pythia_shard_hashes_file_parses():
-    path = ANCHORS / "EleutherAI_pythia" / "utils" / "shard_hashes.txt"
-    if not path.exists():
-        pytest.skip(f"reference anchors not present at {path}")
+def test_pythia_shard_hashes_file_parses(anchor):
+    path = anchor("utils/shard_hashes.txt")
     hashes = parse_shard_hashes(path)
     assert len(hashes) == 84  # 83 shards and the index
     assert "pile_0.87_deduped_text_document-00082-of-00082.bin" in hashes

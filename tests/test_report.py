@@ -267,3 +267,40 @@ def test_report_on_real_training_segments(tmp_path):
     mislabelled = [{**r, "variant": "standard"} for r in runs]
     with pytest.raises(rp.FingerprintMismatchError, match=r"'t-a' and 't-a-deduped'.*step 1 "):
         rp.build_report(mislabelled, {}, states, tmp_path / "report2")
+
+
+def _point(run, step, value, stderr=0.02, task="mini_next_word", metric="acc"):
+    return rp.EvalPoint(run, step, 0, task, metric, value, stderr)
+
+
+def test_first_step_above_chance_needs_two_standard_errors():
+    points = [_point("a", 0, 0.26), _point("a", 8, 0.28), _point("a", 16, 0.31)]
+    assert rp.first_step_above_chance(points, 0.25) == 16  # 0.31 - 2 x 0.02 > 0.25
+    assert rp.first_step_above_chance(points[:2], 0.25) is None  # 0.28 - 0.04 < 0.25
+    assert rp.first_step_above_chance([_point("a", 4, 0.9, None)], 0.25) is None  # no stderr
+
+
+def test_report_headline_shows_accuracy_against_chance(tmp_path):
+    runs = [
+        {"name": "small", "size": "0.4m", "variant": "standard", "params": 400_000},
+        {"name": "large", "size": "1.3m", "variant": "standard", "params": 1_300_000},
+    ]
+    evals = {}
+    for run, curve in (("small", [0.25, 0.40, 0.50]), ("large", [0.24, 0.45, 0.58])):
+        files = []
+        for step, acc in zip((0, 16, 128), curve, strict=True):
+            path = tmp_path / run / f"{run}_step{step}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            results = {"mini_next_word": {"acc": acc, "acc_stderr": 0.025}, "other": {"acc": 0.1}}
+            path.write_text(json.dumps({"results": results, "config": {"num_fewshot": 0}}))
+            files.append(str(path))
+        evals[run] = files
+    chance = {"mini_next_word": {"acc": 0.25}}
+    out = rp.build_report(runs, evals, {}, tmp_path / "report", chance)
+    text = out["report"].read_text()
+    headline = text.split("## Headline: learning above chance", 1)[1].split("\n## ", 1)[0]
+    assert "| small | mini_next_word | acc | 128 | 0.5000 ± 0.0250 | 0.250 | 16 |" in headline
+    assert "| large | mini_next_word | acc | 128 | 0.5800 ± 0.0250 | 0.250 | 16 |" in headline
+    assert "other" not in headline  # no chance level known: not in the headline
+    assert text.index("## Headline") < text.index("## Runs")
+    assert (tmp_path / "report" / "eval_0shot_mini_next_word_acc.png").is_file()

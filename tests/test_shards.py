@@ -18,8 +18,8 @@ from pythia_suite.data.shards import (
     DataFormatError,
     fetch_shard,
     iter_documents,
-    sha256_file,
 )
+from pythia_suite.hashing import sha256_file
 
 DOCS = [
     {"text": f"document {i} " + "word " * i, "meta": {"pile_set_name": "Test"}} for i in range(200)

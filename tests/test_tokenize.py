@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from conftest import require_anchor
 from tokenizers import Tokenizer, models
 
 from pythia_suite.data import tokenize as tokenize_module
@@ -20,9 +21,6 @@ from pythia_suite.data.tokenize import (
     tokenize_shard,
     train_tokenizer,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TOKENIZER_20B = SHARED / "anchors/pythia/EleutherAI_pythia/utils/20B_tokenizer.json"
 
 TEXTS = [
     "Hello world",
@@ -45,9 +43,7 @@ def _write_shard(path: Path, texts, compress=True) -> Path:
 
 @pytest.fixture(scope="module")
 def tok20b() -> Path:
-    if not TOKENIZER_20B.is_file():
-        pytest.skip(f"GPT-NeoX-20B tokenizer not found at {TOKENIZER_20B} (../shared absent)")
-    return TOKENIZER_20B
+    return require_anchor("utils/20B_tokenizer.json")
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,20 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_json_atomic(
     path: str | os.PathLike,
     data: Any,
@@ -47,6 +61,23 @@ def write_json_atomic(
     """`data` as JSON (one trailing newline) written with `write_text_atomic`."""
     text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default) + "\n"
     return write_text_atomic(path, text, fsync=fsync)
+
+
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy `source` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory.
+
+    On any error the temporary file is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @contextmanager

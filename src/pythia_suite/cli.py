@@ -8,6 +8,7 @@ per process. Errors print one line naming the file, key or value, and exit non-z
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,13 @@ from pathlib import Path
 
 from pythia_suite import config as cfg
 from pythia_suite import layout
-from pythia_suite.atomic import write_json_atomic, write_text_atomic
+from pythia_suite.atomic import (
+    atomic_directory,
+    copy_file_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pythia_suite.provenance import Recorder
 
 DEFAULT_CONFIG = "config.yaml"
@@ -370,15 +377,12 @@ def cmd_fetch_tokenizer(config: dict, args) -> None:
     """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
     tok = config["data"]["tokenizer"]
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     if tok["path"]:
-        shutil.copyfile(tok["path"], tmp)
+        copy_file_atomic(tok["path"], out)
     else:
         from huggingface_hub import hf_hub_download
 
-        shutil.copyfile(hf_hub_download(tok["repo"], tok["file"]), tmp)
-    tmp.replace(out)
+        copy_file_atomic(hf_hub_download(tok["repo"], tok["file"]), out)
     Recorder(out, "tokenizer", tok).write()
 
 
@@ -409,16 +413,14 @@ def cmd_build_order(config: dict, args) -> None:
     from pythia_suite.data.order import build_index_maps
 
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     settings = {
         "num_samples": cfg.num_samples(config),
         "seq_length": config["model"]["seq_length"],
         "seed": args.seed,
     }
     recorder = Recorder(out, "index-maps", settings, [Path(args.dataset_prefix + ".bin")])
-    build_index_maps(args.dataset_prefix, tmp, **settings)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_index_maps(args.dataset_prefix, tmp, **settings)
     recorder.write()
 
 
@@ -437,10 +439,8 @@ def cmd_fetch_preshuffled(config: dict, args) -> None:
         config["data"]["preshuffled"]["revision"],
         seq_length=seq_length,
     )
-    tmp_idx = out.with_name(f".{out.name}.idx.tmp")
-    shutil.copyfile(files.idx, tmp_idx)
     preshuffled.merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
-    tmp_idx.replace(out.with_name(out.name + ".idx"))
+    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
     Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
@@ -448,13 +448,18 @@ def cmd_batch(config: dict, args) -> None:
     import numpy as np
 
     run = cfg.get_run(config, args.run)
+    last = config["training"]["train_iters"] - 1
+    if not 0 <= args.step <= last:
+        raise cfg.ConfigError(
+            f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
+        )
     samples = _training_samples(config, run)
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
         out = Path(args.output)
-        tmp = out.with_name(f".{out.name}.tmp.npy")
-        np.save(tmp, tokens)
-        tmp.replace(out)
+        buffer = io.BytesIO()
+        np.save(buffer, tokens)
+        write_bytes_atomic(out, buffer.getvalue())
         _say(f"{out}: step {args.step} of {run.name}: tokens {tokens.shape}")
     if args.decode:
         from tokenizers import Tokenizer
@@ -469,15 +474,14 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
     from pythia_suite.evaluate import build_local_tasks
 
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     evaluation = config["evaluation"]
     counts = {
         "n_docs": evaluation["local_task_docs"],
         "n_heldout": evaluation["local_heldout_docs"],
+        "n_choice_items": evaluation["local_choice_items"],
     }
-    build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
     Recorder(out, "eval-tasks", counts, [Path(args.heldout)]).write()
 
 
@@ -607,47 +611,36 @@ def _repo_id(config: dict, run: cfg.Run) -> str:
     return f"{config['suite']['hub_org']}/{run.name}"
 
 
+def _hub_api(config: dict):
+    """A Hub client when publish.hub is on, else None."""
+    if not config["publish"]["hub"]:
+        return None
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
 def cmd_publish(config: dict, args) -> None:
     from pythia_suite import publish
 
     run = cfg.get_run(config, args.run)
-    final = args.step == cfg.checkpoint_steps(config)[-1]
-    repo_id = _repo_id(config, run)
     receipt = Path(args.receipt)
-    receipt.parent.mkdir(parents=True, exist_ok=True)
-    record = {"repo_id": repo_id, "branch": f"step{args.step}", "step": args.step}
-    if config["publish"]["local_hub"]:
-        cache = layout.local_hub(_results(config))
-        record["local_commit"] = publish.publish_local(
-            cache, repo_id, f"step{args.step}", args.export
-        )
-        if final:
-            publish.publish_local(cache, repo_id, "main", args.export)
-    if config["publish"]["hub"]:
-        from huggingface_hub import HfApi
-
-        hub_receipt = receipt.with_name(f".{receipt.name}.hub.json")
-        result = publish.publish_step(
-            HfApi(),
-            repo_id,
-            args.step,
-            args.export,
-            final=final,
-            receipt_path=hub_receipt,
-            private=config["publish"]["private"],
-        )
-        record["hub"] = json.loads(hub_receipt.read_text())
-        hub_receipt.unlink()
-        _say(f"{repo_id}@step{args.step}: {'uploaded' if result.sent else 'already up to date'}")
-    record["files"] = {
-        name: {"size": f.size, "sha256": f.sha256}
-        for name, f in publish.local_files(args.export).items()
-    }
-    record["verified"] = True
-    write_json_atomic(receipt, record, indent=1, sort_keys=False)
-    Recorder(
+    recorder = Recorder(
         receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    ).write()
+    )
+    published = publish.publish_and_verify(
+        args.export,
+        _repo_id(config, run),
+        args.step,
+        receipt,
+        final=args.step == cfg.checkpoint_steps(config)[-1],
+        local_hub=layout.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
+        hub_api=_hub_api(config),
+        private=config["publish"]["private"],
+    )
+    for check in published["verifications"]:
+        _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
+    recorder.write()
     _apply_retention(config, run)
 
 
@@ -688,52 +681,51 @@ def cmd_prune(config: dict, args) -> None:
 
 
 def cmd_model_card(config: dict, args) -> None:
-    from pythia_suite.modelcard import render_model_card
-
-    run = cfg.get_run(config, args.run)
-    size = config["sizes"][run.size]
-    training = config["training"]
-    info = {
-        **_run_row(config, run),
-        "repo_id": _repo_id(config, run),
-        "lr": size["lr"],
-        "min_lr": size["min_lr"],
-        "global_batch": training["global_batch"],
-        "seq_length": config["model"]["seq_length"],
-        "train_iters": training["train_iters"],
-        "tokens": cfg.total_tokens(config),
-        "steps": cfg.checkpoint_steps(config),
-        "precision": cfg.precision(config, run),
-        "cache_dir": layout.local_hub(_results(config)),
-    }
+    from pythia_suite.modelcard import card_facts, render_model_card
     from pythia_suite.report import load_eval_points
 
-    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
-    final_step = cfg.checkpoint_steps(config)[-1]
-    results = {
-        f"{p.task} {p.metric} ({p.shots}-shot)": p.value for p in points if p.step == final_step
+    run = cfg.get_run(config, args.run)
+    results = _results(config)
+    steps = cfg.checkpoint_steps(config)
+    receipts = {
+        f"step{s}": json.loads(Path(layout.receipt(results, run.name, s)).read_text())
+        for s in steps
     }
+    info = card_facts(
+        config,
+        run.name,
+        receipts,
+        tokenizer_file=layout.tokenizer(results),
+        cache_dir=layout.local_hub(results),
+    )
+    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
+    table: dict[str, dict[str, float]] = {}
+    for p in points:
+        if p.step == steps[-1]:
+            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
+            metrics[p.metric] = p.value
+            if p.stderr is not None:
+                metrics[f"{p.metric}_stderr"] = p.stderr
     out = Path(args.output)
-    write_text_atomic(out, render_model_card(info, results or None))
-    Recorder(out, "model-card", info, [Path(args.evals)]).write()
+    write_text_atomic(out, render_model_card(info, table or None))
+    inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
+    Recorder(out, "model-card", info, inputs).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)
 
 
 def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
-    """Put the card on the local hub's main branch beside the final step's files."""
-    import tempfile
-
+    """Put the card on the local hub's main branch beside the final step's files, verified."""
     from pythia_suite import publish
 
     results = _results(config)
-    final_export = Path(layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]))
-    with tempfile.TemporaryDirectory(dir=card.parent) as staging:
-        for path in final_export.iterdir():
-            if path.is_file() and path.name != "provenance.json":
-                os.link(path, Path(staging) / path.name)
-        shutil.copyfile(card, Path(staging) / "README.md")
-        publish.publish_local(layout.local_hub(results), _repo_id(config, run), "main", staging)
+    publish.publish_card_locally(
+        layout.local_hub(results),
+        _repo_id(config, run),
+        layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
+        card,
+        layout.model_card_receipt(results, run.name),
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -756,22 +748,20 @@ def cmd_evaluate(config: dict, args) -> None:
     if len(steps) != len(args.exports):
         raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     local = config["evaluation"]["local_tasks"]
     recorder = Recorder(out, "eval", config["evaluation"], [Path(p) for p in args.exports])
-    evaluate_checkpoints(
-        dict(zip(steps, args.exports, strict=True)),
-        _eval_tasks(config, shots),
-        shots,
-        tmp,
-        run.name,
-        batch_size=config["evaluation"]["batch_size"],
-        task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
-        include_defaults=not local,
-        limit=None if local else config["evaluation"]["limit"],
-    )
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        evaluate_checkpoints(
+            dict(zip(steps, args.exports, strict=True)),
+            _eval_tasks(config, shots),
+            shots,
+            tmp,
+            run.name,
+            batch_size=config["evaluation"]["batch_size"],
+            task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
+            include_defaults=not local,
+            limit=None if local else config["evaluation"]["limit"],
+        )
     recorder.write()
 
 
@@ -826,18 +816,15 @@ def cmd_evaluate_reference(config: dict, args) -> None:
 def cmd_collect_evals(config: dict, args) -> None:
     """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for batch in args.batches:
-        for path in Path(batch).rglob("*.json"):
-            if path.name == "provenance.json":
-                continue
-            dest = tmp / path.parent.name / path.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-    tmp.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(out, "evals", {}, [Path(p) for p in args.batches])
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        for batch in args.batches:
+            for path in Path(batch).rglob("*.json"):
+                if path.name == "provenance.json":
+                    continue
+                dest = tmp / path.parent.name / path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
     recorder.write()
 
 
@@ -847,22 +834,23 @@ def _pythia_result_files(evals_dir: str | Path) -> list[str]:
 
 
 def cmd_verify_run(config: dict, args) -> None:
-    """Check every receipt of a run says verified, and no two branches serve the same weights
-    except where training says they must (step0 = step1: the first update has LR 0)."""
+    """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
+    from pythia_suite import publish
+
     run = cfg.get_run(config, args.run)
     results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    weights: dict[str, list[int]] = {}
-    for step in steps:
-        receipt = json.loads(Path(layout.receipt(results, run.name, step)).read_text())
-        if not receipt.get("verified"):
-            raise RuntimeError(f"{layout.receipt(results, run.name, step)}: not verified")
-        weights.setdefault(receipt["files"]["model.safetensors"]["sha256"], []).append(step)
-    allowed = (0, 1)  # the first update has LR 0, so step1's weights are step0's
-    duplicates = [tuple(s) for s in weights.values() if len(s) > 1 and tuple(s) != allowed]
-    if duplicates:
-        raise RuntimeError(f"{run.name}: branches serve identical weights: steps {duplicates}")
-    summary = {"run": run.name, "steps": len(steps), "identical_allowed": [list(allowed)]}
+    receipts = {
+        f"step{s}": layout.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
+    }
+    card_receipt = Path(layout.model_card_receipt(results, run.name))
+    if config["publish"]["local_hub"] and card_receipt.is_file():
+        receipts["main"] = str(card_receipt)
+    summary = publish.verify_published_run(
+        receipts,
+        _repo_id(config, run),
+        local_hub=layout.local_hub(results) if config["publish"]["local_hub"] else None,
+        hub_api=_hub_api(config),
+    )
     write_json_atomic(args.output, summary, sort_keys=False)
 
 
@@ -882,13 +870,16 @@ def cmd_report(config: dict, args) -> None:
         ]
         for r in runs
     }
+    from pythia_suite.evaluate import chance_levels
+
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    chance = (
+        chance_levels(layout.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
+    )
     inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
     recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
-    build_report(runs, eval_jsons, trainer_states, tmp)
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        build_report(runs, eval_jsons, trainer_states, tmp, chance)
     recorder.write()
 
 

@@ -208,6 +208,11 @@ def check_config(config: dict, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: data.raw.heldout: evaluation.local_tasks needs a held-out shard"
         )
+    if not config["publish"]["hub"] and not config["publish"]["local_hub"]:
+        raise ConfigError(
+            f"{source}: publish.hub and publish.local_hub are both false: nothing would be "
+            "published (set one of them true)"
+        )
     runs = expand_runs(config)
     if not runs:
         raise ConfigError(f"{source}: matrix: no runs")

@@ -2,9 +2,11 @@
 
 Three operations, each a function the CLI can call directly:
 
-- :func:`build_local_tasks` turns held-out Pile-format documents into two lm-eval tasks for the
-  miniature suite: ``mini_lambada`` (LAMBADA-style last-word prediction, like ``lambada_openai``)
-  and ``mini_heldout`` (rolling-loglikelihood perplexity, like ``wikitext``/``pile``).
+- :func:`build_local_tasks` turns held-out Pile-format documents into lm-eval tasks for the
+  miniature suite: ``mini_lambada`` (LAMBADA-style last-word prediction, like ``lambada_openai``),
+  ``mini_heldout`` (rolling-loglikelihood perplexity, like ``wikitext``/``pile``) and
+  ``mini_next_word`` (which of 4 length- and frequency-matched words comes next, scored by
+  loglikelihood like ``piqa``/``sciq``; chance 0.25): the one on which tiny models show learning.
 - :func:`evaluate_checkpoints` evaluates several checkpoints of one run in ONE process (importing
   torch, transformers and lm-eval costs seconds; indexing lm-eval's built-in tasks costs ~10 s
   more) and writes ``<out_dir>/<run>/{zero-shot,five-shot}/<run>_step<N>.json`` shaped like
@@ -20,8 +22,6 @@ harness Pythia used (0.3) wrote ``acc``, ``ppl``, ``acc_stderr``, and called MML
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
@@ -35,12 +35,16 @@ from typing import Any
 import yaml
 
 from pythia_suite.atomic import write_json_atomic, write_text_atomic
+from pythia_suite.hashing import sha256_file
 
 __all__ = [
     "LOCAL_TASKS",
+    "NEXT_WORD_TASK",
     "Comparison",
     "MetricDiff",
     "build_local_tasks",
+    "build_next_word_items",
+    "chance_levels",
     "compare_with_reference",
     "evaluate_checkpoints",
     "load_local_tasks",
@@ -56,7 +60,8 @@ __all__ = [
     "to_pythia_results",
 ]
 
-LOCAL_TASKS = ("mini_lambada", "mini_heldout")
+NEXT_WORD_TASK = "mini_next_word"
+LOCAL_TASKS = ("mini_lambada", "mini_heldout", NEXT_WORD_TASK)
 
 # ---------------------------------------------------------------------------------------------
 # Metric and task names: lm-eval 0.4 <-> Pythia (lm-eval 0.3)
@@ -161,43 +166,11 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _iter_documents_private(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_no, doc)`` from a Pile-format ``.jsonl.zst`` or ``.jsonl`` file."""
-    import zstandard
-
-    with open(path, "rb") as raw:
-        if path.name.endswith(".zst"):
-            stream = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw)
-        else:
-            stream = raw
-        text = io.TextIOWrapper(stream, encoding="utf-8")
-        for line_no, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no}: invalid JSON ({err.msg})") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                raise ValueError(f'{path}: line {line_no}: expected an object with a "text" string')
-            yield line_no, doc
-
-
 def _iter_documents(path: Path) -> Iterator[tuple[int, dict]]:
-    """The data module's reader when it exists (one definition of the format), else ours."""
-    try:
-        from pythia_suite.data.shards import iter_documents
-    except ImportError:
-        return _iter_documents_private(path)
+    """``(line_no, doc)`` of a Pile-format shard: the data module's reader, the one definition."""
+    from pythia_suite.data.shards import iter_documents
+
     return iter_documents(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +206,112 @@ def _truncate_words(text: str, max_chars: int | None) -> str:
     return text[: cut if cut > 0 else max_chars]
 
 
+_WORD = re.compile(r"\S+")
+_ALPHA_WORD = re.compile(r"^[A-Za-z]{2,}$")
+
+
+def _word_counts(texts: Sequence[str]) -> dict[str, int]:
+    """How often each alphabetic word (2+ letters, case kept) occurs in ``texts``."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for match in _WORD.finditer(text):
+            word = match.group()
+            if _ALPHA_WORD.match(word):
+                counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _matched_distractors(
+    word: str, counts: Mapping[str, int], by_length: Mapping[int, list[str]], k: int, rng: Any
+) -> list[str] | None:
+    """``k`` words of ``word``'s length and closest in frequency (None if too few exist).
+
+    Equal length in characters, and near-equal frequency, so that neither length nor the
+    unigram prior (nor, at initialisation, the number of tokens a word costs) tells the answer:
+    only the context does. Picked at random among the ``2k`` nearest in log frequency.
+    """
+    target = math.log(counts[word])
+    nearest = sorted(
+        by_length.get(len(word), []), key=lambda w: (abs(math.log(counts[w]) - target), w)
+    )
+    seen, candidates = {word.lower()}, []
+    for w in nearest:  # one spelling per word: "Said" and "said" are the same choice
+        if w.lower() not in seen:
+            seen.add(w.lower())
+            candidates.append(w)
+    if len(candidates) < k:
+        return None
+    return rng.sample(candidates[: 2 * k], k)
+
+
+def build_next_word_items(
+    texts: Sequence[str],
+    n_items: int,
+    seed: int,
+    *,
+    n_choices: int = 4,
+    context_words: int = 24,
+    min_context_words: int = 16,
+    max_context_chars: int = 160,
+) -> list[dict[str, Any]]:
+    """Multiple-choice next-word items from held-out text: which word comes next?
+
+    Each item is ``{"context", "choices", "gold", "doc"}``: up to ``context_words`` words of a
+    document (its own spacing kept; at most ``max_context_chars``, so that the miniature
+    models' 128-token window holds it), then ``n_choices`` candidate next words, one of them the
+    true one (at position ``gold``, drawn at random), the others length- and frequency-matched
+    words from the held-out text (:func:`_matched_distractors`). Targets are alphabetic words
+    preceded by one space, at random positions; documents are visited in turn so that every
+    document contributes. Deterministic in ``seed``; built before training, from text the model
+    never trains on, so an untrained model scores chance (``1 / n_choices``).
+
+    Raises:
+        ValueError: fewer than ``n_items`` items can be built (naming both counts).
+    """
+    rng = random.Random(seed)
+    counts = _word_counts(texts)
+    by_length: dict[int, list[str]] = {}
+    for word in sorted(counts):
+        by_length.setdefault(len(word), []).append(word)
+    positions = []  # per document: the shuffled candidate target positions
+    for text in texts:
+        words = list(_WORD.finditer(text))
+        usable = [
+            i
+            for i in range(min_context_words, len(words))
+            # one plain space before the target: lm-eval joins context and choice with " "
+            if _ALPHA_WORD.match(words[i].group())
+            and words[i].start() - words[i - 1].end() == 1
+            and text[words[i].start() - 1] == " "
+        ]
+        rng.shuffle(usable)
+        positions.append((text, words, usable))
+    items: list[dict[str, Any]] = []
+    while len(items) < n_items and any(usable for _, _, usable in positions):
+        for doc, (text, words, usable) in enumerate(positions):
+            if len(items) == n_items or not usable:
+                continue
+            i = usable.pop()
+            target = words[i].group()
+            distractors = _matched_distractors(target, counts, by_length, n_choices - 1, rng)
+            if distractors is None:
+                continue
+            gold = rng.randrange(n_choices)
+            choices = distractors[:gold] + [target] + distractors[gold:]
+            end = words[i - 1].end()
+            first = max(0, i - context_words)
+            while first < i - 1 and end - words[first].start() > max_context_chars:
+                first += 1
+            context = text[words[first].start() : end]
+            items.append({"context": context, "choices": choices, "gold": gold, "doc": doc})
+    if len(items) < n_items:
+        raise ValueError(
+            f"{len(texts)} held-out documents give {len(items)} next-word items; "
+            f"{n_items} were asked for"
+        )
+    return items
+
+
 def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -245,6 +324,22 @@ def _task_yaml(task: str, files: Mapping[str, str]) -> dict[str, Any]:
         "dataset_kwargs": {"data_files": dict(files)},
         "test_split": "test",
     }
+    if task == NEXT_WORD_TASK:
+        # Scored like piqa/sciq: the loglikelihood of each choice after the context; acc picks
+        # the likeliest, acc_norm the likeliest per byte (equal here: equal lengths).
+        return {
+            **common,
+            "output_type": "multiple_choice",
+            "fewshot_split": "test",  # lm-eval leaves out the document being scored
+            "doc_to_text": "{{context}}",
+            "doc_to_choice": "choices",
+            "doc_to_target": "gold",
+            "metric_list": [
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            ],
+            "metadata": {"version": 1.0},
+        }
     if task == "mini_lambada":
         return {
             **common,
@@ -285,13 +380,17 @@ def build_local_tasks(
     min_words: int = 12,
     max_heldout_chars: int | None = 4000,
     n_heldout: int | None = None,
+    n_choice_items: int = 0,
+    n_choices: int = 4,
 ) -> dict[str, dict[str, Any]]:
     """Build the miniature suite's lm-eval tasks from held-out Pile-format documents.
 
     Writes to ``out_dir``: ``mini_lambada.jsonl`` (``n_docs`` passages, target = last word),
     ``mini_lambada_fewshot.jsonl`` (up to ``n_fewshot_pool`` passages from other documents, the
     few-shot pool), ``mini_heldout.jsonl`` (``n_docs`` documents, each cut to
-    ``max_heldout_chars`` at a word boundary to bound the cost), a task YAML per task whose
+    ``max_heldout_chars`` at a word boundary to bound the cost), with ``n_choice_items`` > 0
+    ``mini_next_word.jsonl`` (multiple-choice next word, :func:`build_next_word_items`; chance
+    ``1 / n_choices``, recorded in the manifest), a task YAML per task whose
     ``data_files`` are relative to the YAML (load them with :func:`load_local_tasks`, which
     resolves them; lm-eval itself would resolve them against the current directory), and
     ``manifest.json`` last, so a directory with a manifest is complete.
@@ -357,6 +456,12 @@ def build_local_tasks(
         "mini_lambada": _task_yaml("mini_lambada", fewshot_files),
         "mini_heldout": _task_yaml("mini_heldout", {"test": "mini_heldout.jsonl"}),
     }
+    chance = {}
+    if n_choice_items > 0:
+        items = build_next_word_items(texts, n_choice_items, seed, n_choices=n_choices)
+        files[f"{NEXT_WORD_TASK}.jsonl"] = _jsonl(items)
+        configs[NEXT_WORD_TASK] = _task_yaml(NEXT_WORD_TASK, {"test": f"{NEXT_WORD_TASK}.jsonl"})
+        chance[NEXT_WORD_TASK] = {"acc": 1 / n_choices, "acc_norm": 1 / n_choices}
     if not fewshot:
         configs["mini_lambada"].pop("training_split")
         configs["mini_lambada"]["fewshot_split"] = "test"
@@ -369,7 +474,7 @@ def build_local_tasks(
         write_text_atomic(out / f"{task}.yaml", header + yaml.safe_dump(config, sort_keys=False))
     manifest = {
         "source": str(shard),
-        "source_sha256": _sha256(shard),
+        "source_sha256": sha256_file(shard),
         "seed": seed,
         "n_docs": n_docs,
         "counts": {
@@ -377,11 +482,21 @@ def build_local_tasks(
             "mini_lambada": len(lambada),
             "mini_lambada_fewshot": len(fewshot),
             "mini_heldout": len(heldout),
+            **({NEXT_WORD_TASK: n_choice_items} if n_choice_items > 0 else {}),
         },
         "tasks": list(configs),
+        "chance": chance,
     }
     _write_json(out / "manifest.json", manifest)
     return load_local_tasks(out)
+
+
+def chance_levels(task_dir: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """``{task: {metric: chance value}}`` recorded in a task directory's manifest ({} if none)."""
+    manifest = Path(task_dir) / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    return json.loads(manifest.read_text(encoding="utf-8")).get("chance", {})
 
 
 def load_local_tasks(task_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
+
+from pythia_suite.atomic import atomic_directory
 
 __all__ = [
     "EOD_TOKEN",
@@ -316,9 +317,7 @@ def export_checkpoint(
                 raise ExportError(f"{weights_path}: tensor {key!r} is not finite in {dtype}")
             cast[key] = tensor
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         # Metadata {"format": "pt"} is what save_pretrained writes and what 4.x checks for.
         _save_weights(cast, tmp / "model.safetensors", dtype)
         _write_json(tmp / "config.json", config)
@@ -331,18 +330,6 @@ def export_checkpoint(
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
         for name, content in _tokenizer_files(EOD_TOKEN, config["max_position_embeddings"]).items():
             _write_json(tmp / name, content)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
-        if out_dir.exists():
-            # Swap: move the old export aside first so a crash never leaves a half-written one.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "export")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -97,6 +97,11 @@ def model_card(results: str, run: str) -> str:
     return f"{results}/runs/{run}/model_card/README.md"
 
 
+def model_card_receipt(results: str, run: str) -> str:
+    """The receipt of the model card's publication to the local hub's main branch."""
+    return f"{results}/runs/{run}/model_card/published.json"
+
+
 def run_done(results: str, run: str) -> str:
     return f"{results}/runs/{run}/run.done"
 

@@ -22,15 +22,24 @@ key                       required  meaning
 ``params``                no        parameter count (int)
 ``min_lr``                no        final learning rate of the cosine schedule
 ``warmup``                no        warmup fraction (e.g. 0.01)
-``dataset``               no        Hub dataset id (default by variant: the Pile or its
-                                    deduplicated version)
-``data_description``      no        one paragraph about the training data
+``dataset``               yes       what the data is: a Hub dataset id or a local name
+``data_description``      no        one paragraph about the training data (default: the
+                                    dataset id)
+``architecture``          no        phrases describing the architecture (from the config)
+``optimizer``             no        the optimizer sentence (from the config)
+``lr_decay_style``        no        ``cosine`` / ``linear`` / ``constant`` (from the config)
+``verification``          no        the sentence saying how branches were verified; only
+                                    given when every receipt records a matching comparison
 ``precision``             no        e.g. ``"fp16"``
 ``seed``                  no        data / init seed
-``tokenizer``             no        tokenizer description (default: the GPT-NeoX-20B BPE)
+``tokenizer``             no        tokenizer description (omitted when not given)
 ``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
 ``cache_dir``             no        quickstart ``cache_dir`` (default ``./{name}/step{N}``)
+``offline``               no        the quickstart loads from ``cache_dir`` offline (local hub)
 ========================  ========  =====================================================
+
+:func:`card_facts` derives every one of these from the config, the data records and the
+publish receipts, so that a card states only what those sources say.
 
 ``results`` is ``{task: {metric: value}}`` (Pythia's result files' ``"results"``), an lm-eval
 output dict with a ``"results"`` key (metric names like ``"acc,none"``), or a flat
@@ -40,10 +49,12 @@ A ``<metric>_stderr`` / ``<metric>_stderr,<filter>`` entry is shown beside its m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelCardError", "render_model_card"]
+__all__ = ["ModelCardError", "card_facts", "render_model_card", "verification_sentence"]
 
 _REQUIRED = (
     "name",
@@ -58,12 +69,8 @@ _REQUIRED = (
     "seq_length",
     "train_iters",
     "steps",
+    "dataset",
 )
-_DATASETS = {"standard": "EleutherAI/pile", "deduped": "EleutherAI/the_pile_deduplicated"}
-_DATA_TEXT = {
-    "standard": "the Pile, an 825 GiB general-purpose English dataset",
-    "deduped": "the Pile after global MinHash-LSH near-deduplication (Jaccard threshold 0.87)",
-}
 
 
 class ModelCardError(ValueError):
@@ -81,11 +88,6 @@ def _check(run: Mapping[str, Any]) -> None:
         or not all(isinstance(s, int) for s in steps)
     ):
         raise ModelCardError(f"run dict: 'steps' must be a non-empty list of int, got {steps!r}")
-    if run["variant"] not in _DATASETS and "dataset" not in run:
-        raise ModelCardError(
-            f"run dict: variant {run['variant']!r} is not one of {sorted(_DATASETS)}; "
-            "pass 'dataset' explicitly"
-        )
 
 
 def _human(n: int) -> str:
@@ -155,7 +157,7 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     final = steps[-1]
     example = next((s for s in steps if s == 3000), steps[len(steps) // 2])
     tokens = run.get("tokens") or run["train_iters"] * run["batch"] * run["seq_length"]
-    dataset = run.get("dataset") or _DATASETS[run["variant"]]
+    dataset = run["dataset"]
     repo_id, name = run["repo_id"], run["name"]
 
     front = [
@@ -169,10 +171,10 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         "- pytorch",
         "- causal-lm",
         "- pythia",
-        "datasets:",
-        f"- {dataset}",
-        "---",
     ]
+    if run.get("hub_dataset", True):
+        front += ["datasets:", f"- {dataset}"]
+    front.append("---")
     arch_rows = [("Layers", run["layers"]), ("Model dimension", run["hidden"])]
     arch_rows += [("Attention heads", run["heads"])]
     if run.get("params") is not None:
@@ -188,26 +190,26 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     arch_rows.append(("Training iterations", _human(run["train_iters"])))
     arch_rows.append(("Tokens seen", _human(tokens)))
 
-    data_text = run.get("data_description") or (
-        f"{name} was trained on {_DATA_TEXT.get(run['variant'], dataset)} "
-        f"(`{dataset}`), tokenized with {run.get('tokenizer') or 'the GPT-NeoX-20B BPE tokenizer'}"
-        "; each document ends "
-        "with `<|endoftext|>` (token 0). All sizes of the suite see the same data in the same "
-        "order."
-    )
+    data_text = run.get("data_description") or f"{name} was trained on `{dataset}`."
+    if run.get("tokenizer"):
+        data_text += f" Tokenizer: {run['tokenizer']}."
+    style = run.get("lr_decay_style")
     schedule = "linear warmup"
     if run.get("warmup") is not None:
         schedule += f" over the first {run['warmup']:.0%} of iterations"
-    schedule += ", then cosine decay"
-    if run.get("min_lr") is not None:
+    if style:
+        schedule += f", then {style} decay" if style != "constant" else ", then constant"
+    if run.get("min_lr") is not None and style not in (None, "constant"):
         schedule += f" to {run['min_lr']:.1e}"
+    architecture = run.get("architecture") or []
     training = [
         f"- {_human(run['train_iters'])} iterations of {run['batch']} sequences x "
-        f"{run['seq_length']} tokens ({_human(tokens)} tokens), trained with the GPT-NeoX "
-        "architecture (rotary embeddings on 25% of each head, parallel attention and MLP "
-        "residuals, untied input and output embeddings).",
-        f"- Adam, learning rate {run['lr']:.1e} with {schedule}.",
+        f"{run['seq_length']} tokens ({_human(tokens)} tokens)"
+        + (f"; {', '.join(architecture)}." if architecture else "."),
+        f"- Learning rate {run['lr']:.1e} with {schedule}.",
     ]
+    if run.get("optimizer"):
+        training.append(f"- {run['optimizer']}.")
     if run.get("precision"):
         training.append(f"- Precision: {run['precision']}.")
     if run.get("seed") is not None:
@@ -222,8 +224,13 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         )
 
     cache_dir = run.get("cache_dir") or f"./{name}/step{example}"
+    offline = (
+        'import os\n\nos.environ["HF_HUB_OFFLINE"] = "1"  # the local hub\n'
+        if run.get("offline")
+        else ""
+    )
     quickstart = f"""```python
-from transformers import AutoTokenizer, GPTNeoXForCausalLM
+{offline}from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 model = GPTNeoXForCausalLM.from_pretrained(
     "{repo_id}",
@@ -253,9 +260,176 @@ print(tokenizer.decode(tokens[0]))
         "## Checkpoints\n\n"
         f"Checkpoint `step{{N}}` holds the weights after N iterations, on the branch of that "
         f"name: {_step_ranges(steps)}. `step0` is the initialisation. Branch `main` is the "
-        f"final checkpoint, `step{final}`. Every branch was listed back after upload and its "
-        "files' hashes compared with the exported files.",
+        f"final checkpoint, `step{final}`."
+        + (f" {run['verification']}" if run.get("verification") else ""),
         "## Evaluations\n\n" + evaluation,
         "## Quickstart\n\n" + quickstart,
     ]
     return "\n\n".join(sections) + "\n"
+
+
+# ----------------------------------------------------------------------------- facts
+
+
+def _data_facts(config: Mapping[str, Any], variant: str, dedup: bool) -> dict[str, Any]:
+    """Dataset id, description and whether it is a Hub dataset, from the data config and the
+    corpus's own record (a ``manifest.json`` beside the shards, when it ships one)."""
+    data = config["data"]
+    if data["source"] == "preshuffled":
+        repo = data["preshuffled"][variant]
+        return {
+            "dataset": repo,
+            "hub_dataset": True,
+            "data_description": (
+                f"Trained on Pythia's published token order, `{repo}` (revision "
+                f"`{data['preshuffled']['revision']}`): already tokenized and shuffled, "
+                "consumed in its stored order, so every size sees the same data in the same "
+                "order."
+            ),
+        }
+    shards = [entry.get("path") or entry.get("url") for entry in data["raw"]["shards"]]
+    text = f"Trained on the Pile-format shards {', '.join(f'`{s}`' for s in shards)}"
+    mixes: dict[str, int] = {}
+    records = []
+    for shard in shards:
+        parts = Path(shard).parts
+        for depth in (1, 2):  # data/<corpus>/manifest.json lists data/<corpus>/train/00...
+            root = Path(*parts[:-depth]) if len(parts) > depth else None
+            manifest = root / "manifest.json" if root is not None else None
+            if manifest is not None and manifest.is_file():
+                entry = json.loads(manifest.read_text())["files"].get(
+                    Path(shard).relative_to(root).as_posix()
+                )
+                if entry:
+                    records.append(manifest)
+                    for source, n in entry.get("pile_set_names", {}).items():
+                        mixes[source] = mixes.get(source, 0) + n
+                break
+    if mixes:
+        listed = ", ".join(f"{source} ({n} documents)" for source, n in sorted(mixes.items()))
+        text += f", whose documents come from: {listed}"
+        sources = sorted({str(m.parent / "SOURCES.md") for m in records})
+        if all(Path(s).is_file() for s in sources):
+            text += f" (see {', '.join(f'`{s}`' for s in sources)})"
+    if dedup:
+        d = data["dedup"]
+        text += (
+            f"; deduplicated with global MinHash-LSH near-deduplication (Jaccard threshold "
+            f"{d['threshold']}, {d['ngram']}-word shingles, {d['num_perm']} permutations)"
+        )
+    return {
+        "dataset": shards[0] if len(shards) == 1 else "local Pile-format shards",
+        "hub_dataset": False,
+        "data_description": text + ".",
+    }
+
+
+def _tokenizer_fact(config: Mapping[str, Any], tokenizer_file: str | None) -> str:
+    tok = config["data"]["tokenizer"]
+    size = tok["vocab_size"]
+    if tokenizer_file and Path(tokenizer_file).is_file():
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    if tok["kind"] == "train":
+        return (
+            f"a byte-level BPE of {size:,} tokens trained by this pipeline on the training "
+            "shards (`pythia-suite train-tokenizer`)"
+        )
+    where = f"`{tok['path']}`" if tok["path"] else f"`{tok['repo']}` (`{tok['file']}`)"
+    return f"the pretrained BPE {where}, {size:,} tokens"
+
+
+def _architecture_facts(model: Mapping[str, Any]) -> list[str]:
+    if model["pos_emb"] == "rotary":
+        position = (
+            f"rotary position embeddings on {model['rotary_pct']:.0%} of each head's "
+            f"dimensions (base {model['rotary_emb_base']:g})"
+        )
+    else:
+        position = f"{model['pos_emb']} position embeddings"
+    residual = "parallel" if model["parallel_residual"] else "sequential"
+    tied = "tied" if model["tie_embeddings"] else "untied"
+    return [
+        "GPT-NeoX architecture",
+        position,
+        f"{residual} attention and MLP residuals",
+        f"{tied} input and output embeddings",
+        f"{model['activation']} activation",
+    ]
+
+
+def verification_sentence(receipts: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The card's sentence about verification, or None unless every receipt records a
+    comparison of every file that matched (``publish.is_verified``)."""
+    from pythia_suite.publish import is_verified
+
+    if not receipts:
+        return None
+    wheres: set[str] = set()
+    for receipt in receipts.values():
+        checks = receipt.get("verifications") or []
+        if not receipt.get("verified") or not is_verified(checks, len(receipt.get("files", {}))):
+            return None
+        wheres |= {c["where"] for c in checks}
+    how = {
+        "local hub": "read back through huggingface_hub's cache API on the local hub",
+        "hub": "listed back from the Hub",
+    }
+    done = " and ".join(how.get(w, w) for w in sorted(wheres))
+    return (
+        f"Each of the {len(receipts)} published branches was {done} after publishing, and "
+        "every file's hash compared with the exported file; the publish receipts record it."
+    )
+
+
+def card_facts(
+    config: Mapping[str, Any],
+    run_name: str,
+    receipts: Mapping[str, Mapping[str, Any]],
+    *,
+    tokenizer_file: str | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """The run dict :func:`render_model_card` reads, every value from the config, the data
+    records (the corpus manifest, the tokenizer file) or the publish receipts (branch -> receipt).
+    """
+    from pythia_suite import config as cfg
+
+    run = cfg.get_run(config, run_name)
+    size = config["sizes"][run.size]
+    training = config["training"]
+    total, _ = cfg.parameter_counts(dict(config), run.size)
+    adam = training["adam"]
+    steps = cfg.checkpoint_steps(dict(config))
+    local_only = config["publish"]["local_hub"] and not config["publish"]["hub"]
+    return {
+        **_data_facts(config, run.variant, run.dedup),
+        "name": run.name,
+        "repo_id": f"{config['suite']['hub_org']}/{run.name}",
+        "size": run.size,
+        "variant": run.variant,
+        "params": total,
+        "layers": size["layers"],
+        "hidden": size["hidden"],
+        "heads": size["heads"],
+        "lr": size["lr"],
+        "min_lr": size["min_lr"],
+        "warmup": training["warmup"],
+        "lr_decay_style": training["lr_decay_style"],
+        "batch": training["global_batch"],
+        "seq_length": config["model"]["seq_length"],
+        "train_iters": training["train_iters"],
+        "tokens": cfg.total_tokens(dict(config)),
+        "steps": steps,
+        "precision": cfg.precision(dict(config), run),
+        "tokenizer": _tokenizer_fact(config, tokenizer_file),
+        "architecture": _architecture_facts(config["model"]),
+        "optimizer": (
+            f"Adam (beta1 {adam['beta1']}, beta2 {adam['beta2']}, eps {adam['eps']:g}), weight "
+            f"decay {training['weight_decay']}, gradient clipping {training['gradient_clipping']}"
+        ),
+        "verification": verification_sentence(receipts),
+        "cache_dir": cache_dir if local_only else None,
+        "offline": bool(local_only),
+    }

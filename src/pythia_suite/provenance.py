@@ -24,10 +24,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pythia_suite.atomic import write_json_atomic
+from pythia_suite.hashing import artifact_files, sha256_file
+
 RECORD_NAME = "provenance.json"
 PRUNED_NAME = "pruned.json"  # written by pythia_suite.retention
 # Files in a directory artifact that are not its content.
-_NOT_CONTENT = (RECORD_NAME, PRUNED_NAME, ".snakemake_timestamp")
+_NOT_CONTENT = (RECORD_NAME, PRUNED_NAME)
 PACKAGES = (
     "pythia-suite",
     "torch",
@@ -40,7 +43,6 @@ PACKAGES = (
     "datasketch",
     "snakemake",
 )
-_CHUNK = 1 << 22
 
 
 class ProvenanceError(RuntimeError):
@@ -55,14 +57,6 @@ def record_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".provenance.json")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_hash(artifact: str | os.PathLike) -> str:
     """sha256 of a file, or of a directory's sorted (relative path, file sha256) list.
 
@@ -74,16 +68,16 @@ def content_hash(artifact: str | os.PathLike) -> str:
     """
     artifact = Path(artifact)
     if artifact.is_file():
-        return _sha256_file(artifact)
+        return sha256_file(artifact)
     if not artifact.is_dir():
         raise FileNotFoundError(f"{artifact}: artifact does not exist")
-    present = {p.relative_to(artifact).as_posix(): p for p in artifact.rglob("*") if p.is_file()}
+    present = artifact_files(artifact)  # Snakemake's bookkeeping is never content
     for name in _NOT_CONTENT:
         present.pop(name, None)
     removed = _pruned_hashes(artifact)
     digest = hashlib.sha256()
     for rel in sorted(present.keys() | removed.keys()):
-        sha = _sha256_file(present[rel]) if rel in present else removed[rel]
+        sha = sha256_file(present[rel]) if rel in present else removed[rel]
         digest.update(f"{rel}\0{sha}\n".encode())
     return digest.hexdigest()
 
@@ -180,11 +174,9 @@ class Recorder:
             "finished": _iso(time.time()),
             **({"extra": self.extra} if self.extra else {}),
         }
-        path = record_path(self.artifact)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_json_atomic(
+            record_path(self.artifact), record, indent=1, sort_keys=False, default=str
+        )
 
 
 def _iso(ts: float) -> str:

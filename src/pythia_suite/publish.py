@@ -25,11 +25,10 @@ with the token (and anything shaped like an ``hf_`` token) redacted.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token
 from huggingface_hub.hf_api import RepoFile
 
-from pythia_suite.atomic import write_json_atomic
+from pythia_suite.atomic import copy_file_atomic, write_json_atomic, write_text_atomic
+from pythia_suite.hashing import artifact_files, sha256_file
 
 __all__ = [
     "LocalFile",
@@ -69,7 +69,10 @@ WEIGHTS_FILE = "model.safetensors"
 # the local hub names those blobs by sha256, the others by git blob sha1, as the Hub's ETags do.
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".npy", ".zst")
 _LFS_MIN_SIZE = 10 * 1024 * 1024
-_CHUNK = 8 * 1024 * 1024
+
+
+def _is_lfs(name: str, size: int) -> bool:
+    return name.endswith(_LFS_SUFFIXES) or size >= _LFS_MIN_SIZE
 
 
 class PublishError(RuntimeError):
@@ -97,7 +100,7 @@ class LocalFile:
     @property
     def is_lfs(self) -> bool:
         """Whether the Hub would store this file through LFS/Xet (so its ETag is the sha256)."""
-        return self.repo_path.endswith(_LFS_SUFFIXES) or self.size >= _LFS_MIN_SIZE
+        return _is_lfs(self.repo_path, self.size)
 
     @property
     def etag(self) -> str:
@@ -141,23 +144,28 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 def hash_file(path: str | os.PathLike[str]) -> tuple[int, str, str]:
-    """Return ``(size, sha256, git blob sha1)`` of a file, reading it once."""
+    """Return ``(size, sha256, git blob sha1)`` of a file.
+
+    The sha256 is :func:`pythia_suite.hashing.sha256_file`'s. The git blob sha1 (what the Hub
+    reports for a non-LFS file) is only read for files the Hub stores outside LFS (small by
+    definition, so reading them twice costs nothing); LFS files get ``""``.
+    """
     path = Path(path)
     size = path.stat().st_size
-    sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1(b"blob %d\0" % size)
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    return size, sha256.hexdigest(), sha1.hexdigest()
+    sha1 = ""
+    if not _is_lfs(path.name, size):
+        sha1 = git_blob_sha1(path.read_bytes())
+    return size, sha256_file(path), sha1
 
 
 def local_files(
     export_dir: str | os.PathLike[str],
     extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> dict[str, LocalFile]:
-    """Hash every file below ``export_dir`` (and ``extra_files``: repo path -> local path).
+    """Hash every file of ``export_dir`` (and ``extra_files``: repo path -> local path).
+
+    The files are :func:`pythia_suite.hashing.artifact_files`'s: Snakemake's bookkeeping is
+    never published.
 
     Raises:
         PublishError: ``export_dir`` is not a directory, is empty, or an extra file is missing.
@@ -165,11 +173,7 @@ def local_files(
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise PublishError(f"{export_dir}: export directory not found")
-    sources = {
-        p.relative_to(export_dir).as_posix(): p
-        for p in sorted(export_dir.rglob("*"))
-        if p.is_file()
-    }
+    sources = artifact_files(export_dir)
     for repo_path, local in (extra_files or {}).items():
         if not Path(local).is_file():
             raise PublishError(f"{local}: file to publish as {repo_path!r} not found")
@@ -443,8 +447,14 @@ def verify_run(
     expected_identical: Iterable[tuple[str, str]] | None = None,
     *,
     token: str | None = None,
+    expected: Mapping[str, tuple[str | None, Mapping[str, LocalFile]]] | None = None,
 ) -> dict[str, str]:
     """Check a run's branches: each exists, and no two serve the same weights unless they must.
+
+    With ``expected`` (branch -> (commit its receipt recorded, the receipt's files)), each such
+    branch must still point at that commit and its listing, which carries every file's sha256
+    or git blob sha1, must agree with the receipt (:func:`verify_listing`): nothing is
+    downloaded or re-hashed.
 
     Args:
         steps: the run's checkpoint steps; branches ``step{N}`` and ``main`` are checked.
@@ -477,7 +487,13 @@ def verify_run(
         if name not in heads:
             problems.append(f"{name}: branch missing")
             continue
-        listing = _remote_files(_listing(api, repo_id, heads[name], token))
+        raw_listing = _listing(api, repo_id, heads[name], token)
+        listing = _remote_files(raw_listing)
+        if expected and name in expected:
+            commit, files = expected[name]
+            if commit is not None and heads[name] != commit:
+                problems.append(f"{name}: ref points at {heads[name]}, receipt recorded {commit}")
+            problems += [f"{name}: {p}" for p in verify_listing(files, raw_listing)]
         if WEIGHTS_FILE not in listing:
             problems.append(f"{name}: {WEIGHTS_FILE} missing (commit {heads[name]})")
             continue
@@ -582,21 +598,398 @@ def publish_local(
     for path, f in files.items():
         blob = blobs / f.etag
         if not (blob.is_file() and blob.stat().st_size == f.size):
-            fd, tmp = tempfile.mkstemp(prefix=f".{f.etag}.", suffix=".incomplete", dir=blobs)
-            os.close(fd)
-            try:
-                shutil.copyfile(f.local_path, tmp)
-                os.replace(tmp, blob)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            copy_file_atomic(f.local_path, blob)
         link = snapshot / path
         link.parent.mkdir(parents=True, exist_ok=True)
         _replace_symlink(os.path.relpath(blob, link.parent), link)
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ref.name}.", dir=ref.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(commit)  # huggingface_hub writes refs without a trailing newline
-    os.replace(tmp, ref)
+    write_text_atomic(ref, commit)  # huggingface_hub writes refs without a trailing newline
     logger.info("local hub %s@%s -> %s (%d files)", repo_id, branch, commit, len(files))
     return commit
+
+
+# ----------------------------------------------------------------------------- read-back checks
+
+#: How each kind of check compares, as receipts record it.
+LOCAL_HUB_READBACK = (
+    "read back through huggingface_hub's cache API (scan_cache_dir lists the branch's files, "
+    "hf_hub_download(local_files_only=True) resolves each); sha256 of every file compared with "
+    "the export"
+)
+HUB_LISTING = (
+    "listed back with list_repo_tree at the branch's new commit; sha256 (LFS files) or git blob "
+    "sha1 (others) and size of every file compared with the export"
+)
+
+
+def _cached_repo(cache: Any, repo_id: str) -> Any | None:
+    return next((r for r in cache.repos if r.repo_id == repo_id and r.repo_type == "model"), None)
+
+
+def _cached_revision(repo: Any, branch: str) -> Any | None:
+    return next((rev for rev in repo.revisions if branch in rev.refs), None) if repo else None
+
+
+def _revision_files(revision: Any) -> dict[str, Any]:
+    """A cached revision's files by repo path (``CachedFileInfo.file_name`` is a basename)."""
+    root = Path(revision.snapshot_path)
+    return {Path(f.file_path).relative_to(root).as_posix(): f for f in revision.files}
+
+
+def verify_local_branch(
+    cache_dir: str | os.PathLike[str],
+    repo_id: str,
+    branch: str,
+    files: Mapping[str, LocalFile],
+) -> dict[str, Any]:
+    """Read a local-hub branch back and compare every file's sha256 with the export's.
+
+    The branch is read the way a user loads it: ``scan_cache_dir`` lists the revision the ref
+    points at and its files, ``hf_hub_download(..., local_files_only=True)`` resolves each file
+    by branch name, and :func:`pythia_suite.hashing.sha256_file` hashes what it resolves to.
+
+    Returns:
+        The verification record for the receipt: where, what, how, ``files_compared``, and
+        ``matched: True``.
+
+    Raises:
+        VerificationError: the branch is missing, or a file is missing, unexpected or differs
+            (naming the repo, branch, commit and every file).
+    """
+    from huggingface_hub import hf_hub_download, scan_cache_dir
+
+    cache_dir = Path(cache_dir)
+    revision = _cached_revision(_cached_repo(scan_cache_dir(cache_dir), repo_id), branch)
+    where = f"local hub {cache_dir}: {repo_id}@{branch}"
+    if revision is None:
+        raise VerificationError(f"{where} does not exist", [f"{branch}: branch missing"])
+    listed = _revision_files(revision)
+    problems = []
+    blobs: dict[str, list[int]] = {}
+    for path, local in sorted(files.items()):
+        if path not in listed:
+            problems.append(f"{path}: missing")
+            continue
+        stat = Path(listed[path].blob_path).stat()
+        blobs[path] = [stat.st_size, stat.st_mtime_ns]
+        served = Path(
+            hf_hub_download(
+                repo_id, path, revision=branch, cache_dir=cache_dir, local_files_only=True
+            )
+        )
+        digest = sha256_file(served)
+        if digest != local.sha256:
+            problems.append(
+                f"{path}: local hub {digest} ({served.stat().st_size} bytes, blob "
+                f"{served.resolve()}) != export {local.sha256} ({local.size} bytes)"
+            )
+    problems += [f"{p}: unexpected file" for p in sorted(set(listed) - set(files))]
+    if problems:
+        raise VerificationError(
+            f"{where} (commit {revision.commit_hash}) does not match the export (remove the "
+            "differing blobs and publish again: they are rewritten from the export)",
+            problems,
+        )
+    return {
+        "where": "local hub",
+        "location": str(cache_dir),
+        "branch": branch,
+        "commit": revision.commit_hash,
+        "how": LOCAL_HUB_READBACK,
+        "files_compared": len(files),
+        "matched": True,
+        # [size, mtime_ns] of each blob as verified: run_done checks them unchanged, not re-hashed
+        "blob_stat": blobs,
+    }
+
+
+def _file_records(files: Mapping[str, LocalFile]) -> dict[str, dict[str, Any]]:
+    return {
+        path: {"size": f.size, "sha256": f.sha256, "git_sha1": f.git_sha1}
+        for path, f in files.items()
+    }
+
+
+def _files_from_record(record: Mapping[str, Mapping[str, Any]]) -> dict[str, LocalFile]:
+    return {
+        path: LocalFile(path, Path(), int(f["size"]), f["sha256"], f.get("git_sha1", ""))
+        for path, f in record.items()
+    }
+
+
+def is_verified(verifications: Iterable[Mapping[str, Any]], n_files: int) -> bool:
+    """Whether receipts' verification records show a comparison of every file that matched."""
+    checks = list(verifications)
+    return bool(checks) and all(
+        c.get("matched") is True and c.get("files_compared") == n_files for c in checks
+    )
+
+
+def publish_and_verify(
+    export_dir: str | os.PathLike[str],
+    repo_id: str,
+    step: int,
+    receipt_path: str | os.PathLike[str],
+    *,
+    final: bool,
+    local_hub: str | os.PathLike[str] | None = None,
+    hub_api: Any | None = None,
+    private: bool | None = None,
+) -> dict[str, Any]:
+    """Publish one export to the local hub and/or the Hub, read it back, and write the receipt.
+
+    Every branch written (``step{N}``, and ``main`` when ``final``) is compared file by file
+    with the export: on the local hub by :func:`verify_local_branch`, on the Hub by
+    :func:`publish_step`'s listing. The receipt lists each comparison under ``verifications``
+    (where, branch, commit, how, files compared) and says ``verified: true`` only when at
+    least one comparison ran and every one covered every file and matched. Nothing is
+    written when a comparison fails.
+
+    Raises:
+        PublishError: neither a local hub nor a Hub client was given (nothing would be
+            published), or a Hub call failed.
+        VerificationError: a branch does not serve the export (naming branch and file).
+    """
+    if local_hub is None and hub_api is None:
+        raise PublishError(
+            f"{repo_id}@step{step}: neither publish.local_hub nor publish.hub is enabled; "
+            "nothing would be published"
+        )
+    files = local_files(export_dir)
+    branches = [f"step{step}", "main"] if final else [f"step{step}"]
+    verifications: list[dict[str, Any]] = []
+    if local_hub is not None:
+        for branch in branches:
+            publish_local(local_hub, repo_id, branch, export_dir)
+            verifications.append(verify_local_branch(local_hub, repo_id, branch, files))
+    hub = None
+    if hub_api is not None:
+        result = publish_step(hub_api, repo_id, step, export_dir, final=final, private=private)
+        hub = result.receipt
+        verifications += [
+            {
+                "where": "hub",
+                "location": repo_id,
+                "branch": branch,
+                "commit": commit,
+                "how": HUB_LISTING,
+                "files_compared": len(hub["files"]),
+                "matched": True,
+            }
+            for branch, commit in hub["refs"].items()
+        ]
+        logger.info("%s@step%d: %s", repo_id, step, "uploaded" if result.sent else "up to date")
+    receipt = {
+        "repo_id": repo_id,
+        "step": step,
+        "branch": f"step{step}",
+        "files": _file_records(files),
+        "verifications": verifications,
+        "verified": is_verified(verifications, len(files)),
+    }
+    if hub is not None:
+        receipt["hub_commit"] = hub["commit"]
+    write_json_atomic(Path(receipt_path), receipt, indent=1, sort_keys=False)
+    return receipt
+
+
+def publish_card_locally(
+    local_hub: str | os.PathLike[str],
+    repo_id: str,
+    final_export: str | os.PathLike[str],
+    card: str | os.PathLike[str],
+    receipt_path: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Put the model card on the local hub's ``main`` beside the final step's files, verified.
+
+    ``main`` then holds the final export (its provenance record included) plus ``README.md``;
+    the branch is read back as :func:`verify_local_branch` does and a receipt of the same shape
+    as a step's is written to ``receipt_path`` (``branch: "main"``).
+    """
+    files = local_files(final_export, {"README.md": card})
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=Path(receipt_path).parent) as staging:
+        for path, f in files.items():
+            target = Path(staging) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(f.local_path, target)
+        publish_local(local_hub, repo_id, "main", staging)
+    check = verify_local_branch(local_hub, repo_id, "main", files)
+    receipt = {
+        "repo_id": repo_id,
+        "branch": "main",
+        "files": _file_records(files),
+        "verifications": [check],
+        "verified": is_verified([check], len(files)),
+    }
+    write_json_atomic(Path(receipt_path), receipt, indent=1, sort_keys=False)
+    return receipt
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+def _load_receipt(path: Path) -> dict[str, Any]:
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VerificationError(f"{path}: receipt missing", [f"{path}: missing"]) from None
+    except json.JSONDecodeError as err:
+        raise VerificationError(f"{path}: not JSON", [f"{path}: {err}"]) from None
+    return receipt
+
+
+def _receipt_problems(path: Path, receipt: Mapping[str, Any]) -> list[str]:
+    """What a receipt lacks to count as verified (re-derived from its comparisons)."""
+    files = receipt.get("files") or {}
+    checks = receipt.get("verifications") or []
+    if not checks:
+        return [f"{path}: records no comparison (verifications is empty)"]
+    if not receipt.get("verified") or not is_verified(checks, len(files)):
+        return [f"{path}: not verified (a comparison did not cover every file or did not match)"]
+    return []
+
+
+def verify_published_run(
+    receipts: Mapping[str, str | os.PathLike[str]],
+    repo_id: str,
+    *,
+    local_hub: str | os.PathLike[str] | None = None,
+    hub_api: Any | None = None,
+    expected_identical: Iterable[tuple[str, str]] = (("step0", "step1"),),
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Check a whole published run without re-hashing it (the workflow's ``run_done``).
+
+    Reads only the receipts, the local hub's refs and file sizes, and (with the Hub) the
+    branches' refs and tree listings, which carry hashes. It checks that:
+
+    - every receipt records a comparison that covered every file and matched;
+    - each branch's ref still points at the commit its receipt recorded (local hub and Hub);
+    - on the local hub, each branch lists exactly the receipt's files, with their sizes;
+    - on the Hub, each branch's listing (sha256 / git blob sha1 and size) agrees with the
+      receipt, and no two branches serve the same weights except ``expected_identical`` and
+      ``main`` = the final step (:func:`verify_run`);
+    - across receipts, no two steps have the same weights except ``expected_identical``.
+
+    Args:
+        receipts: branch -> receipt path (``step{N}``; ``main`` for the model card's receipt
+            when the card was published to ``main``, else ``main`` is the final step's).
+
+    Returns:
+        A summary: branches checked, where, and what was read.
+
+    Raises:
+        VerificationError: listing every problem, each naming its branch, file or receipt.
+    """
+    loaded = {branch: (Path(p), _load_receipt(Path(p))) for branch, p in receipts.items()}
+    problems: list[str] = []
+    for path, receipt in loaded.values():
+        problems += _receipt_problems(path, receipt)
+    steps = sorted(int(b.removeprefix("step")) for b in loaded if b.startswith("step"))
+    if not steps:
+        raise VerificationError(f"{repo_id}: no step receipts", ["no receipts given"])
+    final = f"step{steps[-1]}"
+
+    def checks(where: str) -> dict[str, dict[str, Any]]:
+        """branch -> the comparison a receipt recorded for it (main: the card's receipt, or
+        the final step's when the card was not published to main)."""
+        out = {}
+        for branch, (_, receipt) in loaded.items():
+            for check in receipt.get("verifications", []):
+                if check.get("where") != where:
+                    continue
+                if check.get("branch") == branch:
+                    out[branch] = check
+                elif "main" not in loaded and branch == final and check.get("branch") == "main":
+                    out["main"] = check
+        return out
+
+    def files_of(branch: str) -> dict[str, Any]:
+        return loaded.get(branch, loaded[final])[1].get("files", {})
+
+    weights: dict[str, list[str]] = {}
+    for branch in sorted(loaded):
+        if branch.startswith("step"):
+            digest = files_of(branch).get(WEIGHTS_FILE, {}).get("sha256")
+            weights.setdefault(str(digest), []).append(branch)
+    allowed = {frozenset(pair) for pair in expected_identical}
+    for digest, names in sorted(weights.items()):
+        if len(names) > 1 and frozenset(names) not in allowed:
+            problems.append(f"branches {', '.join(names)} have identical weights ({digest})")
+
+    read = ["receipts"]
+    if local_hub is not None:
+        problems += _local_hub_problems(Path(local_hub), repo_id, checks("local hub"), files_of)
+        read.append(f"local hub refs, file lists and blob size and mtime ({local_hub})")
+    if hub_api is not None:
+        recorded = checks("hub")
+        expected = {b: (c["commit"], _files_from_record(files_of(b))) for b, c in recorded.items()}
+        try:
+            verify_run(
+                hub_api,
+                repo_id,
+                steps,
+                [("main", final), *expected_identical],
+                token=token,
+                expected=expected,
+            )
+        except VerificationError as err:
+            problems += err.problems
+        read.append("Hub refs and tree listings (with hashes)")
+    if problems:
+        raise VerificationError(f"{repo_id}: {len(problems)} problem(s)", problems)
+    return {
+        "repo_id": repo_id,
+        "branches": sorted(loaded) + ([] if "main" in loaded else ["main"]),
+        "read": read,
+        "identical_allowed": sorted(sorted(p) for p in allowed),
+    }
+
+
+def _local_hub_problems(
+    cache_dir: Path,
+    repo_id: str,
+    recorded: Mapping[str, Mapping[str, Any]],
+    files_of: Any,
+) -> list[str]:
+    """Each branch: ref at the recorded commit, the receipt's files, and every blob's size and
+    mtime as they were when verified (a blob written since then was not what was compared)."""
+    from huggingface_hub import scan_cache_dir
+
+    repo = _cached_repo(scan_cache_dir(cache_dir), repo_id)
+    problems = []
+    for branch, check in sorted(recorded.items()):
+        revision = _cached_revision(repo, branch)
+        if revision is None:
+            problems.append(f"{branch}: branch missing from the local hub {cache_dir}")
+            continue
+        if revision.commit_hash != check["commit"]:
+            problems.append(
+                f"{branch}: local hub ref points at {revision.commit_hash}, receipt recorded "
+                f"{check['commit']}"
+            )
+            continue
+        listed = _revision_files(revision)
+        verified_stat = check.get("blob_stat", {})
+        for path, record in sorted(files_of(branch).items()):
+            entry = listed.get(path)
+            if entry is None:
+                problems.append(f"{branch}: {path}: missing from the local hub")
+                continue
+            stat = Path(entry.blob_path).stat()
+            if stat.st_size != record["size"]:
+                problems.append(
+                    f"{branch}: {path}: {stat.st_size} bytes on the local hub, receipt "
+                    f"recorded {record['size']}"
+                )
+            elif path not in verified_stat:
+                problems.append(f"{branch}: {path}: the receipt records no verified blob stat")
+            elif stat.st_mtime_ns != verified_stat[path][1]:
+                problems.append(
+                    f"{branch}: {path}: blob {entry.blob_path} was modified after it was "
+                    "verified; remove it and publish the listed steps again"
+                )
+        for path in sorted(set(listed) - set(files_of(branch))):
+            problems.append(f"{branch}: {path}: on the local hub but not in the receipt")
+    return problems

@@ -25,12 +25,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pythia_suite.atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "EvalPoint",
@@ -38,6 +39,8 @@ __all__ = [
     "FingerprintSummary",
     "TrainingLog",
     "build_report",
+    "first_step_above_chance",
+    "headline_rows",
     "check_fingerprints",
     "final_results",
     "load_eval_points",
@@ -306,15 +309,10 @@ def _pyplot():
 
 
 def _save_figure(fig, path: Path) -> Path:
-    """Save a figure atomically (temporary name in the same directory, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """Save a figure atomically (rendered in memory, then ``write_bytes_atomic``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _size_colours(table: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -339,7 +337,10 @@ def _safe(name: str) -> str:
 
 
 def plot_eval_curves(
-    points: Sequence[EvalPoint], runs: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
+    points: Sequence[EvalPoint],
+    runs: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    chance: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Path]:
     """One PNG per (shots, task, metric): metric vs step for every run, as on Pythia's card.
 
@@ -369,6 +370,9 @@ def plot_eval_curves(
                 color=colours[table[run]["size"]],
                 label=run,
             )
+        level = (chance or {}).get(task, {}).get(metric)
+        if level is not None:
+            ax.axhline(level, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
@@ -510,15 +514,80 @@ def write_final_results(
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Headline: accuracy against chance
+# ---------------------------------------------------------------------------------------------
+
+
+def first_step_above_chance(
+    points: Sequence[EvalPoint], chance: float, z: float = 2.0
+) -> int | None:
+    """The first step whose value exceeds ``chance`` by ``z`` standard errors (None: never).
+
+    ``points`` are one run's points of one task, metric and number of shots; a point without a
+    stderr never counts.
+    """
+    for p in sorted(points, key=lambda p: p.step):
+        if p.stderr is not None and p.value - z * p.stderr > chance:
+            return p.step
+    return None
+
+
+def headline_rows(
+    points: Sequence[EvalPoint],
+    runs: Sequence[Mapping[str, Any]],
+    chance: Mapping[str, Mapping[str, float]],
+    shots: int = 0,
+) -> list[dict[str, Any]]:
+    """Per run and task with a known chance level: the final value, chance, and the first step
+    above chance by 2 standard errors (the tasks' manifest records chance)."""
+    table = _check_runs(runs)
+    series: dict[tuple[str, str, str], list[EvalPoint]] = defaultdict(list)
+    for p in points:
+        if p.shots == shots and p.metric in chance.get(p.task, {}):
+            series[(p.run, p.task, p.metric)].append(p)
+    rows = []
+    for (run, task, metric), pts in series.items():
+        last = max(pts, key=lambda p: p.step)
+        level = chance[task][metric]
+        rows.append(
+            {
+                "run": run,
+                "task": task,
+                "metric": metric,
+                "step": last.step,
+                "value": last.value,
+                "stderr": last.stderr,
+                "chance": level,
+                "first_step_above_chance": first_step_above_chance(pts, level),
+                "curve": [(p.step, p.value) for p in sorted(pts, key=lambda p: p.step)],
+            }
+        )
+    rows.sort(key=lambda r: (r["task"], r["metric"], _run_order(table[r["run"]])))
+    return rows
+
+
+def _headline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "Accuracy on tasks with a known chance level (0-shot): the final checkpoint, the first "
+        "step whose accuracy exceeds chance by 2 standard errors, and the curve over steps.",
+        "",
+        "| run | task | metric | final step | value | chance | first step > chance + 2 SE "
+        "| by step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        first = r["first_step_above_chance"]
+        curve = ", ".join(f"{step}: {value:.3f}" for step, value in r["curve"])
+        lines.append(
+            f"| {r['run']} | {r['task']} | {r['metric']} | {r['step']} | "
+            f"{_format_value(r['value'], r['stderr'])} | {r['chance']:.3f} | "
+            f"{'never' if first is None else first} | {curve} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,8 +604,13 @@ def build_report(
     eval_jsons: Mapping[str, Iterable[str | os.PathLike]],
     trainer_states: Mapping[str, Iterable[str | os.PathLike]],
     out_dir: str | os.PathLike,
+    chance: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Build the report in ``out_dir`` from explicit inputs (see the module docstring).
+
+    ``chance`` (task -> metric -> chance level, e.g. from the local tasks' manifest) adds the
+    headline section (accuracy against chance, first step above it) and a chance line to the
+    plots of those metrics.
 
     Order: read everything, check data-order fingerprints (a mismatch raises before anything is
     written), then plots, tables, ``fingerprints.json``, ``spikes.csv`` and ``report.md`` last,
@@ -569,7 +643,8 @@ def build_report(
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").unlink(missing_ok=True)  # incomplete until rewritten below
-    eval_plots = plot_eval_curves(points, runs, out)
+    eval_plots = plot_eval_curves(points, runs, out, chance)
+    headline = headline_rows(points, runs, chance or {})
     loss_plots = plot_loss_curves(logs, runs, out)
     rows = final_results(points, runs)
     write_final_results(rows, out / "final_results.md", out / "final_results.csv")
@@ -582,7 +657,7 @@ def build_report(
     writer.writerows(spikes)
     _write_text(out / "spikes.csv", buffer.getvalue())
 
-    report = _report_markdown(table, rows, fp_summary, spikes, eval_plots, loss_plots)
+    report = _report_markdown(table, rows, fp_summary, spikes, eval_plots, loss_plots, headline)
     _write_text(out / "report.md", report)
     return {
         "report": out / "report.md",
@@ -602,6 +677,7 @@ def _report_markdown(
     spikes: Sequence[Mapping[str, Any]],
     eval_plots: Sequence[Path],
     loss_plots: Sequence[Path],
+    headline: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     runs = ["| run | size | variant | params |", "|---|---|---|---|"] + [
         f"| {r['name']} | {r['size']} | {r['variant']} | {r['params']:,} |"
@@ -616,8 +692,10 @@ def _report_markdown(
     else:
         spike_lines = ["No loss spikes were recorded."]
     figures = [f"- [{p.name}]({p.name})" for p in [*eval_plots, *loss_plots]]
-    sections = [
-        "# Suite report",
+    sections = ["# Suite report"]
+    if headline:
+        sections.append("## Headline: learning above chance\n\n" + _headline_markdown(headline))
+    sections += [
         "## Runs\n\n" + "\n".join(runs),
         "## Final checkpoints\n\n" + (_final_markdown(rows) if rows else "No evaluation results."),
         "## Data order\n\nRuns with the same data variant and data seed must consume identical "

@@ -29,7 +29,6 @@ is restored as well, for checkpoints made outside Snakemake.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -62,7 +61,6 @@ PRUNED_FORMAT = "pythia-suite/pruned/1"
 RESUME_PARTS = ("optimizer",)
 _RECORD = "provenance.json"
 SAFE = "exported, published and verified"  # the reason a checkpoint may be pruned
-_CHUNK = 1 << 22
 
 
 class RetentionError(RuntimeError):
@@ -78,14 +76,6 @@ class Decision:
     checkpoint: Path
     action: str
     reason: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -218,7 +208,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, reason: str = "") -> dict:
     for part in RESUME_PARTS:
         for path in sorted(p for p in (checkpoint / part).rglob("*") if p.is_file()):
             rel = path.relative_to(checkpoint).as_posix()
-            record["removed"][rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            record["removed"][rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     outside = external_resume_state(checkpoint)
     if outside is not None and outside.is_dir():
         removed_outside = record.setdefault("removed_outside", {})

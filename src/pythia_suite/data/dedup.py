@@ -64,7 +64,8 @@ import numpy as np
 import zstandard
 from datasketch import MinHash
 
-from pythia_suite.data.shards import DataFormatError, iter_documents, sha256_file
+from pythia_suite.data.shards import DataFormatError, iter_documents
+from pythia_suite.hashing import sha256_file
 
 __all__ = [
     "EXACT_BAND",

@@ -23,7 +23,6 @@ only requires equal shards with a last one no larger, summing to the index's byt
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ from pythia_suite.data.indexed import (
     IndexedDatasetWriter,
 )
 from pythia_suite.data.order import SampleBatches
+from pythia_suite.hashing import sha256_file
 
 __all__ = [
     "PRESHUFFLED_REPOS",
@@ -165,15 +165,6 @@ def _check_sample_sizes(idx_path: Path, sizes: np.ndarray, seq_length: int) -> N
             f"{idx_path}: item {i} has {int(sizes[i])} tokens, a preshuffled sample has "
             f"{seq_length + 1} (byte offset {HEADER_SIZE + 4 * i})"
         )
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_COPY_BUFFER):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_preshuffled(

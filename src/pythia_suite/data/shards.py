@@ -12,7 +12,6 @@ without error when the compressed file ends mid-frame, so frames are decoded her
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,12 +22,13 @@ from pathlib import Path
 
 import zstandard
 
+from pythia_suite.hashing import sha256_file
+
 __all__ = [
     "ChecksumError",
     "DataFormatError",
     "fetch_shard",
     "iter_documents",
-    "sha256_file",
 ]
 
 # The Pile's shards were written with long-distance matching windows of up to 2 GiB.
@@ -166,19 +166,6 @@ def iter_documents(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not line.strip():
                 continue
             yield line_no, _parse_document(path, line_no, line)
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = _READ_CHUNK) -> str:
-    """Return the hex sha256 of a file's bytes.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_url(source: str) -> bool:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from pythia_suite.atomic import write_text_atomic
+
 from .indexed import (
     IndexedDataset,
     IndexedDatasetWriter,
@@ -97,12 +99,7 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(_iter_texts(shard_paths), trainer=trainer)
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(out_json.name + ".tmp")
-    tmp.write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
-    os.replace(tmp, out_json)
-    return out_json
+    return write_text_atomic(out_json, tokenizer.to_str(pretty=True))
 
 
 def load_tokenizer(tokenizer_json: str | os.PathLike) -> Tokenizer:

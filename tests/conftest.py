@@ -1,0 +1,35 @@
+"""What every test module shares: the one path to `../shared` and how its absence is handled.
+
+`../shared/` (beside the repository) holds reference material the tests compare against: the
+original Pythia configs, result files and the GPT-NeoX-20B tokenizer. Locally it may be absent:
+a test that needs it is skipped, naming the missing path. Under `CI=true` it is always present,
+so its absence fails the test instead of letting it skip silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PYTHIA_ANCHORS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia"
+
+
+def require_anchor(relative: str | os.PathLike = "") -> Path:
+    """`PYTHIA_ANCHORS / relative` if it exists; else skip (locally) or fail (`CI=true`)."""
+    path = PYTHIA_ANCHORS / relative
+    if path.exists():
+        return path
+    message = f"{path} not found (../shared anchors absent)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true ../shared must be present")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def anchor() -> Callable[..., Path]:
+    """`anchor("utils/20B_tokenizer.json")`: a path under the Pythia anchors, or skip/fail."""
+    return require_anchor
