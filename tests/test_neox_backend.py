@@ -767,6 +767,18 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     record = json.loads((ck[2] / "provenance.json").read_text())
     assert {Path(e["path"]).name for e in record["inputs"]} >= {"step1"}
 
+    # Segment summaries: the checkpoint a segment ends at carries it (step1's comes from the
+    # step0 job, which trained (0, 1]); step0 ends no segment.
+    first = json.loads((ck[1] / layout.SEGMENT_SUMMARY_NAME).read_text())
+    assert (first["start_step"], first["end_step"], first["steps"]) == (0, 1, 1)
+    summary = json.loads((ck[2] / layout.SEGMENT_SUMMARY_NAME).read_text())
+    assert (summary["start_step"], summary["end_step"], summary["steps"]) == (1, 2, 1)
+    assert summary["tokens"] == config["training"]["global_batch"] * config["model"]["seq_length"]
+    assert summary["devices"] == 2 and summary["device_kind"] == "cpu" and summary["mfu"] is None
+    assert summary["tokens_per_s"] > 0 and summary["wall_s"] >= summary["train_time_s"] > 0
+    assert summary["losses"]["last"] is None  # GPT-NeoX's losses stay in its own log
+    assert not (ck[0] / layout.SEGMENT_SUMMARY_NAME).exists()
+
     tokenizer = layout.tokenizer(results)
     export = export_checkpoint(ck[2], tokenizer, tmp_path / "export2", dtype="float16")
     theirs = GPTNeoXForCausalLM.from_pretrained(export, dtype=torch.float32).eval()

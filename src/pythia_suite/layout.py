@@ -70,6 +70,7 @@ def checkpoint_dir(results: str, run: str, step: int | str) -> str:
 # compact record (steps, tokens/s, MFU, wall and device hours, losses, spikes). Status tooling
 # reads this, never the full training history in trainer_state.json.
 SEGMENT_SUMMARY_NAME = "segment_summary.json"
+SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 
 
 def segment_summary(results: str, run: str, step: int | str) -> str:

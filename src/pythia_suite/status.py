@@ -35,7 +35,6 @@ from pythia_suite import config as cfg
 from pythia_suite import costs, layout
 from pythia_suite.provenance import RECORD_NAME
 
-SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
 _STEP_RECEIPT = re.compile(r"^step(0|[1-9][0-9]*)\.json$")
 _RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
@@ -296,8 +295,8 @@ def read_summary(path: str) -> dict | None:
         return None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable segment summary: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
-        raise ValueError(f"{path}: format is not {SUMMARY_FORMAT!r}")
+    if not isinstance(data, dict) or data.get("format") != layout.SEGMENT_SUMMARY_FORMAT:
+        raise ValueError(f"{path}: format is not {layout.SEGMENT_SUMMARY_FORMAT!r}")
     for key in ("end_step", "tokens", "tokens_per_s", "wall_s", "device_hours", "devices"):
         if not isinstance(data.get(key), int | float):
             raise ValueError(f"{path}: key {key!r} is missing or not a number")

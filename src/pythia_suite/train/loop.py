@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import transformer_flops_per_token
-from ..layout import SEGMENT_SUMMARY_NAME
+from ..layout import SEGMENT_SUMMARY_FORMAT, SEGMENT_SUMMARY_NAME
 from . import checkpoint as ckpt
 from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
@@ -94,7 +94,6 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
 # Settings left out of the segment key: how the segment is observed (logging, snapshots, spike
 # detection) and how each global batch is laid out over ranks and micro-steps (like the world
 # size, these change rounding, not the mathematics), so a rerun may change them and still resume.

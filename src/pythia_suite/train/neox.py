@@ -37,6 +37,7 @@ Importing this module does not import torch: configs and commands can be built o
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -50,7 +51,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pythia_suite.atomic import write_text_atomic
+from pythia_suite.atomic import write_json_atomic, write_text_atomic
+from pythia_suite.layout import SEGMENT_SUMMARY_FORMAT, SEGMENT_SUMMARY_NAME
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 __all__ = [
@@ -778,7 +780,9 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
                            default_flow_style=None),
         )  # fmt: skip
         global_dir = save_dir / f"global_step{step}"
+        summary_path = work / layout.SEGMENT_SUMMARY_NAME
         if not neox_step_complete(global_dir):
+            launched = time.time()
             run_neox_segment(
                 settings["dir"],
                 segment_yml,
@@ -790,6 +794,10 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
                 master_port=settings["master_port"],
                 python=settings["python"],
             )
+            write_json_atomic(summary_path, neox_segment_summary(
+                config, run, start, end, launch_s=time.time() - launched,
+                wall_s=time.time() - started, started=started,
+            ))  # fmt: skip
         hf_dir = convert_neox_checkpoint(
             settings["dir"], global_dir, segment_yml, work / f"hf-step{step}",
             python=settings["python"], log_path=work / f"convert-step{step}.log",
@@ -799,7 +807,66 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
             neox_checkpoint=global_dir, record_config={"run": run.as_dict(), "backend": "neox",
             "neox": dict(settings)}, inputs=inputs, started=started,
             world_size=nodes * slots_per_node(config, run.size),
+            segment_summary=summary_path if step == end and summary_path.is_file() else None,
         )  # fmt: skip
+
+
+def neox_segment_summary(config: Mapping, run, start: int, end: int, *, launch_s: float,
+                         wall_s: float, started: float) -> dict:  # fmt: skip
+    """The segment summary record (``layout.SEGMENT_SUMMARY_NAME``) of a GPT-NeoX segment.
+
+    What GPT-NeoX does not report back is left null rather than guessed: its losses and fp16
+    skips stay in its own log (``neox.log`` in the work directory), so ``losses`` are null,
+    ``skipped_steps`` is null and ``spikes`` empty. ``train_time_s`` is the wall time of the one
+    ``deepy.py`` launch (its start-up included), so ``tokens_per_s`` and ``mfu`` are lower
+    bounds; ``wall_s`` runs from the job's start to the launch's end.
+    """
+    from pythia_suite import config as cfg
+
+    size = config["sizes"][run.size]
+    devices = cfg.devices(dict(config), run.size)
+    steps = end - start
+    tokens = steps * config["training"]["global_batch"] * config["model"]["seq_length"]
+    flops = float(cfg.training_flops_per_token(dict(config), run.size))
+    gpu = cfg.gpu_record(dict(config), run.size) if size["cluster"]["gpus_per_node"] else None
+    tokens_per_s = tokens / launch_s if launch_s > 0 else None
+    mfu = None
+    if gpu and tokens_per_s:
+        mfu = flops * tokens_per_s / (devices * gpu["peak_tflops"] * 1e12)
+    utc = datetime.UTC
+    return {
+        "format": SEGMENT_SUMMARY_FORMAT,
+        "run": run.name,
+        "size": run.size,
+        "start_step": start,
+        "end_step": end,
+        "steps": steps,
+        "skipped_steps": None,
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops,
+        "mfu": mfu,
+        "peak_tflops": gpu["peak_tflops"] if gpu else None,
+        "device_kind": "cuda" if gpu else "cpu",
+        "device_name": gpu["name"] if gpu else "cpu",
+        "devices": devices,
+        "nodes": size["cluster"]["nodes"],
+        "data_parallel": cfg.data_parallel_size(dict(config), run.size),
+        "tensor_parallel": size["tensor_parallel"],
+        "micro_batch": size["micro_batch"],
+        "gas": size["gas"],
+        "precision": cfg.precision(dict(config), run),
+        "wall_s": wall_s,
+        "train_time_s": launch_s,
+        "device_hours": devices * wall_s / 3600,
+        "losses": {"first": None, "last": None, "min": None, "max": None, "mean": None},
+        "spikes": [],
+        "nan_abort": False,
+        "started_at": datetime.datetime.fromtimestamp(started, utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(utc).isoformat(timespec="seconds"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hosts": segment_hosts(None),
+    }
 
 
 def checkpoint_from_hf_dir(
@@ -814,6 +881,7 @@ def checkpoint_from_hf_dir(
     inputs: Sequence[Path] = (),
     started: float | None = None,
     world_size: int | None = None,
+    segment_summary: str | os.PathLike | None = None,
 ) -> Path:
     """The workflow's checkpoint ``output`` from a converted GPT-NeoX checkpoint.
 
@@ -827,7 +895,7 @@ def checkpoint_from_hf_dir(
     """
     from safetensors.torch import save_file
 
-    from pythia_suite.atomic import atomic_directory, write_json_atomic
+    from pythia_suite.atomic import atomic_directory
     from pythia_suite.export import load_hf_weights
     from pythia_suite.provenance import Recorder
     from pythia_suite.train.checkpoint import TRAINER_STATE_FORMAT
@@ -854,6 +922,8 @@ def checkpoint_from_hf_dir(
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
         write_json_atomic(tmp / "hf_config.json", hf_config, indent=1)
         write_json_atomic(tmp / "trainer_state.json", state, indent=1)
+        if segment_summary is not None:  # written by the job that trained the segment ending here
+            shutil.copyfile(segment_summary, tmp / SEGMENT_SUMMARY_NAME)
     recorder.extra = {"neox_checkpoint": state["neox_checkpoint"], "world_size": world_size}
     recorder.write()
     return output
