@@ -82,6 +82,19 @@ def test_trace_counts_fp32_weights_adam_state_and_accumulated_gradients():
     assert without_ac["forward"]["activations"] > phases["forward"]["activations"]
 
 
+def test_ddp_buckets_are_the_gradients_one_set_in_every_phase():
+    """DDP at tensor parallel 1 (by rule): ``gradient_as_bucket_view`` makes the gradients
+    views into the buckets, so every phase holds exactly one full set, never two."""
+    layout = dataclasses.replace(TINY, data_parallel=2, gas=1)
+    estimate = memory.estimate_layout(layout)
+    assert estimate["method"]["ddp_buckets_by_rule"] is True
+    traced = memory.trace_step_peaks(layout, layout.layers)
+    full_set = max(cats["gradients"] for cats in traced.values())
+    assert full_set > 0
+    for phase, cats in estimate["phases"].items():
+        assert cats["gradients"] == full_set, phase
+
+
 def cfg_param_numel(layout: memory.StepLayout, tp: int = 1) -> dict[str, int]:
     """Per-rank parameter counts by Megatron's split, written out by hand."""
     h, f, v, n = layout.hidden, layout.intermediate, layout.vocab, layout.layers

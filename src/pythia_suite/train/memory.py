@@ -16,8 +16,9 @@ How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
   ZeRO-1 at tensor parallel 1 is traced as one rank, and its data parallelism is added by rule:
   the optimizer state of the largest data rank's partition (``zero1_shares``: the greedy,
   largest-first partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer``; an
-  embedding matrix is never split, so a share can exceed 1/DP), and DDP's fp32 gradient
-  buckets, one copy of the parameters for DDP's whole life. Under tensor parallelism ZeRO-1 is
+  embedding matrix is never split, so a share can exceed 1/DP), and DDP's gradient buckets:
+  one whole set of gradients for DDP's whole life, which the gradients themselves are views
+  into (``gradient_as_bucket_view``), so every phase counts the full gradient set once. Under tensor parallelism ZeRO-1 is
   traced (``ZeroOneOptimizer`` and the flat gradient all-reduce run), and the optimizer bytes
   are rescaled from rank 0's partition to the largest one at full depth.
 - **Layers by extrapolation.** From two layers on, each added layer adds the same bytes to
@@ -513,12 +514,16 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
     # partition of a 1- or 2-layer model is not that of the real one).
     share = zero1_max_share(layout)
     ddp_buckets = _traced_world(layout) == 1 and layout.data_parallel > 1
+    # DDP at tensor parallel 1 (not traceable on fake tensors) allocates its all-reduce buckets,
+    # one whole set of gradients, at construction and keeps them for its whole life. With
+    # ``gradient_as_bucket_view=True`` (parallel.wrap_data_parallel) the gradients ARE views
+    # into those buckets, not a second copy: every phase holds the full gradient set, no more.
+    # The traced step's largest gradient bytes (after the backward pass) are that set.
+    bucket_bytes = max(cats["gradients"] for cats in phases.values())
     for cats in phases.values():
         cats["optimizer"] *= share
         if ddp_buckets:
-            # DDP at tensor parallel 1 (not traceable on fake tensors): fp32 gradient buckets,
-            # one copy of the parameters, for DDP's whole life.
-            cats["gradients"] += phases["forward"]["parameters"]
+            cats["gradients"] = bucket_bytes
     phases = {p: {c: round(v) for c, v in cats.items()} for p, cats in phases.items()}
     peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = phases[peak_phase]

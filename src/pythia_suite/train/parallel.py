@@ -451,11 +451,14 @@ def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device
     if par.mode != "zero1" or par.data == 1 or par.tensor > 1:
         return module
     # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
+    # gradient_as_bucket_view: the gradients are views into DDP's all-reduce buckets, not a
+    # second copy of them (one parameter's worth of memory less; the same values).
     return nn.parallel.DistributedDataParallel(
         module,
         device_ids=[device] if device.type == "cuda" else None,
         process_group=par.data_group,
         forward_sync_buffers=False,
+        gradient_as_bucket_view=True,
     )
 
 
