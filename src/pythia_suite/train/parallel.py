@@ -693,7 +693,11 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
             key = (id(g.device_mesh), dims) if dims else ()
             meshes[key] = g.device_mesh
             g = g.to_local()
-        sq = g.detach().float().pow(2).sum()
+        if g.dtype == torch.float32:
+            sq = g.detach().pow(2).sum()
+        else:
+            # Half gradients: squares accumulated in fp32 without an fp32 copy of the tensor.
+            sq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square()
         buckets[key] = buckets[key] + sq if key in buckets else sq
     if not buckets:
         return torch.zeros(())
