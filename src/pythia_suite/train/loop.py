@@ -3,9 +3,10 @@
 One process per device on a (data, tensor) mesh (``parallel``): tensor parallelism
 (``sizes.*.tensor_parallel``), data parallelism with ZeRO-1 or FSDP2, gradient accumulation.
 Iteration ``s`` (0-based) consumes the global batch ``samples.batch(s, global_batch)`` whatever
-the layout: data-parallel rank ``d`` of ``D`` takes rows ``[d*B/D, (d+1)*B/D)`` and its
-micro-step ``m`` the ``m``-th ``micro_batch`` rows of those. The loss is the mean over the
-global batch. GPT-NeoX v1.0 semantics otherwise: see ``model`` (init)
+the layout: data-parallel rank ``r`` of ``D`` reads only rows ``[r*B/D, (r+1)*B/D)`` (every rank
+of a tensor group the same rows) and its micro-step ``m`` trains on the ``m``-th
+``micro_batch`` rows of those. The loss is the mean over the global batch. GPT-NeoX v1.0
+semantics otherwise: see ``model`` (init)
 and ``optim`` (decay groups, LR schedule, loss scaler).
 
 ``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
