@@ -70,6 +70,16 @@ REDUCED = {
 }
 
 
+def _weights_and_masters(state) -> list[torch.Tensor]:
+    """Copies of the model's parameters and, with master weights, of their fp32 masters."""
+    params = list(state.model.parameters())
+    out = [p.detach().clone() for p in params]
+    master_of = getattr(state.optimizer, "master_of", None)
+    if master_of is not None:
+        out += [master_of(p).detach().clone() for p in params]
+    return out
+
+
 @dataclasses.dataclass
 class Row:
     check: str
@@ -211,10 +221,10 @@ class Check:
             "70m", "fp16", loss_scale_initial=2.0**40, warmup_iters=1, loss_scale_hysteresis=2
         )
         state = self.state("70m", settings)
-        before = [p.detach().clone() for p in state.model.parameters()]
+        before = _weights_and_masters(state)
         results = [train_step(state, self.tokens(settings, s)) for s in range(2)]
         unchanged = all(
-            torch.equal(a, p) for a, p in zip(before, state.model.parameters(), strict=True)
+            torch.equal(a, p) for a, p in zip(before, _weights_and_masters(state), strict=True)
         )
         skipped = [r.skipped for r in results]
         scale = state.scaler.scale
@@ -227,7 +237,7 @@ class Check:
         self.rows.append(
             Row(
                 "fp16 overflow skip",
-                "70m fp16, loss scale 2^40, hysteresis 2, 2 steps",
+                "70m fp16, fp32 masters, loss scale 2^40, hysteresis 2, 2 steps",
                 f"skipped {skipped}, weights {'unchanged' if unchanged else 'CHANGED'}, "
                 f"schedule at {state.progress.scheduler_iteration}, scale 2^{np.log2(scale):g}",
                 "skipped [True, True], unchanged, schedule at 0, scale 2^39",

@@ -67,19 +67,38 @@ def test_extrapolated_estimate_equals_the_full_depth_trace_in_every_phase_and_ca
         assert extrapolated["peak_bytes"] == full["peak_bytes"] > 0
 
 
-def test_trace_counts_fp32_weights_adam_state_and_accumulated_gradients():
-    phases = memory.trace_step_peaks(TINY, TINY.layers)
+def test_trace_counts_weights_masters_adam_state_and_accumulated_gradients():
     n_params = sum(cfg_param_numel(TINY).values())
-    # fp32 master weights; AdamW exp_avg + exp_avg_sq (fp32) and a step count per parameter.
-    assert phases["forward"]["parameters"] == pytest.approx(4 * n_params, rel=1e-3)
-    assert phases["forward"]["optimizer"] >= 8 * n_params
-    # gas 2: the second micro-step's forward runs with the first one's fp32 gradients alive.
-    assert phases["forward"]["gradients"] == 4 * n_params
+    fp32 = memory.trace_step_peaks(dataclasses.replace(TINY, precision="fp32"), TINY.layers)
+    # fp32: the weights; AdamW exp_avg + exp_avg_sq (fp32) and a step count per parameter.
+    assert fp32["forward"]["parameters"] == pytest.approx(4 * n_params, rel=1e-3)
+    assert 8 * n_params <= fp32["forward"]["optimizer"] < 9 * n_params
+    # gas 2: the second micro-step's forward runs with the first one's gradients alive.
+    assert fp32["forward"]["gradients"] == 4 * n_params
+    # fp16 (DeepSpeed's fp16 optimizer): fp16 weights and gradients; the fp32 master weights
+    # count as optimizer state with the moments, 12 bytes per parameter.
+    phases = memory.trace_step_peaks(TINY, TINY.layers)
+    assert phases["forward"]["parameters"] == pytest.approx(2 * n_params, rel=1e-3)
+    assert 12 * n_params <= phases["forward"]["optimizer"] < 13 * n_params
+    assert phases["forward"]["gradients"] == 2 * n_params
     assert phases["loss"]["activations"] > phases["forward"]["activations"] > 0
     without_ac = memory.trace_step_peaks(
         dataclasses.replace(TINY, activation_checkpointing=False), TINY.layers
     )
     assert without_ac["forward"]["activations"] > phases["forward"]["activations"]
+
+
+def test_ddp_buckets_are_the_gradients_one_set_in_every_phase():
+    """DDP at tensor parallel 1 (by rule): ``gradient_as_bucket_view`` makes the gradients
+    views into the buckets, so every phase holds exactly one full set, never two."""
+    layout = dataclasses.replace(TINY, data_parallel=2, gas=1)
+    estimate = memory.estimate_layout(layout)
+    assert estimate["method"]["ddp_buckets_by_rule"] is True
+    traced = memory.trace_step_peaks(layout, layout.layers)
+    full_set = max(cats["gradients"] for cats in traced.values())
+    assert full_set > 0
+    for phase, cats in estimate["phases"].items():
+        assert cats["gradients"] == full_set, phase
 
 
 def cfg_param_numel(layout: memory.StepLayout, tp: int = 1) -> dict[str, int]:
@@ -104,17 +123,22 @@ def test_tensor_parallel_and_fsdp_are_traced_through_the_loops_parallelism():
     tp = dataclasses.replace(TINY, tensor_parallel=2, data_parallel=2, partition_activations=True)
     traced = memory.trace_step_peaks(tp, tp.layers)
     assert memory._traced_world(tp) == 4
-    buffers = traced["forward"]["parameters"] - 4 * sum(cfg_param_numel(TINY, tp=2).values())
+    # fp16 parameters (master-weight training): 2 bytes per local parameter.
+    buffers = traced["forward"]["parameters"] - 2 * sum(cfg_param_numel(TINY, tp=2).values())
     assert 0 <= buffers < 1024  # the rotary frequencies
-    # ZeRO-1 over the 2 data ranks: rank 0 keeps about half of the (per-rank) AdamW state.
-    assert traced["forward"]["optimizer"] < 0.75 * 8 * sum(cfg_param_numel(TINY, tp=2).values())
+    # ZeRO-1 over the 2 data ranks: rank 0 keeps about half of the (per-rank) fp32 masters and
+    # AdamW state, 12 bytes per parameter in all.
+    local = sum(cfg_param_numel(TINY, tp=2).values())
+    assert 0.25 * 12 * local < traced["forward"]["optimizer"] < 0.75 * 12 * local
     estimate = memory.estimate_layout(tp)
     assert estimate["method"]["traced_world_size"] == 4
     assert estimate["method"]["ddp_buckets_by_rule"] is False
 
     fsdp = dataclasses.replace(TINY, data_parallel=4, data_parallel_mode="fsdp")
     traced = memory.trace_step_peaks(fsdp, fsdp.layers)
-    # Resharded at the optimizer step: a quarter of every parameter (fp32), padding aside.
+    # FSDP2 keeps its own fp32 sharded parameters (MixedPrecisionPolicy, no master-weight
+    # optimizer). Resharded at the optimizer step: a quarter of every parameter (fp32), padding
+    # aside.
     assert 0.25 * 4 * full <= traced["optimizer"]["parameters"] < 0.3 * 4 * full
     # In the forward the layer being computed is all-gathered besides: more than the shard.
     assert traced["forward"]["parameters"] > traced["optimizer"]["parameters"]

@@ -141,7 +141,13 @@ class TrainSettings:
     ``"zero1"`` (ZeRO stage 1 over the data ranks) or ``"fsdp"`` (FSDP2); with
     ``partition_activations`` each checkpointed layer input is split over the tensor group.
     ``loss_scaler_in_fp32`` (tests only) runs fp16's dynamic loss scaler and overflow skip
-    with fp32 compute, so that the skip path runs on a CPU.
+    with another precision's compute (fp32, or bf16 master weights), so that the skip path
+    runs on a CPU.
+
+    Precision: ``fp32`` trains fp32 parameters. ``fp16`` / ``bf16`` under ``zero1`` train with
+    ``master_weights`` (DeepSpeed's fp16/bf16 optimizer, as Pythia): half-precision parameters
+    and gradients, fp32 master weights and AdamW moments in the optimizer (sharded by ZeRO-1),
+    no autocast. Under ``fsdp`` FSDP2's mixed-precision policy does the same with autocast.
     """
 
     global_batch: int
@@ -178,6 +184,15 @@ class TrainSettings:
     compile_layers: bool = False
     loss_chunk_tokens: int = 8192
     loss_scaler_in_fp32: bool = False
+
+    @property
+    def master_weights(self) -> bool:
+        """Half-precision parameters with fp32 masters in the optimizer (fp16/bf16, ZeRO-1)."""
+        return self.precision in ("fp16", "bf16") and self.data_parallel == "zero1"
+
+    @property
+    def half_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting whose value is out of range."""
@@ -696,8 +711,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
             # Under autocast these matmuls run in the compute dtype, as autograd's would.
-            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
-            grad_weight += (grad_logits.t() @ h).float()
+            # Half-precision weights (master-weight training, no autocast): the gradient
+            # matmuls in their dtype; a no-op cast for fp32 weights and under autocast.
+            grad_hidden[start : start + chunk_tokens] = grad_logits.to(weight.dtype) @ weight
+            grad_weight += (grad_logits.t().to(h.dtype) @ h).float()
             del logits, lse, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.n = n
@@ -745,9 +762,10 @@ def parallelize(
 
     Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
     before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
-    FSDP2 shards each layer and then ``LMLoss`` as the root; under ``zero1`` DDP wraps it at
-    tensor parallel 1, and with tensor parallelism the gradient all-reduce runs in
-    ``train_step`` (``parallel.all_reduce_gradients``).
+    FSDP2 shards each layer and then ``LMLoss`` as the root. Under ``zero1`` DDP wraps it at
+    tensor parallel 1 (``init_train_state``, after the optimizer has set the parameters'
+    dtype), and with tensor parallelism the gradient all-reduce runs in ``train_step``
+    (``parallel.all_reduce_gradients``).
     """
     if par is None:
         par = parallel.build_parallelism(
@@ -756,20 +774,28 @@ def parallelize(
     parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
     train_module = LMLoss(model, settings)
     parallel.apply_fsdp(model, train_module, par, settings.precision)
-    return parallel.wrap_data_parallel(train_module, par, device), par
+    return train_module, par
 
 
 def build_training_optimizer(
     model: nn.Module, settings: TrainSettings, par: parallel.Parallelism, device: torch.device
 ) -> torch.optim.Optimizer:
     """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
-    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel)."""
+    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel).
+
+    With ``settings.master_weights`` the model's parameters become fp16/bf16 here and their
+    fp32 values become the optimizer's master weights (``parallel.MasterWeightOptimizer``).
+    """
+    masters = None
+    if settings.master_weights:
+        masters = parallel.half_parameters(model, settings.half_dtype)
     return parallel.build_optimizer(
         build_param_groups(model, settings.weight_decay),
         par,
         betas=(settings.adam_beta1, settings.adam_beta2),
         eps=settings.adam_eps,
         sharded=settings.zero_optimizer,
+        masters=masters,
         fused=device.type == "cuda",
     )
 
@@ -800,13 +826,16 @@ def init_train_state(
     to the mesh of ``env`` and ``settings``.
     """
     train_module, par = parallelize(model, settings, env, device, par)
+    optimizer = build_training_optimizer(model, settings, par, device)
+    # DDP last: its gradient buckets take the parameters' final dtype.
+    train_module = parallel.wrap_data_parallel(train_module, par, device)
     return TrainState(
         settings=settings,
         env=env,
         device=device,
         model=model,
         train_module=train_module,
-        optimizer=build_training_optimizer(model, settings, par, device),
+        optimizer=optimizer,
         scaler=new_loss_scaler(settings),
         progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
         par=par,
@@ -817,8 +846,9 @@ def init_train_state(
 
 
 def autocast_context(settings: TrainSettings, device: torch.device):
-    """The forward pass's autocast: none for fp32, else fp16/bf16 on ``device``'s type."""
-    if settings.precision == "fp32":
+    """The forward pass's autocast: none for fp32 or master weights (the parameters are
+    fp16/bf16 already), else fp16/bf16 on ``device``'s type (FSDP2's mixed precision)."""
+    if settings.precision == "fp32" or settings.master_weights:
         return contextlib.nullcontext()
     dtype = torch.float16 if settings.precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -870,12 +900,9 @@ def train_step(
     if env.world_size > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         reduced[0] /= env.world_size
-    if loss_scale != 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(1.0 / loss_scale)
-    # The global norm over tensor- and data-sharded gradients (each block counted once).
-    grad_norm = parallel.clip_grad_norm(params, settings.grad_clip)
+    # The global norm over tensor- and data-sharded gradients (each block counted once); with
+    # master weights the unscaled, clipped gradients are formed in fp32 by the optimizer.
+    grad_norm = parallel.unscale_and_clip(state.optimizer, params, loss_scale, settings.grad_clip)
     loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
     overflow = not (math.isfinite(loss) and math.isfinite(norm))
     it = progress.step
@@ -1058,7 +1085,7 @@ def _set_up(
             progress = Progress.from_snapshot(saved)
 
     state = init_train_state(model, settings, env, device, progress, par)
-    seg.names = {id(p): hf_name(n) for n, p in model.named_parameters()}
+    seg.names = parallel.parameter_names(model, state.optimizer, hf_name)
     if saved is not None:
         owned = _owned_parameters(state.optimizer, seg.names)
         opt_state = ckpt.read_optimizer_state(resume_from, saved, owned)
@@ -1131,7 +1158,7 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
     ckpt.write_training_state(
         seg.out_dir,
         env=env,
-        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name),
+        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name, state.optimizer),
         optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=trainer_state,
         hf_config=seg.hf_config,
@@ -1158,7 +1185,9 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
     ckpt.write_training_state(
         path,
         env=state.env,
-        model_tensors=parallel.full_state_dict(state.model, state.env.is_main, hf_name),
+        model_tensors=parallel.full_state_dict(
+            state.model, state.env.is_main, hf_name, state.optimizer
+        ),
         optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=_trainer_state(seg, state, step),
         hf_config=seg.hf_config,

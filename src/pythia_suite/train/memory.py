@@ -4,7 +4,8 @@ How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
 
 - **Traced: the loop's own step.** ``loop.prepare_model`` (activation checkpointing as
   configured), ``loop.init_train_state`` (tensor parallelism with partitioned activations,
-  ZeRO-1 or FSDP2 over the data ranks, fp32 master weights, AdamW, the fp16 loss scaler) and
+  ZeRO-1 or FSDP2 over the data ranks, fp16/bf16 parameters with fp32 master weights in the
+  optimizer, counted as optimizer state and sharded with it, AdamW, the fp16 loss scaler) and
   two ``loop.train_step`` calls over the rank's ``micro_batch x gas`` rows run on fake tensors
   (``FakeTensorMode``, CPU) inside ``torch.distributed._tools.MemTracker`` (``FSDPMemTracker``
   under FSDP), as rank 0 of a fake process group of the real world size (torch's testing
@@ -16,10 +17,12 @@ How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
   ZeRO-1 at tensor parallel 1 is traced as one rank, and its data parallelism is added by rule:
   the optimizer state of the largest data rank's partition (``zero1_shares``: the greedy,
   largest-first partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer``; an
-  embedding matrix is never split, so a share can exceed 1/DP), and DDP's fp32 gradient
-  buckets, one copy of the parameters for DDP's whole life. Under tensor parallelism ZeRO-1 is
-  traced (``ZeroOneOptimizer`` and the flat gradient all-reduce run), and the optimizer bytes
-  are rescaled from rank 0's partition to the largest one at full depth.
+  embedding matrix is never split, so a share can exceed 1/DP), and DDP's gradient buckets:
+  one whole set of gradients for DDP's whole life, which the gradients themselves are views
+  into (``gradient_as_bucket_view``), so every phase counts the full gradient set once. Under
+  tensor parallelism ZeRO-1 is traced (``ZeroOneOptimizer`` or ``MasterWeightOptimizer`` and
+  the flat gradient all-reduce run), and the optimizer bytes are rescaled from rank 0's
+  partition to the largest one at full depth.
 - **Layers by extrapolation.** From two layers on, each added layer adds the same bytes to
   every phase's peak, so the estimate traces 2 and 3 layers and extrapolates each phase
   linearly to the configured depth, then takes the largest phase. ``tests/test_train_memory.py``
@@ -285,7 +288,7 @@ class _PhasePeaks:
     boundary (its ``_peak_mem`` / ``_peak_mem_snap``, torch 2.13).
     """
 
-    def __init__(self, tracker, model, optimizer) -> None:
+    def __init__(self, tracker, model, optimizer, outer=None, gas: int = 1) -> None:
         self.tracker = tracker
         self.phase: str | None = None
         self.peaks: dict[str, dict[str, int]] = {}
@@ -294,13 +297,35 @@ class _PhasePeaks:
             model.base_model.register_forward_pre_hook(lambda *a: self.enter("forward")),
             final_norm.register_forward_hook(lambda *a: self.enter("loss")),
             final_norm.register_full_backward_pre_hook(lambda *a: self.enter("backward")),
-            # The input embedding's gradient is the last of a backward pass: then come the
-            # gradient reduction (ZeRO-1's flat all-reduce under tensor parallelism) and clipping.
+            # The input embedding's gradient is the last of a backward pass: after the last
+            # micro-step's come the gradient reduction (ZeRO-1's flat all-reduce under tensor
+            # parallelism) and clipping; after an earlier one, the rest of its backward (a
+            # "reduce" peak that were the larger of two terms would not be linear in depth).
             model.get_input_embeddings().weight.register_post_accumulate_grad_hook(
-                lambda param: self.enter("reduce")
+                lambda param: self.end_of_backward()
             ),
-            optimizer.register_step_pre_hook(lambda *a: self.enter("optimizer")),
         ]
+        self.gas = gas
+        self.backward_passes = 0
+        self.outer = outer if outer is not None and outer is not optimizer else None
+        if self.outer is None:
+            self.handles.append(
+                optimizer.register_step_pre_hook(lambda *a: self.enter("optimizer"))
+            )
+        else:
+            # A wrapper (ZeRO-1, master weights) does work before its inner AdamW steps (the
+            # fp32 master gradients): the optimizer phase starts at the wrapper's step.
+            wrapped = self.outer.step
+
+            def step(*args, **kwargs):
+                self.enter("optimizer")
+                return wrapped(*args, **kwargs)
+
+            self.outer.step = step
+
+    def end_of_backward(self) -> None:
+        self.backward_passes += 1
+        self.enter("reduce" if self.backward_passes % self.gas == 0 else "backward")
 
     def enter(self, phase: str | None) -> None:
         tracker = self.tracker
@@ -321,6 +346,8 @@ class _PhasePeaks:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+        if self.outer is not None:
+            del self.outer.step  # the class's own again
 
 
 def _categorise(snapshot: dict) -> dict[str, int]:
@@ -373,7 +400,8 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
 
     The model is ``loop.prepare_model``'s (activation checkpointing as configured), the state
     ``loop.init_train_state``'s (tensor parallelism with partitioned activations, FSDP2 or
-    ZeRO-1 over the data ranks, fp32 master weights, AdamW, the fp16 loss scaler) in a fake
+    ZeRO-1 over the data ranks, fp16/bf16 parameters with fp32 master weights, AdamW, the fp16
+    loss scaler) in a fake
     process group of the real world size (``_traced_world``), the step ``loop.train_step`` over
     ``micro_batch x gas`` rows: the loop's own code, on fake tensors. ``MemTracker``, or
     ``FSDPMemTracker`` under FSDP. Returns ``{phase: {category: bytes}}`` at each phase's peak
@@ -408,18 +436,46 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
             else:
                 tracker = MemTracker()
                 tracker.track_external(model, optimizer, tokens)
+            _track_master_weights(tracker, state.optimizer)
             # MemTracker refuses a second call of the root module (it takes it for a new
             # iteration) unless its module stats are reset first; the loop calls it once per
             # micro-step.
             state.train_module = _ResetBeforeEachCall(state.train_module, tracker)
             with tracker, _HostReads(), contextlib.ExitStack() as stack:
                 train_step(state, tokens)  # step 0 creates the optimizer state; measure step 1
-                phases = _PhasePeaks(tracker, model, optimizer)
+                phases = _PhasePeaks(tracker, model, optimizer, state.optimizer, layout.gas)
                 stack.callback(phases.close)
                 phases.enter(None)
                 train_step(state, tokens)
                 phases.enter(None)
             return phases.peaks
+
+
+def _track_master_weights(tracker, optimizer) -> None:
+    """Count a ``MasterWeightOptimizer``'s fp32 masters as optimizer state (DeepSpeed's 12
+    bytes per parameter: master, exp_avg, exp_avg_sq, sharded alike by ZeRO-1). They are the
+    params of its inner AdamW, which ``track_external`` would not see (it registers an
+    optimizer's state only, and a bare tensor as "Other")."""
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    from .parallel import MasterWeightOptimizer, local_view
+
+    if not isinstance(optimizer, MasterWeightOptimizer):
+        return
+    if not hasattr(tracker, "_update_and_maybe_create_winfos"):
+        raise RuntimeError("this torch's MemTracker has no _update_and_maybe_create_winfos")
+    masters = [m for group in optimizer.optim.param_groups for m in group["params"]]
+    for master in masters:
+        tracker._update_and_maybe_create_winfos(local_view(master), _MemRefType.OPT)
+
+    def master_grads_are_optimizer_state(*args) -> None:
+        # The fp32 master gradients exist for the owned shard only, during the step: with the
+        # masters, so that the ZeRO-1 rule scales them by the largest rank's share.
+        for master in masters:
+            if master.grad is not None:
+                tracker._update_and_maybe_create_winfos(local_view(master.grad), _MemRefType.OPT)
+
+    optimizer.optim.register_step_pre_hook(master_grads_are_optimizer_state)
 
 
 def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, float]:
@@ -513,12 +569,16 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
     # partition of a 1- or 2-layer model is not that of the real one).
     share = zero1_max_share(layout)
     ddp_buckets = _traced_world(layout) == 1 and layout.data_parallel > 1
+    # DDP at tensor parallel 1 (not traceable on fake tensors) allocates its all-reduce buckets,
+    # one whole set of gradients, at construction and keeps them for its whole life. With
+    # ``gradient_as_bucket_view=True`` (parallel.wrap_data_parallel) the gradients ARE views
+    # into those buckets, not a second copy: every phase holds the full gradient set, no more.
+    # The traced step's largest gradient bytes (after the backward pass) are that set.
+    bucket_bytes = max(cats["gradients"] for cats in phases.values())
     for cats in phases.values():
         cats["optimizer"] *= share
         if ddp_buckets:
-            # DDP at tensor parallel 1 (not traceable on fake tensors): fp32 gradient buckets,
-            # one copy of the parameters, for DDP's whole life.
-            cats["gradients"] += phases["forward"]["parameters"]
+            cats["gradients"] = bucket_bytes
     phases = {p: {c: round(v) for c, v in cats.items()} for p, cats in phases.items()}
     peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = phases[peak_phase]

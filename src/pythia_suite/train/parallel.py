@@ -57,7 +57,13 @@ __all__ = [
     "is_vocab_parallel",
     "apply_fsdp",
     "ZeroOneOptimizer",
+    "MasterWeightOptimizer",
+    "zero1_owners",
+    "half_parameters",
     "build_optimizer",
+    "unscale_and_clip",
+    "global_grad_norm",
+    "parameter_names",
     "causal_lm_loss",
     "loss_context",
     "wrap_data_parallel",
@@ -361,6 +367,34 @@ def apply_fsdp(model: nn.Module, root: nn.Module, par: Parallelism, precision: s
     fully_shard(root, mesh=mesh, mp_policy=mp_policy)
 
 
+def zero1_owners(param_groups: list[dict], world: int) -> dict[int, int]:
+    """ZeRO-1's partition: ``id(parameter) -> data rank`` that keeps its optimizer state.
+
+    Per parameter group, parameters in decreasing size go to the least-loaded rank
+    (deterministic, identical on every rank; ``ZeroRedundancyOptimizer``'s rule)."""
+    owner: dict[int, int] = {}
+    loads = [0] * world
+    for g in param_groups:
+        for p in sorted(g["params"], key=lambda p: -p.numel()):
+            rank = min(range(world), key=lambda r: loads[r])
+            loads[rank] += p.numel()
+            owner[id(p)] = rank
+    return owner
+
+
+def _broadcast_owned(tensors_by_owner: dict[int, list[torch.Tensor]], rank: int, group) -> None:
+    """Each owner's tensors, flattened into one buffer, broadcast to the group (in place)."""
+    global_ranks = [dist.get_global_rank(group, r) for r in range(dist.get_world_size(group))]
+    for owner, tensors in sorted(tensors_by_owner.items()):
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.broadcast(flat, src=global_ranks[owner], group=group)
+        if owner != rank:
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
 class ZeroOneOptimizer:
     """ZeRO stage 1 over the data group: each data rank keeps AdamW state for the parameters it
     owns, updates them, and broadcasts them to the other data ranks.
@@ -384,18 +418,12 @@ class ZeroOneOptimizer:
         world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
-        self.owner: dict[int, int] = {}
-        loads = [0] * world
-        local_groups = []
-        for g in self.param_groups:
-            for p in sorted(g["params"], key=lambda p: -p.numel()):
-                owner = min(range(world), key=lambda r: loads[r])
-                loads[owner] += p.numel()
-                self.owner[id(p)] = owner
-            mine = [p for p in g["params"] if self.owner[id(p)] == self.rank]
-            local_groups.append(dict(g, params=mine))
+        self.owner = zero1_owners(self.param_groups, world)
+        local_groups = [
+            dict(g, params=[p for p in g["params"] if self.owner[id(p)] == self.rank])
+            for g in self.param_groups
+        ]
         self.optim = optimizer_class(local_groups, **defaults)
-        self._global_ranks = [dist.get_global_rank(group, r) for r in range(world)]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for g in self.param_groups:
@@ -416,14 +444,123 @@ class ZeroOneOptimizer:
         for g in self.param_groups:
             for p in g["params"]:
                 by_owner.setdefault(self.owner[id(p)], []).append(local_view(p))
-        for owner, tensors in sorted(by_owner.items()):
-            flat = torch.cat([t.reshape(-1) for t in tensors])
-            dist.broadcast(flat, src=self._global_ranks[owner], group=self.group)
-            if owner != self.rank:
-                offset = 0
-                for t in tensors:
-                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                    offset += t.numel()
+        _broadcast_owned(by_owner, self.rank, self.group)
+
+
+class MasterWeightOptimizer:
+    """Half-precision training with fp32 master weights: DeepSpeed's fp16/bf16 optimizer (as
+    Pythia trained), ZeRO stage 1 over ``group`` when one is given.
+
+    The model's parameters and gradients are fp16/bf16 (``half_parameters``). This rank keeps,
+    for the parameters it owns (``zero1_owners``; all of them without ``group``), an fp32 master
+    copy and AdamW's moments. A step: ``unscale_and_clip`` takes the global norm of the
+    (reduced, loss-scaled) half gradients, accumulated in fp32, and keeps the clip coefficient
+    divided by the loss scale; ``step`` writes each owned gradient, times that factor, into its
+    master's fp32 gradient, runs AdamW on the masters, rounds them into the half parameters and
+    broadcasts each owner's half parameters to the other data ranks. On an fp16 overflow the
+    loop calls only ``zero_grad``: masters, moments and schedule stay as they were.
+    ``optim`` is the AdamW over the masters (what checkpoints save and load, by name);
+    ``master_of(param)`` is a parameter's fp32 master (``None`` where another rank owns it).
+    """
+
+    def __init__(
+        self,
+        param_groups: list[dict],
+        masters: dict[int, torch.Tensor],
+        *,
+        group,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        **defaults,
+    ) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group) if group is not None else 0
+        world = dist.get_world_size(group) if group is not None else 1
+        self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
+        self.owner = zero1_owners(self.param_groups, world)
+        self._master = {
+            id(p): masters[id(p)]
+            for g in self.param_groups
+            for p in g["params"]
+            if self.owner[id(p)] == self.rank
+        }
+        local_groups = [
+            dict(g, params=[self._master[id(p)] for p in g["params"] if id(p) in self._master])
+            for g in self.param_groups
+        ]
+        self.optim = optimizer_class(local_groups, **defaults)
+        self._grad_factor: torch.Tensor | None = None
+
+    def master_of(self, param: torch.Tensor) -> torch.Tensor | None:
+        return self._master.get(id(param))
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+        self._grad_factor = None
+
+    @torch.no_grad()
+    def unscale_and_clip(self, loss_scale: float, max_norm: float) -> torch.Tensor:
+        """The global gradient norm after unscaling (fp32, a 0-d tensor); the clip is applied
+        to the fp32 master gradients in ``step``. Non-finite on an fp16 overflow."""
+        norm = global_grad_norm(self.params()) / loss_scale
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        self._grad_factor = coef / loss_scale
+        return norm
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self._grad_factor is None:
+            raise RuntimeError("MasterWeightOptimizer.step needs unscale_and_clip first")
+        for g, local in zip(self.param_groups, self.optim.param_groups, strict=True):
+            for key, value in g.items():
+                if key != "params":
+                    local[key] = value
+        owned = [(p, self._master[id(p)]) for p in self.params() if id(p) in self._master]
+        for p, master in owned:
+            if p.grad is not None:
+                grad = _placed_like(p.grad, master)
+                grad = local_view(grad).float().mul_(self._grad_factor.to(grad.device))
+                master.grad = like_param(grad, master)
+        self.optim.step()
+        for p, master in owned:
+            local_view(p).copy_(local_view(master))
+            master.grad = None
+        if self.group is not None:
+            by_owner: dict[int, list[torch.Tensor]] = {}
+            for p in self.params():
+                by_owner.setdefault(self.owner[id(p)], []).append(local_view(p))
+            _broadcast_owned(by_owner, self.rank, self.group)
+
+
+def _placed_like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` with ``param``'s placements (a DTensor gradient may come back with others,
+    e.g. replicated where the parameter is sharded); plain tensors as they are."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(grad, DTensor) and tuple(grad.placements) != tuple(param.placements):
+        return grad.redistribute(param.device_mesh, param.placements)
+    return grad
+
+
+def half_parameters(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:
+    """Replace every parameter of ``model`` by a ``dtype`` copy (DTensors stay DTensors);
+    return ``id(new parameter) -> the fp32 parameter it replaced`` (the master weights).
+
+    New ``Parameter`` objects rather than an in-place cast: a DTensor's ``.data`` cannot change
+    its local dtype, and fake tensors (the memory tracer) refuse ``module.to``."""
+    masters: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            half = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
+            setattr(module, name, half)
+            masters[id(half)] = param.detach()
+    return masters
 
 
 def build_optimizer(
@@ -433,15 +570,40 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     sharded: bool = True,
+    masters: dict[int, torch.Tensor] | None = None,
     **kwargs,
 ):
     """AdamW for ``par``: ZeRO-1 over the data group under ``zero1`` with more than one data
     rank (unless ``sharded=False``: every data rank keeps the whole state), else a plain AdamW
-    (under FSDP the parameters are already shards). The LR starts at 0."""
+    (under FSDP the parameters are already shards). With ``masters`` (``half_parameters``'
+    fp32 copies of half-precision parameters): ``MasterWeightOptimizer``, sharded the same way.
+    The LR starts at 0."""
     defaults = dict(lr=0.0, betas=betas, eps=eps, **kwargs)
-    if sharded and par.mode == "zero1" and par.data > 1:
+    zero1 = sharded and par.mode == "zero1" and par.data > 1
+    if masters is not None:
+        group = par.data_group if zero1 else None
+        return MasterWeightOptimizer(param_groups, masters, group=group, **defaults)
+    if zero1:
         return ZeroOneOptimizer(param_groups, group=par.data_group, **defaults)
     return torch.optim.AdamW(param_groups, **defaults)
+
+
+def unscale_and_clip(
+    optimizer, params: list[torch.Tensor], loss_scale: float, max_norm: float
+) -> torch.Tensor:
+    """Divide the gradients by ``loss_scale`` and clip them to ``max_norm`` by their global
+    norm; return that norm (after unscaling, before clipping; a 0-d tensor).
+
+    With fp32 parameters: in place on the gradients (``clip_grad_norm``). With master weights
+    (``MasterWeightOptimizer``): the norm in fp32 from the half gradients, the unscale and the
+    clip applied when the optimizer forms its fp32 master gradients."""
+    if isinstance(optimizer, MasterWeightOptimizer):
+        return optimizer.unscale_and_clip(loss_scale, max_norm)
+    if loss_scale != 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(1.0 / loss_scale)
+    return clip_grad_norm(params, max_norm)
 
 
 def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device) -> nn.Module:
@@ -451,11 +613,14 @@ def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device
     if par.mode != "zero1" or par.data == 1 or par.tensor > 1:
         return module
     # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
+    # gradient_as_bucket_view: the gradients are views into DDP's all-reduce buckets, not a
+    # second copy of them (one parameter's worth of memory less; the same values).
     return nn.parallel.DistributedDataParallel(
         module,
         device_ids=[device] if device.type == "cuda" else None,
         process_group=par.data_group,
         forward_sync_buffers=False,
+        gradient_as_bucket_view=True,
     )
 
 
@@ -498,12 +663,26 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     is sharded on (tensor and/or data), a replicated block and a plain tensor count as they are.
     Same coefficient as ``torch.nn.utils.clip_grad_norm_``.
     """
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor
 
     params = [p for p in params if p.grad is not None]
     if not any(isinstance(p.grad, DTensor) for p in params):
         # Whole (or data-replicated) gradients: torch's own, foreach kernels included.
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = global_grad_norm(params)
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        local_view(p.grad).mul_(coef.to(p.grad.device))
+    return norm
+
+
+@torch.no_grad()
+def global_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients, squares accumulated in fp32, each block counted once: a
+    DTensor's local squares are summed over the mesh dimensions it is sharded on."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    params = [p for p in params if p.grad is not None]
     buckets: dict[tuple, torch.Tensor] = {}
     meshes: dict[tuple, object] = {}
     for p in params:
@@ -514,7 +693,11 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
             key = (id(g.device_mesh), dims) if dims else ()
             meshes[key] = g.device_mesh
             g = g.to_local()
-        sq = g.detach().float().pow(2).sum()
+        if g.dtype == torch.float32:
+            sq = g.detach().pow(2).sum()
+        else:
+            # Half gradients: squares accumulated in fp32 without an fp32 copy of the tensor.
+            sq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square()
         buckets[key] = buckets[key] + sq if key in buckets else sq
     if not buckets:
         return torch.zeros(())
@@ -524,11 +707,7 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
             for dim in key[1]:
                 dist.all_reduce(sq, group=meshes[key].get_group(dim))
         total = sq if total is None else total + sq
-    norm = total.sqrt()
-    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for p in params:
-        local_view(p.grad).mul_(coef.to(p.grad.device))
-    return norm
+    return total.sqrt()
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -628,20 +807,51 @@ def like_param(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     )
 
 
-def full_state_dict(model: nn.Module, is_main: bool, rename: Callable[[str], str]) -> dict | None:
+def full_state_dict(
+    model: nn.Module, is_main: bool, rename: Callable[[str], str], optimizer=None
+) -> dict | None:
     """fp32 CPU copies of the full weights under ``rename(name)`` on the main rank, else None.
 
-    Collective under tensor parallelism or FSDP: every rank must call it (DTensors are gathered
-    with ``full_tensor()``, one parameter at a time).
+    Collective under tensor parallelism, FSDP or master weights: every rank must call it
+    (DTensors are gathered with ``full_tensor()``, one parameter at a time). With a
+    ``MasterWeightOptimizer`` the weights are its fp32 masters, not the half parameters: each
+    owner broadcasts its master block over the data group first.
     """
     from torch.distributed.tensor import DTensor
 
     out = {}
     for name, p in model.named_parameters():
+        if isinstance(optimizer, MasterWeightOptimizer):
+            p = _gathered_master(optimizer, p)
         full = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
         if is_main:
             out[rename(name)] = full.to("cpu", torch.float32).contiguous()
     return out if is_main else None
+
+
+def _gathered_master(optimizer: MasterWeightOptimizer, param: torch.Tensor) -> torch.Tensor:
+    """``param``'s fp32 master on every data rank (its owner's, broadcast over the data group)."""
+    master = optimizer.master_of(param)
+    if optimizer.group is None:
+        return master
+    block = local_view(master) if master is not None else None
+    if block is None:
+        block = torch.empty(local_view(param).shape, dtype=torch.float32, device=param.device)
+    owner = dist.get_global_rank(optimizer.group, optimizer.owner[id(param)])
+    dist.broadcast(block, src=owner, group=optimizer.group)
+    return master if master is not None else like_param(block, param)
+
+
+def parameter_names(model: nn.Module, optimizer, rename: Callable[[str], str]) -> dict[int, str]:
+    """``id(tensor) -> rename(name)`` for every parameter of ``model`` and, with master
+    weights, for each parameter's fp32 master (the tensors whose optimizer state is saved)."""
+    names = {id(p): rename(n) for n, p in model.named_parameters()}
+    if isinstance(optimizer, MasterWeightOptimizer):
+        for n, p in model.named_parameters():
+            master = optimizer.master_of(p)
+            if master is not None:
+                names[id(master)] = rename(n)
+    return names
 
 
 def optimizer_blocks(
