@@ -248,6 +248,25 @@ def test_bad_records_are_named_not_fatal(mini):
     )
 
 
+def test_a_segment_without_steps_is_a_record_not_a_problem(mini):
+    """step0's summary, as the loop writes it: no steps, so no rate and no losses."""
+    build_tree(mini, 0.5)
+    before = _collect(mini).runs[0]
+    path = Path(layout.segment_summary("results", before.run, 0))
+    assert path.parent.is_dir()
+    record = json.loads(Path(layout.segment_summary("results", before.run, 1)).read_text())
+    record.update(start_step=0, end_step=0, steps=0, tokens=0, tokens_per_s=None, mfu=None)
+    record.update(train_time_s=0.0, wall_s=2.0, device_hours=2.0 * record["devices"] / 3600)
+    record["losses"] = dict.fromkeys(record["losses"])
+    path.write_text(json.dumps(record))
+    after = _collect(mini)
+    assert not [p for p in after.problems if p.kind == "bad-record"]
+    assert after.runs[0].tokens_per_s == pytest.approx(before.tokens_per_s)
+    record["tokens_per_s"] = "fast"
+    path.write_text(json.dumps(record))
+    assert any(p.kind == "bad-record" for p in _collect(mini).problems)
+
+
 def test_never_reads_trainer_state(mini):
     build_tree(mini, 0.5)
     for path in Path("results").rglob("trainer_state.json"):

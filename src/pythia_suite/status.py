@@ -297,9 +297,12 @@ def read_summary(path: str) -> dict | None:
         raise ValueError(f"{path}: unreadable segment summary: {err}") from None
     if not isinstance(data, dict) or data.get("format") != layout.SEGMENT_SUMMARY_FORMAT:
         raise ValueError(f"{path}: format is not {layout.SEGMENT_SUMMARY_FORMAT!r}")
-    for key in ("end_step", "tokens", "tokens_per_s", "wall_s", "device_hours", "devices"):
+    for key in ("end_step", "tokens", "wall_s", "device_hours", "devices"):
         if not isinstance(data.get(key), int | float):
             raise ValueError(f"{path}: key {key!r} is missing or not a number")
+    # A segment without training steps (step0's, which only initialises) has no rate.
+    if not isinstance(data.get("tokens_per_s"), int | float | None):
+        raise ValueError(f"{path}: key 'tokens_per_s' is not a number or null")
     return data
 
 
