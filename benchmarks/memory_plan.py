@@ -24,8 +24,6 @@ sys.path.insert(0, str(REPO / "src"))
 from pythia_suite import config as cfg  # noqa: E402
 from pythia_suite.train import memory  # noqa: E402
 
-GIB = 2**30
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,23 +36,7 @@ def main() -> None:
         started = time.perf_counter()
         plan = memory.memory_plan(config, use_cache=False)
         total_s = time.perf_counter() - started
-    head = (
-        f"{'run':<22} {'TPxDP':>6} {'micro':>6} {'prec':>4} {'params':>7} {'grads':>7} "
-        f"{'optim':>7} {'activ':>7} {'temp':>7} {'peak':>7} {'limit':>6} {'phase':>9} "
-        f"{'fits':>4} {'trace s':>7}"
-    )
-    print("peak GPU memory per rank, GiB")
-    print(head)
-    print("-" * len(head))
-    for name, e in plan["runs"].items():
-        lay, b = e["layout"], e["breakdown"]
-        print(
-            f"{name:<22} {lay['tensor_parallel']}x{lay['data_parallel']:<4} "
-            f"{lay['micro_batch']:>3}x{lay['gas']:<2} {lay['precision']:>4} "
-            + " ".join(f"{b[c] / GIB:>7.2f}" for c in memory.CATEGORIES)
-            + f" {e['peak_bytes'] / GIB:>7.2f} {e['limit_bytes'] / GIB:>6.2f} "
-            f"{e['peak_phase']:>9} {'yes' if e['fits'] else 'NO':>4} {e['trace_s']:>7.1f}"
-        )
+    print(memory.render_memory_table(plan, trace_times=True))
     print(f"\nwhole plan: {total_s:.1f} s ({len(plan['runs'])} runs; one trace per layout)")
     if args.verify:
         run = next(n for n, r in cfg.expand_runs(config).items() if r.size == args.verify)

@@ -227,6 +227,11 @@ def test_check_memory_refuses_naming_size_estimate_and_limit_then_reuses_the_cac
         out["memory"]["runs"]["pythia-70m"]["peak_bytes"]
         == plan["runs"]["pythia-70m"]["peak_bytes"]
     )
+    assert main([*_config_args(overlay), "plan", "--memory"]) == 0
+    text = capsys.readouterr().out.split("peak GPU memory per rank")[1]
+    row = next(line for line in text.splitlines() if line.startswith("pythia-70m "))
+    peak_gib = plan["runs"]["pythia-70m"]["peak_bytes"] / 2**30
+    assert "test-GPU" in row and f"{peak_gib:.2f}" in row and row.split()[-1] == "NO"
 
 
 def test_check_memory_passes_a_layout_that_fits_and_exempts_cpu_layouts(tmp_path, capsys):

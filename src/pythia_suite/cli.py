@@ -178,32 +178,10 @@ def cmd_check_memory(config: dict, args) -> None:
 
 
 def _print_memory_table(plan: dict) -> None:
-    from .train.memory import CATEGORIES
+    from .train.memory import render_memory_table
 
-    gib = 2**30
-    header = (
-        f"{'run':<28} {'GPU':<15} {'TPxDP':>7} {'micro':>8} {'prec':>4} {'AC':>3} "
-        f"{'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'temp':>7} {'peak':>7} "
-        f"{'limit':>7} {'phase':>9} fits"
-    )
-    print("\npeak GPU memory per rank (GiB), traced (train.memory; docs/ARCHITECTURE.md)")
-    print(header)
-    print("-" * len(header))
-    for name, e in plan["runs"].items():
-        lay, b = e["layout"], e["breakdown"]
-        print(
-            f"{name:<28} {lay['gpu_name']:<15} "
-            f"{str(lay['tensor_parallel']) + 'x' + str(lay['data_parallel']):>7} "
-            f"{str(lay['micro_batch']) + 'x' + str(lay['gas']):>8} {lay['precision']:>4} "
-            f"{'yes' if lay['activation_checkpointing'] else 'no':>3} "
-            + " ".join(f"{b[c] / gib:>7.2f}" for c in CATEGORIES)
-            + f" {e['peak_bytes'] / gib:>7.2f} {e['limit_bytes'] / gib:>7.2f} "
-            f"{e['peak_phase']:>9} {'yes' if e['fits'] else 'NO'}"
-        )
-    print(
-        "micro = micro-batch x gradient accumulation per rank; limit = gpu.memory_gb less "
-        "cluster.gpu_memory_reserve_gb; runs of one layout share a trace"
-    )
+    print()
+    print(render_memory_table(plan))
 
 
 def _print_plan_table(rows: list[dict], args) -> None:

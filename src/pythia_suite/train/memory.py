@@ -698,5 +698,34 @@ def check_memory_plan(config: dict, *, log=None) -> dict:
     return plan
 
 
+def render_memory_table(plan: dict, *, trace_times: bool = False) -> str:
+    """`memory_plan`'s result as a text table, GiB per rank (with each trace's seconds)."""
+    gib = 2**30
+    header = (
+        f"{'run':<28} {'GPU':<15} {'TPxDP':>7} {'micro':>8} {'prec':>4} {'AC':>3} "
+        f"{'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'temp':>7} {'peak':>7} "
+        f"{'limit':>7} {'phase':>9} fits" + (" trace s" if trace_times else "")
+    )
+    lines = ["peak GPU memory per rank (GiB), traced (train.memory; docs/ARCHITECTURE.md)"]
+    lines += [header, "-" * len(header)]
+    for name, e in plan["runs"].items():
+        lay, b = e["layout"], e["breakdown"]
+        lines.append(
+            f"{name:<28} {lay['gpu_name']:<15} "
+            f"{str(lay['tensor_parallel']) + 'x' + str(lay['data_parallel']):>7} "
+            f"{str(lay['micro_batch']) + 'x' + str(lay['gas']):>8} {lay['precision']:>4} "
+            f"{'yes' if lay['activation_checkpointing'] else 'no':>3} "
+            + " ".join(f"{b[c] / gib:>7.2f}" for c in CATEGORIES)
+            + f" {e['peak_bytes'] / gib:>7.2f} {e['limit_bytes'] / gib:>7.2f} "
+            f"{e['peak_phase']:>9} {'yes ' if e['fits'] else 'NO  '}"
+            + (f" {e['trace_s']:>7.1f}" if trace_times else "")
+        )
+    lines.append(
+        "micro = micro-batch x gradient accumulation per rank; limit = gpu.memory_gb less "
+        "cluster.gpu_memory_reserve_gb; runs of one layout share a trace"
+    )
+    return "\n".join(lines)
+
+
 def _breakdown_text(breakdown: dict) -> str:
     return ", ".join(f"{c} {breakdown[c] / GIB:.3g}" for c in CATEGORIES) + " GiB"
