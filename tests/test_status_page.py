@@ -106,5 +106,7 @@ def test_progress_page_in_headless_chromium(tmp_path, monkeypatch):
     assert "training loss" in text and "tokens/s per segment" in text
     # Evaluation charts of the checkpoints evaluated so far (the fixture's Pythia tasks).
     assert "lambada_openai acc (0-shot)" in text and "No checkpoint evaluated yet" not in text
-    assert "evaluated" in text and "4/6" in text
+    first = st.runs[0]
+    assert 0 < first.evaluated < first.eval_planned  # some evaluated so far, not all
+    assert "evaluated" in text and f"{first.evaluated}/{first.eval_planned}" in text
     assert "plan.json" in text
