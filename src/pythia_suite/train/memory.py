@@ -160,7 +160,13 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
     layout); data parallel = GPUs / tensor_parallel; precision, activation checkpointing and the
     loss chunk as ``config.train_settings_values`` gives the loop.
     """
-    from ..config import expand_runs, gpu_record, padded_vocab_size, train_settings_values
+    from ..config import (
+        data_parallel_size,
+        expand_runs,
+        gpu_record,
+        padded_vocab_size,
+        train_settings_values,
+    )
 
     layouts = {}
     for name, run in expand_runs(config).items():
@@ -170,7 +176,6 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
             continue  # CPU layouts are exempt: no device memory to plan
         gpu = gpu_record(config, run.size)
         settings = train_settings_values(config, run)
-        devices = cluster["nodes"] * cluster["gpus_per_node"]
         layouts[name] = StepLayout(
             size=run.size,
             hidden=size["hidden"],
@@ -186,7 +191,7 @@ def memory_layouts(config: dict) -> dict[str, StepLayout]:
             activation_checkpointing=settings["activation_checkpointing"],
             loss_chunk_tokens=settings["loss_chunk_tokens"],
             tensor_parallel=size["tensor_parallel"],
-            data_parallel=devices // size["tensor_parallel"],
+            data_parallel=data_parallel_size(config, run.size),
             data_parallel_mode=settings["data_parallel"],
             partition_activations=settings["partition_activations"],
             gpu_name=gpu["name"],
