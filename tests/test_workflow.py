@@ -47,6 +47,23 @@ def test_one_step_target_plans_only_that_chain():
     assert "evaluate" not in counts
 
 
+def test_the_model_card_waits_for_every_receipt_it_reads():
+    """`model-card` reads every step's receipt; each must be an input, or the card can start
+    before a publish job has written its receipt (seen as a missing step32.json)."""
+    from pythia_suite import config as cfg
+    from pythia_suite import layout
+
+    config = cfg.load_config([REPO / "config.yaml", REPO / "config" / "mini.yaml"])
+    run = "pythia-1.3m"
+    target = layout.model_card("results", run)
+    result = snakemake("--profile", "profiles/local", "-n", target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    block = (result.stdout + result.stderr).split("rule model_card:", 1)[1]
+    inputs = block.split("input:", 1)[1].split("\n", 1)[0].split(", ")
+    receipts = [layout.receipt("results", run, step) for step in cfg.checkpoint_steps(config)]
+    assert len(receipts) > 2 and set(receipts) <= {i.strip() for i in inputs}
+
+
 def test_targets_outside_the_results_tree_unknown_runs_or_steps_are_refused():
     for target in (
         "results/runs/pythia-3b/published/step3000.json",

@@ -16,7 +16,6 @@ STATE = config["paths"]["state"]
 EFFECTIVE_CONFIG = f"{RESULTS}/config/effective.yaml"
 RUNS = suite_config.expand_runs(config)
 STEPS = suite_config.checkpoint_steps(config)
-FINAL_STEP = STEPS[-1]
 PREVIOUS_STEP = dict(zip(STEPS[1:], STEPS[:-1]))
 RAW_SHARDS = [f"{i:02d}" for i in range(len(config["data"]["raw"]["shards"]))]
 BAND_GROUPS = [f"{i:03d}" for i in range(config["data"]["dedup"]["band_groups"])]
@@ -217,11 +216,16 @@ def eval_tasks_input(wildcards):
 # ----------------------------------------------------------------------------- targets
 
 
+def run_receipts(wildcards):
+    """Every step's publish receipt of one run."""
+    return [layout.receipt(RESULTS, wildcards.run, step) for step in STEPS]
+
+
 def run_targets(wildcards):
     """Everything one run produces: every step trained, exported and published; its evals."""
     run = wildcards.run
     return [
-        *(layout.receipt(RESULTS, run, step) for step in STEPS),
+        *run_receipts(wildcards),
         layout.evals_dir(RESULTS, run),
         layout.model_card(RESULTS, run),
     ]

@@ -21,7 +21,8 @@ rule publish:
 rule model_card:
     input:
         evals=layout.evals_dir(RESULTS, "{run}"),
-        final=lambda wc: layout.receipt(RESULTS, wc.run, FINAL_STEP),
+        # the card reads every step's receipt (branches, verification), not just the final one
+        receipts=run_receipts,
     output:
         layout.model_card(RESULTS, "{run}"),
     log:
