@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -172,6 +173,48 @@ def test_next_word_items_are_fair_multiple_choice(corpus):
     assert golds == {0, 1, 2, 3}
     with pytest.raises(ValueError, match=r"give \d+ next-word items; 100000 were asked for"):
         ev.build_next_word_items(texts, 100_000, seed=3)
+
+
+def test_next_word_distractors_cost_the_answers_tokens_and_answers_repeat_at_most_the_cap(
+    corpus, tmp_path
+):
+    """Equal token counts keep an untrained model (near-uniform logits) at chance; the cap keeps
+    one word's random preference from moving many items."""
+    shard, texts = corpus
+    model_dir = make_tiny_model(tmp_path / "tok", texts, seed=0)
+    tokenizer_file = model_dir / "tokenizer.json"
+    count = ev._continuation_token_counter(tokenizer_file)
+    uncapped = ev.build_next_word_items(texts, 40, seed=3, max_items_per_answer=10**9)
+    assert max(_answer_counts(uncapped).values()) > 3  # the synthetic corpus repeats words
+    for cap in (1, 3):
+        items = ev.build_next_word_items(
+            texts, 20, seed=3, token_count=count, max_items_per_answer=cap
+        )
+        assert max(_answer_counts(items).values()) == cap
+        for item in items:
+            assert len(set(count(item["choices"]))) == 1, item  # same number of tokens
+            assert len({len(c) for c in item["choices"]}) == 1, item  # same length
+
+    ev.build_local_tasks(
+        shard,
+        tmp_path / "tasks",
+        n_docs=12,
+        seed=7,
+        n_choice_items=20,
+        tokenizer_file=tokenizer_file,
+    )
+    manifest = json.loads((tmp_path / "tasks" / "manifest.json").read_text())
+    assert manifest["tokenizer_sha256"] == hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
+    items = [json.loads(line) for line in (tmp_path / "tasks" / "mini_next_word.jsonl").open()]
+    assert all(len(set(count(item["choices"]))) == 1 for item in items)
+
+
+def _answer_counts(items: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        answer = item["choices"][item["gold"]].lower()
+        counts[answer] = counts.get(answer, 0) + 1
+    return counts
 
 
 def test_build_local_tasks_rejects_bad_input(corpus, tmp_path):

@@ -116,7 +116,8 @@ def test_evals_in_pythias_layout(suite):
 
 
 def test_next_word_task_shows_learning_above_chance(suite):
-    """Step 0 at chance (the control), the final step clearly above it, 1.3m above 0.4m."""
+    """Step 0 at chance (the control), accuracy rising with step to clearly above chance at the
+    end, and the larger size above the smaller one on each data variant."""
     final = {}
     for run in runs():
         zero = suite / "results" / "evals" / run / "zero-shot"
@@ -124,13 +125,15 @@ def test_next_word_task_shows_learning_above_chance(suite):
             step: json.loads((zero / f"{run}_step{step}.json").read_text())["results"][
                 "mini_next_word"
             ]
-            for step in (0, 128)
+            for step in (0, 32, 128)
         }
         chance = 0.25
         assert abs(acc[0]["acc"] - chance) < 2 * acc[0]["acc_stderr"], (run, acc[0])
+        assert acc[0]["acc"] < acc[32]["acc"] < acc[128]["acc"], (run, acc)
         assert acc[128]["acc"] - 2 * acc[128]["acc_stderr"] > chance, (run, acc[128])
         final[run] = acc[128]["acc"]
-    assert final["pythia-1.3m"] > final["pythia-0.4m"]
+    assert final["pythia-1.3m"] > final["pythia-0.4m"], final
+    assert final["pythia-1.3m-deduped"] > final["pythia-0.4m-deduped"], final
     report = (suite / "results" / "report" / "report.md").read_text()
     assert "## Headline: learning above chance" in report
 

@@ -459,8 +459,16 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
         "n_choice_items": evaluation["local_choice_items"],
     }
     with atomic_directory(out) as tmp:
-        build_local_tasks(args.heldout, tmp, seed=1234, max_heldout_chars=2000, **counts)
-    Recorder(out, "eval-tasks", counts, [Path(args.heldout)]).write()
+        build_local_tasks(
+            args.heldout,
+            tmp,
+            seed=1234,
+            max_heldout_chars=2000,
+            tokenizer_file=args.tokenizer,
+            **counts,
+        )
+    inputs = [Path(args.heldout), *([Path(args.tokenizer)] if args.tokenizer else [])]
+    Recorder(out, "eval-tasks", counts, inputs).write()
 
 
 # ----------------------------------------------------------------------------- training
@@ -997,6 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text")
     p.add_argument("heldout")
+    p.add_argument("--tokenizer", help="tokenizer.json: next-word distractors match token counts")
     p.add_argument("--output", required=True)
 
     p = add("train-segment", cmd_train_segment, "train one checkpoint segment of a run")

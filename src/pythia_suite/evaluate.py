@@ -5,8 +5,9 @@ Three operations, each a function the CLI can call directly:
 - :func:`build_local_tasks` turns held-out Pile-format documents into lm-eval tasks for the
   miniature suite: ``mini_lambada`` (LAMBADA-style last-word prediction, like ``lambada_openai``),
   ``mini_heldout`` (rolling-loglikelihood perplexity, like ``wikitext``/``pile``) and
-  ``mini_next_word`` (which of 4 length- and frequency-matched words comes next, scored by
-  loglikelihood like ``piqa``/``sciq``; chance 0.25): the one on which tiny models show learning.
+  ``mini_next_word`` (which of 4 words of the same length, token count and near-equal
+  frequency comes next, scored by loglikelihood like ``piqa``/``sciq``; chance 0.25): the one
+  on which tiny models show learning.
 - :func:`evaluate_checkpoints` evaluates several checkpoints of one run in ONE process (importing
   torch, transformers and lm-eval costs seconds; indexing lm-eval's built-in tasks costs ~10 s
   more) and writes ``<out_dir>/<run>/{zero-shot,five-shot}/<run>_step<N>.json`` shaped like
@@ -27,7 +28,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,18 +223,19 @@ def _word_counts(texts: Sequence[str]) -> dict[str, int]:
 
 
 def _matched_distractors(
-    word: str, counts: Mapping[str, int], by_length: Mapping[int, list[str]], k: int, rng: Any
+    word: str, counts: Mapping[str, int], pool: Sequence[str], k: int, rng: Any
 ) -> list[str] | None:
-    """``k`` words of ``word``'s length and closest in frequency (None if too few exist).
+    """``k`` words of ``pool`` closest to ``word`` in frequency (None if too few exist).
 
-    Equal length in characters, and near-equal frequency, so that neither length nor the
-    unigram prior (nor, at initialisation, the number of tokens a word costs) tells the answer:
-    only the context does. Picked at random among the ``2k`` nearest in log frequency.
+    ``pool`` holds the words of ``word``'s shape: its length in characters, and in tokens when
+    a tokenizer is given. With near-equal frequency too, neither length nor the unigram prior
+    tells the answer: only the context does. At initialisation a model's logits are near
+    uniform, so a choice's loglikelihood is about minus its token count times ln(vocabulary):
+    equal token counts keep step 0 at chance. Picked at random among the ``2k`` nearest in log
+    frequency.
     """
     target = math.log(counts[word])
-    nearest = sorted(
-        by_length.get(len(word), []), key=lambda w: (abs(math.log(counts[w]) - target), w)
-    )
+    nearest = sorted(pool, key=lambda w: (abs(math.log(counts[w]) - target), w))
     seen, candidates = {word.lower()}, []
     for w in nearest:  # one spelling per word: "Said" and "said" are the same choice
         if w.lower() not in seen:
@@ -253,6 +255,8 @@ def build_next_word_items(
     context_words: int = 24,
     min_context_words: int = 16,
     max_context_chars: int = 160,
+    token_count: Callable[[Sequence[str]], list[int]] | None = None,
+    max_items_per_answer: int = 3,
 ) -> list[dict[str, Any]]:
     """Multiple-choice next-word items from held-out text: which word comes next?
 
@@ -260,19 +264,34 @@ def build_next_word_items(
     document (its own spacing kept; at most ``max_context_chars``, so that the miniature
     models' 128-token window holds it), then ``n_choices`` candidate next words, one of them the
     true one (at position ``gold``, drawn at random), the others length- and frequency-matched
-    words from the held-out text (:func:`_matched_distractors`). Targets are alphabetic words
-    preceded by one space, at random positions; documents are visited in turn so that every
-    document contributes. Deterministic in ``seed``; built before training, from text the model
-    never trains on, so an untrained model scores chance (``1 / n_choices``).
+    words from the held-out text (:func:`_matched_distractors`), also matched in token count
+    when ``token_count`` is given (it maps words to the number of tokens each costs as a
+    continuation, ``" " + word``). Targets are alphabetic words preceded by one space, at
+    random positions; documents are visited in turn so that every document contributes.
+    Deterministic in ``seed``; built before training, from text the model never trains on, so
+    an untrained model scores chance (``1 / n_choices``).
+
+    A word is the answer of at most ``max_items_per_answer`` items (case ignored). An untrained
+    model still prefers some words to others at random; were "the" the answer of fifty items,
+    that one preference would move step 0's accuracy by several standard errors. Uncapped,
+    step 0's accuracy on 1,000 items spread with a standard deviation of 0.033 over ten
+    initialisations of the 1.3m model, against a binomial 0.014; capped at 3, 0.010
+    (``benchmarks/next_word_control.py``).
 
     Raises:
         ValueError: fewer than ``n_items`` items can be built (naming both counts).
     """
     rng = random.Random(seed)
     counts = _word_counts(texts)
-    by_length: dict[int, list[str]] = {}
-    for word in sorted(counts):
-        by_length.setdefault(len(word), []).append(word)
+    words_sorted = sorted(counts)
+    tokens = dict(zip(words_sorted, token_count(words_sorted), strict=True)) if token_count else {}
+
+    def shape(word: str) -> tuple[int, int]:
+        return len(word), tokens.get(word, 0)
+
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    for word in words_sorted:
+        by_shape.setdefault(shape(word), []).append(word)
     positions = []  # per document: the shuffled candidate target positions
     for text in texts:
         words = list(_WORD.finditer(text))
@@ -287,13 +306,17 @@ def build_next_word_items(
         rng.shuffle(usable)
         positions.append((text, words, usable))
     items: list[dict[str, Any]] = []
+    answered: dict[str, int] = {}  # lower-cased answer -> items it answers
     while len(items) < n_items and any(usable for _, _, usable in positions):
         for doc, (text, words, usable) in enumerate(positions):
             if len(items) == n_items or not usable:
                 continue
             i = usable.pop()
             target = words[i].group()
-            distractors = _matched_distractors(target, counts, by_length, n_choices - 1, rng)
+            if answered.get(target.lower(), 0) == max_items_per_answer:
+                continue
+            pool = by_shape[shape(target)]
+            distractors = _matched_distractors(target, counts, pool, n_choices - 1, rng)
             if distractors is None:
                 continue
             gold = rng.randrange(n_choices)
@@ -304,6 +327,7 @@ def build_next_word_items(
                 first += 1
             context = text[words[first].start() : end]
             items.append({"context": context, "choices": choices, "gold": gold, "doc": doc})
+            answered[target.lower()] = answered.get(target.lower(), 0) + 1
     if len(items) < n_items:
         raise ValueError(
             f"{len(texts)} held-out documents give {len(items)} next-word items; "
@@ -382,6 +406,7 @@ def build_local_tasks(
     n_heldout: int | None = None,
     n_choice_items: int = 0,
     n_choices: int = 4,
+    tokenizer_file: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the miniature suite's lm-eval tasks from held-out Pile-format documents.
 
@@ -405,6 +430,8 @@ def build_local_tasks(
         seed: seed of the document order.
         n_heldout: documents of ``mini_heldout`` when it should differ from ``n_docs``
             (rolling perplexity costs about twice a passage per document).
+        tokenizer_file: the models' ``tokenizer.json``: next-word distractors then also cost
+            the true word's number of tokens (recorded in the manifest by its sha256).
 
     Returns:
         ``{task_name: lm-eval task config dict}`` with absolute data paths, ready for
@@ -458,7 +485,13 @@ def build_local_tasks(
     }
     chance = {}
     if n_choice_items > 0:
-        items = build_next_word_items(texts, n_choice_items, seed, n_choices=n_choices)
+        items = build_next_word_items(
+            texts,
+            n_choice_items,
+            seed,
+            n_choices=n_choices,
+            token_count=_continuation_token_counter(tokenizer_file) if tokenizer_file else None,
+        )
         files[f"{NEXT_WORD_TASK}.jsonl"] = _jsonl(items)
         configs[NEXT_WORD_TASK] = _task_yaml(NEXT_WORD_TASK, {"test": f"{NEXT_WORD_TASK}.jsonl"})
         chance[NEXT_WORD_TASK] = {"acc": 1 / n_choices, "acc_norm": 1 / n_choices}
@@ -477,6 +510,7 @@ def build_local_tasks(
         "source_sha256": sha256_file(shard),
         "seed": seed,
         "n_docs": n_docs,
+        **({"tokenizer_sha256": sha256_file(tokenizer_file)} if tokenizer_file else {}),
         "counts": {
             "source_documents": len(texts),
             "mini_lambada": len(lambada),
@@ -489,6 +523,19 @@ def build_local_tasks(
     }
     _write_json(out / "manifest.json", manifest)
     return load_local_tasks(out)
+
+
+def _continuation_token_counter(tokenizer_file: str | os.PathLike):
+    """A function from words to the number of tokens each costs as a continuation."""
+    from pythia_suite.data.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_file)
+
+    def count(words: Sequence[str]) -> list[int]:
+        encoded = tokenizer.encode_batch([" " + w for w in words], add_special_tokens=False)
+        return [len(e.ids) for e in encoded]
+
+    return count
 
 
 def chance_levels(task_dir: str | os.PathLike) -> dict[str, dict[str, float]]:

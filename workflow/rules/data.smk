@@ -206,6 +206,7 @@ rule fetch_preshuffled:
 rule eval_tasks:
     input:
         heldout=config["data"]["raw"]["heldout"] or [],
+        tokenizer=layout.tokenizer(RESULTS),  # distractors cost as many tokens as the answer
     output:
         directory(layout.eval_tasks_dir(RESULTS)),
     log:
@@ -215,4 +216,5 @@ rule eval_tasks:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "{params.cli} build-eval-tasks {input.heldout:q} --output {output:q} 2> {log:q}"
+        "{params.cli} build-eval-tasks {input.heldout:q} --tokenizer {input.tokenizer:q}"
+        " --output {output:q} 2> {log:q}"
