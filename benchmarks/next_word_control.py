@@ -1,10 +1,11 @@
 """The miniature next-word task's control: does an untrained model score chance?
 
-    python benchmarks/next_word_control.py [RESULTS] [--inits 10] [--items 1000]
+    python benchmarks/next_word_control.py [RESULTS] [--inits 10] [--items N]
 
 Needs a finished miniature suite under RESULTS (its tokenizer, its exports' configs, its
 task files). Builds the next-word items twice from the held-out shard, with the suite's
-seed and tokenizer: as the suite does (each word the answer of at most 3 items) and uncapped.
+seed, tokenizer and item count (or ``--items``): as the suite does (each word the answer of at
+most 3 items) and uncapped.
 Then initialises each miniature size ``--inits`` times (GPT-NeoX's init, weight seeds
 0..N-1) and scores both item sets as lm-eval does (sum of the choice's token log-probabilities
 after the context; the highest wins). Prints, per size and item set, the mean and spread of
@@ -71,13 +72,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", default="results")
     parser.add_argument("--inits", type=int, default=10)
-    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--items", type=int, help="default: the suite's item count")
     args = parser.parse_args()
     results = Path(args.results)
     tasks = results / "data" / "eval_tasks"
     manifest = json.loads((tasks / "manifest.json").read_text())
     tokenizer_file = results / "data" / "tokenizer" / "tokenizer.json"
     tokenizer = load_tokenizer(tokenizer_file)
+    args.items = args.items or manifest["counts"][ev.NEXT_WORD_TASK]
     texts = [d["text"] for _, d in ev._iter_documents(Path(manifest["source"])) if d["text"]]
     texts = [t for t in texts if t.strip()]
     count = ev._continuation_token_counter(tokenizer_file)
