@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pythia_suite.atomic import write_json_atomic, write_text_atomic
+from pythia_suite.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from pythia_suite.layout import SEGMENT_SUMMARY_FORMAT, SEGMENT_SUMMARY_NAME
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
@@ -474,27 +474,21 @@ def convert_neox_checkpoint(
     _require(neox_dir / "tools" / "convert_to_hf.py", "GPT-NeoX converter")
     _require(step_dir, "GPT-NeoX checkpoint")
     _require(config_file, "GPT-NeoX config")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    argv = neox_convert_command(neox_dir, step_dir, config_file, tmp, python=python)
-    proc = subprocess.run(argv, cwd=neox_dir.resolve(), capture_output=True, text=True)
-    if log_path is not None:
-        write_text_atomic(Path(log_path), proc.stdout + proc.stderr)
-    problem = None
-    if proc.returncode != 0:
-        problem = f"exit code {proc.returncode}"
-    elif not (tmp / "config.json").is_file():
-        problem = f"no config.json in {tmp}"
-    elif not any((tmp / name).is_file() for name in _HF_WEIGHTS):
-        problem = f"no weights ({', '.join(_HF_WEIGHTS)}) in {tmp}"
-    if problem:
-        shutil.rmtree(tmp, ignore_errors=True)
-        output = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-        raise NeoXError(f"converting {step_dir} failed ({problem}): {' '.join(argv)}\n{output}")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    with atomic_directory(output_dir) as tmp:
+        argv = neox_convert_command(neox_dir, step_dir, config_file, tmp, python=python)
+        proc = subprocess.run(argv, cwd=neox_dir.resolve(), capture_output=True, text=True)
+        if log_path is not None:
+            write_text_atomic(Path(log_path), proc.stdout + proc.stderr)
+        problem = None
+        if proc.returncode != 0:
+            problem = f"exit code {proc.returncode}"
+        elif not (tmp / "config.json").is_file():
+            problem = f"no config.json in {tmp}"
+        elif not any((tmp / name).is_file() for name in _HF_WEIGHTS):
+            problem = f"no weights ({', '.join(_HF_WEIGHTS)}) in {tmp}"
+        if problem:
+            output = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+            raise NeoXError(f"converting {step_dir} failed ({problem}): {' '.join(argv)}\n{output}")
     return output_dir
 
 
@@ -895,7 +889,6 @@ def checkpoint_from_hf_dir(
     """
     from safetensors.torch import save_file
 
-    from pythia_suite.atomic import atomic_directory
     from pythia_suite.export import load_hf_weights
     from pythia_suite.provenance import Recorder
     from pythia_suite.train.checkpoint import TRAINER_STATE_FORMAT
@@ -914,10 +907,7 @@ def checkpoint_from_hf_dir(
         "world_size": world_size,
         "history": [],  # GPT-NeoX logs its losses itself (neox.log in the state dir)
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.exists():
-        shutil.rmtree(output)
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output) as tmp:  # replaces an old one only once the new one is whole
         save_file({k: v.float().contiguous() for k, v in tensors.items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
         write_json_atomic(tmp / "hf_config.json", hf_config, indent=1)
