@@ -182,22 +182,7 @@ def test_onerror_webhook_and_mail_on_a_failed_job(tmp_path):
     assert "ARGS: -s [pythia] workflow failed on" in mail and "ops@test.invalid" in mail
     assert "Error in rule fetch_shard" in mail
     # status finds the same failure: from the Snakemake log, with the job's log and error.
-    status = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pythia_suite.cli",
-            "--config",
-            "results/config/effective.yaml",
-            "status",
-            "--no-slurm",
-        ],
-        cwd=root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = _suite_status(root, "--no-slurm")
     assert status.returncode == 0, status.stderr
     assert f"failed     fetch_shard {TARGET}" in status.stdout
     assert "log: results/logs/data/fetch_shard/00.log" in status.stdout
@@ -274,25 +259,24 @@ def test_slurm_mails_a_failed_job_through_mailprog(tmp_path):
     mail = _read(mailbox)
     assert re.search(rf"ARGS: -s .*Job_id={job_ids[-1]} .*Failed.* root", mail), mail or output
     # status, asking SLURM: the failed job with its log and SLURM job id.
-    status = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pythia_suite.cli",
-            "--config",
-            "results/config/effective.yaml",
-            "status",
-        ],
+    status = _suite_status(root)
+    assert status.returncode == 0, status.stderr
+    assert f"failed     fetch_shard {TARGET} SLURM job {job_ids[-1]}" in status.stdout
+    assert "SLURM: no running or pending jobs of the suite" in status.stdout
+    assert len(listener.posts) == 1 and listener.posts[0]["json"]["event"] == "workflow-failed"
+
+
+def _suite_status(root: Path, *options: str) -> subprocess.CompletedProcess:
+    """`pythia-suite status` run in the suite copy ``root``, as a user would."""
+    config = "results/config/effective.yaml"
+    return subprocess.run(
+        [sys.executable, "-m", "pythia_suite.cli", "--config", config, "status", *options],
         cwd=root,
         env=_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert status.returncode == 0, status.stderr
-    assert f"failed     fetch_shard {TARGET} SLURM job {job_ids[-1]}" in status.stdout
-    assert "SLURM: no running or pending jobs of the suite" in status.stdout
-    assert len(listener.posts) == 1 and listener.posts[0]["json"]["event"] == "workflow-failed"
 
 
 def _read(path: Path) -> str:

@@ -362,7 +362,8 @@ def _task_yaml(task: str, files: Mapping[str, str]) -> dict[str, Any]:
                 {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                 {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
             ],
-            "metadata": {"version": 1.0},
+            # 2.0: distractors also match the answer's token count; no answer repeats > 3 times
+            "metadata": {"version": 2.0},
         }
     if task == "mini_lambada":
         return {
