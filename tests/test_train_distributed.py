@@ -12,6 +12,7 @@ from train_support import (
     TINY_CONFIG,
     RandomTokens,
     assert_weights_close,
+    first_segment,
     read_weights,
     run_ranks,
     tiny_settings,
@@ -136,12 +137,7 @@ def reference(tmp_path_factory):
 
 def test_two_ranks_match_one_rank_and_shard_the_optimizer(reference, tmp_path):
     root, ref_state = reference
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": 4,
-        "out_dir": str(tmp_path / "step4"),
-    }
+    segment = first_segment(root, tmp_path / "step4", 4)
     # micro_batch 2: each rank takes 4 rows as 2 micro-steps of 2.
     assert run_ranks(2, segment, settings={"micro_batch": 2}) == [0, 0]
     state = json.loads((tmp_path / "step4" / "trainer_state.json").read_text())
@@ -167,13 +163,7 @@ def test_two_ranks_match_one_rank_and_shard_the_optimizer(reference, tmp_path):
 def test_resume_at_another_world_size(reference, tmp_path):
     root, ref_state = reference
     state_dir = tmp_path / "state"
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": 4,
-        "out_dir": str(tmp_path / "step4"),
-        "state_dir": str(state_dir),
-    }
+    segment = first_segment(root, tmp_path / "step4", 4, state_dir)
     fault = {"event": "step_end", "step": 3, "action": "raise"}
     codes = run_ranks(2, segment, settings={"micro_batch": 2, "state_interval": 2}, fault=fault)
     assert codes == [3, 3]

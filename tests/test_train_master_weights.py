@@ -21,6 +21,7 @@ import torch
 from train_support import (
     TINY_CONFIG,
     RandomTokens,
+    first_segment,
     read_weights,
     run_ranks,
     tiny_settings,
@@ -113,13 +114,7 @@ def test_parameters_are_bf16_and_the_checkpoint_holds_the_fp32_masters(runs):
 def test_resume_at_the_same_layout_is_bit_identical(runs, tmp_path):
     root, master, _ = runs
     state_dir = tmp_path / "state"
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": STEPS,
-        "out_dir": str(tmp_path / "out"),
-        "state_dir": str(state_dir),
-    }
+    segment = first_segment(root, tmp_path / "out", STEPS, state_dir)
     settings = {"precision": "bf16", "state_interval": 2}
     fault = {"event": "step_end", "step": 3, "action": "raise"}
     assert run_ranks(1, segment, settings=settings, fault=fault) == [3]
@@ -138,12 +133,7 @@ def test_resume_at_the_same_layout_is_bit_identical(runs, tmp_path):
 )
 def test_parallel_bf16_master_weights_match_one_rank(runs, tmp_path, world, settings):
     root, master, _ = runs
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": STEPS,
-        "out_dir": str(tmp_path / "out"),
-    }
+    segment = first_segment(root, tmp_path / "out", STEPS)
     settings = dict(settings, precision="bf16")
     if world == 4:
         settings["micro_batch"] = 2  # 2 data ranks x 4 rows

@@ -18,6 +18,7 @@ from train_support import (
     TINY_CONFIG,
     RandomTokens,
     assert_weights_close,
+    first_segment,
     read_weights,
     run_in_ranks,
     run_ranks,
@@ -203,12 +204,7 @@ def test_partitioned_checkpoint_keeps_one_slice_per_tensor_rank():
 )
 def test_parallel_layout_matches_one_rank(reference, tmp_path, world, settings):
     root, ref_state = reference
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": 3,
-        "out_dir": str(tmp_path / "step3"),
-    }
+    segment = first_segment(root, tmp_path / "step3", 3)
     assert run_ranks(world, segment, settings=settings, timeout=240) == [0] * world
     state = _assert_same_run(tmp_path / "step3", root, ref_state)
     assert state["world_size"] == world
@@ -232,13 +228,7 @@ def test_resume_across_tensor_parallel_degrees(reference, tmp_path, first, secon
     """Killed after step 2 at one TP degree (snapshot at 2), finished at the other."""
     root, ref_state = reference
     state_dir = tmp_path / "state"
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": 3,
-        "out_dir": str(tmp_path / "step3"),
-        "state_dir": str(state_dir),
-    }
+    segment = first_segment(root, tmp_path / "step3", 3, state_dir)
     fault = {"event": "step_end", "step": 3, "action": "raise"}
     codes = run_ranks(
         first, segment, settings={"tensor_parallel": first, "state_interval": 2}, fault=fault
@@ -312,12 +302,7 @@ def test_each_size_parallel_shape_trains(tmp_path, shape):
 def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(reference, tmp_path):
     """FSDP2's MixedPrecisionPolicy (bf16 compute, fp32 reduction and master weights)."""
     root, ref_state = reference
-    segment = {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": 3,
-        "out_dir": str(tmp_path / "step3"),
-    }
+    segment = first_segment(root, tmp_path / "step3", 3)
     settings = {"data_parallel": "fsdp", "micro_batch": 2, "precision": "bf16"}
     assert run_ranks(2, segment, settings=settings, timeout=240) == [0, 0]
     state = json.loads((tmp_path / "step3" / "trainer_state.json").read_text())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from train_support import TINY_CONFIG, RandomTokens, run_ranks, tiny_settings
+from train_support import TINY_CONFIG, RandomTokens, first_segment, run_ranks, tiny_settings
 
 from pythia_suite.train.loop import train_segment
 
@@ -57,13 +57,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def _segment(root, tmp_path):
-    return {
-        "start_checkpoint": str(root / "step0"),
-        "start_step": 0,
-        "end_step": END,
-        "out_dir": str(tmp_path / f"step{END}"),
-        "state_dir": str(tmp_path / "state"),
-    }
+    return first_segment(root, tmp_path / f"step{END}", END, tmp_path / "state")
 
 
 def _assert_identical(tmp_path, root, state, ref_state):

@@ -78,6 +78,19 @@ def tiny_settings(**overrides):
     return TrainSettings(**base)
 
 
+def first_segment(root: Path, out_dir: Path, end_step: int, state_dir: Path | None = None) -> dict:
+    """The segment spec (0, end_step] that starts from ``root/step0`` and writes ``out_dir``."""
+    segment = {
+        "start_checkpoint": str(root / "step0"),
+        "start_step": 0,
+        "end_step": end_step,
+        "out_dir": str(out_dir),
+    }
+    if state_dir is not None:
+        segment["state_dir"] = str(state_dir)
+    return segment
+
+
 def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / "model.safetensors"))
 
