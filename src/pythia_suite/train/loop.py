@@ -192,6 +192,7 @@ class TrainSettings:
 
     @property
     def half_dtype(self) -> torch.dtype | None:
+        """The compute dtype of fp16/bf16 training; None for fp32."""
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
     def validate(self) -> None:
@@ -633,7 +634,7 @@ def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.de
     impl = model.config._attn_implementation
     if impl != "sdpa":
         return f"{impl} attention (not SDPA: no flash kernel)"
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision, torch.float32)
+    dtype = settings.half_dtype or torch.float32
     heads = model.config.num_attention_heads
     q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
     refused = []
@@ -773,7 +774,7 @@ def parallelize(
         )
     parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
     train_module = LMLoss(model, settings)
-    parallel.apply_fsdp(model, train_module, par, settings.precision)
+    parallel.apply_fsdp(model, train_module, par, settings.half_dtype)
     return train_module, par
 
 
@@ -848,10 +849,9 @@ def init_train_state(
 def autocast_context(settings: TrainSettings, device: torch.device):
     """The forward pass's autocast: none for fp32 or master weights (the parameters are
     fp16/bf16 already), else fp16/bf16 on ``device``'s type (FSDP2's mixed precision)."""
-    if settings.precision == "fp32" or settings.master_weights:
+    if settings.half_dtype is None or settings.master_weights:
         return contextlib.nullcontext()
-    dtype = torch.float16 if settings.precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=settings.half_dtype)
 
 
 def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float) -> torch.Tensor:

@@ -347,20 +347,22 @@ def is_vocab_parallel(head: nn.Module) -> bool:
     return isinstance(head.weight, DTensor) and Shard(0) in tuple(head.weight.placements)
 
 
-def apply_fsdp(model: nn.Module, root: nn.Module, par: Parallelism, precision: str) -> None:
+def apply_fsdp(
+    model: nn.Module, root: nn.Module, par: Parallelism, half_dtype: torch.dtype | None
+) -> None:
     """FSDP2 over the data group (``data_parallel: fsdp``, more than one data rank): each layer,
     then ``root`` (the loss module holding ``model``), which gathers the embedding, the final
-    norm and the output layer around the whole loss. bf16/fp16 compute with fp32 gradient
-    reduction and fp32 master weights (``MixedPrecisionPolicy``). No-op otherwise.
+    norm and the output layer around the whole loss. With ``half_dtype`` (fp16/bf16) that
+    compute dtype with fp32 gradient reduction and fp32 master weights
+    (``MixedPrecisionPolicy``). No-op otherwise.
     """
     if par.mode != "fsdp" or par.data == 1:
         return
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp_policy = MixedPrecisionPolicy()
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        mp_policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if half_dtype is not None:
+        mp_policy = MixedPrecisionPolicy(param_dtype=half_dtype, reduce_dtype=torch.float32)
     mesh = par.mesh["data"]
     for layer in model.gpt_neox.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
@@ -382,17 +384,39 @@ def zero1_owners(param_groups: list[dict], world: int) -> dict[int, int]:
     return owner
 
 
-def _broadcast_owned(tensors_by_owner: dict[int, list[torch.Tensor]], rank: int, group) -> None:
-    """Each owner's tensors, flattened into one buffer, broadcast to the group (in place)."""
+def _broadcast_from_owners(
+    params: list[torch.Tensor], owner: dict[int, int], rank: int, group
+) -> None:
+    """Each owner's (local blocks of) ``params``, flattened into one buffer, broadcast to the
+    group and copied in place on the other ranks."""
+    by_owner: dict[int, list[torch.Tensor]] = {}
+    for p in params:
+        by_owner.setdefault(owner[id(p)], []).append(local_view(p))
     global_ranks = [dist.get_global_rank(group, r) for r in range(dist.get_world_size(group))]
-    for owner, tensors in sorted(tensors_by_owner.items()):
+    for source, tensors in sorted(by_owner.items()):
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.broadcast(flat, src=global_ranks[owner], group=group)
-        if owner != rank:
+        dist.broadcast(flat, src=global_ranks[source], group=group)
+        if source != rank:
             offset = 0
             for t in tensors:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
+
+
+def _copy_hyperparameters(groups: list[dict], local_groups: list[dict]) -> None:
+    """Each group's LR, decay, ... (set by the schedule) onto the local optimizer's group."""
+    for g, local in zip(groups, local_groups, strict=True):
+        for key, value in g.items():
+            if key != "params":
+                local[key] = value
+
+
+def _zero_grads(params: list[torch.Tensor], set_to_none: bool) -> None:
+    for p in params:
+        if set_to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad.zero_()
 
 
 class ZeroOneOptimizer:
@@ -425,26 +449,17 @@ class ZeroOneOptimizer:
         ]
         self.optim = optimizer_class(local_groups, **defaults)
 
+    def params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+        _zero_grads(self.params(), set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:
-        for g, local in zip(self.param_groups, self.optim.param_groups, strict=True):
-            for key, value in g.items():
-                if key != "params":
-                    local[key] = value
+        _copy_hyperparameters(self.param_groups, self.optim.param_groups)
         self.optim.step()
-        by_owner: dict[int, list[torch.Tensor]] = {}
-        for g in self.param_groups:
-            for p in g["params"]:
-                by_owner.setdefault(self.owner[id(p)], []).append(local_view(p))
-        _broadcast_owned(by_owner, self.rank, self.group)
+        _broadcast_from_owners(self.params(), self.owner, self.rank, self.group)
 
 
 class MasterWeightOptimizer:
@@ -497,11 +512,7 @@ class MasterWeightOptimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        _zero_grads(self.params(), set_to_none)
         self._grad_factor = None
 
     @torch.no_grad()
@@ -517,10 +528,7 @@ class MasterWeightOptimizer:
     def step(self) -> None:
         if self._grad_factor is None:
             raise RuntimeError("MasterWeightOptimizer.step needs unscale_and_clip first")
-        for g, local in zip(self.param_groups, self.optim.param_groups, strict=True):
-            for key, value in g.items():
-                if key != "params":
-                    local[key] = value
+        _copy_hyperparameters(self.param_groups, self.optim.param_groups)
         owned = [(p, self._master[id(p)]) for p in self.params() if id(p) in self._master]
         for p, master in owned:
             if p.grad is not None:
@@ -532,10 +540,7 @@ class MasterWeightOptimizer:
             local_view(p).copy_(local_view(master))
             master.grad = None
         if self.group is not None:
-            by_owner: dict[int, list[torch.Tensor]] = {}
-            for p in self.params():
-                by_owner.setdefault(self.owner[id(p)], []).append(local_view(p))
-            _broadcast_owned(by_owner, self.rank, self.group)
+            _broadcast_from_owners(self.params(), self.owner, self.rank, self.group)
 
 
 def _placed_like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
