@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import transformer_flops_per_token
-from ..layout import SEGMENT_SUMMARY_FORMAT, SEGMENT_SUMMARY_NAME
+from ..layout import SEGMENT_SUMMARY_NAME, segment_summary_record
 from . import checkpoint as ckpt
 from . import parallel
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
@@ -1207,9 +1207,6 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
     """
     settings, env, progress, hf = state.settings, state.env, state.progress, seg.hf_config
     dp_size, _ = data_parallel_coords(env, settings)
-    steps = len(progress.history)
-    tokens = steps * settings.global_batch * settings.seq_length
-    tokens_per_s = tokens / progress.train_time_s if progress.train_time_s > 0 else None
     flops = transformer_flops_per_token(
         layers=hf["num_hidden_layers"],
         hidden=hf["hidden_size"],
@@ -1218,49 +1215,32 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
         vocab=hf["vocab_size"],
     )
     cuda = state.device.type == "cuda"
-    peak = seg.run_info.gpu_peak_tflops if cuda else None
-    mfu = flops * tokens_per_s / (env.world_size * peak * 1e12) if peak and tokens_per_s else None
-    wall = progress.wall_s + time.perf_counter() - seg.begun
-    losses = [r["loss"] for r in progress.history if not r["skipped"]]
-    return {
-        "format": SEGMENT_SUMMARY_FORMAT,
-        "run": seg.run_info.run,
-        "size": seg.run_info.size,
-        "start_step": seg.start_step,
-        "end_step": seg.end_step,
-        "steps": steps,
-        "skipped_steps": sum(1 for r in progress.history if r["skipped"]),
-        "tokens": tokens,
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": float(flops),
-        "mfu": mfu,
-        "peak_tflops": peak,
-        "device_kind": state.device.type,
-        "device_name": torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
-        "devices": env.world_size,
-        "nodes": len(hosts),
-        "data_parallel": dp_size,
-        "tensor_parallel": settings.tensor_parallel,
-        "micro_batch": settings.micro_batch,
-        "gas": settings.global_batch // (dp_size * settings.micro_batch),
-        "precision": settings.precision,
-        "wall_s": wall,
-        "train_time_s": progress.train_time_s,
-        "device_hours": env.world_size * wall / 3600,
-        "losses": {
-            "first": losses[0] if losses else None,
-            "last": losses[-1] if losses else None,
-            "min": min(losses) if losses else None,
-            "max": max(losses) if losses else None,
-            "mean": sum(losses) / len(losses) if losses else None,
-        },
-        "spikes": progress.spikes,
-        "nan_abort": False,  # a NaN abort writes no checkpoint, hence no summary
-        "started_at": progress.started_at,
-        "finished_at": _utc_now(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "hosts": hosts,
-    }
+    return segment_summary_record(
+        run=seg.run_info.run,
+        size=seg.run_info.size,
+        start_step=seg.start_step,
+        end_step=seg.end_step,
+        steps=len(progress.history),
+        skipped_steps=sum(1 for r in progress.history if r["skipped"]),
+        tokens_per_step=settings.global_batch * settings.seq_length,
+        train_time_s=progress.train_time_s,
+        wall_s=progress.wall_s + time.perf_counter() - seg.begun,
+        flops_per_token=flops,
+        peak_tflops=seg.run_info.gpu_peak_tflops if cuda else None,
+        device_kind=state.device.type,
+        device_name=torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
+        devices=env.world_size,
+        nodes=len(hosts),
+        data_parallel=dp_size,
+        tensor_parallel=settings.tensor_parallel,
+        micro_batch=settings.micro_batch,
+        gas=settings.global_batch // (dp_size * settings.micro_batch),
+        precision=settings.precision,
+        losses=[r["loss"] for r in progress.history if not r["skipped"]],
+        spikes=progress.spikes,
+        started_at=progress.started_at,
+        hosts=hosts,
+    )
 
 
 def _cpu_name() -> str:

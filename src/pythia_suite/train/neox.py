@@ -52,7 +52,7 @@ import numpy as np
 import yaml
 
 from pythia_suite.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from pythia_suite.layout import SEGMENT_SUMMARY_FORMAT, SEGMENT_SUMMARY_NAME
+from pythia_suite.layout import SEGMENT_SUMMARY_NAME, segment_summary_record
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 __all__ = [
@@ -774,7 +774,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
                            default_flow_style=None),
         )  # fmt: skip
         global_dir = save_dir / f"global_step{step}"
-        summary_path = work / layout.SEGMENT_SUMMARY_NAME
+        summary_path = work / SEGMENT_SUMMARY_NAME
         if not neox_step_complete(global_dir):
             launched = time.time()
             run_neox_segment(
@@ -817,50 +817,37 @@ def neox_segment_summary(config: Mapping, run, start: int, end: int, *, launch_s
     """
     from pythia_suite import config as cfg
 
+    config = dict(config)
     size = config["sizes"][run.size]
-    devices = cfg.devices(dict(config), run.size)
-    steps = end - start
-    tokens = steps * config["training"]["global_batch"] * config["model"]["seq_length"]
-    flops = float(cfg.training_flops_per_token(dict(config), run.size))
-    gpu = cfg.gpu_record(dict(config), run.size) if size["cluster"]["gpus_per_node"] else None
-    tokens_per_s = tokens / launch_s if launch_s > 0 else None
-    mfu = None
-    if gpu and tokens_per_s:
-        mfu = flops * tokens_per_s / (devices * gpu["peak_tflops"] * 1e12)
-    utc = datetime.UTC
-    return {
-        "format": SEGMENT_SUMMARY_FORMAT,
-        "run": run.name,
-        "size": run.size,
-        "start_step": start,
-        "end_step": end,
-        "steps": steps,
-        "skipped_steps": None,
-        "tokens": tokens,
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": flops,
-        "mfu": mfu,
-        "peak_tflops": gpu["peak_tflops"] if gpu else None,
-        "device_kind": "cuda" if gpu else "cpu",
-        "device_name": gpu["name"] if gpu else "cpu",
-        "devices": devices,
-        "nodes": size["cluster"]["nodes"],
-        "data_parallel": cfg.data_parallel_size(dict(config), run.size),
-        "tensor_parallel": size["tensor_parallel"],
-        "micro_batch": size["micro_batch"],
-        "gas": size["gas"],
-        "precision": cfg.precision(dict(config), run),
-        "wall_s": wall_s,
-        "train_time_s": launch_s,
-        "device_hours": devices * wall_s / 3600,
-        "losses": {"first": None, "last": None, "min": None, "max": None, "mean": None},
-        "spikes": [],
-        "nan_abort": False,
-        "started_at": datetime.datetime.fromtimestamp(started, utc).isoformat(timespec="seconds"),
-        "finished_at": datetime.datetime.now(utc).isoformat(timespec="seconds"),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "hosts": segment_hosts(None),
-    }
+    gpu = cfg.gpu_record(config, run.size) if size["cluster"]["gpus_per_node"] else None
+    return segment_summary_record(
+        run=run.name,
+        size=run.size,
+        start_step=start,
+        end_step=end,
+        steps=end - start,
+        skipped_steps=None,
+        tokens_per_step=config["training"]["global_batch"] * config["model"]["seq_length"],
+        train_time_s=launch_s,
+        wall_s=wall_s,
+        flops_per_token=cfg.training_flops_per_token(config, run.size),
+        peak_tflops=gpu["peak_tflops"] if gpu else None,
+        device_kind="cuda" if gpu else "cpu",
+        device_name=gpu["name"] if gpu else "cpu",
+        devices=cfg.devices(config, run.size),
+        nodes=size["cluster"]["nodes"],
+        data_parallel=cfg.data_parallel_size(config, run.size),
+        tensor_parallel=size["tensor_parallel"],
+        micro_batch=size["micro_batch"],
+        gas=size["gas"],
+        precision=cfg.precision(config, run),
+        losses=[],
+        spikes=[],
+        started_at=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+        hosts=segment_hosts(None),
+    )
 
 
 def checkpoint_from_hf_dir(
