@@ -80,8 +80,7 @@ def main() -> None:
     tokenizer_file = results / "data" / "tokenizer" / "tokenizer.json"
     tokenizer = load_tokenizer(tokenizer_file)
     args.items = args.items or manifest["counts"][ev.NEXT_WORD_TASK]
-    texts = [d["text"] for _, d in ev._iter_documents(Path(manifest["source"])) if d["text"]]
-    texts = [t for t in texts if t.strip()]
+    texts = ev.heldout_texts(manifest["source"])
     count = ev._continuation_token_counter(tokenizer_file)
     item_sets = {
         "capped (the suite's)": ev.build_next_word_items(

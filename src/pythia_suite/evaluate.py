@@ -178,6 +178,13 @@ def _iter_documents(path: Path) -> Iterator[tuple[int, dict]]:
 # 1. Local tasks from held-out documents
 # ---------------------------------------------------------------------------------------------
 
+
+def heldout_texts(shard: str | os.PathLike) -> list[str]:
+    """The non-empty document texts of a held-out shard, in file order: what the local tasks
+    are built from. Raises ``ValueError`` naming the file and line of a bad document."""
+    return [doc["text"] for _, doc in _iter_documents(Path(shard)) if doc["text"].strip()]
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TARGET_WORD = re.compile(r"^[A-Za-z]{2,}$")
 
@@ -449,7 +456,7 @@ def build_local_tasks(
     if not shard.is_file():
         raise FileNotFoundError(f"held-out shard not found: {shard}")
 
-    texts = [doc["text"] for _, doc in _iter_documents(shard) if doc["text"].strip()]
+    texts = heldout_texts(shard)
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
 
