@@ -16,6 +16,7 @@ from train_support import (
     read_weights,
     run_ranks,
     tiny_settings,
+    train_in_this_process,
 )
 
 from pythia_suite.train.distributed import (
@@ -106,32 +107,16 @@ def test_expand_slurm_nodelist_rejects_garbage():
 def reference(tmp_path_factory):
     """One uninterrupted single-process run (0, 4], from a shared step0."""
     root = tmp_path_factory.mktemp("ref")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        kw = dict(log=io.StringIO())
-        train_segment(
-            TINY_CONFIG,
-            tiny_settings(),
-            RandomTokens(),
-            start_checkpoint=None,
-            start_step=0,
-            end_step=0,
-            out_dir=root / "step0",
-            **kw,
-        )
-        state = train_segment(
-            TINY_CONFIG,
-            tiny_settings(),
-            RandomTokens(),
-            start_checkpoint=root / "step0",
-            start_step=0,
-            end_step=4,
-            out_dir=root / "step4",
-            **kw,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    train_in_this_process(
+        tiny_settings(), start_checkpoint=None, start_step=0, end_step=0, out_dir=root / "step0"
+    )
+    state = train_in_this_process(
+        tiny_settings(),
+        start_checkpoint=root / "step0",
+        start_step=0,
+        end_step=4,
+        out_dir=root / "step4",
+    )
     return root, state
 
 

@@ -12,7 +12,6 @@ row-parallel sums): the same tolerances.
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -25,11 +24,12 @@ from train_support import (
     read_weights,
     run_ranks,
     tiny_settings,
+    train_in_this_process,
 )
 
 from pythia_suite.train import parallel
 from pythia_suite.train.distributed import DistributedEnv
-from pythia_suite.train.loop import init_train_state, prepare_model, train_segment, train_step
+from pythia_suite.train.loop import init_train_state, prepare_model, train_step
 from pythia_suite.train.model import init_gpt_neox_weights
 
 CPU = torch.device("cpu")
@@ -40,22 +40,9 @@ WEIGHT_TOL = 5e-2  # of each tensor's largest absolute value
 
 
 def _train(out, settings, start=None, end=STEPS, **kw):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_segment(
-            TINY_CONFIG,
-            settings,
-            RandomTokens(),
-            start_checkpoint=start,
-            start_step=0,
-            end_step=end,
-            out_dir=out,
-            log=io.StringIO(),
-            **kw,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    return train_in_this_process(
+        settings, start_checkpoint=start, start_step=0, end_step=end, out_dir=out, **kw
+    )
 
 
 def _assert_close_weights(a: dict, b: dict) -> None:

@@ -6,7 +6,6 @@ one uninterrupted single-process run: same losses (rtol 1e-5), same fp32 weights
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
@@ -16,31 +15,21 @@ import pytest
 import torch
 from train_support import (
     TINY_CONFIG,
-    RandomTokens,
     assert_weights_close,
     first_segment,
     read_weights,
     run_in_ranks,
     run_ranks,
     tiny_settings,
+    train_in_this_process,
 )
 
 from pythia_suite import config as cfg
 from pythia_suite.train import parallel
-from pythia_suite.train.loop import train_segment
 from pythia_suite.train.model import build_model, init_gpt_neox_weights
 
 RTOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _train_one_process(settings, **segment):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_segment(TINY_CONFIG, settings, RandomTokens(), log=io.StringIO(), **segment)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +37,10 @@ def reference(tmp_path_factory):
     """step0, and one uninterrupted single-process run (0, 3] from it."""
     root = tmp_path_factory.mktemp("ref")
     settings = tiny_settings()
-    _train_one_process(
+    train_in_this_process(
         settings, start_checkpoint=None, start_step=0, end_step=0, out_dir=root / "step0"
     )
-    state = _train_one_process(
+    state = train_in_this_process(
         settings, start_checkpoint=root / "step0", start_step=0, end_step=3, out_dir=root / "step3"
     )
     return root, state

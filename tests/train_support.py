@@ -6,6 +6,7 @@ Rank processes come from a ``forkserver`` that has torch and transformers import
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import signal
@@ -89,6 +90,20 @@ def first_segment(root: Path, out_dir: Path, end_step: int, state_dir: Path | No
     if state_dir is not None:
         segment["state_dir"] = str(state_dir)
     return segment
+
+
+def train_in_this_process(settings, **segment) -> dict:
+    """``train_segment`` in the test process on one thread (as each rank process runs: the same
+    summation order, bit for bit); ``segment`` holds its step, checkpoint and log arguments."""
+    from pythia_suite.train.loop import train_segment
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        segment.setdefault("log", io.StringIO())
+        return train_segment(TINY_CONFIG, settings, RandomTokens(), **segment)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
