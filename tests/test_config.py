@@ -305,6 +305,52 @@ def test_unreadable_config_names_the_file(tmp_path):
         cfg.load_config([tmp_path / "missing.yaml"])
 
 
+def test_check_config_gives_each_bad_input_in_one_line(tmp_path, capsys):
+    """`pythia-suite check-config FILE...`: the command the README names for the inputs Snakemake
+    reads itself (YAML syntax, a missing file); one line naming the file, line and column."""
+    from pythia_suite.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sizes:\n  tiny: [1, 2\ntraining: {}\n")
+    typo = write_overlay(tmp_path, {"training": {"train_iter": 3}})
+    expected = {
+        bad: r"bad\.yaml: not valid YAML: line 3, column \d+: .*\(while parsing a flow sequence "
+        r"at line 2, column 9\)$",
+        tmp_path / "missing.yaml": r"missing\.yaml: cannot read config file: No such file",
+        typo: r"config\.yaml \+ .*overlay\.yaml: training: Additional properties are not "
+        r"allowed \('train_iter' was unexpected\)$",
+    }
+    for path, message in expected.items():
+        assert main(["check-config", str(REPO / "config.yaml"), str(path)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert re.search(message, err), err
+    assert main(["check-config", str(REPO / "config.yaml"), str(REPO / "config/mini.yaml")]) == 0
+    assert "valid: 4 runs, results in results-mini/" in capsys.readouterr().out
+
+
+def test_cli_without_config_reads_the_suite_last_started_here(tmp_path, monkeypatch, capsys):
+    from pythia_suite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    assert main(["runs"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.split()) == 16 and "config config.yaml (no results folder" in out.err
+    mini = cfg.load_config([REPO / "config.yaml", REPO / "config/mini.yaml"])
+    real = cfg.load_config([REPO / "config.yaml"])
+    for config in (real, mini):  # the later start wins, whichever suite it was
+        cfg.write_effective_config(config, Path(config["paths"]["results"]) / cfg.EFFECTIVE_CONFIG)
+        assert main(["runs"]) == 0
+        out = capsys.readouterr()
+        assert len(out.out.split()) == len(cfg.expand_runs(config))
+        results = config["paths"]["results"]
+        assert f"config {results}/config/effective.yaml (the config {results}/ was" in out.err
+    cfg.write_effective_config(real, Path("results") / cfg.EFFECTIVE_CONFIG)  # restarted: touched
+    assert main(["runs"]) == 0
+    assert len(capsys.readouterr().out.split()) == 16
+
+
 def test_cli_subcommands_share_the_config_and_fail_clearly(tmp_path, capsys):
     from pythia_suite.cli import main
 

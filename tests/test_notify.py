@@ -25,7 +25,7 @@ from pythia_suite import config as cfg
 from pythia_suite import notify
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = "results/data/corpus/standard/00.jsonl.zst"
+TARGET = "results-mini/data/corpus/standard/00.jsonl.zst"
 LISTEN_S = 300  # the listener stops by itself after this long
 
 
@@ -158,7 +158,7 @@ def test_onerror_webhook_and_mail_on_a_failed_job(tmp_path):
         _, config = _example_args(listener.url, "ops@test.invalid", f", mail_program: {stub}")
         run = snakemake(*config)
         # The workflow's start recorded plan's prediction; a later start never rewrites it.
-        plan = root / "results/plan.json"
+        plan = root / "results-mini/plan.json"
         recorded = plan.read_text()
         assert json.loads(recorded)["runs"]["pythia-0.4m"]["mfu"] == 0.02
         changed = yaml.safe_load((root / "broken.yaml").read_text())
@@ -185,7 +185,7 @@ def test_onerror_webhook_and_mail_on_a_failed_job(tmp_path):
     status = _suite_status(root, "--no-slurm")
     assert status.returncode == 0, status.stderr
     assert f"failed     fetch_shard {TARGET}" in status.stdout
-    assert "log: results/logs/data/fetch_shard/00.log" in status.stdout
+    assert "log: results-mini/logs/data/fetch_shard/00.log" in status.stdout
     error = status.stdout.split("last error: ", 1)[1].splitlines()[0]
     assert "no/such/shard.jsonl.zst" in error, status.stdout
 
@@ -268,7 +268,7 @@ def test_slurm_mails_a_failed_job_through_mailprog(tmp_path):
 
 def _suite_status(root: Path, *options: str) -> subprocess.CompletedProcess:
     """`pythia-suite status` run in the suite copy ``root``, as a user would."""
-    config = "results/config/effective.yaml"
+    config = "results-mini/config/effective.yaml"
     return subprocess.run(
         [sys.executable, "-m", "pythia_suite.cli", "--config", config, "status", *options],
         cwd=root,

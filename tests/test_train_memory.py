@@ -273,5 +273,6 @@ def test_workflow_refuses_a_layout_that_cannot_fit_before_queueing_anything(tmp_
     output = result.stdout + result.stderr
     assert "layout does not fit in GPU memory; nothing was queued" in output
     assert "pythia-70m (size 70m): estimated peak" in output
+    assert "Traceback" not in output and 'File "' not in output  # the message alone
     assert "\nrule " not in output and "\nlocalrule " not in output  # no job ran
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["plan"]

@@ -54,13 +54,13 @@ def test_the_model_card_waits_for_every_receipt_it_reads():
     from pythia_suite import layout
 
     config = cfg.load_config([REPO / "config.yaml", REPO / "config" / "mini.yaml"])
-    run = "pythia-1.3m"
-    target = layout.model_card("results", run)
+    run, results = "pythia-1.3m", config["paths"]["results"]
+    target = layout.model_card(results, run)
     result = snakemake("--profile", "profiles/local", "-n", "--force", target)  # even if built
     assert result.returncode == 0, result.stderr[-3000:]
     block = (result.stdout + result.stderr).split("rule model_card:", 1)[1]
     inputs = block.split("input:", 1)[1].split("\n", 1)[0].split(", ")
-    receipts = [layout.receipt("results", run, step) for step in cfg.checkpoint_steps(config)]
+    receipts = [layout.receipt(results, run, step) for step in cfg.checkpoint_steps(config)]
     assert len(receipts) > 2 and set(receipts) <= {i.strip() for i in inputs}
 
 
@@ -98,7 +98,7 @@ def test_rulegraph_and_a_small_dag_render_with_graphviz(tmp_path):
                 "--dag",
                 "dot",
                 "--",
-                "results/runs/pythia-0.4m/published/step4.json",
+                "results-mini/runs/pythia-0.4m/published/step4.json",
             ),
         ),
     ):
@@ -106,3 +106,52 @@ def test_rulegraph_and_a_small_dag_render_with_graphviz(tmp_path):
         assert dot.returncode == 0, dot.stderr[-2000:]
         svg = subprocess.run(["dot", "-Tsvg"], input=dot.stdout, capture_output=True, text=True)
         assert svg.returncode == 0 and "<svg" in svg.stdout, name
+
+
+def planned_outputs(output: str) -> set[str]:
+    """The output paths of every job a dry run prints."""
+    return {
+        path.strip()
+        for line in re.findall(r"^\s+output: (.+)$", output, re.M)
+        for path in line.split(", ")
+    }
+
+
+def test_neither_suites_dry_run_plans_anything_in_the_others_results():
+    """The miniature suite (results-mini/) and the real suite (results/) never share an
+    artifact: rebuilding either plans no job that would overwrite the other's tokenizer,
+    report or hub."""
+    mini = snakemake("--profile", "profiles/local", "-n", "--forceall", "all")
+    assert mini.returncode == 0, mini.stderr[-3000:]
+    mini_outputs = planned_outputs(mini.stdout + mini.stderr)
+    assert len(mini_outputs) > 100
+    assert all(p.startswith("results-mini/") for p in mini_outputs), sorted(mini_outputs)[:5]
+    real = snakemake("-n", "--forceall", "results/runs/pythia-410m-deduped/published/step3000.json")
+    assert real.returncode == 0, real.stderr[-3000:]
+    real_outputs = planned_outputs(real.stdout + real.stderr)
+    assert "results/data/tokenizer/tokenizer.json" in real_outputs  # fetch_tokenizer
+    assert all(p.startswith("results/") for p in real_outputs), sorted(real_outputs)[:5]
+
+
+def test_a_bad_overlay_through_snakemake_gives_the_clis_one_line(tmp_path):
+    """A misspelled key in an overlay: the project's checks' one line, no schema dump, no
+    traceback (Snakemake's own `validate` printed ~120 lines of JSON schema)."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("training:\n  train_iter: 3\n")
+    undefined = tmp_path / "undefined.yaml"
+    undefined.write_text("matrix:\n  - {sizes: [3b], variants: [standard], seeds: [default]}\n")
+    for overlay, message in (
+        (typo, "training: Additional properties are not allowed ('train_iter' was unexpected)"),
+        (undefined, "matrix[0].sizes: '3b' is not defined under 'sizes'"),
+    ):
+        result = snakemake("-n", "--configfile", "config.yaml", str(overlay))
+        assert result.returncode != 0
+        errors = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if "extended by additional config" not in line  # Snakemake's own notice
+        ]
+        assert len(errors) == 1 and errors[0].startswith("pythia-suite: error: config.yaml + "), (
+            errors
+        )
+        assert message in errors[0]

@@ -27,9 +27,6 @@ from pythia_suite.atomic import (
 )
 from pythia_suite.provenance import Recorder
 
-DEFAULT_CONFIG = "config.yaml"
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -869,6 +866,16 @@ def cmd_report(config: dict, args) -> None:
     recorder.write()
 
 
+def cmd_check_config(config: None, args) -> None:
+    """Read, merge and check config files as the workflow does, naming the first error."""
+    merged = cfg.load_config(args.files)
+    runs = cfg.expand_runs(merged)
+    print(
+        f"{cfg.sources_text(args.files)}: valid: {len(runs)} runs, results in "
+        f"{merged['paths']['results']}/"
+    )
+
+
 def cmd_verify(config: dict, args) -> None:
     from pythia_suite.provenance import verify
 
@@ -894,7 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         action="append",
         metavar="FILE",
-        help="config file; repeat to deep-merge overlays in order (default: config.yaml)",
+        help="config file; repeat to deep-merge overlays in order (default: the config the "
+        "suite last started here used, <results>/config/effective.yaml, else config.yaml)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -904,6 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("runs", cmd_runs, "list the runs of the matrix")
+    p = add(
+        "check-config",
+        cmd_check_config,
+        "check config files (overlays deep-merged in order): the first error in one line",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
     p = add("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run")
     p.add_argument("run")
     p.add_argument("--dataset-prefix", help="data path written into the config")
@@ -1074,17 +1088,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_files(args) -> list:
+    """--config's files, or (saying so on stderr) the config of the suite last run here."""
+    if args.config:
+        return args.config
+    paths, why = cfg.find_default_config()
+    _say(f"pythia-suite: config {paths[0]} ({why}; --config FILE to choose)")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
     try:
-        config = cfg.load_config(args.config or [DEFAULT_CONFIG])
+        config = None if args.command == "check-config" else cfg.load_config(_config_files(args))
         args.func(config, args)
     except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pythia-suite {args.command}: error: {err}", file=sys.stderr)
         return 1
     if args.command not in (
         "runs",
+        "check-config",
         "neox-config",
         "neox-doctor",
         "hf-config",

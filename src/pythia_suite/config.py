@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 from pythia_suite.atomic import write_text_atomic
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+# Where the workflow writes the merged config at start, below the results root.
+EFFECTIVE_CONFIG = "config/effective.yaml"
 
 # Checkpoint resume state per parameter: fp16 weights (2) + fp32 master weights (4) + Adam's
 # two fp32 moments (8) + fp16 gradients (2), as GPT-NeoX/DeepSpeed keep them.
@@ -70,12 +73,53 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_error_text(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def sources_text(paths) -> str:
+    """The config files as error messages name them: relative to here when below it, joined
+    with ' + ' in merge order ('config' when there are none)."""
+    names = []
+    for path in paths:
+        path = Path(path)
+        try:
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
+        if str(path) not in names:  # Snakemake lists config.yaml again after the overlays
+            names.append(str(path))
+    return " + ".join(names) or "config"
+
+
+def _yaml_error_text(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line, 'line L, column C: problem (context)', without its multi-line
+    position mark."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if context and context_mark is not None:
+        context += f" at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def find_default_config(directory: str | Path = ".") -> tuple[list[Path], str]:
+    """The config `pythia-suite` reads without --config, and why: the merged config of the suite
+    last started in `directory` (the newest `<results root>/config/effective.yaml`, which the
+    workflow writes at every start), else `config.yaml`."""
+    directory = Path(directory)
+    started = sorted(
+        directory.glob(f"*/{EFFECTIVE_CONFIG}"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    if started:
+        newest = started[0]
+        return [newest], f"the config {newest.parent.parent}/ was last run with"
+    return [directory / "config.yaml"], "no results folder here holds config/effective.yaml"
 
 
 def load_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
@@ -87,7 +131,7 @@ def load_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
         merged = deep_merge(merged, read_yaml(path))
     if overrides:
         merged = deep_merge(merged, overrides)
-    source = " + ".join(str(p) for p in paths)
+    source = sources_text(paths)
     validate_config(merged, source)
     check_config(merged, source)
     return merged
@@ -600,10 +644,12 @@ def plan_rows(config: dict, gpu_peak_tflops: float | None, mfu: float) -> list[d
 
 
 def write_effective_config(config: dict, path: str | Path) -> None:
-    """Write the merged, validated config for the CLI, atomically; untouched if unchanged."""
+    """Write the merged, validated config for the CLI, atomically. Unchanged content is not
+    rewritten, only touched: its time says which suite started last (`find_default_config`)."""
     path = Path(path)
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
     if path.exists() and path.read_text(encoding="utf-8") == text:
+        os.utime(path)
         return
     write_text_atomic(path, text)
 

@@ -3,17 +3,16 @@
 import os
 import re
 import shlex
+import sys
 
 from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
 from pythia_suite import layout
 from pythia_suite import notify as suite_notify
 
-suite_config.check_config(config, "config")
-
 RESULTS = config["paths"]["results"]
 STATE = config["paths"]["state"]
-EFFECTIVE_CONFIG = f"{RESULTS}/config/effective.yaml"
+EFFECTIVE_CONFIG = f"{RESULTS}/{suite_config.EFFECTIVE_CONFIG}"
 RUNS = suite_config.expand_runs(config)
 STEPS = suite_config.checkpoint_steps(config)
 PREVIOUS_STEP = dict(zip(STEPS[1:], STEPS[:-1]))
@@ -44,7 +43,10 @@ onstart:
     # onstart runs once per invocation, not in dry runs and not in the jobs' re-parses.
     from pythia_suite.train import memory as train_memory
 
-    train_memory.check_memory_plan(config, log=print)
+    try:
+        train_memory.check_memory_plan(config, log=print)
+    except train_memory.MemoryDoesNotFitError as err:
+        sys.exit(f"pythia-suite: error: {err}")  # the message alone: no traceback follows it
     # Every pythia-suite call reads the same merged, validated config as the workflow.
     suite_config.write_effective_config(config, EFFECTIVE_CONFIG)
     # The plan's prediction, recorded once (never overwritten by later starts): `status`
