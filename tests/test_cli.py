@@ -42,3 +42,21 @@ def test_batch_refuses_steps_training_never_reaches(tmp_path, capsys, step):
     err = capsys.readouterr().err
     assert f"--step {step}: training.train_iters is 128, so steps run 0 .. 127" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_batch_names_the_targets_that_build_its_missing_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(REPO / "config.yaml"), "--config", str(REPO / "config/mini.yaml")]
+    assert main([*config, "batch", "pythia-0.4m", "--step", "3", "--decode", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    dataset = "results-mini/data/datasets/standard/standard_text_document"
+    assert f"{dataset}.bin, {dataset}.idx, " in err and "tokenizer.json: not built yet" in err
+    assert f"`snakemake {dataset}.bin {dataset}.idx results-mini/data/" in err
+
+
+def test_verify_says_no_such_file_for_a_missing_path(tmp_path, capsys):
+    missing = tmp_path / "results" / "evals" / "pythia-9m"
+    with pytest.raises(SystemExit):
+        main(["--config", str(REPO / "config.yaml"), "verify", str(missing)])
+    assert f"BREAK {missing}: no such file or directory" in capsys.readouterr().out

@@ -50,7 +50,7 @@ def runs() -> list[str]:
 
 
 def trainer_state(suite: Path, run: str, step: int) -> dict:
-    path = suite / "results" / "runs" / run / "checkpoints" / f"step{step}" / "trainer_state.json"
+    path = suite / "results-mini" / "runs" / run / "checkpoints" / f"step{step}" / "trainer_state.json"
     return json.loads(path.read_text())
 
 
@@ -77,7 +77,7 @@ def test_losses_fall_with_step_and_with_size(suite):
 
 
 def test_the_report_has_plots_tables_and_a_passing_fingerprint_check(suite):
-    report = suite / "results" / "report"
+    report = suite / "results-mini" / "report"
     assert (report / "report.md").stat().st_size > 0
     plots = sorted(p.name for p in report.glob("*.png"))
     assert any(p.startswith("eval_0shot_mini_lambada") for p in plots), plots
@@ -100,7 +100,7 @@ def test_runs_of_a_variant_consumed_identical_tokens(suite):
 
 def test_evals_in_pythias_layout(suite):
     for run in runs():
-        zero = suite / "results" / "evals" / run / "zero-shot"
+        zero = suite / "results-mini" / "evals" / run / "zero-shot"
         steps = sorted(
             int(p.stem.split("_step")[1])
             for p in zero.glob(f"{run}_step*.json")
@@ -111,7 +111,7 @@ def test_evals_in_pythias_layout(suite):
         assert {"results", "versions", "config"} <= set(result)
         assert 0.0 <= result["results"]["mini_lambada"]["acc"] <= 1.0
         assert result["results"]["mini_lambada"]["ppl"] > 0
-        five = suite / "results" / "evals" / run / "five-shot" / f"{run}_step128.json"
+        five = suite / "results-mini" / "evals" / run / "five-shot" / f"{run}_step128.json"
         assert json.loads(five.read_text())["config"]["num_fewshot"] == 5
 
 
@@ -120,7 +120,7 @@ def test_next_word_task_shows_learning_above_chance(suite):
     end, and the larger size above the smaller one on each data variant."""
     final = {}
     for run in runs():
-        zero = suite / "results" / "evals" / run / "zero-shot"
+        zero = suite / "results-mini" / "evals" / run / "zero-shot"
         acc = {
             step: json.loads((zero / f"{run}_step{step}.json").read_text())["results"][
                 "mini_next_word"
@@ -134,12 +134,12 @@ def test_next_word_task_shows_learning_above_chance(suite):
         final[run] = acc[128]["acc"]
     assert final["pythia-1.3m"] > final["pythia-0.4m"], final
     assert final["pythia-1.3m-deduped"] > final["pythia-0.4m-deduped"], final
-    report = (suite / "results" / "report" / "report.md").read_text()
+    report = (suite / "results-mini" / "report" / "report.md").read_text()
     assert "## Headline: learning above chance" in report
 
 
 def test_dedup_removed_near_duplicates(suite):
-    report = json.loads((suite / "results" / "data" / "dedup" / "report.json").read_text())
+    report = json.loads((suite / "results-mini" / "data" / "dedup" / "report.json").read_text())
     assert report["docs_removed"] > 0
     assert report["docs_out"] == report["docs_in"] - report["docs_removed"]
     assert report["bytes_out"] < report["bytes_in"]
@@ -151,7 +151,7 @@ def test_model_card_quickstart_loads_from_the_local_hub(suite):
 import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
-cache = {str(suite / "results" / "hub")!r}
+cache = {str(suite / "results-mini" / "hub")!r}
 for revision in ("step64", "main"):
     model = GPTNeoXForCausalLM.from_pretrained(
         "pythia-suite-mini/pythia-1.3m-deduped", revision=revision, cache_dir=cache)
@@ -165,7 +165,7 @@ for revision in ("step64", "main"):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step64" in out.stdout and "main" in out.stdout
-    card = suite / "results" / "runs" / "pythia-1.3m-deduped" / "model_card" / "README.md"
+    card = suite / "results-mini" / "runs" / "pythia-1.3m-deduped" / "model_card" / "README.md"
     assert 'revision="step' in card.read_text()
 
 
@@ -186,12 +186,20 @@ def test_provenance_walks_from_an_eval_back_to_the_raw_shards(suite):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "data/mini-pile/train/00.jsonl.zst" in result.stdout
+    # The evaluations' task files were built from the held-out shard: the walk reaches it.
+    assert "root  data/mini-pile/heldout/heldout.jsonl.zst" in result.stdout
     assert "chain intact" in result.stdout
+    batch = next((suite / "results-mini" / "runs" / "pythia-0.4m-deduped" / "evals").rglob(
+        "provenance.json"
+    ))
+    record = json.loads(batch.read_text())
+    assert "results-mini/data/eval_tasks" in [i["path"] for i in record["inputs"]]
+    assert any("mini_next_word" in f for f in record["extra"]["task_files"]), record["extra"]
 
 
 def test_no_output_contains_the_planted_token(suite):
     hits = []
-    for path in (suite / "results").rglob("*"):
+    for path in (suite / "results-mini").rglob("*"):
         if path.is_file() and not path.is_symlink():
             if PLANTED_TOKEN.encode() in path.read_bytes():
                 hits.append(str(path))

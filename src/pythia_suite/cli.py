@@ -428,6 +428,16 @@ def cmd_batch(config: dict, args) -> None:
         raise cfg.ConfigError(
             f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
         )
+    needed = [*_training_data_paths(config, run)]
+    needed.insert(1, needed[0].with_suffix(".idx"))
+    if args.decode:
+        needed.append(Path(layout.tokenizer(_results(config))))
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)}: not built yet; `snakemake {' '.join(missing)}` (with the "
+            "suite's --profile/--configfile) builds them"
+        )
     samples = _training_samples(config, run)
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
@@ -722,6 +732,28 @@ def _eval_tasks(config: dict, shots: int) -> list[str]:
     return list(evaluation["tasks"])
 
 
+def _eval_task_source(config: dict) -> Path:
+    """What an evaluation's task data comes from: the local tasks built from the held-out shard
+    (their record leads to it), or the marker of lm-eval's prefetched datasets."""
+    results = _results(config)
+    if config["evaluation"]["local_tasks"]:
+        return Path(layout.eval_tasks_dir(results))
+    return Path(layout.eval_datasets_marker(results))
+
+
+def _task_file_hashes(source: Path) -> dict[str, str]:
+    """Each task file an evaluation read, by path, with its sha256 (none: {})."""
+    from pythia_suite.hashing import artifact_files, sha256_file
+
+    if source.is_file():
+        return {str(source): sha256_file(source)}
+    if not source.is_dir():
+        return {}
+    files = artifact_files(source)
+    files.pop("provenance.json", None)
+    return {str(source / rel): sha256_file(path) for rel, path in sorted(files.items())}
+
+
 def cmd_evaluate(config: dict, args) -> None:
     from pythia_suite.evaluate import evaluate_checkpoints
 
@@ -732,7 +764,14 @@ def cmd_evaluate(config: dict, args) -> None:
         raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
     out = Path(args.output)
     local = config["evaluation"]["local_tasks"]
-    recorder = Recorder(out, "eval", config["evaluation"], [Path(p) for p in args.exports])
+    tasks = _eval_task_source(config)
+    recorder = Recorder(
+        out,
+        "eval",
+        config["evaluation"],
+        [*(Path(p) for p in args.exports), *([tasks] if tasks.exists() else [])],
+        extra={"task_files": _task_file_hashes(tasks)},
+    )
     with atomic_directory(out) as tmp:
         evaluate_checkpoints(
             dict(zip(steps, args.exports, strict=True)),

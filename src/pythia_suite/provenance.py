@@ -224,6 +224,8 @@ def verify(target: str | os.PathLike) -> Verification:
     checked: list[str] = []
     roots: list[str] = []
     seen: set[str] = set()
+    if not Path(target).exists():
+        return Verification(checked, roots, f"{target}: no such file or directory")
     pending = [Path(target)]
     while pending:
         artifact = pending.pop()
