@@ -50,7 +50,8 @@ def runs() -> list[str]:
 
 
 def trainer_state(suite: Path, run: str, step: int) -> dict:
-    path = suite / "results-mini" / "runs" / run / "checkpoints" / f"step{step}" / "trainer_state.json"
+    path = suite / "results-mini" / "runs" / run / "checkpoints" / f"step{step}"
+    path = path / "trainer_state.json"
     return json.loads(path.read_text())
 
 
@@ -189,9 +190,9 @@ def test_provenance_walks_from_an_eval_back_to_the_raw_shards(suite):
     # The evaluations' task files were built from the held-out shard: the walk reaches it.
     assert "root  data/mini-pile/heldout/heldout.jsonl.zst" in result.stdout
     assert "chain intact" in result.stdout
-    batch = next((suite / "results-mini" / "runs" / "pythia-0.4m-deduped" / "evals").rglob(
-        "provenance.json"
-    ))
+    batch = next(
+        (suite / "results-mini" / "runs" / "pythia-0.4m-deduped" / "evals").rglob("provenance.json")
+    )
     record = json.loads(batch.read_text())
     assert "results-mini/data/eval_tasks" in [i["path"] for i in record["inputs"]]
     assert any("mini_next_word" in f for f in record["extra"]["task_files"]), record["extra"]
