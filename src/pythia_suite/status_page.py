@@ -1,5 +1,6 @@
 """The progress page, `results/status/index.html`: one self-contained file (inline CSS and
-inline SVG charts, no scripts, nothing fetched), written atomically by `status --html`.
+inline SVG charts drawn by matplotlib, no scripts, nothing fetched), written atomically by
+`status --html`.
 
 It holds the status table, failed or incomplete jobs, loss curves so far and tokens/s per
 segment (both from the segment summaries), and evaluation curves for the checkpoints evaluated
@@ -9,23 +10,24 @@ so far (from the finished evaluation batches' result files).
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from pythia_suite import layout
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.evaluate import chance_levels
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.status import TABLE_COLUMNS, SuiteStatus, table_rows
 
-_PALETTE = (
-    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
-    "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd"
-).split()
 _RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
+# Values spanning at least this ratio get a log y axis (perplexities: decades apart).
+_LOG_SPAN = 30.0
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;
@@ -38,97 +40,131 @@ th{background:#f0f0f0;white-space:normal}td:first-child,th:first-child{text-alig
 tr.done td{background:#f3fbf3}.bad{color:#b00020}
 .charts{display:flex;flex-wrap:wrap;gap:1em}
 figure{margin:0;border:1px solid #ddd;padding:.3em}figcaption{font-size:.85em;color:#444}
+figure svg{display:block;height:auto;max-width:100%}
 ul{font-size:.9em}code{font-size:.95em}
 """
 
 
-def _x(step: float) -> float:
-    """Symlog-like x: step 0 at 0, then log-spaced (Pythia's checkpoints)."""
-    return math.log10(1 + max(step, 0))
+@dataclass(frozen=True)
+class Line:
+    """How one run is drawn: its size's colour, dashed for deduplicated data (as in the
+    report and on Pythia's model card)."""
+
+    colour: str
+    dashed: bool
 
 
-def svg_chart(
+def run_lines(runs: list[tuple[str, str, str]]) -> dict[str, Line]:
+    """run name -> Line, from (run, size, variant) in suite order (sizes ascending)."""
+    sizes = list(dict.fromkeys(size for _, size, _ in runs))
+    palette = [f"C{i % 10}" for i in range(len(sizes))]
+    colour = dict(zip(sizes, palette, strict=True))
+    return {run: Line(colour[size], variant == "deduped") for run, size, variant in runs}
+
+
+def _finite(points) -> list[tuple[float, float]]:
+    return sorted(
+        (float(x), float(y)) for x, y in points if y is not None and math.isfinite(float(y))
+    )
+
+
+def chart_svg(
     title: str,
     series: dict[str, list[tuple[float, float]]],
+    lines: dict[str, Line],
     *,
     ylabel: str,
-    xlabel: str = "step",
-    width: int = 520,
-    height: int = 300,
+    chance: float | None = None,
 ) -> str:
-    """An inline SVG line chart: one polyline (with dots) per series, x log-spaced by step."""
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
-    if not pts:
+    """A line chart drawn by matplotlib as inline SVG with its text kept as text
+    (``svg.fonttype: none``): step on a symlog x axis (step 0 at 0), y on a log axis when the
+    values span decades (else linear, never below 0 for values that are all >= 0), the chance
+    level dotted where there is one, the legend beside the axes. "" when no value is finite."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
+
+    drawn = {run: pts for run, pts in ((r, _finite(p)) for r, p in series.items()) if pts}
+    if not drawn:
         return ""
-    left, right, top, bottom = 60, 150, 24, 36
-    xs = [_x(x) for x, _ in pts]
-    ys = [y for _, y in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-    pw, ph = width - left - right, height - top - bottom
+    values = [y for pts in drawn.values() for _, y in pts]
+    low, high = min(values), max(values)
+    style = {
+        "svg.fonttype": "none",  # text stays <text>: selectable, and measurable in the DOM
+        "svg.hashsalt": title,  # ids unique per chart (several SVGs share one page) and stable
+        "font.size": 9,
+    }
+    with plt.rc_context(style):
+        fig, ax = plt.subplots(figsize=(4.6, 2.8))
+        for run, pts in drawn.items():
+            line = lines.get(run, Line("C7", False))
+            ax.plot(
+                [x for x, _ in pts],
+                [y for _, y in pts],
+                "--" if line.dashed else "-",
+                color=line.colour,
+                marker="o",
+                markersize=2.5,
+                linewidth=1.3,
+                label=run,
+            )
+        if chance is not None:
+            ax.axhline(
+                chance, color="0.35", linestyle=":", linewidth=1.2, label=f"chance {chance:g}"
+            )
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        if low > 0 and high / low >= _LOG_SPAN:
+            ax.set_yscale("log")
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+            formatter = ScalarFormatter(useOffset=False)
+            formatter.set_powerlimits((-4, 6))
+            ax.yaxis.set_major_formatter(formatter)
+            if low >= 0:  # nothing below 0 to show: no negative range
+                ax.set_ylim(bottom=max(ax.get_ylim()[0], 0))
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+        plt.close(fig)
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]  # inline: no XML declaration or DOCTYPE
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(title)}" ', 1)
 
-    def px(x: float) -> float:
-        return left + (_x(x) - x0) / (x1 - x0) * pw
 
-    def py(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * ph
+def merge_identical_metrics(series: dict) -> dict:
+    """(shots, task, metric) -> run -> points, sorted, with the metrics of a task whose curves
+    are identical in every run merged into one key ('acc = acc_norm': one chart, not two)."""
+    merged: dict = {}
+    for (shots, task, metric), by_run in sorted(series.items()):
+        curves = {run: sorted(points) for run, points in by_run.items()}
+        twin = next(
+            (
+                key
+                for key, other in merged.items()
+                if key[:2] == (shots, task)
+                and {run: sorted(points) for run, points in other.items()} == curves
+            ),
+            None,
+        )
+        if twin is None:
+            merged[(shots, task, metric)] = by_run
+        else:
+            merged[(shots, task, f"{twin[2]} = {metric}")] = merged.pop(twin)
+    return dict(sorted(merged.items()))
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-    ]
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        out.append(
-            f'<line x1="{left}" x2="{left + pw}" y1="{py(yv):.1f}" y2="{py(yv):.1f}" '
-            'stroke="#eee"/>'
-            f'<text x="{left - 4}" y="{py(yv) + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{yv:.4g}</text>"
-        )
-    # Decades, plus 2x and 5x where the range spans under two decades.
-    mults = (1,) if x1 - x0 >= 2 else (1, 2, 5)
-    ticks = [0] + [m * 10**k for k in range(0, 7) for m in mults if _x(m * 10**k) <= x1 + 1e-9]
-    for t in ticks:
-        if _x(t) < x0 - 1e-9:
-            continue
-        out.append(
-            f'<text x="{px(t):.1f}" y="{top + ph + 14}" font-size="10" text-anchor="middle">'
-            f"{t:g}</text>"
-        )
-    out.append(
-        f'<text x="{left + pw / 2}" y="{height - 4}" font-size="11" text-anchor="middle">'
-        f"{html.escape(xlabel)} (log-spaced)</text>"
-        f'<text x="12" y="{top + ph / 2}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + ph / 2})">{html.escape(ylabel)}</text>'
-    )
-    for i, (name, s) in enumerate(series.items()):
-        colour = _PALETTE[i % len(_PALETTE)]
-        good = sorted((x, y) for x, y in s if y is not None and math.isfinite(y))
-        if not good:
-            continue
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
-        out.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
-        )
-        out.extend(
-            f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2" fill="{colour}"/>' for x, y in good
-        )
-        ly = top + 10 + i * 13
-        out.append(
-            f'<line x1="{left + pw + 8}" x2="{left + pw + 22}" y1="{ly - 4}" y2="{ly - 4}" '
-            f'stroke="{colour}" stroke-width="2"/>'
-            f'<text x="{left + pw + 26}" y="{ly}" font-size="10">{html.escape(name)}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
+
+def never_leaves_zero(series: dict[str, list[tuple[float, float]]]) -> bool:
+    """Every finite value of every run is 0 (a curve would say nothing: state it instead)."""
+    values = [y for pts in series.values() for _, y in _finite(pts)]
+    return bool(values) and all(v == 0 for v in values)
 
 
 def eval_series(results: str, runs: list[str]) -> dict[tuple[int, str, str], dict[str, list]]:
@@ -214,14 +250,18 @@ def render_page(status: SuiteStatus) -> str:
     else:
         parts.append("<p>SLURM: no running or pending jobs of the suite.</p>")
 
+    lines = run_lines([(r.run, r.size, r.variant) for r in status.runs])
     loss = {r.run: [(s["end_step"], s["loss_last"]) for s in r.segments] for r in status.runs}
     speed = {r.run: [(s["end_step"], s["tokens_per_s"]) for s in r.segments] for r in status.runs}
     charts = [
         (
             "Training loss (last loss of each segment)",
-            svg_chart("training loss", loss, ylabel="loss"),
+            chart_svg("training loss", loss, lines, ylabel="loss"),
         ),
-        ("Tokens/s per segment", svg_chart("tokens/s per segment", speed, ylabel="tokens/s")),
+        (
+            "Tokens/s per segment",
+            chart_svg("tokens/s per segment", speed, lines, ylabel="tokens/s"),
+        ),
     ]
     parts.append("<h2>Training so far</h2>")
     if any(c for _, c in charts):
@@ -234,16 +274,35 @@ def render_page(status: SuiteStatus) -> str:
         parts.append("<p>No segment summaries yet.</p>")
 
     parts.append("<h2>Evaluations so far</h2>")
+    parts.append(
+        "<p>Colour: model size; solid: the Pile, dashed: deduplicated; dotted: chance, where "
+        "the task has one. x: step (0, then log-spaced).</p>"
+    )
     series = eval_series(status.results, [r.run for r in status.runs])
+    chance = chance_levels(layout.eval_tasks_dir(status.results))
+    flat = []
     if series:
         parts.append('<div class="charts">')
-        for (shots, task, metric), by_run in sorted(series.items()):
+        for (shots, task, metric), by_run in merge_identical_metrics(series).items():
             title = f"{task} {metric} ({shots}-shot)"
-            parts.append(
-                f"<figure>{svg_chart(title, dict(sorted(by_run.items())), ylabel=metric)}"
-                f"<figcaption>{esc(title)}</figcaption></figure>"
+            if never_leaves_zero(by_run):
+                flat.append(title)
+                continue
+            chart = chart_svg(
+                title,
+                dict(sorted(by_run.items())),
+                lines,
+                ylabel=metric,
+                chance=chance.get(task, {}).get(metric.split(" = ")[0]),
             )
+            parts.append(f"<figure>{chart}<figcaption>{esc(title)}</figcaption></figure>")
         parts.append("</div>")
+        if flat:
+            parts.append(
+                "<p>0 at every step evaluated so far, in every run (not plotted): "
+                + ", ".join(esc(t) for t in flat)
+                + ".</p>"
+            )
     else:
         parts.append("<p>No checkpoint evaluated yet.</p>")
     parts.append("</body></html>\n")
