@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,52 @@ def test_verify_says_no_such_file_for_a_missing_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(REPO / "config.yaml"), "verify", str(missing)])
     assert f"BREAK {missing}: no such file or directory" in capsys.readouterr().out
+
+
+def test_plan_writes_one_unit_per_quantity_merges_identical_runs_and_explains_columns(capsys):
+    assert main(["--config", str(REPO / "config.yaml"), "plan"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines() if "pythia-" in line}
+    # Standard and deduped runs are identical before anything is measured: one row each.
+    assert "pythia-70m (+deduped)" in rows and not any(r.startswith("pythia-70m-d") for r in rows)
+    plan_row = next(line for line in out.splitlines() if line.startswith("pythia-1b (+deduped)"))
+    assert plan_row.split()[2:6] == ["1.01B", "806M", "300B", "1.88e21"]  # B/M, FLOPs in sci
+    assert "1.88e21 FLOP" in plan_row
+    assert not re.search(r"\d[GEZ]\b|e\+\d", out), "G/E/Z counts or e+NN formats"
+    # Device-hours: one format (11,938 for 2.8b), never 1.194e+04.
+    assert " 11,938 " in out and "1.194e" not in out
+    legend = " ".join(out.split())
+    for column in ("params:", "non-emb:", "tokens:", "train FLOPs:", "ckpts:", "published:"):
+        assert column in legend, column
+    for column in ("devs:", "peak TF/s:", "MFU:", "tokens/s:", "device-hours:"):
+        assert column in legend, column
+
+
+def test_memory_table_explains_every_abbreviation():
+    from pythia_suite.train.memory import render_memory_table
+
+    layout = {
+        "gpu_name": "A100",
+        "tensor_parallel": 1,
+        "data_parallel": 8,
+        "micro_batch": 4,
+        "gas": 1,
+        "precision": "fp16",
+        "activation_checkpointing": True,
+    }
+    breakdown = dict.fromkeys(
+        ("parameters", "gradients", "optimizer", "activations", "temporaries"), 2**30
+    )
+    entry = {
+        "layout": layout,
+        "breakdown": breakdown,
+        "peak_bytes": 5 * 2**30,
+        "limit_bytes": 38 * 2**30,
+        "peak_phase": "backward",
+        "fits": True,
+    }
+    text = render_memory_table({"runs": {"pythia-70m": entry}})
+    header = text.splitlines()[1].split()
+    legend = " ".join(text.splitlines()[4:])
+    for column in header[2:-1]:
+        assert f"{column} =" in legend or f"{column} (" in legend, column

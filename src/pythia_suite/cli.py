@@ -182,24 +182,11 @@ def _print_memory_table(plan: dict) -> None:
 
 
 def _print_plan_table(rows: list[dict], args) -> None:
-    header = (
-        f"{'run':<28} {'params':>8} {'non-emb':>8} {'tokens':>8} {'FLOPs':>8} {'ckpts':>5} "
-        f"{'published':>10} {'resume (all)':>12} {'resume (kept)':>13} {'GPUs':>5} "
-        f"{'GPU-hours':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['run']:<28} {_human(r['params']):>8} {_human(r['non_embedding_params']):>8} "
-            f"{_human(r['tokens']):>8} {_human(r['train_flops']):>8} {r['checkpoints']:>5} "
-            f"{_bytes(r['published_bytes']):>10} {_bytes(r['resume_bytes_all']):>12} "
-            f"{_bytes(r['resume_bytes_kept']) + ' x' + str(r['resume_states_kept']):>13} "
-            f"{r['gpus']:>5} {r['gpu_hours']:>10,.0f}"
-        )
-    total = sum(r["gpu_hours"] for r in rows)
+    from pythia_suite import costs
+
+    print(costs.render_plan_table(rows))
     print(
-        f"\n{len(rows)} runs, {total:,.0f} GPU-hours at "
+        "device-hours at "
         + (
             f"{args.gpu_peak_tflops:g} TFLOP/s peak"
             if args.gpu_peak_tflops
@@ -207,7 +194,7 @@ def _print_plan_table(rows: list[dict], args) -> None:
             + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
             + ")"
         )
-        + f" and {args.mfu:.0%} MFU; resume states kept per run: training.keep_resume_states"
+        + f" and {args.mfu:.0%} MFU unless measured (below)"
     )
 
 

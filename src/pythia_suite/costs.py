@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from pathlib import Path
 
 from pythia_suite import config as cfg
-from pythia_suite import layout
+from pythia_suite import layout, units
 from pythia_suite.atomic import write_text_atomic
 
 PLAN_FORMAT = "pythia-suite/plan/1"
@@ -164,30 +165,103 @@ def cost_rows(
     return rows
 
 
+def merge_identical_rows(rows: list[dict], columns) -> list[tuple[str, dict]]:
+    """(label, row) per group of consecutive runs whose `columns` are all equal (standard and
+    deduped runs of a size, before measurements tell them apart): 'pythia-70m (+deduped)'."""
+    merged: list[tuple[list[str], dict]] = []
+    for row in rows:
+        values = [row[c] for c in columns]
+        if merged and [merged[-1][1][c] for c in columns] == values:
+            merged[-1][0].append(row["run"])
+        else:
+            merged.append(([row["run"]], row))
+    out = []
+    for names, row in merged:
+        first = names[0]
+        extra = [n[len(first) :].lstrip("-") if n.startswith(first) else n for n in names[1:]]
+        out.append((first + (f" (+{', '.join(extra)})" if extra else ""), row))
+    return out
+
+
+_PLAN_COLUMNS = (
+    "params",
+    "non_embedding_params",
+    "tokens",
+    "train_flops",
+    "checkpoints",
+    "published_bytes",
+    "resume_bytes_all",
+    "resume_bytes_kept",
+    "resume_states_kept",
+)
+
+
+def render_plan_table(rows: list[dict]) -> str:
+    """plan's size section (`config.plan_rows`): parameters, tokens, FLOPs and storage per run,
+    identical runs on one row, with a legend line for every abbreviation."""
+    header = (
+        f"{'run':<30} {'params':>7} {'non-emb':>7} {'tokens':>7} {'train FLOPs':>13} "
+        f"{'ckpts':>5} {'published':>10} {'resume (all)':>12} {'resume (kept)':>13}"
+    )
+    lines = ["SIZE AND STORAGE", header, "-" * len(header)]
+    for label, r in merge_identical_rows(rows, _PLAN_COLUMNS):
+        kept = f"{units.size_bytes(r['resume_bytes_kept'])} x{r['resume_states_kept']}"
+        lines.append(
+            f"{label:<30} {units.count(r['params']):>7} "
+            f"{units.count(r['non_embedding_params']):>7} {units.count(r['tokens']):>7} "
+            f"{units.flops(r['train_flops']):>13} {r['checkpoints']:>5} "
+            f"{units.size_bytes(r['published_bytes']):>10} "
+            f"{units.size_bytes(r['resume_bytes_all']):>12} {kept:>13}"
+        )
+    lines.append("")
+    lines += textwrap.wrap(
+        "params: parameters (K/M/B = thousand/million/billion); non-emb: without the embedding "
+        "matrices; tokens: tokens trained; train FLOPs: 6 x params x tokens plus attention; "
+        "ckpts: checkpoints (Hub branches); published: all branches' weights in publish.dtype; "
+        "resume: full training states (~16 bytes per parameter), all of them or the newest "
+        "training.keep_resume_states kept (x N); (+deduped): runs identical in every column.",
+        width=100,
+    )
+    return "\n".join(lines)
+
+
+_COST_COLUMNS = ("device", "devices", "peak_tflops", "mfu", "tokens_per_s", "device_hours")
+
+
 def render_cost_table(rows: list[dict]) -> str:
     """The plan's throughput and device-hours section, figures marked measured or assumed."""
     header = (
-        f"{'run':<28} {'device':<18} {'devs':>4} {'peak TF/s':>9} {'MFU':>6} {'tokens/s':>10} "
-        f"{'predicted h':>11} {'device-hours':>12}  source"
+        f"{'run':<30} {'device':<18} {'devs':>4} {'peak TF/s':>9} {'MFU':>6} {'tokens/s':>8} "
+        f"{'device-hours':>12}  source"
     )
     lines = ["THROUGHPUT AND DEVICE-HOURS", header, "-" * len(header)]
-    for r in rows:
-        source = "assumed" if r["device_hours_source"] == "assumed" else r["device_hours_source"]
+    columns = (*_COST_COLUMNS, "device_hours_source")
+    for label, r in merge_identical_rows(rows, columns):
+        source = r["device_hours_source"]
+        if source != "assumed":  # the prediction beside the measurement
+            source += f"; predicted {units.hours(r['predicted_device_hours'])}"
         lines.append(
-            f"{r['run']:<28} {r['device'][:18]:<18} {r['devices']:>4} {r['peak_tflops']:>9.4g} "
-            f"{r['mfu']:>6.1%} {r['tokens_per_s']:>10.4g} {r['predicted_device_hours']:>11,.4g} "
-            f"{r['device_hours']:>12,.4g}  {source}"
+            f"{label:<30} {r['device'][:18]:<18} {r['devices']:>4} {r['peak_tflops']:>9.4g} "
+            f"{r['mfu']:>6.1%} {units.count(r['tokens_per_s']):>8} "
+            f"{units.hours(r['device_hours']):>12}  {source}"
         )
     assumed = {r["mfu_source"] for r in rows if r["mfu_source"].startswith("assumed")}
     measured = [r["run"] for r in rows if r["device_hours_source"] != "assumed"]
+    total = sum(r["device_hours"] for r in rows)
     lines.append("")
-    lines.append(
-        "device-hours: allocated devices x wall time (GPU-hours on GPUs, CPU-rank-hours on CPU "
-        "sizes); predicted = FLOPs / (peak x MFU)."
+    lines.append(f"{len(rows)} runs, {units.hours(total)} device-hours in all.")
+    lines += textwrap.wrap(
+        "devs: devices allocated (GPUs, or CPU ranks on CPU sizes); peak TF/s: the device "
+        "record's peak, in 10^12 FLOP/s; MFU: model FLOPs utilisation; tokens/s: over all "
+        "devices; device-hours: allocated devices x wall time (GPU-hours on GPUs, "
+        "CPU-rank-hours on CPU sizes), predicted = FLOPs / (peak x MFU) / 3600 until finished "
+        "segments measure it.",
+        width=100,
     )
     if assumed:
         mfus = sorted({f"{r['mfu']:.0%}" for r in rows if r["mfu_source"].startswith("assumed")})
-        lines.append(f"assumed MFU {', '.join(mfus)} from {', '.join(sorted(assumed))}")
+        sources = sorted(a.removeprefix("assumed ") for a in assumed)
+        lines.append(f"assumed MFU {', '.join(mfus)} {', '.join(sources)}")
     lines.append(
         f"measured (finished segments of the same size and layout): {', '.join(measured)}"
         if measured

@@ -729,6 +729,12 @@ def render_memory_table(plan: dict, *, trace_times: bool = False) -> str:
         "micro = micro-batch x gradient accumulation per rank; limit = gpu.memory_gb less "
         "cluster.gpu_memory_reserve_gb; runs of one layout share a trace"
     )
+    lines.append(
+        "TPxDP = tensor x data parallel ranks; prec = precision; AC = activation "
+        "checkpointing; params = parameters; grads = gradients; optim = optimizer states; "
+        "activ = activations; temp = temporaries; peak = the traced peak; phase = the step "
+        "phase at the peak; fits = peak <= limit"
+    )
     return "\n".join(lines)
 
 
