@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, layout
+from pythia_suite import costs, layout, units
 from pythia_suite.provenance import RECORD_NAME
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
@@ -707,9 +707,7 @@ def collect_status(
 
 
 def _fmt_hours(h: float | None) -> str:
-    if h is None:
-        return "-"
-    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+    return "-" if h is None else units.hours(h)
 
 
 def _fmt_duration(s: float | None) -> str:
@@ -723,13 +721,7 @@ def _fmt_duration(s: float | None) -> str:
 
 
 def _fmt_rate(x: float | None) -> str:
-    if x is None:
-        return "-"
-    for suffix in ("", "K", "M", "G"):
-        if abs(x) < 1000:
-            return f"{x:.3g}{suffix}"
-        x /= 1000
-    return f"{x:.3g}T"
+    return "-" if x is None else units.count(x)
 
 
 TABLE_COLUMNS = (
