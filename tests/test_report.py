@@ -304,3 +304,43 @@ def test_report_headline_shows_accuracy_against_chance(tmp_path):
     assert "other" not in headline  # no chance level known: not in the headline
     assert text.index("## Headline") < text.index("## Runs")
     assert (tmp_path / "report" / "eval_0shot_mini_next_word_acc.png").is_file()
+
+
+def test_identical_metrics_share_a_row_values_keep_one_format_and_perplexity_is_log(
+    tmp_path, monkeypatch
+):
+    """acc_norm equal to acc in every run and step (the miniature suite's next-word task) is
+    one headline row, one column and one plot; a perplexity and its stderr share one format;
+    perplexities falling over decades are drawn on a log axis."""
+    runs = [{"name": "small", "size": "0.4m", "variant": "standard", "params": 400_000}]
+    files = []
+    for step, acc, ppl in ((0, 0.25, 2.1e6), (16, 0.40, 9.0e4), (128, 0.50, 1.12e3)):
+        path = tmp_path / "small" / f"small_step{step}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        next_word = {"acc": acc, "acc_stderr": 0.025, "acc_norm": acc, "acc_norm_stderr": 0.025}
+        heldout = {"word_perplexity": ppl, "word_perplexity_stderr": ppl * 1.4}
+        results = {"mini_next_word": next_word, "mini_heldout": heldout}
+        path.write_text(json.dumps({"results": results, "config": {"num_fewshot": 0}}))
+        files.append(str(path))
+    scales = {}
+    real_save = rp._save_figure
+
+    def save(fig, path):
+        scales[path.name] = fig.axes[0].get_yscale()
+        return real_save(fig, path)
+
+    monkeypatch.setattr(rp, "_save_figure", save)
+    chance = {"mini_next_word": {"acc": 0.25, "acc_norm": 0.25}}
+    out = rp.build_report(runs, {"small": files}, {}, tmp_path / "report", chance)
+    text = out["report"].read_text()
+    headline = text.split("## Headline: learning above chance", 1)[1].split("\n## ", 1)[0]
+    assert "| small | mini_next_word | acc = acc_norm | 128 | 0.5000 ± 0.0250 |" in headline
+    assert headline.count("| small |") == 1
+    final = (tmp_path / "report" / "final_results.md").read_text()
+    assert "mini_next_word acc = acc_norm" in final and "mini_next_word acc_norm |" not in final
+    assert "1.12K ± 1.57K" in final  # one format for a value and its stderr
+    assert "| small | 400K | 128 |" in final
+    assert scales == {
+        "eval_0shot_mini_heldout_word_perplexity.png": "log",
+        "eval_0shot_mini_next_word_acc.png": "linear",
+    }

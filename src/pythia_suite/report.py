@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pythia_suite import units
 from pythia_suite.atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = [
@@ -288,6 +289,44 @@ def check_fingerprints(
     return FingerprintSummary(summary)
 
 
+def merge_identical_metrics(series: Mapping) -> dict:
+    """(shots, task, metric) -> run -> points, sorted, with the metrics of a task whose curves
+    are identical in every run merged into one key ('acc = acc_norm': one chart or column,
+    not two copies)."""
+    merged: dict = {}
+    for (shots, task, metric), by_run in sorted(series.items()):
+        curves = {run: sorted(points) for run, points in by_run.items()}
+        twin = next(
+            (
+                key
+                for key, other in merged.items()
+                if key[:2] == (shots, task)
+                and {run: sorted(points) for run, points in other.items()} == curves
+            ),
+            None,
+        )
+        if twin is None:
+            merged[(shots, task, metric)] = by_run
+        else:
+            merged[(shots, task, f"{twin[2]} = {metric}")] = merged.pop(twin)
+    return dict(sorted(merged.items()))
+
+
+def metric_labels(points: Sequence[EvalPoint]) -> dict[tuple[int, str, str], str | None]:
+    """(shots, task, metric) -> the label it is shown under ('acc = acc_norm' when the metrics'
+    values and standard errors are identical in every run and step), or None for a metric shown
+    under another's label."""
+    series: dict = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        series[(p.shots, p.task, p.metric)][p.run].append((p.step, p.value, p.stderr))
+    labels: dict[tuple[int, str, str], str | None] = {}
+    for shots, task, label in merge_identical_metrics(series):
+        first, *others = label.split(" = ")
+        labels[(shots, task, first)] = label
+        labels.update({(shots, task, other): None for other in others})
+    return labels
+
+
 def _group_name(key: Hashable) -> str:
     if isinstance(key, tuple):
         return " / ".join(f"{k}" for k in key)
@@ -354,10 +393,13 @@ def plot_eval_curves(
     series: dict[tuple[int, str, str], dict[str, list[EvalPoint]]] = defaultdict(
         lambda: defaultdict(list)
     )
+    labels = metric_labels(points)
     for p in points:
-        series[(p.shots, p.task, p.metric)][p.run].append(p)
+        if labels[(p.shots, p.task, p.metric)] is not None:
+            series[(p.shots, p.task, p.metric)][p.run].append(p)
     written = []
     for (shots, task, metric), by_run in sorted(series.items()):
+        label = labels[(shots, task, metric)]
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for run in sorted(by_run, key=lambda r: _run_order(table[r])):
             pts = sorted(by_run[run], key=lambda p: p.step)
@@ -374,8 +416,10 @@ def plot_eval_curves(
         if level is not None:
             ax.axhline(level, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("symlog", linthresh=1)
+        if units.spans_decades([p.value for pts in by_run.values() for p in pts]):
+            ax.set_yscale("log")  # perplexities fall over decades
         ax.set_xlabel("step")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(label)
         ax.set_title(f"{task} ({shots}-shot)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
@@ -460,10 +504,15 @@ def final_results(
 
 
 def _format_value(value: float, stderr: float | None) -> str:
+    """A value and its standard error in one format: 4 decimals below 1000 (accuracies), else
+    K/M/B counts (perplexities): '0.5000 ± 0.0250', '1.12M ± 1.60M'."""
     if math.isnan(value):
         return "nan"
-    text = f"{value:.4g}" if abs(value) >= 1000 else f"{value:.4f}"
-    return f"{text} ± {stderr:.4f}" if stderr is not None else text
+
+    def fmt(x: float) -> str:
+        return f"{x:.4f}" if abs(value) < 1000 else units.count(x)
+
+    return f"{fmt(value)} ± {fmt(stderr)}" if stderr is not None else fmt(value)
 
 
 def _final_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -471,10 +520,14 @@ def _final_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for shots in sorted({r["shots"] for r in rows}):
         sub = [r for r in rows if r["shots"] == shots]
-        columns = sorted({(r["task"], r["metric"]) for r in sub})
+        keys = ("run", "step", "shots", "task", "metric", "value", "stderr")
+        labels = metric_labels([EvalPoint(*(r[k] for k in keys)) for r in sub])
+        columns = sorted(
+            {(r["task"], r["metric"]) for r in sub if labels[(shots, r["task"], r["metric"])]}
+        )
         runs = list(dict.fromkeys(r["run"] for r in sub))
         cells = {(r["run"], r["task"], r["metric"]): r for r in sub}
-        head = ["run", "params", "step"] + [f"{t} {m}" for t, m in columns]
+        head = ["run", "params", "step"] + [f"{t} {labels[(shots, t, m)]}" for t, m in columns]
         lines = [f"### {shots}-shot", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for run in runs:
             first = next(r for r in sub if r["run"] == run)
@@ -483,7 +536,9 @@ def _final_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                 for t, m in columns
             ]
             lines.append(
-                f"| {run} | {first['params']:,} | {first['step']} | " + " | ".join(values) + " |"
+                f"| {run} | {units.count(first['params'])} | {first['step']} | "
+                + " | ".join(values)
+                + " |"
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -545,9 +600,11 @@ def headline_rows(
     """Per run and task with a known chance level: the final value, chance, and the first step
     above chance by 2 standard errors (the tasks' manifest records chance)."""
     table = _check_runs(runs)
+    labels = metric_labels(points)
     series: dict[tuple[str, str, str], list[EvalPoint]] = defaultdict(list)
     for p in points:
-        if p.shots == shots and p.metric in chance.get(p.task, {}):
+        label = labels[(p.shots, p.task, p.metric)]
+        if p.shots == shots and p.metric in chance.get(p.task, {}) and label is not None:
             series[(p.run, p.task, p.metric)].append(p)
     rows = []
     for (run, task, metric), pts in series.items():
@@ -557,7 +614,7 @@ def headline_rows(
             {
                 "run": run,
                 "task": task,
-                "metric": metric,
+                "metric": labels[(shots, task, metric)],
                 "step": last.step,
                 "value": last.value,
                 "stderr": last.stderr,
@@ -680,7 +737,7 @@ def _report_markdown(
     headline: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     runs = ["| run | size | variant | params |", "|---|---|---|---|"] + [
-        f"| {r['name']} | {r['size']} | {r['variant']} | {r['params']:,} |"
+        f"| {r['name']} | {r['size']} | {r['variant']} | {units.count(r['params'])} |"
         for r in sorted(table.values(), key=_run_order)
     ]
     if spikes:

@@ -19,15 +19,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pythia_suite import layout
+from pythia_suite import layout, units
 from pythia_suite.atomic import write_text_atomic
 from pythia_suite.evaluate import chance_levels
 from pythia_suite.provenance import RECORD_NAME
+from pythia_suite.report import merge_identical_metrics
 from pythia_suite.status import TABLE_COLUMNS, SuiteStatus, table_rows
 
 _RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
-# Values spanning at least this ratio get a log y axis (perplexities: decades apart).
-_LOG_SPAN = 30.0
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;
@@ -90,7 +89,7 @@ def chart_svg(
     if not drawn:
         return ""
     values = [y for pts in drawn.values() for _, y in pts]
-    low, high = min(values), max(values)
+    low = min(values)
     style = {
         "svg.fonttype": "none",  # text stays <text>: selectable, and measurable in the DOM
         "svg.hashsalt": title,  # ids unique per chart (several SVGs share one page) and stable
@@ -117,7 +116,7 @@ def chart_svg(
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(left=0)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        if low > 0 and high / low >= _LOG_SPAN:
+        if units.spans_decades(values):
             ax.set_yscale("log")
         else:
             ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
@@ -137,28 +136,6 @@ def chart_svg(
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg") :]  # inline: no XML declaration or DOCTYPE
     return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(title)}" ', 1)
-
-
-def merge_identical_metrics(series: dict) -> dict:
-    """(shots, task, metric) -> run -> points, sorted, with the metrics of a task whose curves
-    are identical in every run merged into one key ('acc = acc_norm': one chart, not two)."""
-    merged: dict = {}
-    for (shots, task, metric), by_run in sorted(series.items()):
-        curves = {run: sorted(points) for run, points in by_run.items()}
-        twin = next(
-            (
-                key
-                for key, other in merged.items()
-                if key[:2] == (shots, task)
-                and {run: sorted(points) for run, points in other.items()} == curves
-            ),
-            None,
-        )
-        if twin is None:
-            merged[(shots, task, metric)] = by_run
-        else:
-            merged[(shots, task, f"{twin[2]} = {metric}")] = merged.pop(twin)
-    return dict(sorted(merged.items()))
 
 
 def never_leaves_zero(series: dict[str, list[tuple[float, float]]]) -> bool:

@@ -42,3 +42,14 @@ def hours(h: float) -> str:
     """Device-hours: whole hours with thousands separators from 100 up, else 3 significant
     digits (11938.2 -> '11,938', 0.009541 -> '0.00954')."""
     return f"{h:,.0f}" if abs(h) >= 99.5 else f"{h:.3g}"
+
+
+# Values whose largest is at least this many times their smallest get a log axis.
+LOG_AXIS_SPAN = 30.0
+
+
+def spans_decades(values) -> bool:
+    """Plot on a log axis: every value > 0 and the largest >= LOG_AXIS_SPAN x the smallest
+    (perplexities falling from millions to hundreds)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= LOG_AXIS_SPAN
