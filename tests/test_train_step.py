@@ -335,6 +335,9 @@ def test_loss_scaler_in_fp32_trains_exactly_like_no_scaler_and_records_skips(tmp
     log = io.StringIO()
     skipped = _segment(tmp_path / "skip", 4, tiny_settings(loss_scaler_in_fp32=True), log=log)
     assert [r["skipped"] for r in skipped["history"]] == [False, True, False, False]
+    # The scale after each step, for the TensorBoard curves (hysteresis 2: one overflow keeps it).
+    assert [r["loss_scale"] for r in skipped["history"]] == [4096.0] * 4
+    assert all("loss_scale" not in r for r in plain["history"])
     assert skipped["scheduler"]["iteration"] == 3  # 4 iterations, one skipped
     assert skipped["loss_scaler"]["cur_hysteresis"] == 1
     assert "loss_scale 4096" in log.getvalue()

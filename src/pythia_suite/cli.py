@@ -518,6 +518,16 @@ def cmd_train_segment(config: dict, args) -> None:
             "world_size": state.get("world_size"),
         }
         recorder.write()
+        from pythia_suite.train import curves
+
+        events = curves.write_segment_events(
+            curves.run_log_dir(_results(config), run.name),
+            state.get("history", []),
+            start_step,
+            args.step,
+        )
+        if events:
+            _say(f"TensorBoard events: {events}")
 
 
 def _explain_full_disk(err: Exception, output: Path) -> None:

@@ -1112,6 +1112,8 @@ def _train_iteration(seg: Segment, state: TrainState, it: int) -> None:
     dt = time.perf_counter() - t0
     tokens_per_s = settings.global_batch * settings.seq_length / dt
     _record_step(state.progress, it, result, tokens_per_s, fingerprint, settings, seg.log)
+    if state.scaler is not None:  # fp16's scale after this step, for the TensorBoard curves
+        state.progress.history[-1]["loss_scale"] = state.scaler.scale
     if (it + 1) % settings.log_interval == 0 or it + 1 == seg.end_step:
         _log_progress(seg, state, it, result, dt)
     seg.hook("step_end", it + 1)
