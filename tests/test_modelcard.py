@@ -87,7 +87,37 @@ def test_quickstart_is_valid_python_with_revision() -> None:
     for call in loads:
         assert call.args[0].value == "EleutherAI/pythia-410m-deduped"
         kwargs = {k.arg: k.value.value for k in call.keywords}
-        assert kwargs["revision"] == "step3000" and "cache_dir" in kwargs
+        assert kwargs["revision"] == "main" and "cache_dir" in kwargs  # the final checkpoint
+    assert 'e.g. revision="step3000"' in code  # how to load any other step
+    (generate,) = [c for c in calls if c.func.attr == "generate"]
+    kwargs = {k.arg: k.value for k in generate.keywords if k.arg}
+    assert kwargs["max_new_tokens"].value > 0  # no max_length warning, no 20-token cut
+
+
+def test_card_states_scale_dtype_chance_and_dedup_removals() -> None:
+    run = RUN_410M | {
+        "train_iters": 128,
+        "batch": 8,
+        "seq_length": 128,
+        "epoch_tokens": 4_200_000,
+        "published_dtype": "float16",
+        "precision": "fp32",
+        "chance": {"mini_next_word": {"acc": 0.25}},
+    }
+    results = {
+        "mini_next_word (0-shot)": {"acc": 0.41, "acc_stderr": 0.02},
+        "mini_lambada (0-shot)": {"acc": 0.0},
+    }
+    _, body = split_card(render_model_card(run, results))
+    assert "trained on 131K tokens (131,072), 3.1% of one pass over its training data" in body
+    assert "It is a miniature" in body
+    assert "The published weights are float16 (trained in fp32)." in body
+    assert "| mini_next_word (0-shot) | acc | 0.4100 | 0.0200 | 0.2500 |" in body
+    assert "| mini_lambada (0-shot) | acc | 0.0000 |  | — |" in body
+    # Pythia's scale: 300B tokens, about one pass: no miniature sentence.
+    big = RUN_410M | {"epoch_tokens": 300_000_000_000}
+    assert "It is a miniature" not in render_model_card(big)
+    assert "300B tokens (299,892,736,000), 100.0% of one pass" in render_model_card(big)
 
 
 def test_results_table_from_pythia_file(anchor) -> None:
@@ -218,6 +248,34 @@ def test_mini_card_states_what_config_data_record_and_receipts_say(tmp_path: Pat
     assert 'os.environ["HF_HUB_OFFLINE"] = "1"' in card
     # The evaluation table names its metric.
     assert "| mini_next_word (0-shot) | acc | 0.5500 | 0.0300 |" in body
+    # No dedup report given: no removed counts claimed.
+    assert "removed" not in body
+
+
+def test_deduped_card_gives_documents_after_dedup_and_removed(tmp_path: Path) -> None:
+    from pythia_suite.config import checkpoint_steps
+    from pythia_suite.modelcard import card_facts
+
+    config = _config("config/mini.yaml")
+    manifest = json.loads((REPO_ROOT / "data/mini-pile/manifest.json").read_text())
+    before: dict[str, int] = {}
+    for name, entry in manifest["files"].items():
+        for source, n in entry.get("pile_set_names", {}).items() if "train/" in name else ():
+            before[source] = before.get(source, 0) + n
+    source = sorted(before)[0]
+    per_set = {source: {"docs_in": before[source], "docs_removed": 3}}
+    total = sum(before.values())
+    report = {"docs_in": total, "docs_removed": 3, "docs_out": total - 3, "per_set": per_set}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    steps = checkpoint_steps(config)
+    facts = card_facts(config, "pythia-0.4m-deduped", _receipts(steps, True), dedup_report=path)
+    body = split_card(render_model_card(facts))[1]
+    assert f"which removed 3 of {total:,} documents" in body and f"leaving {total - 3:,}" in body
+    assert f"{source} ({before[source] - 3} documents after deduplication, 3 removed)" in body
+    # The standard run's card states the corpus as shipped.
+    standard = card_facts(config, "pythia-0.4m", _receipts(steps, True), dedup_report=path)
+    assert "removed" not in render_model_card(standard)
 
 
 def test_real_card_states_the_preshuffled_pile_and_gpt_neox_tokenizer() -> None:

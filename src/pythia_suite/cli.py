@@ -681,12 +681,17 @@ def cmd_model_card(config: dict, args) -> None:
         f"step{s}": json.loads(Path(layout.receipt(results, run.name, s)).read_text())
         for s in steps
     }
+    from pythia_suite.evaluate import chance_levels
+
     info = card_facts(
         config,
         run.name,
         receipts,
         tokenizer_file=layout.tokenizer(results),
         cache_dir=layout.local_hub(results),
+        dataset_prefix=str(_training_data_paths(config, run)[0].with_suffix("")),
+        dedup_report=layout.dedup_report(results) if run.dedup else None,
+        chance=chance_levels(layout.eval_tasks_dir(results)),
     )
     points = load_eval_points({run.name: _pythia_result_files(args.evals)})
     table: dict[str, dict[str, float]] = {}
@@ -699,6 +704,9 @@ def cmd_model_card(config: dict, args) -> None:
     out = Path(args.output)
     write_text_atomic(out, render_model_card(info, table or None))
     inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
+    inputs += [p for p in _training_data_paths(config, run)[:1] if p.exists()]
+    if run.dedup and Path(layout.dedup_report(results)).exists():
+        inputs.append(Path(layout.dedup_report(results)))
     Recorder(out, "model-card", info, inputs).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)

@@ -34,8 +34,13 @@ key                       required  meaning
 ``seed``                  no        data / init seed
 ``tokenizer``             no        tokenizer description (omitted when not given)
 ``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
-``cache_dir``             no        quickstart ``cache_dir`` (default ``./{name}/step{N}``)
+``cache_dir``             no        quickstart ``cache_dir`` (default ``./{name}``)
 ``offline``               no        the quickstart loads from ``cache_dir`` offline (local hub)
+``epoch_tokens``          no        tokens in one pass over the training data (the scale)
+``published_dtype``       no        dtype of the published weights, e.g. ``"float16"``
+``chance``                no        ``{task: {metric: chance level}}`` for the results table
+``dedup``                 no        the dedup report (``docs_in``, ``docs_removed``,
+                                    ``docs_out``): removed counts on a deduped card
 ========================  ========  =====================================================
 
 :func:`card_facts` derives every one of these from the config, the data records and the
@@ -54,6 +59,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pythia_suite import units
+
 __all__ = ["ModelCardError", "card_facts", "render_model_card", "verification_sentence"]
 
 _REQUIRED = (
@@ -71,6 +78,13 @@ _REQUIRED = (
     "steps",
     "dataset",
 )
+
+
+# The quickstart's generation: greedy, a bounded number of new tokens (no max_length warning),
+# repeated tokens discouraged (a small model otherwise repeats a newline or a word).
+QUICKSTART_PROMPT = "Hello, I am"
+QUICKSTART_NEW_TOKENS = 24
+QUICKSTART_REPETITION_PENALTY = 1.3
 
 
 class ModelCardError(ValueError):
@@ -132,6 +146,35 @@ def _metric_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     return rows
+
+
+def _chance_cell(chance: Mapping[str, Mapping[str, float]], task: str, metric: str) -> str:
+    """The chance level of a results row ('mini_next_word (0-shot)' names the task
+    'mini_next_word'), or '—'."""
+    level = chance.get(task.split(" (")[0], {}).get(metric)
+    return f"{level:.4f}" if level is not None else "—"
+
+
+def _scale_text(run: Mapping[str, Any], tokens: int) -> str:
+    """Sentences on the scale (tokens trained, share of one pass over the data; a miniature
+    when under a billion tokens) and the published dtype; '' for facts the run dict lacks."""
+    text = ""
+    epoch = run.get("epoch_tokens")
+    if epoch:
+        text += (
+            f" It was trained on {units.count(tokens)} tokens ({_human(tokens)}), "
+            f"{tokens / epoch:.1%} of one pass over its training data "
+            f"({units.count(epoch)} tokens)."
+        )
+        if tokens < 1e9:
+            text += (
+                " It is a miniature: it exercises the pipeline end to end and shows the shape "
+                "of learning, not a usable language model."
+            )
+    if run.get("published_dtype"):
+        trained = f" (trained in {run['precision']})" if run.get("precision") else ""
+        text += f" The published weights are {run['published_dtype']}{trained}."
+    return text
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
@@ -218,12 +261,22 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     evaluation = "No evaluation results are attached to this card yet."
     if results:
         rows = _metric_rows(results)
+        header: tuple[str, ...] = ("Task", "Metric", "Value", "Stderr")
+        chance = run.get("chance") or {}
+        if chance:
+            header += ("Chance",)
+            rows = [(*row, _chance_cell(chance, row[0], row[1])) for row in rows]
         evaluation = (
             f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
-            "lm-evaluation-harness:\n\n" + _table(("Task", "Metric", "Value", "Stderr"), rows)
+            "lm-evaluation-harness:\n\n" + _table(header, rows)
         )
+        if chance:
+            evaluation += (
+                "\n\nChance: what guessing scores (a uniform pick among a task's choices); "
+                "— where a task has no such level (exact match, perplexity)."
+            )
 
-    cache_dir = run.get("cache_dir") or f"./{name}/step{example}"
+    cache_dir = run.get("cache_dir") or f"./{name}"
     offline = (
         'import os\n\nos.environ["HF_HUB_OFFLINE"] = "1"  # the local hub\n'
         if run.get("offline")
@@ -232,19 +285,26 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     quickstart = f"""```python
 {offline}from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
+# main: the final checkpoint; any other step is its branch, e.g. revision="step{example}".
 model = GPTNeoXForCausalLM.from_pretrained(
     "{repo_id}",
-    revision="step{example}",
+    revision="main",
     cache_dir="{cache_dir}",
 )
 tokenizer = AutoTokenizer.from_pretrained(
     "{repo_id}",
-    revision="step{example}",
+    revision="main",
     cache_dir="{cache_dir}",
 )
 
-inputs = tokenizer("Hello, I am", return_tensors="pt")
-tokens = model.generate(**inputs)
+inputs = tokenizer("{QUICKSTART_PROMPT}", return_tensors="pt")
+tokens = model.generate(
+    **inputs,
+    max_new_tokens={QUICKSTART_NEW_TOKENS},
+    do_sample=False,
+    repetition_penalty={QUICKSTART_REPETITION_PENALTY},
+    pad_token_id=tokenizer.eos_token_id,
+)
 print(tokenizer.decode(tokens[0]))
 ```"""
 
@@ -253,7 +313,7 @@ print(tokenizer.decode(tokens[0]))
         f"# {name}",
         f"{name} is the {run['size']} model of a rebuilt Pythia Scaling Suite "
         f"({run['variant']} data), trained to study how language models develop over training. "
-        f"Every checkpoint is published as a branch of `{repo_id}`.",
+        f"Every checkpoint is published as a branch of `{repo_id}`." + _scale_text(run, tokens),
         "## Architecture\n\n" + _table(("Hyperparameter", "Value"), arch_rows),
         "## Training data\n\n" + data_text,
         "## Training procedure\n\n" + "\n".join(training),
@@ -271,9 +331,15 @@ print(tokenizer.decode(tokens[0]))
 # ----------------------------------------------------------------------------- facts
 
 
-def _data_facts(config: Mapping[str, Any], variant: str, dedup: bool) -> dict[str, Any]:
+def _data_facts(
+    config: Mapping[str, Any],
+    variant: str,
+    dedup: bool,
+    dedup_report: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Dataset id, description and whether it is a Hub dataset, from the data config and the
-    corpus's own record (a ``manifest.json`` beside the shards, when it ships one)."""
+    corpus's own record (a ``manifest.json`` beside the shards, when it ships one); on a
+    deduplicated run with the dedup report, the documents left and removed, per source."""
     data = config["data"]
     if data["source"] == "preshuffled":
         repo = data["preshuffled"][variant]
@@ -305,7 +371,16 @@ def _data_facts(config: Mapping[str, Any], variant: str, dedup: bool) -> dict[st
                     for source, n in entry.get("pile_set_names", {}).items():
                         mixes[source] = mixes.get(source, 0) + n
                 break
-    if mixes:
+    removed_per_set = (dedup_report or {}).get("per_set", {}) if dedup else {}
+    if mixes and removed_per_set:
+        listed = ", ".join(
+            f"{source} ({n - removed_per_set.get(source, {}).get('docs_removed', 0)} documents "
+            f"after deduplication, {removed_per_set.get(source, {}).get('docs_removed', 0)} "
+            "removed)"
+            for source, n in sorted(mixes.items())
+        )
+        text += f", whose documents come from: {listed}"
+    elif mixes:
         listed = ", ".join(f"{source} ({n} documents)" for source, n in sorted(mixes.items()))
         text += f", whose documents come from: {listed}"
         sources = sorted({str(m.parent / "SOURCES.md") for m in records})
@@ -317,11 +392,28 @@ def _data_facts(config: Mapping[str, Any], variant: str, dedup: bool) -> dict[st
             f"; deduplicated with global MinHash-LSH near-deduplication (Jaccard threshold "
             f"{d['threshold']}, {d['ngram']}-word shingles, {d['num_perm']} permutations)"
         )
+        if dedup_report:
+            text += (
+                f", which removed {dedup_report['docs_removed']:,} of "
+                f"{dedup_report['docs_in']:,} documents "
+                f"({dedup_report['docs_removed'] / max(dedup_report['docs_in'], 1):.1%}), "
+                f"leaving {dedup_report['docs_out']:,}"
+            )
     return {
         "dataset": shards[0] if len(shards) == 1 else "local Pile-format shards",
         "hub_dataset": False,
         "data_description": text + ".",
     }
+
+
+def _dataset_tokens(prefix: str | None) -> int | None:
+    """Tokens in a Megatron mmap dataset (``prefix``.bin/.idx): one pass over the training
+    data. None when there is no such dataset."""
+    if not prefix or not Path(prefix + ".idx").is_file():
+        return None
+    from pythia_suite.data.indexed import IndexedDataset
+
+    return int(IndexedDataset(prefix).num_tokens())
 
 
 def _tokenizer_fact(config: Mapping[str, Any], tokenizer_file: str | None) -> str:
@@ -390,9 +482,14 @@ def card_facts(
     *,
     tokenizer_file: str | None = None,
     cache_dir: str | None = None,
+    dataset_prefix: str | None = None,
+    dedup_report: str | None = None,
+    chance: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The run dict :func:`render_model_card` reads, every value from the config, the data
-    records (the corpus manifest, the tokenizer file) or the publish receipts (branch -> receipt).
+    records (the corpus manifest, the tokenizer file, the training dataset's index for the
+    tokens in one pass, the dedup report), the evaluation tasks' chance levels or the publish
+    receipts (branch -> receipt). A record that is absent leaves its statement out.
     """
     from pythia_suite import config as cfg
 
@@ -403,8 +500,14 @@ def card_facts(
     adam = training["adam"]
     steps = cfg.checkpoint_steps(dict(config))
     local_only = config["publish"]["local_hub"] and not config["publish"]["hub"]
+    report = None
+    if dedup_report and Path(dedup_report).is_file():
+        report = json.loads(Path(dedup_report).read_text(encoding="utf-8"))
     return {
-        **_data_facts(config, run.variant, run.dedup),
+        **_data_facts(config, run.variant, run.dedup, report),
+        "epoch_tokens": _dataset_tokens(dataset_prefix),
+        "published_dtype": config["publish"]["dtype"],
+        "chance": dict(chance or {}),
         "name": run.name,
         "repo_id": f"{config['suite']['hub_org']}/{run.name}",
         "size": run.size,

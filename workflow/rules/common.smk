@@ -218,6 +218,13 @@ def eval_tasks_input(wildcards):
 # ----------------------------------------------------------------------------- targets
 
 
+def card_dedup_report(wildcards):
+    """The dedup report a deduplicated run's card states its removed counts from (raw data)."""
+    if config["data"]["source"] == "raw" and RUNS[wildcards.run].dedup:
+        return layout.dedup_report(RESULTS)
+    return []
+
+
 def run_receipts(wildcards):
     """Every step's publish receipt of one run."""
     return [layout.receipt(RESULTS, wildcards.run, step) for step in STEPS]

@@ -23,6 +23,9 @@ rule model_card:
         evals=layout.evals_dir(RESULTS, "{run}"),
         # the card reads every step's receipt (branches, verification), not just the final one
         receipts=run_receipts,
+        # and the data records it states: tokens in one pass, documents removed by dedup
+        data=training_data,
+        dedup=card_dedup_report,
     output:
         layout.model_card(RESULTS, "{run}"),
     log:
