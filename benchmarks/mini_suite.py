@@ -61,7 +61,7 @@ def main() -> None:
     if run.returncode != 0:
         sys.exit(f"snakemake failed:\n{(run.stdout + run.stderr)[-4000:]}")
     per_rule: dict[str, list[float]] = collections.defaultdict(list)
-    for log in (clone / "results" / "logs").rglob("*.log"):
+    for log in (clone / "results-mini" / "logs").rglob("*.log"):
         found = re.findall(
             r"pythia-suite (\S+): done in ([0-9.]+) s", log.read_text(errors="replace")
         )
@@ -75,7 +75,7 @@ def main() -> None:
         print(
             f"clean clone to finished plots, set-up included: {total:.0f} s ({total / 60:.1f} min)"
         )
-    headline = clone / "results" / "report" / "report.md"
+    headline = clone / "results-mini" / "report" / "report.md"
     if headline.is_file():
         text = headline.read_text()
         if "## Headline" in text:
@@ -83,8 +83,8 @@ def main() -> None:
     print(f"{'command':<20} {'jobs':>5} {'sum s':>8} {'mean s':>8}")
     for command, times in sorted(per_rule.items(), key=lambda kv: -sum(kv[1])):
         print(f"{command:<20} {len(times):>5} {sum(times):>8.1f} {sum(times) / len(times):>8.1f}")
-    plots = sorted(p.name for p in (clone / "results" / "report").glob("*.png"))
-    print(f"plots: {len(plots)} in results/report")
+    plots = sorted(p.name for p in (clone / "results-mini" / "report").glob("*.png"))
+    print(f"plots: {len(plots)} in results-mini/report")
     if args.keep:
         print(f"kept: {clone}")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,8 +167,112 @@ for revision in ("step64", "main"):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step64" in out.stdout and "main" in out.stdout
-    card = suite / "results-mini" / "runs" / "pythia-1.3m-deduped" / "model_card" / "README.md"
-    assert 'revision="step' in card.read_text()
+
+
+def test_model_card_quickstart_runs_as_written_and_generates_text(suite):
+    """The card's quickstart, verbatim, from the repository root: it loads `main` and prints
+    the prompt and at least 8 non-whitespace new tokens, with no run of more than 2 newlines;
+    the card states the scale, the published dtype, chance, and what dedup removed."""
+    from tokenizers import Tokenizer
+
+    card = (suite / "results-mini/runs/pythia-1.3m-deduped/model_card/README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'revision="main"' in code and "max_new_tokens=" in code
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=suite, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "max_length" not in run.stderr  # transformers' warning when generate() is unbounded
+    printed = run.stdout.rstrip("\n")
+    prompt = "Hello, I am"
+    assert printed.startswith(prompt), printed
+    tokenizer = Tokenizer.from_file(str(suite / "results-mini/data/tokenizer/tokenizer.json"))
+    new = tokenizer.encode(printed[len(prompt) :]).ids
+    words = [t for t in new if tokenizer.decode([t]).strip()]
+    assert len(words) >= 8, repr(printed)
+    assert "\n\n\n" not in printed, repr(printed)
+    body = " ".join(card.split())
+    assert "of one pass over its training data" in body and "It is a miniature" in body
+    assert "The published weights are float16 (trained in fp32)." in body
+    assert "| 0.2500 |" in body  # chance of mini_next_word
+    report = json.loads((suite / "results-mini/data/dedup/report.json").read_text())
+    assert f"which removed {report['docs_removed']:,} of {report['docs_in']:,} documents" in body
+    assert "documents after deduplication" in body
+
+
+def _readme_commands() -> list[str]:
+    """Every `pythia-suite` command line in the README's bash blocks, comments stripped."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    return [
+        line.split("  #", 1)[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("pythia-suite ")
+    ]
+
+
+def test_readme_commands_as_written_show_the_miniature_suite(suite):
+    """A new user's sequence: the README's first command (the fixture), then every
+    `pythia-suite` command in the README as written, from the repository root. Without
+    --config each reads the config the miniature suite ran with and says so; each shows the
+    miniature suite's runs and state, none the real suite's 16 runs at 0."""
+    commands = _readme_commands()
+    assert len(commands) >= 15, commands
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}:" + os.environ["PATH"],
+    }
+    outputs = {}
+    for command in commands:
+        run = subprocess.run(
+            command, shell=True, cwd=suite, env=env, capture_output=True, text=True, timeout=600
+        )
+        outputs[command] = run
+        if "neox-doctor" in command:  # documented: exits 1 naming what GPT-NeoX lacks here
+            assert run.returncode == 1 and "GPT-NeoX cannot launch here" in run.stderr, command
+            continue
+        assert run.returncode == 0, (command, run.stdout[-2000:], run.stderr[-2000:])
+        if "--config" not in command and "check-config" not in command:
+            assert "pythia-suite: config results-mini/config/effective.yaml" in run.stderr, (
+                command,
+                run.stderr[-1000:],
+            )
+    assert outputs["pythia-suite runs"].stdout.split() == runs()
+    status = outputs["pythia-suite status"].stdout
+    for run_name in runs():
+        assert run_name in status
+    assert status.count("10/10") >= 4 and "pythia-70m" not in status  # every mini step done
+    plan = outputs["pythia-suite plan"].stdout
+    assert "pythia-0.4m (+deduped)" in plan and "measured (" in plan and "pythia-70m" not in plan
+    status_json = json.loads(outputs["pythia-suite status --json pythia-0.4m"].stdout)
+    assert [r["run"] for r in status_json["runs"]] == ["pythia-0.4m"]
+    assert (suite / "results-mini/status/index.html").is_file()
+    assert (suite / "batch.npy").is_file()
+    verify = outputs["pythia-suite verify results-mini/evals/pythia-0.4m"].stdout
+    assert "chain intact" in verify and "data/mini-pile/heldout/heldout.jsonl.zst" in verify
+    assert len(outputs["pythia-suite --config config.yaml runs"].stdout.split()) == 16
+    # The miniature suite's TensorBoard curves: one event file per trained segment.
+    events = list((suite / "results-mini/logs/train/pythia-0.4m").glob("events.out.tfevents.*"))
+    assert len(events) == 9, events  # steps 1 2 4 8 16 32 64 96 128 (step0 trains nothing)
+
+
+def test_the_real_suites_dry_run_leaves_the_miniature_suites_artifacts_alone(suite):
+    """After the miniature suite, the real suite's DAG plans fetch_tokenizer and the rest in
+    results/ only: nothing of results-mini/ would be overwritten."""
+    target = "results/runs/pythia-70m/published/step1.json"
+    dry = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "-n", target],
+        cwd=suite,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = re.findall(r"^\s+output: (.+)$", dry.stdout + dry.stderr, re.M)
+    assert any("results/data/tokenizer" in line for line in planned)
+    assert not any("results-mini" in line for line in planned), planned
 
 
 def test_provenance_walks_from_an_eval_back_to_the_raw_shards(suite):
