@@ -200,6 +200,17 @@ def test_model_card_quickstart_runs_as_written_and_generates_text(suite):
     assert "documents after deduplication" in body
 
 
+def test_readme_python_example_runs_as_written(suite):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'cache_dir="results-mini/hub"' in code
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=suite, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("Hello, I am") and "\n\n\n" not in run.stdout, run.stdout
+
+
 def _readme_commands() -> list[str]:
     """Every `pythia-suite` command line in the README's bash blocks, comments stripped."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

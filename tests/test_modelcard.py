@@ -273,6 +273,20 @@ def test_deduped_card_gives_documents_after_dedup_and_removed(tmp_path: Path) ->
     body = split_card(render_model_card(facts))[1]
     assert f"which removed 3 of {total:,} documents" in body and f"leaving {total - 3:,}" in body
     assert f"{source} ({before[source] - 3} documents after deduplication, 3 removed)" in body
+    # The share of one pass: from the training dataset's index.
+    import numpy as np
+
+    from pythia_suite.data.indexed import IndexedDatasetWriter
+
+    prefix = tmp_path / "data" / "deduped_text_document"
+    with IndexedDatasetWriter(prefix) as writer:
+        for _ in range(4):
+            writer.add_document(np.arange(8_192, dtype=np.int64) % 100)
+    facts = card_facts(
+        config, "pythia-0.4m-deduped", _receipts(steps, True), dataset_prefix=str(prefix)
+    )
+    assert facts["epoch_tokens"] == 32_768
+    assert "trained on 131K tokens (131,072), 400.0% of one pass" in render_model_card(facts)
     # The standard run's card states the corpus as shipped.
     standard = card_facts(config, "pythia-0.4m", _receipts(steps, True), dedup_report=path)
     assert "removed" not in render_model_card(standard)

@@ -413,7 +413,7 @@ def _dataset_tokens(prefix: str | None) -> int | None:
         return None
     from pythia_suite.data.indexed import IndexedDataset
 
-    return int(IndexedDataset(prefix).num_tokens())
+    return IndexedDataset(prefix).num_tokens
 
 
 def _tokenizer_fact(config: Mapping[str, Any], tokenizer_file: str | None) -> str:
