@@ -142,6 +142,11 @@ def test_progress_page_in_headless_chromium(tmp_path, monkeypatch):
     assert "chance 0.25" in [t["text"] for t in choice["texts"]]
     low, high = _y_range(choice)
     assert 0 <= low <= 0.25 and 0.45 <= high <= 0.5, (low, high)  # last: 0.25 + 0.6 x 32/96
+    lambada = charts["mini_lambada ppl (0-shot)"]
+    assert all(t["label"][-1] == "M" for t in lambada["yticks"]), lambada["yticks"]
+    assert "1e6" not in [t["text"] for t in lambada["texts"]]  # no offset label over the axis
+    low, high = _y_range(lambada)
+    assert 0 <= low <= 9e6 - 6e4 * 32 * 2 and 9e6 <= high, (low, high)
     low, high = _y_range(charts["tokens/s per segment"])
     assert 0 <= low <= 1200 and 3000 <= high <= 3300, (low, high)  # both sizes' rates shown
 
@@ -160,7 +165,7 @@ def _add_mini_task_results(config: dict) -> None:
             "lambada_openai": doc["results"]["lambada_openai"],
             "mini_heldout": {"word_perplexity": 3e6 / (1 + step) ** (1.5 * size) + 200},
             "mini_next_word": {"acc": acc, "acc_stderr": 0.02, "acc_norm": acc},
-            "mini_lambada": {"acc": 0.0, "acc_stderr": 0.0},
+            "mini_lambada": {"acc": 0.0, "acc_stderr": 0.0, "ppl": 9e6 - 6e4 * step * size},
         }
         path.write_text(json.dumps(doc))
     tasks = Path(layout.eval_tasks_dir(results))
@@ -246,7 +251,8 @@ def _tick_value(label: str) -> float:
         power = re.fullmatch(r"(?:([\d.]+)\\times)?10\^\{(-?\d+)\}", body)
         assert power, label
         return float(power[1] or 1) * 10.0 ** int(power[2])
-    return float(label)
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9}.get(label[-1:], 1.0)  # units.count's suffixes
+    return float(label.rstrip("KMB")) * scale
 
 
 def _overlapping(texts: list[dict]) -> list[tuple[str, str]]:

@@ -120,9 +120,12 @@ def chart_svg(
             ax.set_yscale("log")
         else:
             ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
-            formatter = ScalarFormatter(useOffset=False)
-            formatter.set_powerlimits((-4, 6))
-            ax.yaxis.set_major_formatter(formatter)
+            if max(values) >= 1e4:  # counts as the tables write them: 2M, not 2 with "1e6"
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: units.count(value)))
+            else:
+                formatter = ScalarFormatter(useOffset=False)
+                formatter.set_powerlimits((-4, 6))
+                ax.yaxis.set_major_formatter(formatter)
             if low >= 0:  # nothing below 0 to show: no negative range
                 ax.set_ylim(bottom=max(ax.get_ylim()[0], 0))
         ax.set_xlabel("step")
