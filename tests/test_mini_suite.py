@@ -194,6 +194,7 @@ def test_model_card_quickstart_runs_as_written_and_generates_text(suite):
     body = " ".join(card.split())
     assert "of one pass over its training data" in body and "It is a miniature" in body
     assert "The published weights are float16 (trained in fp32)." in body
+    assert "| mini_next_word (0-shot) | acc = acc_norm |" in body  # identical: one row
     assert "| 0.2500 |" in body  # chance of mini_next_word
     report = json.loads((suite / "results-mini/data/dedup/report.json").read_text())
     assert f"which removed {report['docs_removed']:,} of {report['docs_in']:,} documents" in body

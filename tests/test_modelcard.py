@@ -114,6 +114,9 @@ def test_card_states_scale_dtype_chance_and_dedup_removals() -> None:
     assert "The published weights are float16 (trained in fp32)." in body
     assert "| mini_next_word (0-shot) | acc | 0.4100 | 0.0200 | 0.2500 |" in body
     assert "| mini_lambada (0-shot) | acc | 0.0000 |  | — |" in body
+    merged = {"mini_next_word (0-shot)": {"acc = acc_norm": 0.41, "acc = acc_norm_stderr": 0.02}}
+    _, body = split_card(render_model_card(run, merged))
+    assert "| mini_next_word (0-shot) | acc = acc_norm | 0.4100 | 0.0200 | 0.2500 |" in body
     # Pythia's scale: 300B tokens, about one pass: no miniature sentence.
     big = RUN_410M | {"epoch_tokens": 300_000_000_000}
     assert "It is a miniature" not in render_model_card(big)

@@ -672,7 +672,7 @@ def cmd_prune(config: dict, args) -> None:
 
 def cmd_model_card(config: dict, args) -> None:
     from pythia_suite.modelcard import card_facts, render_model_card
-    from pythia_suite.report import load_eval_points
+    from pythia_suite.report import load_eval_points, metric_labels
 
     run = cfg.get_run(config, args.run)
     results = _results(config)
@@ -694,13 +694,15 @@ def cmd_model_card(config: dict, args) -> None:
         chance=chance_levels(layout.eval_tasks_dir(results)),
     )
     points = load_eval_points({run.name: _pythia_result_files(args.evals)})
+    labels = metric_labels(points)  # identical metrics on one row: "acc = acc_norm"
     table: dict[str, dict[str, float]] = {}
     for p in points:
-        if p.step == steps[-1]:
+        label = labels[(p.shots, p.task, p.metric)]
+        if p.step == steps[-1] and label is not None:
             metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
-            metrics[p.metric] = p.value
+            metrics[label] = p.value
             if p.stderr is not None:
-                metrics[f"{p.metric}_stderr"] = p.stderr
+                metrics[f"{label}_stderr"] = p.stderr
     out = Path(args.output)
     write_text_atomic(out, render_model_card(info, table or None))
     inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]

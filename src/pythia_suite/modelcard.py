@@ -150,8 +150,8 @@ def _metric_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _chance_cell(chance: Mapping[str, Mapping[str, float]], task: str, metric: str) -> str:
     """The chance level of a results row ('mini_next_word (0-shot)' names the task
-    'mini_next_word'), or '—'."""
-    level = chance.get(task.split(" (")[0], {}).get(metric)
+    'mini_next_word'; 'acc = acc_norm' the metrics), or '—'."""
+    level = chance.get(task.split(" (")[0], {}).get(metric.split(" = ")[0])
     return f"{level:.4f}" if level is not None else "—"
 
 
