@@ -296,7 +296,7 @@ def test_provenance_walks_from_an_eval_back_to_the_raw_shards(suite):
             "--config",
             "config/mini.yaml",
             "verify",
-            "results/evals/pythia-0.4m-deduped",
+            "results-mini/evals/pythia-0.4m-deduped",
         ],
         cwd=suite,
         capture_output=True,
