@@ -373,7 +373,13 @@ def cmd_tokenize(config: dict, args) -> None:
         config["data"]["tokenizer"],
         [Path(args.shard), Path(args.tokenizer)],
     )
-    stats = tokenize_shard(args.shard, args.tokenizer, args.output_prefix, workers=args.workers)
+    stats = tokenize_shard(
+        args.shard,
+        args.tokenizer,
+        args.output_prefix,
+        workers=args.workers,
+        documents_out=args.documents,
+    )
     recorder.extra = stats
     recorder.write()
 
@@ -400,6 +406,125 @@ def cmd_build_order(config: dict, args) -> None:
     with atomic_directory(out) as tmp:
         build_index_maps(args.dataset_prefix, tmp, **settings)
     recorder.write()
+
+
+def cmd_document_table(config: dict, args) -> None:
+    """The document table of a variant's dataset (data.documents), from its shards' tables."""
+    from pythia_suite.data.documents import build_document_table
+    from pythia_suite.data.order import read_sizes
+
+    out = Path(args.output)
+    inputs = [Path(args.dataset_prefix + ".bin"), *(Path(t) for t in args.tables)]
+    recorder = Recorder(out, "document-table", {}, inputs)
+    with atomic_directory(out) as tmp:
+        recorder.extra = build_document_table(
+            args.tables,
+            range(len(args.tables)),  # in data.raw.shards order: shard id = index
+            read_sizes(args.dataset_prefix),
+            tmp,
+            standard=args.standard,
+        )
+    recorder.write()
+
+
+def cmd_build_lens(config: dict, args) -> None:
+    """The data lens of one (variant, data seed) order (data.lens)."""
+    from pythia_suite.data import lens
+    from pythia_suite.data.order import index_map_paths, read_sizes
+
+    seq_length = config["model"]["seq_length"]
+    order = index_map_paths(
+        args.dataset_prefix, args.order, cfg.num_samples(config), seq_length, args.seed
+    )
+    subsets, codes = None, None
+    if args.documents:
+        from pythia_suite.data.documents import DocumentTable
+
+        table = DocumentTable(args.documents)
+        subsets, codes = table.subsets, table.subset
+    out = Path(args.output)
+    meta = {
+        "variant": args.variant,
+        "seed": args.seed,
+        "source": config["data"]["source"],
+        "subsets": subsets,
+        "checkpoint_steps": cfg.checkpoint_steps(config),
+    }
+    inputs = [Path(args.dataset_prefix + ".bin"), Path(args.order)]
+    recorder = Recorder(
+        out, "data-lens", meta, inputs + ([Path(args.documents)] if codes is not None else [])
+    )
+    timings: dict = {}
+    with atomic_directory(out) as tmp:
+        lens.build_lens(
+            read_sizes(args.dataset_prefix),
+            order,
+            tmp,
+            global_batch=config["training"]["global_batch"],
+            train_iters=config["training"]["train_iters"],
+            seq_length=seq_length,
+            meta=meta,
+            subset_codes=codes,
+            num_subsets=len(subsets or [None]),
+            timings=timings,
+        )
+    recorder.extra = {"seconds": timings}
+    recorder.write()
+
+
+def _run_lens(config: dict, run: cfg.Run):
+    """A run's lens with its dataset and order (idxmaps or raw source)."""
+    from pythia_suite.data.lens import open_run_lens
+    from pythia_suite.data.order import index_map_paths
+
+    results = _results(config)
+    prefix = layout.dataset_prefix(results, run.variant)
+    order = index_map_paths(
+        prefix,
+        layout.order_dir(results, run.variant, run.data_seed),
+        cfg.num_samples(config),
+        config["model"]["seq_length"],
+        run.data_seed,
+    )
+    return open_run_lens(
+        layout.lens_dir(results, run.variant, run.data_seed),
+        prefix,
+        order,
+        layout.document_table(results, run.variant),
+    )
+
+
+def cmd_lens(config: dict, args) -> None:
+    """What a run's training steps and checkpoints read: documents, subsets, repetition."""
+    from pythia_suite.data import lens
+
+    run = cfg.get_run(config, args.run)
+    if config["data"]["source"] == "preshuffled":
+        if args.step is None:
+            raise cfg.ConfigError(f"{run.name}: {lens.NEEDS_DOCUMENT_IDENTITY}")
+        last = config["training"]["train_iters"] - 1
+        if not 0 <= args.step <= last:
+            raise cfg.ConfigError(f"--step {args.step}: training runs steps 0 .. {last}")
+        batch = _training_samples(config, run).batch(args.step, config["training"]["global_batch"])
+        parts = [lens.split_at_end_of_document(row) for row in batch]
+        if args.json:
+            note = lens.NEEDS_DOCUMENT_IDENTITY
+            print(json.dumps({"run": run.name, "step": args.step, "samples": parts, "note": note}))
+        else:
+            print(lens.format_preshuffled_step(args.step, parts))
+        return
+    opened = _run_lens(config, run)
+    if args.step is not None:
+        result = opened.step(args.step)
+        text = lens.format_step(args.step, result) if not args.json else None
+    elif args.checkpoints:
+        result = opened.lens.meta
+        text = lens.format_checkpoints(result) if not args.json else None
+    else:
+        result = opened.document(args.document)
+        info = opened.documents.row(args.document) if opened.documents is not None else None
+        text = lens.format_document(args.document, result, info) if not args.json else None
+    print(json.dumps({"run": run.name, "result": result}) if args.json else text)
 
 
 def cmd_fetch_preshuffled(config: dict, args) -> None:
@@ -980,6 +1105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--documents", help="also write the shard's document table (.documents.npz)")
     p = add("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order")
     p.add_argument("prefixes", nargs="+")
     p.add_argument("--output-prefix", required=True)
@@ -987,6 +1113,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-prefix", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--output", required=True)
+    p = add("document-table", cmd_document_table, "a dataset's document table (shard, subset)")
+    p.add_argument("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order")
+    p.add_argument("--dataset-prefix", required=True)
+    p.add_argument("--standard", help="deduped: the standard table, to join on document text")
+    p.add_argument("--output", required=True)
+    p = add("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--dataset-prefix", required=True)
+    p.add_argument("--order", required=True, help="the order's directory of index maps")
+    p.add_argument("--documents", help="the dataset's document table (subset labels)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p = add("lens", cmd_lens, "which documents a run's steps and checkpoints read")
+    p.add_argument("run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--step", type=int, help="the documents of each sample of step N")
+    which.add_argument("--checkpoints", action="store_true", help="the cumulative table")
+    which.add_argument("--document", type=int, metavar="ID", help="every step holding it")
+    p.add_argument("--json", action="store_true")
     p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
     p.add_argument("variant")
     p.add_argument("--output-prefix", required=True)
@@ -1093,6 +1238,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-memory",
         "verify",
         "compare-reference",
+        "lens",
     ):
         _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
     return 0

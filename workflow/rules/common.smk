@@ -79,6 +79,34 @@ def training_data(wildcards):
     ]
 
 
+def standard_document_table(variant):
+    """The deduped table joins the standard one when the suite has standard runs."""
+    if config["variants"][variant]["dedup"] and any(not r.dedup for r in RUNS.values()):
+        return layout.document_table(RESULTS, "standard")
+    return []
+
+
+def lens_documents(variant):
+    """Subset labels for the lens: the document table (raw source only)."""
+    return layout.document_table(RESULTS, variant) if config["data"]["source"] == "raw" else []
+
+
+def run_lens(wildcards):
+    """A run's data lens; none under preshuffled (no document identity)."""
+    if config["data"]["source"] == "preshuffled":
+        return []
+    run = RUNS[wildcards.run]
+    return layout.lens_dir(RESULTS, run.variant, run.data_seed)
+
+
+def lens_targets():
+    """The lens of every (variant, data seed) order of the suite."""
+    if config["data"]["source"] == "preshuffled":
+        return []
+    orders = sorted({(run.variant, run.data_seed) for run in RUNS.values()})
+    return [layout.lens_dir(RESULTS, variant, seed) for variant, seed in orders]
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -233,6 +261,7 @@ def run_targets(wildcards):
 
 def all_targets():
     targets = [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]
+    targets += lens_targets()
     if config["data"]["source"] == "raw" and any(run.dedup for run in RUNS.values()):
         targets.append(layout.dedup_report(RESULTS))
     return targets

@@ -137,6 +137,7 @@ rule tokenize_shard:
         tokenizer=TOKENIZER,
     output:
         multiext(layout.tokenized_prefix(RESULTS, "{variant}", "{shard}"), ".bin", ".idx"),
+        documents=layout.shard_document_table(RESULTS, "{variant}", "{shard}"),
     log:
         log("data", "tokenize", "{variant}", "{shard}"),
     params:
@@ -147,7 +148,8 @@ rule tokenize_shard:
         "../../envs/data.yaml"
     shell:
         "{params.cli} tokenize {input.shard:q} --tokenizer {input.tokenizer:q}"
-        " --output-prefix {params.prefix:q} --workers {threads} 2> {log:q}"
+        " --output-prefix {params.prefix:q} --documents {output.documents:q}"
+        " --workers {threads} 2> {log:q}"
 
 
 rule merge_dataset:

@@ -23,6 +23,7 @@ rule model_card:
         evals=layout.evals_dir(RESULTS, "{run}"),
         # the card reads every step's receipt (branches, verification), not just the final one
         receipts=run_receipts,
+        lens=run_lens,  # the data facts the card states
     output:
         layout.model_card(RESULTS, "{run}"),
     log:
