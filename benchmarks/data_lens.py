@@ -26,8 +26,14 @@ epochs). The first repeat: documents with two occurrences in the first fraction 
 Poisson with mean ``N C(E, 2) x^2``, so the expected first repeated sample is
 ``S / 2 * sqrt(pi / (N C(E, 2)))``. (Documents spanning several samples make both approximate.)
 
+``--mini``: the miniature corpus (data/mini-pile) under ``config/mini-epochs.yaml`` (16,000
+steps, several epochs; no training needed): tokenizer, tokenized dataset, the default-seed order
+and its lens, then the first repeated step and the repeated share at each checkpoint beside an
+independent brute force (a plain Python loop over the training order, token by token, without
+``sample_idx``).
+
 Usage: ``python benchmarks/data_lens.py [--scale 0.02] [--shape standard|deduped|both]
-[--keep DIR]``
+[--keep DIR]`` or ``python benchmarks/data_lens.py --mini [--keep DIR]``
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ def child_lens(work: Path, steps: int, figure_steps: list[int]) -> dict:
     paths = sorted((work / "order").glob("*_idx.npy"))
     by_kind = {p.name.rsplit("_", 2)[-2]: p for p in paths}
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = work / "lens"
     out.mkdir(exist_ok=True)
     data_lens.build_lens(
@@ -100,6 +106,7 @@ def child_lens(work: Path, steps: int, figure_steps: list[int]) -> dict:
         meta={"seed": SEED, "subsets": None, "checkpoint_steps": figure_steps}, timings=timings,
     )  # fmt: skip
     timings["total"] = time.perf_counter() - t0
+    timings["cpu (of total)"] = time.process_time() - c0  # the machine's 2 cores are shared
     meta = json.loads((out / "lens.json").read_text())
     samples = len(np.load(by_kind["shuffle"], mmap_mode="r"))
     return {"timings": timings, "epochs": meta["epochs"], "samples": int(samples)}
@@ -248,11 +255,98 @@ def bench_shape(name: str, scale: float, root: Path) -> None:
         )
 
 
+def brute_force_repeats(sizes, doc_idx, shuffle_idx, seq_length, batch, iters):
+    """First step holding a repeated occurrence and repeated tokens per step, by a plain loop
+    over training positions and their tokens (the stream walked from doc_idx and sizes)."""
+    owner = np.repeat(np.arange(len(doc_idx)), np.asarray(sizes)[doc_idx]).tolist()
+    doc_idx = np.asarray(doc_idx).tolist()
+    numbers: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    first_repeated = None
+    repeated = [0] * iters
+    for i in range(batch * iters):
+        j = int(shuffle_idx[i])
+        step = i // batch
+        for p in owner[j * seq_length : (j + 1) * seq_length + 1]:
+            n = numbers.get(p)
+            if n is None:
+                d = doc_idx[p]
+                n = numbers[p] = counts[d] = counts.get(d, 0) + 1
+                if n >= 2 and first_repeated is None:
+                    first_repeated = step
+            if n >= 2:
+                repeated[step] += 1
+    return first_repeated, repeated
+
+
+def bench_mini(root: Path) -> None:
+    from pythia_suite import config as cfg
+    from pythia_suite.data import lens as data_lens
+    from pythia_suite.data import order
+    from pythia_suite.data.tokenize import merge_datasets, tokenize_shard, train_tokenizer
+
+    repo = Path(__file__).resolve().parents[1]
+    config = cfg.load_config(
+        [repo / "config.yaml", repo / "config/mini.yaml", repo / "config/mini-epochs.yaml"]
+    )
+    shards = [repo / entry["path"] for entry in config["data"]["raw"]["shards"]]
+    t0 = time.perf_counter()
+    tokenizer = train_tokenizer(
+        shards, config["data"]["tokenizer"]["vocab_size"], root / "tok.json"
+    )
+    prefixes = []
+    for k, shard in enumerate(shards):
+        prefix = root / f"{k:02d}_text_document"
+        tokenize_shard(shard, tokenizer, prefix, progress=False, workers=1)
+        prefixes.append(prefix)
+    merged = merge_datasets(prefixes, root / "standard_text_document")
+    seq, batch = config["model"]["seq_length"], config["training"]["global_batch"]
+    iters, seed = config["training"]["train_iters"], 1234
+    paths = order.build_index_maps(
+        root / "standard_text_document", root / "order", cfg.num_samples(config), seq, seed
+    )
+    sizes = order.read_sizes(root / "standard_text_document")
+    (root / "lens").mkdir(exist_ok=True)
+    data_lens.build_lens(
+        sizes, paths, root / "lens", global_batch=batch, train_iters=iters, seq_length=seq,
+        meta={"seed": seed, "subsets": None, "checkpoint_steps": cfg.checkpoint_steps(config)},
+    )  # fmt: skip
+    meta = json.loads((root / "lens" / "lens.json").read_text())
+    print(
+        f"miniature corpus (config/mini-epochs.yaml): {merged['documents']:,} documents, "
+        f"{merged['tokens']:,} tokens, {meta['epochs']} epochs in doc_idx, {iters:,} steps x "
+        f"{batch} x {seq + 1} tokens; data stages + lens {time.perf_counter() - t0:.1f} s"
+    )
+    doc_idx, _, shuffle_idx = (np.load(p, mmap_mode="r") for p in paths)
+    t0 = time.perf_counter()
+    first, repeated = brute_force_repeats(sizes, doc_idx, shuffle_idx, seq, batch, iters)
+    brute_s = time.perf_counter() - t0
+    print(
+        f"  first repeated step: lens {meta['first_repeated_step']}, brute force {first} "
+        f"({brute_s:.1f} s)"
+    )
+    cumulative = np.cumsum(repeated)
+    agree = first == meta["first_repeated_step"]
+    for row in meta["checkpoints"]:
+        if row["step"] in (0, 1) or row["step"] % 4000 and row["step"] != iters:
+            continue
+        brute = int(cumulative[row["step"] - 1])
+        agree &= brute == row["repeated_tokens"]
+        print(
+            f"  step {row['step']:>6,}: repeated tokens lens {row['repeated_tokens']:,} "
+            f"({row['repeated_share']:.2%}), brute force {brute:,}"
+        )
+    print(f"  lens equals the brute force: {agree}")
+    if not agree:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.02, help="fraction of Pile scale")
     parser.add_argument("--shape", choices=["standard", "deduped", "both"], default="both")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep the files")
+    parser.add_argument("--mini", action="store_true", help="the miniature several-epoch order")
     parser.add_argument("--child", choices=["order", "lens", "query"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--num-samples", type=int, help=argparse.SUPPRESS)
@@ -275,6 +369,9 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="data_lens_bench_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
+        if args.mini:
+            bench_mini(root)
+            return
         shapes = ["standard", "deduped"] if args.shape == "both" else [args.shape]
         for name in shapes:
             bench_shape(name, args.scale, root)

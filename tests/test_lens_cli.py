@@ -189,3 +189,50 @@ def test_preshuffled_lens_splits_at_end_of_document_and_says_what_it_cannot_know
     assert "need the run's index maps: set data.source to idxmaps or raw" in text
     assert main([*config, "lens", RUN, "--checkpoints"]) == 1
     assert "pythia-0.4m: document identity and repetition need" in capsys.readouterr().err
+
+
+def test_data_facts_reach_the_model_card_and_the_report_figure(mini, tmp_path):
+    from pythia_suite.data.lens import data_facts
+    from pythia_suite.modelcard import render_model_card
+    from pythia_suite.report import plot_data_composition
+
+    lens_dir = layout.lens_dir(mini["results"], "standard", 1234)
+    facts = data_facts(lens_dir)
+    assert facts[0].startswith("no document repeats in training")
+    assert "0.0% of the tokens from repeated documents" in facts[1]
+    run = {
+        "name": RUN, "repo_id": f"org/{RUN}", "size": "0.4m", "variant": "standard",
+        "layers": 2, "hidden": 64, "heads": 4, "lr": 3e-3, "batch": 8, "seq_length": 128,
+        "train_iters": 128, "steps": [0, 128], "dataset": "mini", "data_facts": facts,
+    }  # fmt: skip
+    card = render_model_card(run)
+    assert f"- {facts[0]}." in card and f"- {facts[1]}." in card
+    figure, lines = plot_data_composition({"standard, data seed 1234": lens_dir}, tmp_path)
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    assert lines == [
+        "- standard, data seed 1234: 1 epoch(s) in doc_idx; no repeats; 0.0% of all tokens read "
+        "come from repeated documents"
+    ]
+
+
+def test_tokenized_shard_table_is_the_same_for_any_number_of_workers(mini, tmp_path):
+    from pythia_suite.data.documents import read_shard_documents
+    from pythia_suite.data.tokenize import tokenize_shard
+
+    shard = tmp_path / "shard.jsonl"
+    lines = _plain_lines(SHARDS[1])[:40]
+    lines[3] = json.dumps({"text": "", "meta": {"pile_set_name": "Empty"}}) + "\n"
+    lines[7] = json.dumps({"text": "no meta here"}) + "\n"
+    shard.write_text("".join(lines))
+    tokenizer = layout.tokenizer(mini["results"])
+    tables = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        tokenize_shard(shard, tokenizer, out, progress=False, workers=workers,
+                       documents_out=f"{out}.documents.npz")  # fmt: skip
+        tables.append(read_shard_documents(f"{out}.documents.npz"))
+    one, two = tables
+    for key in ("record", "subset", "subset_names", "text_hash"):
+        np.testing.assert_array_equal(one[key], two[key])
+    assert one["record"].tolist() == [k for k in range(1, 41) if k != 4]  # the empty one dropped
+    assert one["subset_names"][one["subset"][6]] == "(none)"  # line 8: no meta

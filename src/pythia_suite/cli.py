@@ -809,6 +809,11 @@ def cmd_model_card(config: dict, args) -> None:
         tokenizer_file=layout.tokenizer(results),
         cache_dir=layout.local_hub(results),
     )
+    lens_dir = Path(layout.lens_dir(results, run.variant, run.data_seed))
+    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
+        from pythia_suite.data.lens import data_facts
+
+        info["data_facts"] = data_facts(lens_dir)
     points = load_eval_points({run.name: _pythia_result_files(args.evals)})
     table: dict[str, dict[str, float]] = {}
     for p in points:
@@ -989,8 +994,14 @@ def cmd_report(config: dict, args) -> None:
     )
     inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
     recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
+    lenses = {}
+    if config["data"]["source"] != "preshuffled":
+        for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
+            lens_dir = Path(layout.lens_dir(results, variant, seed))
+            if (lens_dir / "lens.json").is_file():
+                lenses[f"{variant}, data seed {seed}"] = lens_dir
     with atomic_directory(out) as tmp:
-        build_report(runs, eval_jsons, trainer_states, tmp, chance)
+        build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
     recorder.write()
 
 

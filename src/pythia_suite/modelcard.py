@@ -193,6 +193,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     data_text = run.get("data_description") or f"{name} was trained on `{dataset}`."
     if run.get("tokenizer"):
         data_text += f" Tokenizer: {run['tokenizer']}."
+    if run.get("data_facts"):  # from the run's data lens (pythia_suite.data.lens.data_facts)
+        data_text += "\n\n" + "\n".join(f"- {fact}." for fact in run["data_facts"])
     style = run.get("lr_decay_style")
     schedule = "linear warmup"
     if run.get("warmup") is not None:
