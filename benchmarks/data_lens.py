@@ -11,11 +11,14 @@ index maps with seed 1234 built by ``pythia_suite.data.order.build_index_maps``)
   ``doc_idx``, ~72% of the samples read.
 
 ``--scale`` multiplies documents, tokens, samples and steps (the checkpoint steps 1,000, 13,000
-and 143,000 become the same fractions of training). Each stage runs in its own subprocess, so
-its peak RSS (``resource.getrusage``) is its own: ``order`` (the index maps, not the lens: for
-scale), ``lens`` (the whole lens of one order: walk, inverse shuffle, document positions, write),
-``query`` (memory-mapped step and document queries, each timed over several calls, warm page
-cache: the lens was just written).
+and 143,000 become the same fractions of training). Each stage runs in its own subprocess:
+``order`` (the index maps, not the lens: for scale), ``lens`` (the whole lens of one order:
+walk, inverse shuffle, document positions, write), ``query`` (memory-mapped step and document
+queries, 5 random ones each, the page cache as the lens build left it). Two memory figures per
+stage: peak RSS (``getrusage``; it also counts the page cache mapped from the memory-mapped
+files, and the parent's peak through execve) and peak anonymous RSS (``RssAnon`` sampled every
+50 ms: the memory the stage itself needs). Wall times on this shared 2-core machine depend on
+the load; the lens stage also reports its CPU time.
 
 For the deduped shape it prints the first repeated step and the share of tokens from repeated
 documents at steps 1,000, 13,000 and 143,000 beside a closed form for a uniform shuffle: a piece
@@ -25,6 +28,10 @@ read at training fraction ``t`` of all samples is repeated when one of the docum
 epochs). The first repeat: documents with two occurrences in the first fraction ``x`` are about
 Poisson with mean ``N C(E, 2) x^2``, so the expected first repeated sample is
 ``S / 2 * sqrt(pi / (N C(E, 2)))``. (Documents spanning several samples make both approximate.)
+
+``--idx PATH``: the same at full scale on a real dataset's document sizes (its ``.idx`` alone,
+e.g. the deduped Pile's ``document.idx`` from ``EleutherAI/pythia_deduped_pile_idxmaps``):
+Pythia's exact first repeated step and repeated shares for data seed 1234.
 
 ``--mini``: the miniature corpus (data/mini-pile) under ``config/mini-epochs.yaml`` (16,000
 steps, several epochs; no training needed): tokenizer, tokenized dataset, the default-seed order
@@ -77,7 +84,37 @@ def make_sizes(path: Path, docs: int, tokens: int) -> int:
 
 
 def _peak_gb() -> float:
+    """Peak RSS. It counts the page cache mapped from the memory-mapped maps (clean, shared,
+    reclaimable: here a random row maps a whole large folio of the file) and, through execve,
+    the parent's peak: see ``_AnonymousPeak`` for the memory the stage itself needs."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class _AnonymousPeak:
+    """Samples ``RssAnon`` (memory only this process holds: arrays, temporaries) every 50 ms."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.sample()
+
+    def sample(self) -> None:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+
+    def stop_gb(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return self.peak_kb / 2**20
 
 
 def child_order(work: Path, num_samples: int) -> dict:
@@ -202,14 +239,28 @@ def uniform_first_repeated_step(sizes: np.ndarray, epochs: int, samples: int) ->
     return samples / 2 * math.sqrt(math.pi / rate) / BATCH
 
 
-def bench_shape(name: str, scale: float, root: Path) -> None:
-    shape = SHAPES[name]
+def sizes_from_idx(idx: Path, out: Path) -> tuple[int, int]:
+    """Copy the document sizes of a real Megatron ``.idx`` (its ``.bin`` not needed) to ``out``;
+    returns (documents, tokens)."""
+    from pythia_suite.data.preshuffled import _read_index
+
+    _, sizes = _read_index(idx)
+    np.save(out, np.asarray(sizes, dtype=np.int32))
+    return len(sizes), int(np.asarray(sizes).sum(dtype=np.int64))
+
+
+def bench_shape(name: str, scale: float, root: Path, idx: Path | None = None) -> None:
     work = root / name
     work.mkdir(parents=True, exist_ok=True)
-    docs = max(1, round(shape["docs"] * scale))
     steps = max(1, round(STEPS * scale))
     requested = max(1, round(REQUESTED * scale))
-    tokens = make_sizes(work / "sizes.npy", docs, round(shape["tokens"] * scale))
+    if idx is not None:  # the real dataset's sizes: the suite's exact figures
+        docs, tokens = sizes_from_idx(idx, work / "sizes.npy")
+        name = f"{idx} (real sizes)"
+    else:
+        shape = SHAPES[name]
+        docs = max(1, round(shape["docs"] * scale))
+        tokens = make_sizes(work / "sizes.npy", docs, round(shape["tokens"] * scale))
     figure_steps = sorted({max(1, round(s * scale)) for s in FIGURE_STEPS})
     print(
         f"\n{name} at scale {scale}: {docs:,} documents, {tokens:,} tokens, {requested:,} samples "
@@ -217,13 +268,15 @@ def bench_shape(name: str, scale: float, root: Path) -> None:
     )
     order = run_child("order", work, "--num-samples", str(requested))
     print(
-        f"  order (index maps, for scale): {order['seconds']:.1f} s, peak {order['peak_gb']:.2f} GB"
+        f"  order (index maps, for scale): {order['seconds']:.1f} s, peak RSS "
+        f"{order['peak_gb']:.2f} GB (anonymous {order['peak_anonymous_gb']:.2f} GB)"
     )
     lens = run_child("lens", work, "--steps", str(steps), "--figure-steps", *map(str, figure_steps))
     t = lens["timings"]
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
     print(
-        f"  lens: {stages}; peak {lens['peak_gb']:.2f} GB; epochs {lens['epochs']}, "
+        f"  lens: {stages}; peak RSS {lens['peak_gb']:.2f} GB (anonymous "
+        f"{lens['peak_anonymous_gb']:.2f} GB); epochs {lens['epochs']}, "
         f"{lens['samples']:,} samples in the order, {steps * BATCH / lens['samples']:.1%} read"
     )
     size_mb = sum(p.stat().st_size for p in (work / "lens").iterdir()) / 2**20
@@ -233,7 +286,7 @@ def bench_shape(name: str, scale: float, root: Path) -> None:
         f"  queries (memory-mapped, warm): open {query['open_s']:.3f} s; step max "
         f"{query['step_s_max']:.3f} s (median {query['step_s_median']:.3f}); document max "
         f"{query['document_s_max']:.4f} s (median {query['document_s_median']:.4f}); "
-        f"peak {query['peak_gb']:.2f} GB"
+        f"peak RSS {query['peak_gb']:.2f} GB (anonymous {query['peak_anonymous_gb']:.2f} GB)"
     )
     meta = json.loads((work / "lens" / "lens.json").read_text())
     epochs, samples = meta["epochs"], lens["samples"]
@@ -343,10 +396,17 @@ def bench_mini(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=0.02, help="fraction of Pile scale")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        help="fraction of Pile scale (default 0.02; with --idx: of the steps, 1)",
+    )
     parser.add_argument("--shape", choices=["standard", "deduped", "both"], default="both")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep the files")
     parser.add_argument("--mini", action="store_true", help="the miniature several-epoch order")
+    parser.add_argument(
+        "--idx", type=Path, help="a real dataset's .idx (e.g. the deduped Pile's): its sizes"
+    )
     parser.add_argument("--child", choices=["order", "lens", "query"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--num-samples", type=int, help=argparse.SUPPRESS)
@@ -356,6 +416,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
+        anonymous = _AnonymousPeak()
         if args.child == "order":
             result = child_order(args.work, args.num_samples)
         elif args.child == "lens":
@@ -363,6 +424,8 @@ def main() -> None:
         else:
             result = child_query(args.work, args.steps, args.docs)
         result["peak_gb"] = _peak_gb()
+        result["peak_anonymous_gb"] = anonymous.stop_gb()
+        (args.work / f"{args.child}_result.json").write_text(json.dumps(result))
         print(json.dumps(result))
         return
 
@@ -372,9 +435,12 @@ def main() -> None:
         if args.mini:
             bench_mini(root)
             return
+        if args.idx:
+            bench_shape("real", args.scale or 1.0, root, args.idx)
+            return
         shapes = ["standard", "deduped"] if args.shape == "both" else [args.shape]
         for name in shapes:
-            bench_shape(name, args.scale, root)
+            bench_shape(name, args.scale or 0.02, root)
             if args.keep is None:
                 shutil.rmtree(root / name, ignore_errors=True)
     finally:
