@@ -34,6 +34,7 @@ artifact is a directory of ``.npy`` files read memory-mapped by the queries (``s
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,48 @@ class LensArrays:
 
 
 # --------------------------------------------------------------------------------------------
+# Memory-mapped reads for the queries
+# --------------------------------------------------------------------------------------------
+
+_PAGE = mmap.PAGESIZE
+_PREFETCH_MAX = 1 << 16
+
+
+def open_for_queries(path: str | os.PathLike) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")`` advised for random access (``MADV_RANDOM``): a query
+    touches a few thousand scattered rows, and the kernel's read-around would read (and map)
+    hundreds of KB around each."""
+    array = np.load(path, mmap_mode="r")
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    return array
+
+
+def _gather(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``array[indices]`` (along axis 0); on a memory map the pages are first requested all at
+    once (``MADV_WILLNEED``), so that a cold read waits for one round of parallel I/O rather
+    than one page after another."""
+    indices = np.asarray(indices, dtype=np.int64)
+    mapping = getattr(array, "_mmap", None)
+    prefetch = 0 < indices.size <= _PREFETCH_MAX  # queries, not the build's chunks
+    if mapping is not None and prefetch and hasattr(mapping, "madvise"):
+        base = np.frombuffer(mapping, dtype=np.uint8).__array_interface__["data"][0]
+        start = array.__array_interface__["data"][0] - base
+        first = (start + indices * array.strides[0]) // _PAGE
+        last = (
+            start + indices * array.strides[0] + array.itemsize * _row_items(array) - 1
+        ) // _PAGE
+        for page in np.unique(np.concatenate([first, last])).tolist():
+            mapping.madvise(mmap.MADV_WILLNEED, page * _PAGE, _PAGE)
+    return np.asarray(array[indices])
+
+
+def _row_items(array: np.ndarray) -> int:
+    return int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+
+
+# --------------------------------------------------------------------------------------------
 # Pieces of samples
 # --------------------------------------------------------------------------------------------
 
@@ -126,15 +169,15 @@ def sample_pieces(
     documents (0 tokens) are left out. Each sample's pieces sum to ``seq_length + 1`` tokens.
     """
     samples = np.asarray(samples, dtype=np.int64)
-    first = np.asarray(sample_idx[samples], dtype=np.int64)
-    last = np.asarray(sample_idx[samples + 1], dtype=np.int64)
+    rows = _gather(sample_idx, np.concatenate([samples, samples + 1])).astype(np.int64)
+    first, last = rows[: len(samples)], rows[len(samples) :]
     counts = last[:, 0] - first[:, 0] + 1
     row = np.repeat(np.arange(len(samples), dtype=np.int64), counts)
     within = np.arange(row.size, dtype=np.int64)
     within -= np.repeat(np.cumsum(counts) - counts, counts)
     position = first[row, 0] + within
-    document = np.asarray(doc_idx[position], dtype=np.int64)
-    size = np.asarray(sizes[document], dtype=np.int64)
+    document = _gather(doc_idx, position).astype(np.int64)
+    size = _gather(sizes, document).astype(np.int64)
     begin = np.where(within == 0, first[row, 1], 0)
     end = np.where(position == last[row, 0], last[row, 1] + 1, size)
     tokens = end - begin
@@ -440,7 +483,7 @@ def load_lens(path: str | os.PathLike) -> LensFiles:
         file = path / f"{name}.npy"
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing from the lens")
-        arrays[name] = np.load(file, mmap_mode="r")
+        arrays[name] = open_for_queries(file)
     return LensFiles(path=path, meta=meta, **arrays)
 
 
@@ -549,6 +592,8 @@ def step_view(
         {"sample": int(step * batch + r), "order_sample": int(rows[r]), "pieces": []}
         for r in range(len(rows))
     ]
+    occurrence = _gather(lens.occurrence_number, pieces["position"]).tolist()
+    first_step = _gather(lens.document_first_step, pieces["document"]).tolist()
     for k in range(pieces["row"].size):
         doc = int(pieces["document"][k])
         piece = {
@@ -557,8 +602,8 @@ def step_view(
             "begin": int(pieces["begin"][k]),
             "end": int(pieces["end"][k]),
             "tokens": int(pieces["tokens"][k]),
-            "occurrence": int(lens.occurrence_number[pieces["position"][k]]),
-            "first_step": int(lens.document_first_step[doc]),
+            "occurrence": occurrence[k],
+            "first_step": first_step[k],
         }
         if documents is not None:  # a DocumentTable (raw source)
             piece.update(documents.row(doc))
@@ -724,7 +769,7 @@ def open_run_lens(
     for path in order_paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: index map missing (build the run's order first)")
-    doc_idx, sample_idx, shuffle_idx = (np.load(p, mmap_mode="r") for p in order_paths)
+    doc_idx, sample_idx, shuffle_idx = (open_for_queries(p) for p in order_paths)
     documents = None
     if documents_dir is not None and (Path(documents_dir) / "table.json").is_file():
         documents = DocumentTable(documents_dir)
