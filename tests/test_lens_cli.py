@@ -236,3 +236,13 @@ def test_tokenized_shard_table_is_the_same_for_any_number_of_workers(mini, tmp_p
         np.testing.assert_array_equal(one[key], two[key])
     assert one["record"].tolist() == [k for k in range(1, 41) if k != 4]  # the empty one dropped
     assert one["subset_names"][one["subset"][6]] == "(none)"  # line 8: no meta
+
+
+def test_lens_refuses_steps_and_documents_outside_training(mini, capsys):
+    config = mini["config"]
+    capsys.readouterr()
+    assert main([*config, "lens", RUN, "--step", "128"]) == 1
+    assert "--step 128: training runs steps 0 .. 127" in capsys.readouterr().err
+    assert main([*config, "lens", RUN, "--document", "99999"]) == 1
+    err = capsys.readouterr().err
+    assert "--document 99999: the dataset has documents 0 .. " in err and "Traceback" not in err
