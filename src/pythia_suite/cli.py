@@ -825,6 +825,8 @@ def cmd_model_card(config: dict, args) -> None:
     out = Path(args.output)
     write_text_atomic(out, render_model_card(info, table or None))
     inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
+    if "data_facts" in info:
+        inputs.append(lens_dir)
     Recorder(out, "model-card", info, inputs).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)
@@ -992,14 +994,14 @@ def cmd_report(config: dict, args) -> None:
     chance = (
         chance_levels(layout.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
     )
-    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
-    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
-    lenses = {}
+    lenses = {}  # the data lens of each order, for the data-composition figure
     if config["data"]["source"] != "preshuffled":
         for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
             lens_dir = Path(layout.lens_dir(results, variant, seed))
             if (lens_dir / "lens.json").is_file():
                 lenses[f"{variant}, data seed {seed}"] = lens_dir
+    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
+    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
     with atomic_directory(out) as tmp:
         build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
     recorder.write()
