@@ -284,8 +284,8 @@ def test_convert_neox_checkpoint_runs_the_converter(tmp_path, fake_neox, monkeyp
     seen = json.loads(record.read_text())
     assert seen["argv"][0::2] == ["--input_dir", "--config_file", "--output_dir"]
     assert seen["argv"][1] == str(step) and seen["argv"][3] == str(cfg)
-    # The converter wrote to a temporary sibling that was renamed when complete.
-    assert Path(seen["argv"][5]).parent == out.parent and seen["argv"][5] != str(out)
+    # The converter wrote into a temporary sibling that was renamed when complete.
+    assert Path(seen["argv"][5]).parent.parent == out.parent and seen["argv"][5] != str(out)
     assert seen["cwd"] == str(fake_neox.resolve())
     assert [p.name for p in out.parent.iterdir()] == ["step1000"]
 
@@ -414,9 +414,10 @@ SUITE_RUNS = [
     for v in ("", "-deduped")
 ]
 # What a segment may change, besides the documented errata (tests/test_config.py's apply_errata):
-# paths, how the segment ends, and how ranks are found on one node.
+# paths, how the segment ends, how ranks are found and meet, and GPT-NeoX's evaluation (off).
 SEGMENT_KEYS = {"save", "load", "train-data-paths", "valid-data-paths", "test-data-paths",
-                "vocab-file", "exit-interval", "extra-save-iters", "deepspeed-slurm"}  # fmt: skip
+                "vocab-file", "exit-interval", "extra-save-iters", "deepspeed-slurm",
+                "master-port", "eval-iters"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +468,9 @@ def test_segment_config_differs_from_the_original_only_in_paths_segment_end_and_
     assert ours["train-data-paths"] == [segment.data_prefix]
     # Pythia's layouts span several nodes: the SLURM runner and deepspeed_slurm stay.
     assert ours["launcher"] == "slurm" and ours["deepspeed-slurm"] is (segment.nodes > 1)
+    # Its evaluation would read training data (valid paths = train): off, and the config says so.
+    assert ours["eval-iters"] == 0 and original["eval-iters"] > 0
+    assert ours["master-port"] == segment.master_port
 
 
 def test_one_node_segments_take_ranks_from_the_local_launcher(suite_config, tmp_path):
@@ -744,12 +748,18 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     run = cfg.get_run(config, "pythia-0.4m")
     placeholder_training_data(config, run)
     args = [a for f in files for a in ("--config", f)]
+    # Rule neox_index_maps: the data prefix and maps, once per dataset (segments write none).
+    maps = neox.neox_index_maps_dir(config, run.variant, run.data_seed)
+    assert main([*args, "neox-index-maps", "--variant", run.variant, "--seed",
+                 str(run.data_seed), "--output", maps]) == 0  # fmt: skip
+    before = {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()}
     results = config["paths"]["results"]
     ck = {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
     for step in (0, 1, 2):
         assert main([*args, "train-segment", run.name, "--step", str(step),
                      "--output", str(ck[step])]) == 0  # fmt: skip
 
+    assert {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()} == before  # none rewritten
     # One deepy.py per segment that trained; one rank per slot, from the local launcher.
     launches = calls(checkout, "deepy.py")
     assert len(launches) == 2

@@ -111,7 +111,8 @@ def cmd_neox_config(config: dict, args) -> None:
 
     run = cfg.get_run(config, args.run)
     prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
-    sys.stdout.write(_dump_yaml(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+    # Plain JSON (also YAML): DeeperSpeed v1.0's SLURM runner json.loads every config file.
+    sys.stdout.write(neox.neox_json(neox.run_neox_config(config, run, dataset_prefix=prefix)))
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
@@ -126,6 +127,13 @@ def cmd_neox_doctor(config: dict, args) -> None:
     if failed:
         raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
     print("GPT-NeoX v1.0 can launch here")
+
+
+def cmd_neox_index_maps(config: dict, args) -> None:
+    """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
+    from pythia_suite.train import neox
+
+    print(neox.build_neox_index_maps(config, args.variant, args.seed, args.output))
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -910,6 +918,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
     p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
     p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
+    p = add(
+        "neox-index-maps",
+        cmd_neox_index_maps,
+        "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)",
+    )
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seed", type=int, required=True, help="the data seed")
+    p.add_argument("--output", required=True, help="the directory to build")
     p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")

@@ -497,7 +497,18 @@ def neox_config(config: dict, run: Run, dataset_prefix: str | None = None) -> di
             "min_loss_scale": scaler["min_scale"],
         }
     elif mode == "bf16":
-        out["bf16"] = {"enabled": True}
+        # GPT-NeoX v1.0 has no `bf16` key (NeoXArgs(**config) raises TypeError): its
+        # configs/bf16_125M.yml spells bf16 as the fp16 block, type bfloat16, all-reduce in fp32.
+        out["fp16"] = {
+            "enabled": True,
+            "type": "bfloat16",
+            "loss_scale": 0,
+            "loss_scale_window": scaler["window"],
+            "initial_scale_power": scaler["initial_scale_power"],
+            "hysteresis": scaler["hysteresis"],
+            "min_loss_scale": scaler["min_scale"],
+        }
+        out["fp32_allreduce"] = True
     out = deep_merge(out, config["neox"])
     out = deep_merge(out, size.get("neox", {}))
     # A null in a size's `neox` removes the key: that size's original relied on the default.

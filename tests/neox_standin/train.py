@@ -46,8 +46,9 @@ def main() -> int:
     vocab = padded_vocab(config)
     for step in steps:
         save_neox_checkpoint(
-            tiny_model(config, vocab, step), config, save / f"global_step{step}", step
-        )
+            tiny_model(config, vocab, step), config, save / f"global_step{step}", step,
+            data_parallel=world // get(config, "model-parallel-size", 1),
+        )  # fmt: skip
         (save / "latest").write_text(f"global_step{step}")
     return 0
 

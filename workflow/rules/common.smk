@@ -3,11 +3,13 @@
 import os
 import re
 import shlex
+from types import SimpleNamespace
 
 from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
 from pythia_suite import layout
 from pythia_suite import notify as suite_notify
+from pythia_suite.train import neox as suite_neox
 
 suite_config.check_config(config, "config")
 
@@ -139,6 +141,28 @@ def launcher():
 def neox_backend():
     """GPT-NeoX trains (training.backend: neox): its deepy.py starts the ranks itself."""
     return config["training"]["backend"] == "neox"
+
+
+if neox_backend():
+    # Refuse what GPT-NeoX v1.0 cannot run before anything is queued (docs/slurm.md's table).
+    suite_neox.check_neox_supported(config, RUNS.values())
+
+
+def neox_index_maps(wildcards):
+    """Under GPT-NeoX, the run's data prefix and index maps (rule neox_index_maps, one per
+    dataset and data seed, shared by the runs that read them); nothing otherwise."""
+    if not neox_backend():
+        return []
+    run = RUNS[wildcards.run]
+    return suite_neox.neox_index_maps_dir(config, run.variant, run.data_seed)
+
+
+def neox_index_maps_data(wildcards):
+    """What the neox_index_maps job reads: what a run of that dataset and seed trains on."""
+    for name, run in RUNS.items():
+        if run.variant == wildcards.variant and str(run.data_seed) == wildcards.seed:
+            return training_data(SimpleNamespace(run=name))
+    raise ValueError(f"no run trains on variant {wildcards.variant} with data seed {wildcards.seed}")
 
 
 def train_mpi(wildcards):

@@ -1,0 +1,180 @@
+"""Run GPT-NeoX v1.0's and DeeperSpeed v1.0's own code from ``../shared/anchors/upstream/``.
+
+Nothing here copies upstream code: each helper imports the upstream file where it lies, with the
+imports it cannot satisfy on this machine (CUDA builds, wandb, the DeepSpeed engine) replaced by
+empty modules for the duration of the import. What is built here (the argument list deepy.py
+hands DeeperSpeed's runner) follows the upstream lines it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SHARED
+
+UPSTREAM = SHARED / "anchors" / "upstream"
+NEOX = UPSTREAM / "gpt-neox-v1.0"
+DEEPERSPEED = UPSTREAM / "DeeperSpeed-v1.0"
+
+
+def require_upstream(relative: str = "") -> Path:
+    """``UPSTREAM / relative`` if present; else skip (locally) or fail (``CI=true``)."""
+    path = UPSTREAM / relative
+    if path.exists():
+        return path
+    message = f"{path} not found (../shared/anchors/upstream absent)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true ../shared must be present")
+    pytest.skip(message)
+
+
+@contextmanager
+def stubbed_modules(modules: Mapping[str, types.ModuleType]):
+    """``sys.modules`` with ``modules`` in place for the block, restored after it (modules
+    imported inside the block stay usable through the references taken)."""
+    saved = dict(sys.modules)
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
+
+
+def _package(name: str, path: Path | None = None, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    if path is not None:
+        module.__path__ = [str(path)]
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return module
+
+
+def deeperspeed_runner() -> types.ModuleType:
+    """DeeperSpeed v1.0's ``deepspeed/launcher/runner.py`` (``main``, ``parse_args``,
+    ``fetch_hostfile``; ``SlurmRunner`` from ``multinode_runner.py``), imported from the upstream
+    tree with the ``deepspeed`` package's ``__init__`` (the engine, CUDA ops) left out."""
+    root = require_upstream("DeeperSpeed-v1.0/deepspeed")
+    stubs = {
+        "deepspeed": _package("deepspeed", root),
+        "deepspeed.utils": _package("deepspeed.utils", logger=logging.getLogger("deepspeed")),
+        "deepspeed.launcher": _package("deepspeed.launcher", root / "launcher"),
+    }
+    with stubbed_modules(stubs):
+        return importlib.import_module("deepspeed.launcher.runner")
+
+
+def neox_arg_classes() -> list[type]:
+    """GPT-NeoX v1.0's ``BASE_CLASSES`` (``megatron/neox_arguments/arguments.py``, in its order):
+    the dataclasses whose fields are every key ``NeoXArgs`` accepts, from ``neox_args.py`` and
+    ``deepspeed_args.py`` (their only import is ``template.py``)."""
+    root = require_upstream("gpt-neox-v1.0/megatron/neox_arguments")
+    name = "upstream_neox_arguments"
+    with stubbed_modules({name: _package(name, root)}):
+        ds = importlib.import_module(f"{name}.deepspeed_args")
+        na = importlib.import_module(f"{name}.neox_args")
+    return [ds.NeoXArgsDeepspeedRunner, ds.NeoXArgsDeepspeedConfig, na.NeoXArgsModel,
+            na.NeoXArgsLRScheduler, na.NeoXArgsOptimizer, na.NeoXArgsTokenizer,
+            na.NeoXArgsTraining, na.NeoXArgsParallelism, na.NeoXArgsLogging, na.NeoXArgsTextgen,
+            na.NeoXArgsOther]  # fmt: skip
+
+
+def neox_args_without_post_init() -> type:
+    """A dataclass over v1.0's ``BASE_CLASSES``, as ``NeoXArgs`` is, without its
+    ``__post_init__`` (which needs CUDA and a tokenizer): calling it with a config's keys
+    raises the ``TypeError`` ``NeoXArgs(**config)`` raises for an unknown key."""
+    return dataclasses.make_dataclass("NeoXArgsFields", [], bases=tuple(neox_arg_classes()))
+
+
+def literal_violations(config: Mapping) -> list[str]:
+    """Keys of ``config`` (``-`` read as ``_``) whose v1.0 field is a ``Literal`` and whose value
+    is not among its choices."""
+    bad = []
+    for cls in neox_arg_classes():
+        hints = typing.get_type_hints(cls)
+        for key, value in config.items():
+            field = key.replace("-", "_")
+            hint = hints.get(field)
+            if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
+                bad.append(f"{key}={value!r} not in {typing.get_args(hint)}")
+    return bad
+
+
+def read_config_as_neox_does(paths: list[Path]) -> tuple[dict, dict]:
+    """What ``NeoXArgs.from_ymls`` (arguments.py lines 168-199) makes of config files: the
+    merged values (yaml FullLoader, ``-`` -> ``_``) and ``config_files`` (basename -> text)."""
+    config, files = {}, {}
+    for path in paths:
+        for key, value in yaml.load(path.read_text(), Loader=yaml.FullLoader).items():
+            config[key.replace("-", "_")] = value
+        files[path.name] = path.read_text()
+    return config, files
+
+
+def deepy_main_args(paths: list[Path], environ: Mapping[str, str], user_script: str = "train.py"):
+    """The argument list deepy.py gives DeeperSpeed's ``runner.main`` for these config files,
+    built as v1.0's ``get_deepspeed_main_args`` (arguments.py lines 397-449) builds it: runner
+    fields that differ from their defaults, ``--hostfile``/``--master_addr`` from the
+    environment, the user script, ``--deepspeed_config``, and ``--megatron_config`` whose
+    ``config_files`` holds each file's text. (The two JSON blobs carry every value given; v1.0
+    sends only those that differ from defaults, which changes nothing the runner parses.)"""
+    config, files = read_config_as_neox_does(paths)
+    runner_class = neox_arg_classes()[0]
+    args: list[str] = []
+
+    def arg(key, value):  # convert_key_value_to_command_line_arg, lines 387-395
+        if isinstance(value, bool):
+            return [f"--{key}"] if value else []
+        return [] if value is None else [f"--{key}", str(value)]
+
+    for key, default in runner_class().defaults():
+        if config.get(key, default) != default:
+            args += arg(key, config[key])
+    if "DLTS_HOSTFILE" in environ:
+        args += arg("hostfile", environ["DLTS_HOSTFILE"])
+    if "MASTER_ADDR" in environ:
+        args += arg("master_addr", environ["MASTER_ADDR"])
+    deepspeed_config = {k: v for k, v in config.items() if k in _deepspeed_config_keys()}
+    megatron = {**config, "config_files": files}
+    return [*args, user_script, "--deepspeed_config", json.dumps(deepspeed_config),
+            "--megatron_config", json.dumps(megatron)]  # fmt: skip
+
+
+def _deepspeed_config_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(neox_arg_classes()[1])}
+
+
+def run_deeperspeed_main(args: list[str], monkeypatch) -> list[str]:
+    """Run DeeperSpeed v1.0's ``runner.main(args)`` up to the command it would start, and return
+    that command. ``subprocess.Popen`` is replaced by a recorder and ``sinfo`` is taken to exist
+    (``SlurmRunner.backend_exists``); everything else is upstream's: the hostfile read, the
+    choice between the local launcher and the SLURM runner, ``parse_user_args``, ``get_cmd``."""
+    runner = deeperspeed_runner()
+    started: list[list[str]] = []
+
+    class Recorder:
+        returncode = 0
+
+        def __init__(self, cmd, env=None):
+            started.append(list(cmd))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Recorder)
+    monkeypatch.setattr(runner.SlurmRunner, "backend_exists", lambda self: True)
+    runner.main(args)
+    assert len(started) == 1, started
+    return started[0]
