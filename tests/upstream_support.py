@@ -42,15 +42,20 @@ def require_upstream(relative: str = "") -> Path:
 
 @contextmanager
 def stubbed_modules(modules: Mapping[str, types.ModuleType]):
-    """``sys.modules`` with ``modules`` in place for the block, restored after it (modules
-    imported inside the block stay usable through the references taken)."""
-    saved = dict(sys.modules)
+    """``sys.modules`` with ``modules`` in place for the block; after it, those names and every
+    module imported under them are what they were before (the modules imported inside stay
+    usable through the references taken; other imports, e.g. torch, stay imported)."""
+    saved = {name: sys.modules.get(name) for name in sys.modules}
     sys.modules.update(modules)
     try:
         yield
     finally:
-        sys.modules.clear()
-        sys.modules.update(saved)
+        for name in list(sys.modules):
+            if any(name == stub or name.startswith(stub + ".") for stub in modules):
+                if saved.get(name) is None:
+                    del sys.modules[name]
+                else:
+                    sys.modules[name] = saved[name]
 
 
 def _package(name: str, path: Path | None = None, **attrs) -> types.ModuleType:
@@ -178,3 +183,69 @@ def run_deeperspeed_main(args: list[str], monkeypatch) -> list[str]:
     runner.main(args)
     assert len(started) == 1, started
     return started[0]
+
+
+# --- v1.0's tools/convert_to_hf.py under transformers 4.24 (its own pin) ---------------------
+
+POST_DEPLOY = Path(__file__).resolve().parents[1] / "envs" / "gpt-neox.post-deploy.sh"
+# v1.0's requirements.txt pins transformers~=4.24.0 and tokenizers==0.12.1; 0.12.1 has no cp311
+# wheel, 0.13.3 (within 4.24's tokenizers<0.14) does.
+TRANSFORMERS4 = ("transformers==4.24.0", "tokenizers==0.13.3", "huggingface_hub==0.11.0")
+
+
+def transformers4_site() -> Path:
+    """A ``pip --target`` directory holding transformers 4.24 (as benchmarks/
+    check_transformers4.sh installs transformers 4), installed once into the user cache
+    (``PYTHIA_SUITE_CACHE``, default ``~/.cache/pythia-suite``). Skips (fails under CI) when pip
+    cannot install it."""
+    import subprocess
+
+    cache = Path(os.environ.get("PYTHIA_SUITE_CACHE", Path.home() / ".cache" / "pythia-suite"))
+    site = cache / "transformers-4.24.0"
+    if (site / "transformers" / "__init__.py").is_file():
+        return site
+    tmp = cache / f".transformers-4.24.0.tmp-{os.getpid()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
+         *TRANSFORMERS4],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        message = f"cannot install {' '.join(TRANSFORMERS4)}: {proc.stderr.strip()[-300:]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    os.replace(tmp, site)
+    return site
+
+
+def upstream_converter_checkout(root: Path, *, patched: bool = True) -> tuple[Path, Path]:
+    """A directory laid out as a GPT-NeoX checkout for ``neox.convert_neox_checkpoint``:
+    ``tools/convert_to_hf.py`` is v1.0's file (patched by ``envs/gpt-neox.post-deploy.sh
+    --patch-converter`` as a deployment patches it, unless ``patched`` is false), and a
+    ``python`` that runs it under transformers 4.24 with v1.0's real ``megatron.tokenizer``
+    (``megatron/__init__.py``, which imports the trainer, and ``sentencepiece`` and
+    ``tiktoken``, which the HF tokenizer does not use, are empty stand-ins). Returns
+    (checkout, python)."""
+    import shutil
+    import subprocess
+
+    source = require_upstream("gpt-neox-v1.0")
+    site = transformers4_site()
+    checkout = root / "gpt-neox"
+    (checkout / "tools").mkdir(parents=True)
+    converter = checkout / "tools" / "convert_to_hf.py"
+    shutil.copyfile(source / "tools" / "convert_to_hf.py", converter)
+    if patched:
+        subprocess.run(["bash", str(POST_DEPLOY), "--patch-converter", str(converter)], check=True)
+    stubs = root / "stubs"
+    (stubs / "megatron").mkdir(parents=True)
+    (stubs / "megatron" / "__init__.py").write_text("")
+    (stubs / "megatron" / "tokenizer").symlink_to(source / "megatron" / "tokenizer")
+    for unused in ("sentencepiece", "tiktoken"):  # imported by tokenizer.py, unused by HFTokenizer
+        (stubs / f"{unused}.py").write_text("")
+    python = root / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{stubs}:{site}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return checkout, python

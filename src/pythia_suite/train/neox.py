@@ -81,6 +81,7 @@ __all__ = [
     "sequential_to_layer_files",
     "NeoXSegment",
     "run_neox_config",
+    "write_run_segment_config",
     "preshuffled_index_maps",
     "build_neox_index_maps",
     "neox_index_maps_dir",
@@ -690,6 +691,14 @@ def check_neox_supported(config: Mapping, runs) -> None:
                 f"{flash_attn_problem(dim, None)}: set sizes.{run.size}.neox.attention-config to "
                 "global (as config.yaml does for 1b) or train with training.backend: pytorch"
             )
+        layout = config["sizes"][run.size]["cluster"]
+        if layout["nodes"] == 1 and layout["gpus_per_node"]:
+            raise cfg.ConfigError(
+                f"run {run.name}: 1 node: DeeperSpeed v1.0 cannot launch on one host (its "
+                "deepspeed/launcher/runner.py reads `runner.exports` at line 375, which only the "
+                "multi-node branch defines: UnboundLocalError); use 2 or more nodes "
+                f"(sizes.{run.size}.cluster.nodes) or training.backend: pytorch"
+            )
         pipe = _get(neox_cfg, "pipe-parallel-size", 1)
         if pipe not in (0, 1):
             raise cfg.ConfigError(
@@ -749,6 +758,15 @@ def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
         overrides={"deepspeed_slurm": segment.nodes > 1, "master_port": segment.master_port,
                    **SEGMENT_EVALUATION},
     )  # fmt: skip
+
+
+def write_run_segment_config(config: Mapping, run, segment: NeoXSegment,
+                             path: str | os.PathLike) -> dict:  # fmt: skip
+    """Write a segment's GPT-NeoX config (``run_neox_config``) as plain JSON (``neox_json``)
+    atomically to ``path``, the file deepy.py is given; returns the config."""
+    neox_config = run_neox_config(config, run, segment=segment)
+    write_text_atomic(Path(path), neox_json(neox_config))
+    return neox_config
 
 
 # --- data: index maps built once per dataset (rule neox_index_maps), read by every segment ---
@@ -1078,8 +1096,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
         )
         segment_yml = work / "segment.json"  # plain JSON: DeeperSpeed's SLURM runner parses it
         work.mkdir(parents=True, exist_ok=True)
-        segment_config = run_neox_config(config, run, segment=segment)
-        write_text_atomic(segment_yml, neox_json(segment_config))
+        segment_config = write_run_segment_config(config, run, segment, segment_yml)
         global_dir = save_dir / f"global_step{step}"
         summary_path = work / SEGMENT_SUMMARY_NAME
         data_parallel = cfg.data_parallel_size(dict(config), run.size)
