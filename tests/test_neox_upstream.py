@@ -185,8 +185,11 @@ def _converted_logits(hf_dir: Path, tokens):
 
     model = GPTNeoXForCausalLM(GPTNeoXConfig.from_pretrained(hf_dir)).float().eval()
     state = torch.load(hf_dir / "pytorch_model.bin", weights_only=True)
-    state = {k: v for k, v in state.items()
-             if not k.endswith((".attention.bias", ".attention.masked_bias", ".inv_freq"))}
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.endswith((".attention.bias", ".attention.masked_bias", ".inv_freq"))
+    }
     state["lm_head.weight"] = state.pop("embed_out.weight")  # transformers 4's name
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and not [k for k in missing if "inv_freq" not in k], (missing, unexpected)
