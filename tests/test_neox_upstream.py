@@ -245,3 +245,181 @@ def test_v1_converter_alone_cannot_read_the_sequential_layout(suite_config, tmp_
                                      python=str(python))  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode != 0 and "layer_00-model_00-model_states.pt" in proc.stderr
+
+
+# --- the post-deploy patch, on the pinned Python 3.8 ------------------------------------------
+
+# Runs a converter file's top level (definitions; not its __main__ block) with its imports
+# stubbed: what Python 3.8 does with the file before any conversion.
+DEFINITIONS_ON_38 = """
+import runpy, sys, types
+for name in ("torch", "transformers", "megatron", "megatron.tokenizer", "yaml", "tqdm"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["torch"].Tensor = type("Tensor", (), {})
+sys.modules["transformers"].GPTNeoXConfig = sys.modules["transformers"].GPTNeoXForCausalLM = object
+sys.modules["megatron.tokenizer"].build_tokenizer = lambda args: None
+sys.modules["tqdm"].tqdm = lambda items: items
+namespace = runpy.run_path(sys.argv[1], run_name="convert_to_hf")
+print(sys.version_info[:2], sorted(n for n in ("convert", "load_partitions") if n in namespace))
+"""
+
+
+def _python38() -> str:
+    import os
+
+    root = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+    found = sorted(root.glob("3.8*/bin/python3.8"))
+    if not found:
+        pytest.skip(f"no Python 3.8 under {root} (GPT-NeoX v1.0's pinned Python; pyenv)")
+    return str(found[-1])
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_post_deploy_patch_lets_the_converter_define_itself_on_python38(patched, tmp_path):
+    import shutil
+    import subprocess
+
+    converter = tmp_path / "convert_to_hf.py"
+    shutil.copyfile(us.require_upstream("gpt-neox-v1.0/tools/convert_to_hf.py"), converter)
+    if patched:
+        subprocess.run(["bash", str(us.POST_DEPLOY), "--patch-converter", str(converter)],
+                       check=True)  # fmt: skip
+    proc = subprocess.run([_python38(), "-c", DEFINITIONS_ON_38, str(converter)],
+                          capture_output=True, text=True)  # fmt: skip
+    if patched:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "(3, 8) ['convert', 'load_partitions']"
+    else:  # v1.0's file as published
+        assert proc.returncode != 0
+        assert "TypeError: 'type' object is not subscriptable" in proc.stderr
+
+
+# --- the stand-in GPT-NeoX against what DeeperSpeed and GPT-NeoX v1.0 do ----------------------
+
+
+def _standin():
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "neox_standin"))
+    import standin
+
+    return standin
+
+
+@pytest.mark.parametrize(("size", "dp"), [("70m", 4), ("6.9b", 2), ("12b", 2), ("14m", 2)])
+def test_a_save_leaves_the_files_deeperspeed_names(suite_config, size, dp, tmp_path):
+    """What the stand-in writes, what the completeness check asks for, and DeeperSpeed's own
+    names for the files a save leaves (layer files, mp_rank files, ZeRO optimizer shards)."""
+    standin = _standin()
+    config = copy.deepcopy(suite_config)
+    config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
+    neox_cfg = neox.run_neox_config(config, cfg.expand_runs(config)[f"pythia-{size}"])
+    neox_cfg.update({"hidden-size": 64, "num-attention-heads": 8, "num-layers": 2,
+                     "vocab-file": str(_tokenizer(tmp_path))})  # fmt: skip
+    layers = neox_cfg["num-layers"]
+    pipe = neox_cfg["pipe-parallel-size"] >= 1
+    # GPT2ModelPipe.init_specs (gpt2_model.py): the specs that hold weights.
+    specs = [0, *range(2, layers + 2), layers + 3, layers + 4]
+    zero = neox_cfg["zero_optimization"]["stage"]
+    upstream = us.deeperspeed_step_files(neox_cfg["model-parallel-size"], dp, specs, zero, pipe)
+    assert set(neox.neox_step_files(neox_cfg, dp)) == upstream
+    model = standin.tiny_model(neox_cfg, standin.padded_vocab(neox_cfg), 3)
+    standin.save_neox_checkpoint(model, neox_cfg, tmp_path / "global_step3", 3, data_parallel=dp)
+    assert {p.name for p in (tmp_path / "global_step3").iterdir()} == upstream
+    (tmp_path / "latest").write_text("global_step3")
+    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == []
+    # A save killed before `latest` was written, or a rank's file missing, is incomplete.
+    (tmp_path / "latest").write_text("global_step1")
+    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == [
+        "latest (names global_step1, not >= 3)"
+    ]
+    (tmp_path / "latest").write_text("global_step3")
+    last = sorted(upstream)[-1]
+    (tmp_path / "global_step3" / last).unlink()
+    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == [last]
+
+
+def _tokenizer(root: Path) -> Path:
+    from neox_support import tiny_tokenizer
+
+    return tiny_tokenizer(root / "tokenizer.json", 300)
+
+
+def test_latest_is_written_and_read_as_deeperspeed_does(tmp_path):
+    """DeeperSpeed's save_checkpoint writes the tag alone into save_dir/latest; the stand-in,
+    point_latest_at and latest_step agree with it."""
+
+    class Dist:
+        @staticmethod
+        def barrier():
+            pass
+
+    save = tmp_path / "upstream"
+    engine = types_namespace(
+        zero_optimization_partition_weights=lambda: False, global_steps=7,
+        _checkpoint_tag_validation=lambda tag: None, save_non_zero_checkpoint=False,
+        save_zero_checkpoint=False,
+    )  # fmt: skip
+    save_checkpoint = us.upstream_function(
+        "DeeperSpeed-v1.0/deepspeed/runtime/engine.py", "DeepSpeedEngine.save_checkpoint",
+        {"os": __import__("os"), "dist": Dist},
+    )  # fmt: skip
+    save_checkpoint(engine, str(save))
+    written = (save / "latest").read_text()
+    assert written == "global_step7"
+    ours = tmp_path / "ours"
+    (ours / "global_step7").mkdir(parents=True)
+    neox.point_latest_at(ours, 7)
+    assert (ours / "latest").read_text() == written and neox.latest_step(save) == 7
+
+
+def types_namespace(**attrs):
+    import types
+
+    return types.SimpleNamespace(**attrs)
+
+
+def test_every_segment_end_is_a_save_step_and_is_saved_before_the_exit(suite_config, tmp_path):
+    """v1.0's save_iters (arguments.py calculate_derived, run here) hold every segment's end;
+    its train loop saves (training.py) before the exit-interval check exits; the stand-in saves
+    the same steps."""
+    import ast
+
+    standin = _standin()
+    derive = us.upstream_block("gpt-neox-v1.0/megatron/neox_arguments/arguments.py",
+                               "NeoXArgs.calculate_derived",
+                               "if self.checkpoint_factor or self.extra_save_iters:")  # fmt: skip
+    run = cfg.get_run(suite_config, "pythia-410m")
+    whole = neox.run_neox_config(suite_config, run)
+    steps = cfg.checkpoint_steps(suite_config)
+    for start, end in zip(steps[:-1], steps[1:], strict=True):  # every segment (0, 1] ...
+        config = neox.segment_config(whole, save_dir="s", load_dir="s", start_step=start,
+                                     end_step=end, train_data_paths=["d"])  # fmt: skip
+        fake = types_namespace(
+            checkpoint_factor=config["checkpoint-factor"], train_iters=config["train-iters"],
+            extra_save_iters=config["extra-save-iters"], checkpoint_scale="linear",
+        )  # fmt: skip
+        scope = {"self": fake}
+        exec(derive, scope)  # noqa: S102 - upstream code
+        save_iters = scope["save_iters"]
+        assert end in save_iters
+        expected = [s for s in save_iters if start < s <= end]
+        expected = [0, *expected] if start == 0 and 0 in save_iters else expected
+        assert standin.save_steps(config, start, end) == expected
+    # training.py train(): the save_iters save comes before the exit_interval exit.
+    text = us.require_upstream("gpt-neox-v1.0/megatron/training.py").read_text()
+    train = next(n for n in ast.parse(text).body if getattr(n, "name", None) == "train")
+    lines = {ast.get_source_segment(text, n.test): n.lineno for n in ast.walk(train)
+             if isinstance(n, ast.If)}  # fmt: skip
+    save = lines["neox_args.save and iteration in neox_args.save_iters"]
+    exit_ = lines["neox_args.exit_interval and iteration % neox_args.exit_interval == 0"]
+    assert save < exit_
+
+
+def test_hostfiles_read_as_deeperspeed_reads_them(tmp_path):
+    standin = _standin()
+    runner = us.deeperspeed_runner()
+    path = neox.write_hostfile(tmp_path / "hostfile", ["gpu01", "gpu02", "gpu10"], 8)
+    upstream = runner.fetch_hostfile(str(path))
+    assert dict(upstream) == standin.read_hostfile(str(path)) == {
+        "gpu01": 8, "gpu02": 8, "gpu10": 8,
+    }  # fmt: skip
+    assert list(upstream) == ["gpu01", "gpu02", "gpu10"]

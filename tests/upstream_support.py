@@ -249,3 +249,88 @@ def upstream_converter_checkout(root: Path, *, patched: bool = True) -> tuple[Pa
     python.write_text(f'#!/bin/sh\nPYTHONPATH="{stubs}:{site}" exec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
     return checkout, python
+
+
+# --- single upstream functions, compiled from their source --------------------------------------
+
+
+def upstream_function(relative: str, qualname: str, namespace: Mapping | None = None):
+    """The function ``qualname`` (``Class.method`` or ``function``) of the upstream file
+    ``relative``, compiled from its own source text and defined in ``namespace`` (the module
+    globals it uses): for methods whose module cannot be imported here (DeepSpeed's engine)."""
+    import ast
+
+    path = require_upstream(relative)
+    node: ast.AST = ast.parse(path.read_text())
+    for part in qualname.split("."):
+        node = next(n for n in node.body if getattr(n, "name", None) == part)
+    module = ast.Module(body=[node], type_ignores=[])
+    scope = dict(namespace or {})
+    exec(compile(module, str(path), "exec"), scope)  # noqa: S102 - upstream code, by design
+    return scope[node.name]
+
+
+def upstream_block(relative: str, qualname: str, first_line: str):
+    """The statement of function ``qualname`` in ``relative`` whose source starts with
+    ``first_line``, compiled: run it with ``exec(code, {"self": ...})``."""
+    import ast
+
+    path = require_upstream(relative)
+    text = path.read_text()
+    node: ast.AST = ast.parse(text)
+    for part in qualname.split("."):
+        node = next(n for n in node.body if getattr(n, "name", None) == part)
+    for stmt in ast.walk(node):
+        if isinstance(stmt, ast.stmt) and ast.get_source_segment(text, stmt).startswith(first_line):
+            return compile(ast.Module(body=[stmt], type_ignores=[]), str(path), "exec")
+    raise LookupError(f"{relative}: no statement {first_line!r} in {qualname}")
+
+
+def deeperspeed_topology() -> types.ModuleType:
+    """DeeperSpeed v1.0's ``runtime/pipe/topology.py`` (``PipeModelDataParallelTopology``)."""
+    import importlib.util
+
+    root = require_upstream("DeeperSpeed-v1.0/deepspeed")
+    spec = importlib.util.spec_from_file_location(
+        "upstream_deeperspeed_topology", root / "runtime" / "pipe" / "topology.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    stubs = {
+        "deepspeed": _package("deepspeed", root),
+        "deepspeed.utils": _package("deepspeed.utils", logger=logging.getLogger("deepspeed")),
+    }
+    with stubbed_modules(stubs):
+        spec.loader.exec_module(module)
+    return module
+
+
+def deeperspeed_step_files(tp: int, dp: int, layer_specs: list[int], zero_stage: int,
+                           pipe: bool) -> set[str]:  # fmt: skip
+    """The files DeeperSpeed v1.0 writes into ``global_stepN`` for a GPT-NeoX model with
+    ``layer_specs`` (the spec indices that hold weights), named by its own methods: the
+    engine's ``_get_ckpt_name`` (every model-parallel rank of data-parallel rank 0),
+    ``_get_rank_zero_ckpt_name`` (every rank, ZeRO stage >= 1) and, with pipeline stages, the
+    pipeline module's ``ckpt_layer_path`` (data-parallel rank 0) over v1.0's topology
+    (pipe, data, model)."""
+    engine = "DeeperSpeed-v1.0/deepspeed/runtime/engine.py"
+    ckpt_name = upstream_function(engine, "DeepSpeedEngine._get_ckpt_name", {"os": os})
+    zero_name = upstream_function(engine, "DeepSpeedEngine._get_rank_zero_ckpt_name", {"os": os})
+    layer_path = upstream_function("DeeperSpeed-v1.0/deepspeed/runtime/pipe/module.py",
+                                   "PipelineModule.ckpt_layer_path", {"os": os})  # fmt: skip
+    topo = deeperspeed_topology().PipeModelDataParallelTopology(num_pp=1, num_mp=tp, num_dp=dp)
+    files = set()
+    for mp in range(tp):
+        engine_self = types.SimpleNamespace(
+            mpu=types.SimpleNamespace(get_model_parallel_rank=lambda mp=mp: mp),
+            zero_optimization_partition_weights=lambda: False,
+        )
+        files.add(Path(ckpt_name(engine_self, "save", "tag")).name)
+        if zero_stage >= 1:
+            files |= {Path(zero_name(None, "save", "tag", mp, d)).name for d in range(dp)}
+        if pipe:
+            module_self = types.SimpleNamespace(
+                _local_start=0, global_rank=topo.get_rank(pipe=0, data=0, model=mp),
+                _grid=types.SimpleNamespace(_topo=topo),
+            )  # fmt: skip
+            files |= {Path(layer_path(module_self, "tag", i)).name for i in layer_specs}
+    return files

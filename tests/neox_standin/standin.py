@@ -114,6 +114,26 @@ def output_layer_key(state_dict) -> str:
     return "embed_out.weight" if "embed_out.weight" in state_dict else "lm_head.weight"
 
 
+def read_hostfile(path: str) -> dict[str, int]:
+    """Hosts and slots of a DeepSpeed hostfile (``host slots=N`` lines), in order."""
+    pool = {}
+    for line in open(path).read().split("\n"):
+        if line.strip():
+            host, slots = line.split()
+            pool[host] = int(slots.split("=")[1])
+    return pool
+
+
+def save_steps(config: dict, start: int, end: int) -> list[int]:
+    """The steps GPT-NeoX v1.0 saves in ``(start, end]`` (``save_iters``: extra-save-iters and
+    multiples of checkpoint-factor below train-iters, arguments.py calculate_derived), and 0
+    when starting from scratch with 0 among them (training.py)."""
+    factor, total = get(config, "checkpoint-factor"), get(config, "train-iters")
+    save_iters = set(get(config, "extra-save-iters") or []) | set(range(factor, total, factor))
+    steps = [s for s in range(start + 1, end + 1) if s in save_iters]
+    return [0, *steps] if start == 0 and 0 in save_iters else steps
+
+
 # How GPT-NeoX v1.0's model-parallel layers split each tensor across ranks (megatron/mpu/layers.py):
 # VocabParallelEmbedding and ColumnParallelLinear split their output dimension (dim 0; the
 # output layer is column-parallel in Pythia), RowParallelLinear its input dimension (dim 1) and
