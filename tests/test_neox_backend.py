@@ -600,15 +600,18 @@ def test_hand_built_index_maps_refuse_a_set_that_is_not_preshuffled(tmp_path):
 
 # --- neox-doctor: every failure branch, with fakes ----------------------------------------------
 
+TORCH_CU116 = ["sm_37", "sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86"]
 GOOD_PROBE = {
     "python": [3, 8, 18],
-    "torch": {"ok": True, "version": "1.12.1+cu116", "cuda": "11.6"},
+    "torch": {"ok": True, "version": "1.12.1+cu116", "cuda": "11.6", "arch_list": TORCH_CU116},
     "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "capability": [8, 0]}],
-    "deepspeed": {"ok": True, "version": "0.3.15+eb7f5cf"},
+    "deepspeed": {"ok": True, "version": "0.3.15+7069d10", "git_hash": "7069d10"},
     "megatron": {"ok": True, "version": None},
-    "kernels": {name: {"ok": True} for name in neox.FUSED_KERNELS},
+    "kernels": {name: {"ok": True} for name in (*neox.FUSED_KERNELS, neox.FLASH_KERNEL)},
+    "converter": {"ok": True},
 }
 SETUP_PY = 'cc_flag.append("arch=compute_80,code=sm_80")\nnvcc = ["arch=compute_70,code=sm_70"]\n'
+FLASH_SIZES = {"70m": 64, "1.4b": 128, "2.8b": 80}  # the suite's sizes that use flash
 
 
 @pytest.fixture
@@ -620,27 +623,37 @@ def checkout(tmp_path):
     return root
 
 
-def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT):
+def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT, flash=FLASH_SIZES):
     def git_head(path):
         if isinstance(head, Exception):
             raise head
         return head
 
-    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head, probe=lambda p, r: probe)
+    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head,
+                            probe=lambda p, r: probe, flash_head_dims=flash)  # fmt: skip
 
 
 def test_doctor_passes_a_complete_v1_stack(checkout):
     checks = _doctor(checkout)
     assert all(c.ok for c in checks), checks
     assert [c.name for c in checks] == [
-        "GPT-NeoX checkout", "pinned commit", "Python", "torch", "deepspeed", "megatron",
-        "fused kernels", "GPU architecture",
+        "GPT-NeoX checkout", "pinned commit", "Python", "torch", "torch GPU kernels",
+        "DeeperSpeed", "megatron", "fused kernels", "GPU architecture", "flash-attn kernel",
+        "flash-attn limits", "converter",
     ]  # fmt: skip
-    assert "sm_70, sm_80" in checks[-1].detail
+    assert "sm_70, sm_80" in checks[8].detail
+    assert "1.4b (128)" in checks[10].detail
 
 
 def _with(**changes):
     return {**GOOD_PROBE, **changes}
+
+
+def _gpu(name, major, minor):
+    return [{"name": name, "capability": [major, minor]}]
+
+
+A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVIDIA H100", 9, 0)
 
 
 @pytest.mark.parametrize(
@@ -655,15 +668,38 @@ def _with(**changes):
          "torch 2.13.0+cpu (CUDA None); envs/gpt-neox.yaml pins 1.12.1"),
         (_with(torch={"ok": True, "version": "1.12.1+cpu", "cuda": None}), None, "torch",
          "a CUDA build"),
+        (_with(gpus=[]), None, "GPU", "no GPU (torch sees no CUDA device)"),
+        # A cu102 build (kernels up to sm_70) on an A100.
+        (_with(torch={**GOOD_PROBE["torch"], "version": "1.12.1+cu102", "arch_list":
+                      ["sm_37", "sm_50", "sm_60", "sm_70"]}), None, "torch GPU kernels",
+         "A100-SXM4-40GB sm_80; torch 1.12.1+cu102 has kernels for sm_37, sm_50, sm_60, sm_70 "
+         "(none for this GPU)"),
+        (_with(gpus=H100), None, "torch GPU kernels", "H100 sm_90"),
         (_with(deepspeed={"ok": False, "error": "ModuleNotFoundError: deepspeed"}), None,
-         "deepspeed", "not importable"),
-        (_with(megatron={"ok": False, "error": "ImportError: cannot import name"}), None,
-         "megatron", "ImportError"),
+         "DeeperSpeed", "not importable"),
+        # v1.0's requirements.txt pin: no SLURM runner.
+        (_with(deepspeed={"ok": True, "version": "0.3.15+eb7f5cf", "git_hash": "eb7f5cf"}), None,
+         "DeeperSpeed", "at commit eb7f5cf, expected DeeperSpeed tag v1.0 = 7069d10"),
+        (_with(deepspeed={"ok": True, "version": "0.3.15", "git_hash": "unknown"}), None,
+         "DeeperSpeed", "at commit unknown"),
+        (_with(megatron={"ok": False, "error": "ImportError: cannot import name\nline two"}),
+         None, "megatron", "ImportError: cannot import name line two"),
         (_with(kernels={"scaled_masked_softmax_cuda": {"ok": True}}), None, "fused kernels",
          "not built: scaled_upper_triang_masked_softmax_cuda (python megatron/fused_kernels"),
-        (_with(gpus=[]), None, "GPU architecture", "no GPU (torch sees no CUDA device)"),
-        (_with(gpus=[{"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}]), None,
-         "GPU architecture", "H100 80GB HBM3 sm_90; kernels built for sm_70, sm_80 (no kernel"),
+        (_with(torch={**GOOD_PROBE["torch"], "arch_list": [*TORCH_CU116, "sm_90"]}, gpus=H100),
+         None, "GPU architecture",
+         "H100 sm_90; kernels built for sm_70, sm_80 (no kernel"),
+        (_with(kernels={n: {"ok": True} for n in neox.FUSED_KERNELS}), None,
+         "flash-attn kernel", "not importable: None (flash-attn==0.2.2"),
+        # An A10 runs the fused kernels, but not flash-attn's backward at head dim 80/128.
+        (_with(gpus=A10), None, "flash-attn limits",
+         "1.4b (head dim 128) on NVIDIA A10: head dimension 128 > 64: flash-attn 0.2.2's "
+         "backward pass needs sm_80, not sm_86"),
+        (_with(gpus=V100), None, "flash-attn limits",
+         "flash-attn 0.2.2 runs on sm_75 and sm_8x only, not sm_70"),
+        (_with(converter={"ok": False, "error": "TypeError: 'type' object is not subscriptable"}),
+         None, "converter", "does not import: TypeError: 'type' object is not subscriptable "
+         "(envs/gpt-neox.post-deploy.sh patches it"),
     ],
 )  # fmt: skip
 def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, message):
@@ -671,6 +707,33 @@ def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, me
     assert all(c.ok for c in checks[:-1])
     assert (checks[-1].name, checks[-1].ok) == (name, False)
     assert message in checks[-1].detail
+    assert "\n" not in checks[-1].detail  # one line per check
+
+
+def test_doctor_flash_limits_name_a_size_beyond_flash_attns_head_dim(checkout):
+    checks = _doctor(checkout, flash={"1b": 256})
+    assert (checks[-1].name, checks[-1].ok) == ("flash-attn limits", False)
+    assert (
+        "1b (head dim 256) on NVIDIA A100-SXM4-40GB: head dimension 256 > flash-attn 0.2.2's 128"
+        in checks[-1].detail
+    )
+
+
+def test_doctor_says_in_one_line_when_the_probe_does_not_answer(checkout, tmp_path, monkeypatch):
+    slow = tmp_path / "python"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(neox, "PROBE_TIMEOUT_S", 1)
+    checks = neox.neox_doctor(checkout, str(slow), git_head=lambda p: neox.NEOX_V1_COMMIT)
+    assert (checks[-1].name, checks[-1].ok) == ("Python", False)
+    assert checks[-1].detail == f"{slow} did not finish the probe in 1 s"
+
+
+def test_the_suites_flash_sizes_are_within_flash_attns_limits(suite_config):
+    dims = neox.flash_head_dims(suite_config)
+    assert "1b" not in dims  # global attention (config.yaml): head dim 256
+    assert dims == {"70m": 64, "160m": 64, "410m": 64, "1.4b": 128, "2.8b": 80, "6.9b": 128,
+                    "12b": 128}  # fmt: skip
 
 
 def test_doctor_without_a_checkout(tmp_path):

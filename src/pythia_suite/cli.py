@@ -120,7 +120,11 @@ def cmd_neox_doctor(config: dict, args) -> None:
     from pythia_suite.train import neox
 
     settings = config["training"]["neox"]
-    checks = neox.neox_doctor(args.neox_dir or settings["dir"], args.python or settings["python"])
+    checks = neox.neox_doctor(
+        args.neox_dir or settings["dir"],
+        args.python or settings["python"],
+        flash_head_dims=neox.flash_head_dims(config),
+    )
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     failed = [check for check in checks if not check.ok]

@@ -92,9 +92,9 @@ def tiny_model(config: dict, vocab_size: int, step: int):
 
     torch.manual_seed(get(config, "seed", 1234) * 100003 + step)
     model = GPTNeoXForCausalLM(hf_config(config, vocab_size)).float().eval()
-    with torch.no_grad():  # LayerNorms start at 1/0: give them values a mix-up would show
-        for name, param in model.named_parameters():
-            if "layernorm" in name or "layer_norm" in name:
+    with torch.no_grad():  # LayerNorms start at 1/0 and biases at 0: give them values a
+        for name, param in model.named_parameters():  # mix-up (or a doubled bias) would show
+            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
                 param.add_(torch.randn_like(param) * 0.1)
     return model
 

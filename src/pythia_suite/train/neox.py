@@ -90,6 +90,7 @@ __all__ = [
     "checkpoint_from_hf_dir",
     "DoctorCheck",
     "neox_doctor",
+    "flash_head_dims",
 ]
 
 NEOX_V1_COMMIT = "71df4d5017f9f4919566a11454fe3a507ffdc632"
@@ -1244,17 +1245,22 @@ def checkpoint_from_hf_dir(
 # GPT-NeoX v1.0 README: "developed and tested for Python 3.8"; 3.9 "appears to work".
 SUPPORTED_PYTHON = ((3, 8), (3, 9))
 PINNED_TORCH = "1.12.1"  # envs/gpt-neox.yaml
+# DeeperSpeed tag v1.0 (the SLURM runner); its setup.py records `git rev-parse --short HEAD` as
+# deepspeed.__git_hash__. v1.0's own requirements pin eb7f5cff, which has no SLURM runner.
+DEEPERSPEED_V1_COMMIT = "7069d10d2c9abac50576c84cb7e45910fafa218c"
 FUSED_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
+FLASH_KERNEL = "flash_attn_cuda"  # flash-attn 0.2.2's extension, used when a layer is flash
 
 # Run by the GPT-NeoX environment's Python: reports what it has, never fails itself.
 _PROBE = r"""
-import importlib, json, sys
+import importlib, importlib.util, json, os, sys
 out = {"python": list(sys.version_info[:3])}
 sys.path.insert(0, sys.argv[1])
 def attempt(name):
     try:
         module = importlib.import_module(name)
-        return {"ok": True, "version": getattr(module, "__version__", None)}
+        return {"ok": True, "version": getattr(module, "__version__", None),
+                "git_hash": getattr(module, "__git_hash__", None)}
     except BaseException as err:
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 out["torch"] = attempt("torch")
@@ -1262,6 +1268,7 @@ if out["torch"]["ok"]:
     import torch
     out["torch"]["cuda"] = torch.version.cuda
     try:
+        out["torch"]["arch_list"] = torch.cuda.get_arch_list()
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         out["gpus"] = [{"name": torch.cuda.get_device_name(i),
                         "capability": list(torch.cuda.get_device_capability(i))} for i in range(n)]
@@ -1271,6 +1278,13 @@ if out["torch"]["ok"]:
 out["deepspeed"] = attempt("deepspeed")
 out["megatron"] = attempt("megatron")
 out["kernels"] = {name: attempt(name) for name in sys.argv[2:]}
+try:  # definitions and imports only: the script's work is under __main__
+    path = os.path.join(sys.argv[1], "tools", "convert_to_hf.py")
+    spec = importlib.util.spec_from_file_location("convert_to_hf", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    out["converter"] = {"ok": True}
+except BaseException as err:
+    out["converter"] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
 print(json.dumps(out))
 """
 
@@ -1303,6 +1317,23 @@ def arch_supported(capability: Sequence[int], archs: Sequence[tuple[int, int]]) 
     return any(a_major == major and a_minor <= minor for a_major, a_minor in archs)
 
 
+def torch_runs_on(capability: Sequence[int], arch_list: Sequence[str]) -> bool:
+    """Whether a torch build whose ``torch.cuda.get_arch_list()`` is ``arch_list`` has kernels
+    for a GPU of ``capability``: a cubin ``sm_XY`` of the same major and minor <= the GPU's, or
+    PTX ``compute_XY`` at or below it (compiled on load)."""
+    gpu = (int(capability[0]), int(capability[1]))
+    for arch in arch_list:
+        match = re.fullmatch(r"(sm|compute)_(\d)(\d+)", arch)
+        if not match:
+            continue
+        built = (int(match[2]), int(match[3]))
+        if match[1] == "sm" and built[0] == gpu[0] and built[1] <= gpu[1]:
+            return True
+        if match[1] == "compute" and built <= gpu:
+            return True
+    return False
+
+
 def _git_head(neox_dir: Path) -> str:
     proc = subprocess.run(["git", "-C", str(neox_dir), "rev-parse", "HEAD"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
@@ -1311,40 +1342,57 @@ def _git_head(neox_dir: Path) -> str:
     return proc.stdout.strip()
 
 
+PROBE_TIMEOUT_S = 300
+
+
 def _probe(python: str, neox_dir: Path) -> dict:
+    argv = [python, "-c", _PROBE, str(neox_dir), *FUSED_KERNELS, FLASH_KERNEL]
     try:
-        proc = subprocess.run([python, "-c", _PROBE, str(neox_dir), *FUSED_KERNELS],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise NeoXError(f"{python} did not finish the probe in {PROBE_TIMEOUT_S} s") from None
     except OSError as err:
         raise NeoXError(f"cannot run {python}: {err}") from None
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-5:])
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
         raise NeoXError(
             f"{python} could not run the probe (exit {proc.returncode}): {tail}"
         ) from None
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """``text`` on one line (a traceback or a multi-line error would break the report)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def neox_doctor(
     neox_dir: str | os.PathLike | None,
     python: str = "python",
     *,
+    flash_head_dims: Mapping[str, int] | None = None,
     git_head: Callable[[Path], str] = _git_head,
     probe: Callable[[str, Path], dict] = _probe,
 ) -> list[DoctorCheck]:
-    """Check that GPT-NeoX v1.0 can launch here, in order; stops at the first failure.
+    """Check that GPT-NeoX v1.0 can launch, train and convert here, in order; stops at the
+    first failure.
 
-    The checkout (deepy.py, pinned commit), the environment's Python and torch (a CUDA build)
-    versions, ``deepspeed`` and ``megatron`` importable, the fused kernels built, and every GPU's
-    architecture among the kernels'. ``git_head`` and ``probe`` (what ``python`` reports about
-    itself) are parameters so that each failure can be tested without GPT-NeoX. Returns the
-    checks done; the last one failed when any did.
+    The checkout (deepy.py, pinned commit), the environment's Python and torch (the pinned
+    CUDA build, with kernels for every GPU: ``torch.cuda.get_arch_list()``), DeeperSpeed at
+    tag v1.0's commit, ``megatron`` importable, GPT-NeoX's fused kernels built and built for
+    every GPU, flash-attn's kernel (``flash_attn_cuda``) importable, flash-attn 0.2.2's limits
+    for every configured size that uses flash (``flash_head_dims``: size -> head dimension) on
+    every GPU, and ``tools/convert_to_hf.py`` importable (as ``envs/gpt-neox.post-deploy.sh``
+    patched it). ``git_head`` and ``probe`` (what ``python`` reports about itself) are
+    parameters so that each failure can be tested without GPT-NeoX. Every detail is one line.
+    Returns the checks done; the last one failed when any did.
     """
     checks: list[DoctorCheck] = []
 
     def passed(name: str, ok: bool, detail: str, fix: str = "") -> bool:
-        checks.append(DoctorCheck(name, ok, detail if ok else f"{detail}{fix}"))
+        checks.append(DoctorCheck(name, ok, _one_line(detail if ok else f"{detail}{fix}")))
         return ok
 
     if not neox_dir:
@@ -1384,13 +1432,33 @@ def neox_doctor(
     if not passed("torch", good, detail, fix):
         return checks
 
-    for name in ("deepspeed", "megatron"):
-        module = found.get(name, {})
-        detail = f"importable (version {module.get('version')})"
-        if not module.get("ok"):
-            detail = f"not importable: {module.get('error')}"
-        if not passed(name, bool(module.get("ok")), detail):
-            return checks
+    gpus = found.get("gpus") or []
+    if not gpus:
+        why = found.get("gpu_error") or "torch sees no CUDA device"
+        passed("GPU", False, f"no GPU ({why})")
+        return checks
+    seen = "; ".join(f"{g['name']} sm_{g['capability'][0]}{g['capability'][1]}" for g in gpus)
+    arch_list = torch.get("arch_list") or []
+    bad = [g for g in gpus if not torch_runs_on(g["capability"], arch_list)]
+    detail = f"{seen}; torch {torch.get('version')} has kernels for {', '.join(arch_list)}"
+    if not passed("torch GPU kernels", not bad, detail, " (none for this GPU)"):
+        return checks
+
+    deepspeed = found.get("deepspeed", {})
+    if not deepspeed.get("ok"):
+        passed("DeeperSpeed", False, f"not importable: {deepspeed.get('error')}")
+        return checks
+    commit = str(deepspeed.get("git_hash") or "")
+    detail = f"deepspeed {deepspeed.get('version')} at commit {commit or 'unknown'}"
+    fix = f", expected DeeperSpeed tag v1.0 = {DEEPERSPEED_V1_COMMIT[:7]} (its SLURM runner)"
+    right = len(commit) >= 7 and DEEPERSPEED_V1_COMMIT.startswith(commit)
+    if not passed("DeeperSpeed", right, detail, fix):
+        return checks
+
+    megatron = found.get("megatron", {})
+    detail = "importable" if megatron.get("ok") else f"not importable: {megatron.get('error')}"
+    if not passed("megatron", bool(megatron.get("ok")), detail):
+        return checks
 
     kernels = found.get("kernels") or {}
     missing = [name for name in FUSED_KERNELS if not kernels.get(name, {}).get("ok")]
@@ -1401,15 +1469,43 @@ def neox_doctor(
 
     archs = kernel_archs(root)
     built = ", ".join(f"sm_{a}{b}" for a, b in archs) or "no architecture found"
-    gpus = found.get("gpus") or []
-    if not gpus:
-        why = found.get("gpu_error") or "torch sees no CUDA device"
-        passed(
-            "GPU architecture", False, f"no GPU ({why}); the fused kernels are built for {built}"
-        )
-        return checks
     bad = [g for g in gpus if not arch_supported(g["capability"], archs)]
-    seen = "; ".join(f"{g['name']} sm_{g['capability'][0]}{g['capability'][1]}" for g in gpus)
     fix = " (no kernel for this GPU: H100-class needs the changes in envs/gpt-neox.yaml)"
-    passed("GPU architecture", not bad, f"{seen}; kernels built for {built}", fix)
+    if not passed("GPU architecture", not bad, f"{seen}; kernels built for {built}", fix):
+        return checks
+
+    if flash_head_dims:
+        flash = kernels.get(FLASH_KERNEL, {})
+        detail = "importable" if flash.get("ok") else f"not importable: {flash.get('error')}"
+        fix = " (flash-attn==0.2.2, envs/gpt-neox.post-deploy.sh)"
+        if not passed("flash-attn kernel", bool(flash.get("ok")), detail, fix):
+            return checks
+        problems = [
+            f"{size} (head dim {dim}) on {g['name']}: {why}"
+            for size, dim in sorted(flash_head_dims.items())
+            for g in gpus
+            if (why := flash_attn_problem(dim, g["capability"]))
+        ]
+        sizes = ", ".join(f"{s} ({d})" for s, d in sorted(flash_head_dims.items()))
+        detail = problems[0] if problems else f"sizes using flash (head dim): {sizes}; {seen}"
+        if not passed("flash-attn limits", not problems, detail):
+            return checks
+
+    converter = found.get("converter", {})
+    detail = "tools/convert_to_hf.py imports" if converter.get("ok") else (
+        f"tools/convert_to_hf.py does not import: {converter.get('error')}"
+    )  # fmt: skip
+    fix = " (envs/gpt-neox.post-deploy.sh patches it for Python 3.8)"
+    passed("converter", bool(converter.get("ok")), detail, fix)
     return checks
+
+
+def flash_head_dims(config: Mapping) -> dict[str, int]:
+    """Head dimension of every size a run of the matrix trains with flash attention."""
+    from pythia_suite import config as cfg
+
+    out = {}
+    for run in cfg.expand_runs(dict(config)).values():
+        if "flash" in attention_types(cfg.neox_config(dict(config), run)):
+            out[run.size] = head_dim(config, run.size)
+    return out
