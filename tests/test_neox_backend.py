@@ -3,6 +3,7 @@ run/convert wrappers against fake GPT-NeoX scripts (the real one needs GPUs)."""
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -904,3 +905,32 @@ def test_sharded_converter_output_is_read_and_a_missing_shard_named(tmp_path):
         load_hf_weights(tmp_path)
     with pytest.raises(ExportError, match="no weights"):
         load_hf_weights(tmp_path / "empty")
+
+
+# --- the DAG under the neox backend ------------------------------------------------------------
+
+
+def _neox_dry_run(tmp_path, **extra):
+    import subprocess
+
+    overlay = tmp_path / "neox.yaml"
+    overlay.write_text(yaml.safe_dump({"training": {"backend": "neox",
+                                                    "neox": {"dir": str(tmp_path / "gpt-neox")}},
+                                       **extra}))  # fmt: skip
+    target = "results/runs/pythia-410m-deduped/checkpoints/step2"
+    argv = [str(Path(sys.executable).with_name("snakemake")), target, "--profile",
+            "profiles/slurm", "-n", "--quiet", "rules", "--configfile", "config.yaml",
+            str(overlay)]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_neox_dag_builds_index_maps_once_per_dataset_and_refuses_what_v1_cannot_run(tmp_path):
+    result = _neox_dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^neox_index_maps\s+1$", result.stdout + result.stderr, re.M)
+    flash_1b = {"sizes": {"1b": {"neox": {"attention-config": [[["flash"], 16]]}}}}
+    result = _neox_dry_run(tmp_path, **flash_1b)
+    assert result.returncode != 0
+    assert "run pythia-1b: attention-config asks for flash, but head dimension 256" in (
+        result.stdout + result.stderr
+    )

@@ -424,3 +424,39 @@ def test_hostfiles_read_as_deeperspeed_reads_them(tmp_path):
         "gpu01": 8, "gpu02": 8, "gpu10": 8,
     }  # fmt: skip
     assert list(upstream) == ["gpu01", "gpu02", "gpu10"]
+
+
+# --- the 1b deviation and the refusals before queueing ----------------------------------------
+
+
+def test_1b_deviation_is_recorded_for_the_model_card(suite_config):
+    from pythia_suite.modelcard import card_facts, render_model_card
+
+    config = copy.deepcopy(suite_config)
+    config["training"]["backend"] = "neox"
+    for name in ("pythia-1b", "pythia-1b-deduped"):
+        (deviation,) = neox.run_deviations(config, cfg.get_run(config, name))
+        assert "attention global instead of Pythia's flash (head dimension 256 > " in deviation
+        card = render_model_card(card_facts(config, name, {}))
+        assert f"- Deviation from Pythia's training config: {deviation}." in card
+    assert neox.run_deviations(config, cfg.get_run(config, "pythia-1.4b")) == []
+    assert card_facts(suite_config, "pythia-1b", {})["deviations"] == []  # pytorch backend
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"1b": {"neox": {"attention-config": [[["flash"], 16]]}}},
+         "run pythia-1b: attention-config asks for flash, but head dimension 256 > flash-attn"),
+        ({"70m": {"neox": {"pipe-parallel-size": 2}}}, "run pythia-70m: pipe-parallel-size 2"),
+        ({"160m": {"cluster": {"nodes": 1}}}, "run pythia-160m: 1 node: DeeperSpeed v1.0"),
+    ],
+)  # fmt: skip
+def test_unsupported_neox_runs_are_refused_naming_them(suite_config, change, message):
+    from pythia_suite.config import deep_merge
+
+    config = copy.deepcopy(suite_config)
+    config["sizes"] = deep_merge(config["sizes"], change)
+    neox.check_neox_supported(suite_config, cfg.expand_runs(suite_config).values())
+    with pytest.raises(cfg.ConfigError, match=message):
+        neox.check_neox_supported(config, cfg.expand_runs(config).values())

@@ -31,6 +31,7 @@ key                       required  meaning
 ``verification``          no        the sentence saying how branches were verified; only
                                     given when every receipt records a matching comparison
 ``precision``             no        e.g. ``"fp16"``
+``deviations``            no        how training departed from Pythia's config (list of str)
 ``seed``                  no        data / init seed
 ``tokenizer``             no        tokenizer description (omitted when not given)
 ``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
@@ -212,6 +213,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         training.append(f"- {run['optimizer']}.")
     if run.get("precision"):
         training.append(f"- Precision: {run['precision']}.")
+    for deviation in run.get("deviations") or []:
+        training.append(f"- Deviation from Pythia's training config: {deviation}.")
     if run.get("seed") is not None:
         training.append(f"- Seed: {run['seed']}.")
 
@@ -383,6 +386,15 @@ def verification_sentence(receipts: Mapping[str, Mapping[str, Any]]) -> str | No
     )
 
 
+def _deviations(config: Mapping[str, Any], run) -> list[str]:
+    """What the run's trainer changed in Pythia's config (GPT-NeoX backend: neox.run_deviations)."""
+    if config["training"]["backend"] != "neox":
+        return []
+    from pythia_suite.train import neox
+
+    return neox.run_deviations(config, run)
+
+
 def card_facts(
     config: Mapping[str, Any],
     run_name: str,
@@ -423,6 +435,7 @@ def card_facts(
         "tokens": cfg.total_tokens(dict(config)),
         "steps": steps,
         "precision": cfg.precision(dict(config), run),
+        "deviations": _deviations(config, run),
         "tokenizer": _tokenizer_fact(config, tokenizer_file),
         "architecture": _architecture_facts(config["model"]),
         "optimizer": (

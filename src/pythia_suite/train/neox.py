@@ -6,7 +6,7 @@ clones GPT-NeoX, installs DeeperSpeed and builds the fused kernels) and checked 
 ``training.neox.dir``; this module writes GPT-NeoX's inputs, runs its two entry points, and
 turns what they write into a checkpoint the rest of the workflow accepts.
 
-One segment job starts exactly one ``python deepy.py train.py SEGMENT.yml`` (the rule adds no
+One segment job starts exactly one ``python deepy.py train.py SEGMENT.json`` (the rule adds no
 launch prefix under this backend; see ``workflow/rules/common.smk``). What deepy.py then does
 depends on the hosts in the hostfile (``DLTS_HOSTFILE``, lines ``host slots=N``), as in
 DeeperSpeed v1.0's ``deepspeed/launcher/runner.py``:
@@ -14,9 +14,12 @@ DeeperSpeed v1.0's ``deepspeed/launcher/runner.py``:
 - several hosts: the SLURM runner calls ``srun -n <all slots> --export=ALL python -u train.py``
   inside the allocation, and each task takes RANK/LOCAL_RANK/WORLD_SIZE from
   SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (``deepspeed_slurm: true``);
-- one host: the runner starts the slots itself (``deepspeed.launcher.launch``), which sets
-  RANK/LOCAL_RANK/WORLD_SIZE; no srun task exists, so ``deepspeed_slurm`` must be false there
-  (with it GPT-NeoX would read SLURM_LOCALID, which no process has). The segment config says so.
+- one host: the runner is meant to start the slots itself (``deepspeed.launcher.launch``),
+  which sets RANK/LOCAL_RANK/WORLD_SIZE; no srun task exists, so ``deepspeed_slurm`` must be
+  false there (with it GPT-NeoX would read SLURM_LOCALID, which no process has). The segment
+  config says so. DeeperSpeed v1.0's runner fails on this branch (``runner.exports`` unbound,
+  runner.py line 375), so ``check_neox_supported`` refuses one-node GPU layouts; the branch
+  serves the CPU test layouts with the stand-in GPT-NeoX.
 
 A *slot* is a GPU (``gpus_per_node``) or, on CPU-only nodes such as the local test cluster,
 one of ``cluster.cpu_ranks_per_node`` ranks: one training rank per slot either way
@@ -677,9 +680,10 @@ def run_deviations(config: Mapping, run) -> list[str]:
 def check_neox_supported(config: Mapping, runs) -> None:
     """Refuse, before anything is queued, a run GPT-NeoX v1.0 cannot train or convert here
     (docs/slurm.md, "What the neox path supports"): differing data and weight seeds
-    (``check_seeds``), flash attention with a head dimension above flash-attn 0.2.2's limit, or
-    more than one pipeline stage (the converter and the completeness check read pipe-parallel
-    sizes 0 and 1). Raises ``ConfigError`` naming the run, the key and the value."""
+    (``check_seeds``), flash attention with a head dimension above flash-attn 0.2.2's limit,
+    one node with GPUs (DeeperSpeed v1.0's runner fails on one host), or more than one pipeline
+    stage (the converter and the completeness check read pipe-parallel sizes 0 and 1). Raises
+    ``ConfigError`` naming the run, the key and the value."""
     from pythia_suite import config as cfg
 
     for run in runs:
