@@ -691,7 +691,7 @@ A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVID
          None, "GPU architecture",
          "H100 sm_90; kernels built for sm_70, sm_80 (no kernel"),
         (_with(kernels={n: {"ok": True} for n in neox.FUSED_KERNELS}), None,
-         "flash-attn kernel", "not importable: None (flash-attn==0.2.2"),
+         "flash-attn kernel", "not importable: not probed (flash-attn==0.2.2"),
         # An A10 runs the fused kernels, but not flash-attn's backward at head dim 80/128.
         (_with(gpus=A10), None, "flash-attn limits",
          "1.4b (head dim 128) on NVIDIA A10: head dimension 128 > 64: flash-attn 0.2.2's "

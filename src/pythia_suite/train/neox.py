@@ -1480,7 +1480,8 @@ def neox_doctor(
 
     if flash_head_dims:
         flash = kernels.get(FLASH_KERNEL, {})
-        detail = "importable" if flash.get("ok") else f"not importable: {flash.get('error')}"
+        error = flash.get("error") or "not probed"
+        detail = "importable" if flash.get("ok") else f"not importable: {error}"
         fix = " (flash-attn==0.2.2, envs/gpt-neox.post-deploy.sh)"
         if not passed("flash-attn kernel", bool(flash.get("ok")), detail, fix):
             return checks
