@@ -73,7 +73,6 @@ __all__ = [
     "run_neox_segment",
     "convert_neox_checkpoint",
     "slots_per_node",
-    "check_seeds",
     "NeoXSegment",
     "run_neox_config",
     "preshuffled_index_maps",
@@ -502,20 +501,6 @@ def slots_per_node(config: Mapping, size: str) -> int:
     return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
 
 
-def check_seeds(run) -> None:
-    """Refuse a run whose data and weight seeds differ: GPT-NeoX v1.0 has one ``seed`` for both
-    the weight init and the index maps, so such a run (a PolyPythias data-seed variant) would
-    silently train on another order. Raises ``ConfigError`` naming the run."""
-    from pythia_suite.config import ConfigError
-
-    if run.data_seed != run.weight_seed:
-        raise ConfigError(
-            f"run {run.name}: data seed {run.data_seed} differs from weight seed "
-            f"{run.weight_seed}, but GPT-NeoX v1.0 has one `seed` for both the weight init and "
-            "the data order; train this run with training.backend: pytorch"
-        )
-
-
 @dataclass(frozen=True)
 class NeoXSegment:
     """Where one segment ``(start_step, end_step]`` reads and writes, and on how many nodes."""
@@ -536,11 +521,13 @@ def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
     A segment's config differs from the run's only in paths (save/load, data, vocab), the
     ``exit-interval``/``extra-save-iters`` that end the segment (``segment_config``), and
     ``deepspeed_slurm`` off on one node (the module doc says why). Raises ``ConfigError``
-    when the run's data and weight seeds differ (``check_seeds``).
+    when the run's data seed cannot be given (``data.source.check_data_seed``: GPT-NeoX has one
+    seed for weights and data).
     """
     from pythia_suite import config as cfg
+    from pythia_suite.data.source import check_data_seed
 
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     if segment is None:
         return cfg.neox_config(dict(config), run, dataset_prefix)
     base = cfg.neox_config(dict(config), run, segment.data_prefix)
@@ -678,41 +665,39 @@ def neox_work_dir(config: Mapping, run) -> Path:
 
 def neox_data_prefix_path(config: Mapping, run) -> str:
     """The data prefix a run's segments give GPT-NeoX (prepared by ``neox_data_prefix``)."""
-    from pythia_suite import layout
+    from pythia_suite.data.source import training_data
 
     data_dir = neox_work_dir(config, run) / "data"
-    if config["data"]["source"] == "preshuffled":
-        return str(data_dir / "document")
-    return str(data_dir / Path(layout.dataset_prefix(config["paths"]["results"], run.variant)).name)
+    return str(data_dir / Path(training_data(config, run).dataset_prefix).name)
 
 
 def neox_data_prefix(config: Mapping, run, work_dir: Path) -> str:
     """The data prefix a run's GPT-NeoX segments read, prepared under ``work_dir``: the
-    Megatron dataset with the suite's index maps (``data.source: raw``), or the preshuffled set
-    with hand-built ones (``preshuffled``). Same token stream as the PyTorch backend."""
+    Megatron dataset with the suite's index maps (``data.source: raw``, ``idxmaps``), or the
+    preshuffled set, already in order, with hand-built ones. Same token stream as the PyTorch
+    backend (both from ``data.source.training_data``)."""
     from pythia_suite import config as cfg
-    from pythia_suite import layout
+    from pythia_suite.data.source import training_data
 
-    results = config["paths"]["results"]
-    seq_length = config["model"]["seq_length"]
-    if config["data"]["source"] == "preshuffled":
+    tokens = training_data(config, run)
+    if tokens.order_dir is None:
         neox_cfg = cfg.neox_config(dict(config), run)
         global_batch = config["training"]["global_batch"]
         return preshuffled_index_maps(
-            layout.preshuffled_prefix(results, run.variant),
+            tokens.dataset_prefix,
             work_dir,
-            seq_length=seq_length,
+            seq_length=tokens.seq_length,
             seed=_get(neox_cfg, "seed"),
             requested=_requested_samples(neox_cfg, global_batch),
             min_items=config["training"]["train_iters"] * global_batch,
         )
     return _suite_index_maps(
-        layout.dataset_prefix(results, run.variant),
-        layout.order_dir(results, run.variant, run.data_seed),
+        tokens.dataset_prefix,
+        tokens.order_dir,
         work_dir,
-        num_samples=cfg.num_samples(dict(config)),
-        seq_length=seq_length,
-        seed=run.data_seed,
+        num_samples=tokens.num_samples,
+        seq_length=tokens.seq_length,
+        seed=tokens.data_seed,
     )
 
 
@@ -743,12 +728,13 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
     """
     from pythia_suite import config as cfg
     from pythia_suite import layout
+    from pythia_suite.data.source import check_data_seed
     from pythia_suite.train.checkpoint import state_dir_lock
 
     settings = config["training"]["neox"]
     if not settings["dir"]:
         raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     steps = cfg.checkpoint_steps(dict(config))
     end = step if step > 0 else steps[1]
     start = cfg.previous_step(dict(config), end)
