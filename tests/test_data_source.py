@@ -48,6 +48,9 @@ def test_each_source_gives_its_dataset_order_and_inputs(suite):
     assert "pythia_deduped_pile_idxmaps" in tokens.describe() and "data seed 1" in tokens.describe()
 
     config["data"]["source"] = "raw"
+    with pytest.raises(cfg.ConfigError, match="data.raw.shards: data.source is 'raw' but no shard"):
+        training_data(config, run)
+    config["data"]["raw"]["shards"] = [{"path": "pile/train/00.jsonl.zst"}]
     raw = training_data(config, run)
     assert (raw.dataset_prefix, raw.order_dir, raw.hub_repo) == (dataset, order, None)
     assert raw.describe() is None and raw.fingerprint["dedup"] == config["data"]["dedup"]

@@ -202,8 +202,6 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: evaluation.{key}: step {missing[0]} is not a checkpoint step "
                 "(training.checkpoints)"
             )
-    if config["data"]["source"] == "raw" and not config["data"]["raw"]["shards"]:
-        raise ConfigError(f"{source}: data.raw.shards: data.source is 'raw' but no shard is listed")
     _check_training_data(config, source)
     if config["evaluation"]["local_tasks"] and not config["data"]["raw"]["heldout"]:
         raise ConfigError(

@@ -125,7 +125,8 @@ def idxmaps_entry(config: Mapping, variant: str) -> Mapping:
 def training_data(config: Mapping, run) -> TrainingData:
     """The data a run trains on, under the configured ``data.source``.
 
-    Raises ``ConfigError`` when the source has nothing configured for the run's variant.
+    Raises ``ConfigError`` naming the key when the source has nothing configured for the run's
+    variant (no preshuffled repo, no idxmaps set, no raw shard).
     """
     from pythia_suite import config as cfg
     from pythia_suite import layout
@@ -164,6 +165,8 @@ def training_data(config: Mapping, run) -> TrainingData:
             fingerprint={**fingerprint, "idxmaps": dict(entry)},
             **common,
         )
+    if not data["raw"]["shards"]:
+        raise cfg.ConfigError("data.raw.shards: data.source is 'raw' but no shard is listed")
     fingerprint["shards"] = data["raw"]["shards"]
     if run.dedup:
         fingerprint["dedup"] = data["dedup"]
