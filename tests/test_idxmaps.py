@@ -7,8 +7,10 @@ Pythia's utils/shard_memmap.py writes them), beside ``STEM.idx``.
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +226,60 @@ def test_a_variant_without_a_set_is_refused_naming_the_key(tmp_path, published):
     extra.write_text("matrix:\n  - {sizes: [0.4m], variants: [standard], seeds: [default]}\n")
     with pytest.raises(cfg.ConfigError, match=r"data\.idxmaps\.standard: no pre-tokenized set"):
         cfg.load_config([a for a in args if a != "--config"] + [extra])
+
+
+class _HubFiles(http.server.BaseHTTPRequestHandler):
+    """Serves a directory as the Hub serves a dataset repo's files
+    (``/datasets/{repo}/resolve/{revision}/{name}``), honouring ``Range: bytes=N-``."""
+
+    root = Path()
+    prefix = ""
+    ranges: list = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        name = self.path.removeprefix(self.prefix)
+        path = self.root / name
+        if not self.path.startswith(self.prefix) or "/" in name or not path.is_file():
+            self.send_error(404)
+            return
+        payload = path.read_bytes()
+        start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-"))
+        self.ranges.append((name, start))
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/*")
+        self.send_header("Content-Length", str(len(payload) - start))
+        self.end_headers()
+        self.wfile.write(payload[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_files_come_from_the_hub_url_and_an_interrupted_download_resumes(tmp_path, published):
+    original, files = published
+    repo = "EleutherAI/pythia_deduped_pile_idxmaps"
+    handler = type(
+        "H", (_HubFiles,), {"root": files[0].parent, "prefix": f"/datasets/{repo}/resolve/main/",
+                            "ranges": []},
+    )  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub = f"http://127.0.0.1:{server.server_address[1]}"
+        args = overlay(tmp_path, files, original, path=None)
+        extra = tmp_path / "hub.yaml"
+        extra.write_text(yaml.safe_dump({"data": {"idxmaps": {"hub_url": hub}}}))
+        args += ["--config", str(extra)]
+        out = tmp_path / "results" / "data" / "idxmaps" / "deduped" / files[0].name
+        out.parent.mkdir(parents=True)
+        out.with_name(out.name + ".part").write_bytes(files[0].read_bytes()[:100])  # interrupted
+        assert main([*args, "fetch-idxmaps", "deduped", files[0].name, "--output", str(out)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert handler.ranges == [(files[0].name, 100)]
+    assert out.read_bytes() == files[0].read_bytes()
+    assert (
+        read_record(out)["extra"]["source"] == f"{hub}/datasets/{repo}/resolve/main/{files[0].name}"
+    )
