@@ -45,7 +45,12 @@ def test_each_source_gives_its_dataset_order_and_inputs(suite):
     assert tokens.workflow_inputs() == [f"{dataset}.bin", f"{dataset}.idx", order]
     assert tokens.recorded_inputs() == [Path(f"{dataset}.bin"), Path(order)]
     assert tokens.hub_repo == "EleutherAI/pythia_deduped_pile_idxmaps" and tokens.has_documents
-    assert "pythia_deduped_pile_idxmaps" in tokens.describe() and "data seed 1" in tokens.describe()
+    assert (
+        "`EleutherAI/pythia_deduped_pile_idxmaps` (revision `main`): its files checked against "
+        "their published sha256"
+        in tokens.description
+        and "data seed 1." in tokens.description
+    )
 
     config["data"]["source"] = "raw"
     with pytest.raises(cfg.ConfigError, match="data.raw.shards: data.source is 'raw' but no shard"):
@@ -53,7 +58,7 @@ def test_each_source_gives_its_dataset_order_and_inputs(suite):
     config["data"]["raw"]["shards"] = [{"path": "pile/train/00.jsonl.zst"}]
     raw = training_data(config, run)
     assert (raw.dataset_prefix, raw.order_dir, raw.hub_repo) == (dataset, order, None)
-    assert raw.describe() is None and raw.fingerprint["dedup"] == config["data"]["dedup"]
+    assert raw.description is None and raw.fingerprint["dedup"] == config["data"]["dedup"]
     assert raw.fingerprint != tokens.fingerprint  # a change of source reruns training
 
     config["data"]["source"] = "preshuffled"

@@ -280,11 +280,11 @@ def _data_facts(config: Mapping[str, Any], run) -> dict[str, Any]:
     data = config["data"]
     dedup = run.dedup
     tokens = training_data(config, run)
-    if tokens.describe() is not None:
+    if tokens.description is not None:
         return {
             "dataset": tokens.hub_repo or tokens.dataset_prefix,
             "hub_dataset": tokens.hub_repo is not None,
-            "data_description": tokens.describe(),
+            "data_description": tokens.description,
         }
     shards = [entry.get("path") or entry.get("url") for entry in data["raw"]["shards"]]
     text = f"Trained on the Pile-format shards {', '.join(f'`{s}`' for s in shards)}"

@@ -40,6 +40,8 @@ class TrainingData:
         num_samples, seq_length: GPT-NeoX's requested samples and sequence length.
         hub_repo, hub_revision: the Hub dataset the tokens come from (None for ``raw``, or an
             ``idxmaps`` set read from a local ``path``).
+        description: one sentence on a Hub dataset's tokens for the model card (None for
+            ``raw``, whose card describes the shards).
         fingerprint: the config values that determine the token stream (rerun triggers).
     """
 
@@ -51,6 +53,7 @@ class TrainingData:
     seq_length: int
     hub_repo: str | None = None
     hub_revision: str | None = None
+    description: str | None = None
     fingerprint: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -86,27 +89,6 @@ class TrainingData:
             self.dataset_prefix, self.order_dir, self.num_samples, self.seq_length, self.data_seed
         )
 
-    def describe(self) -> str | None:
-        """One sentence on a Hub dataset's tokens for the model card; None for ``raw``."""
-        if self.source == "preshuffled":
-            return (
-                f"Trained on Pythia's published token order, `{self.hub_repo}` (revision "
-                f"`{self.hub_revision}`): already tokenized and shuffled, consumed in its stored "
-                "order, so every size sees the same data in the same order."
-            )
-        if self.source == "idxmaps":
-            where = (
-                f"`{self.hub_repo}` (revision `{self.hub_revision}`)"
-                if self.hub_repo
-                else "from a local copy of its files"
-            )
-            return (
-                f"Trained on Pythia's pre-tokenized Pile, {where}: its shards verified against "
-                "their sha256, unsharded into one dataset, and read in GPT-NeoX v1.0's order "
-                f"for data seed {self.data_seed}."
-            )
-        return None
-
 
 def idxmaps_entry(config: Mapping, variant: str) -> Mapping:
     """``data.idxmaps.<variant>``. Raises ``ConfigError`` naming the key when the variant has
@@ -130,6 +112,7 @@ def training_data(config: Mapping, run) -> TrainingData:
     """
     from pythia_suite import config as cfg
     from pythia_suite import layout
+    from pythia_suite.data.idxmaps import shard_names
 
     data = config["data"]
     results = config["paths"]["results"]
@@ -150,6 +133,11 @@ def training_data(config: Mapping, run) -> TrainingData:
             order_dir=None,
             hub_repo=repo,
             hub_revision=data["preshuffled"]["revision"],
+            description=(
+                f"Trained on Pythia's published token order, `{repo}` (revision "
+                f"`{data['preshuffled']['revision']}`): already tokenized and shuffled, consumed "
+                "in its stored order, so every size sees the same data in the same order."
+            ),
             fingerprint={**fingerprint, "repo": repo},
             **common,
         )
@@ -157,11 +145,26 @@ def training_data(config: Mapping, run) -> TrainingData:
     prefix = layout.dataset_prefix(results, run.variant)
     if source == "idxmaps":
         entry = idxmaps_entry(config, run.variant)
+        local = bool(entry.get("path"))
+        revision = data["idxmaps"]["revision"]
+        where = (
+            "a local copy of its files" if local else f"`{entry['repo']}` (revision `{revision}`)"
+        )
+        checked = (
+            "its files checked against their published sha256 and the unsharded dataset against "
+            "its published sha256"
+            if entry.get("bin_sha256") and set(shard_names(entry)) <= set(entry.get("sha256", {}))
+            else "its files' sha256 recorded at first use where none is configured"
+        )
         return TrainingData(
             dataset_prefix=prefix,
             order_dir=order,
-            hub_repo=None if entry.get("path") else entry["repo"],
-            hub_revision=None if entry.get("path") else data["idxmaps"]["revision"],
+            hub_repo=None if local else entry["repo"],
+            hub_revision=None if local else revision,
+            description=(
+                f"Trained on Pythia's pre-tokenized Pile, {where}: {checked}; read in GPT-NeoX "
+                f"v1.0's order for data seed {run.data_seed}."
+            ),
             fingerprint={**fingerprint, "idxmaps": dict(entry)},
             **common,
         )
