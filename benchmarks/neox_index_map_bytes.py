@@ -78,7 +78,7 @@ def main() -> int:
         if hasattr(neox, "build_neox_index_maps"):  # after: the rule, once per dataset
             start = regular_bytes(root)
             maps = neox.neox_index_maps_dir(config, run.variant, run.data_seed)
-            neox.build_neox_index_maps(config, run.variant, run.data_seed, maps)
+            neox.build_neox_index_maps(config, run, maps)
             rule_bytes = written(start, regular_bytes(root))
             print(f"  rule neox_index_maps (once per dataset): {rule_bytes:,} bytes")
         jobs = []

@@ -160,6 +160,10 @@ def test_polypythia_seeds_are_a_config_change(suite):
         {"sizes": ["410m"], "variants": ["standard"], "seeds": ["seed3"]},
         {"sizes": ["160m"], "variants": ["standard"], "seeds": ["data-seed1", "weight-seed2"]},
     ]
+    # Data seeds other than 1234 need a source that builds the order (the preshuffled set is
+    # 1234's: refused, tests/test_data_source.py).
+    config["data"]["source"] = "raw"
+    config["data"]["raw"]["shards"] = [{"path": "pile/train/00.jsonl.zst"}]
     cfg.check_config(config)
     runs = cfg.expand_runs(config)
     assert list(runs) == ["pythia-410m-seed3", "pythia-160m-data-seed1", "pythia-160m-weight-seed2"]

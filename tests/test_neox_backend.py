@@ -494,6 +494,7 @@ def test_a_run_whose_data_and_weight_seeds_differ_is_refused_naming_it(suite_con
     config = copy.deepcopy(suite_config)
     config["matrix"] = [{"sizes": ["160m"], "variants": ["standard"],
                          "seeds": ["data-seed1", "weight-seed2", "seed3"]}]  # fmt: skip
+    config["data"]["source"] = "raw"  # the preshuffled set is data seed 1234's order only
     runs = cfg.expand_runs(config)
     for name in ("pythia-160m-data-seed1", "pythia-160m-weight-seed2"):
         with pytest.raises(cfg.ConfigError, match=f"run {name}: data seed .* weight seed"):
@@ -505,7 +506,10 @@ def test_neox_config_command_refuses_a_data_seed_run(tmp_path, capsys):
     from pythia_suite.cli import main
 
     overlay = tmp_path / "seeds.yaml"
-    overlay.write_text("matrix:\n  - {sizes: [160m], variants: [standard], seeds: [data-seed1]}\n")
+    overlay.write_text(
+        "matrix:\n  - {sizes: [160m], variants: [standard], seeds: [data-seed1]}\n"
+        "data: {source: raw, raw: {shards: [{path: pile/00.jsonl.zst}]}}\n"
+    )
     assert main(["--config", str(REPO / "config.yaml"), "--config", str(overlay),
                  "neox-config", "pythia-160m-data-seed1"]) == 1  # fmt: skip
     err = capsys.readouterr().err

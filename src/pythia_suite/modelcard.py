@@ -274,21 +274,20 @@ print(tokenizer.decode(tokens[0]))
 # ----------------------------------------------------------------------------- facts
 
 
-def _data_facts(config: Mapping[str, Any], variant: str, dedup: bool) -> dict[str, Any]:
-    """Dataset id, description and whether it is a Hub dataset, from the data config and the
-    corpus's own record (a ``manifest.json`` beside the shards, when it ships one)."""
+def _data_facts(config: Mapping[str, Any], run) -> dict[str, Any]:
+    """Dataset id, description and whether it is a Hub dataset, from the run's training data
+    (data.source.training_data) and, for raw shards, the corpus's own record (a
+    ``manifest.json`` beside the shards, when it ships one)."""
+    from pythia_suite.data.source import training_data
+
     data = config["data"]
-    if data["source"] == "preshuffled":
-        repo = data["preshuffled"][variant]
+    dedup = run.dedup
+    tokens = training_data(config, run)
+    if tokens.description is not None:
         return {
-            "dataset": repo,
-            "hub_dataset": True,
-            "data_description": (
-                f"Trained on Pythia's published token order, `{repo}` (revision "
-                f"`{data['preshuffled']['revision']}`): already tokenized and shuffled, "
-                "consumed in its stored order, so every size sees the same data in the same "
-                "order."
-            ),
+            "dataset": tokens.hub_repo or tokens.dataset_prefix,
+            "hub_dataset": tokens.hub_repo is not None,
+            "data_description": tokens.description,
         }
     shards = [entry.get("path") or entry.get("url") for entry in data["raw"]["shards"]]
     text = f"Trained on the Pile-format shards {', '.join(f'`{s}`' for s in shards)}"
@@ -416,7 +415,7 @@ def card_facts(
     steps = cfg.checkpoint_steps(dict(config))
     local_only = config["publish"]["local_hub"] and not config["publish"]["hub"]
     return {
-        **_data_facts(config, run.variant, run.dedup),
+        **_data_facts(config, run),
         "name": run.name,
         "repo_id": f"{config['suite']['hub_org']}/{run.name}",
         "size": run.size,

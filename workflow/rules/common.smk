@@ -3,12 +3,13 @@
 import os
 import re
 import shlex
-from types import SimpleNamespace
 
 from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
 from pythia_suite import layout
 from pythia_suite import notify as suite_notify
+from pythia_suite.data import idxmaps as suite_idxmaps
+from pythia_suite.data import source as suite_source
 from pythia_suite.train import neox as suite_neox
 
 suite_config.check_config(config, "config")
@@ -38,6 +39,7 @@ wildcard_constraints:
     batch=r"[0-9]{3}",
     seed=r"[0-9]+",
     band=r"[0-9]{3}",
+    idxmaps_file=r"[A-Za-z0-9_.-]+\.(bin|idx)",
 
 
 onstart:
@@ -71,14 +73,15 @@ def corpus_shards(variant):
 
 
 def training_data(wildcards):
-    """What a training segment reads: the dataset and its order, or the preshuffled set."""
-    run = RUNS[wildcards.run]
-    if config["data"]["source"] == "preshuffled":
-        return multiext(layout.preshuffled_prefix(RESULTS, run.variant), ".bin", ".idx")
-    return [
-        *multiext(layout.dataset_prefix(RESULTS, run.variant), ".bin", ".idx"),
-        layout.order_dir(RESULTS, run.variant, run.data_seed),
-    ]
+    """What a training segment reads (pythia_suite.data.source): the dataset and its order,
+    or the preshuffled set."""
+    return suite_source.training_data(config, RUNS[wildcards.run]).workflow_inputs()
+
+
+def idxmaps_files(variant):
+    """The fetched files of a variant's pre-tokenized Pile: its shards in order, then the .idx."""
+    entry = suite_source.idxmaps_entry(config, variant)
+    return [layout.idxmaps_file(RESULTS, variant, name) for name in suite_idxmaps.shard_names(entry)]
 
 
 # ----------------------------------------------------------------------------- training
@@ -159,10 +162,8 @@ def neox_index_maps(wildcards):
 
 def neox_index_maps_data(wildcards):
     """What the neox_index_maps job reads: what a run of that dataset and seed trains on."""
-    for name, run in RUNS.items():
-        if run.variant == wildcards.variant and str(run.data_seed) == wildcards.seed:
-            return training_data(SimpleNamespace(run=name))
-    raise ValueError(f"no run trains on variant {wildcards.variant} with data seed {wildcards.seed}")
+    run = suite_neox.run_of_dataset(config, wildcards.variant, wildcards.seed)
+    return suite_source.training_data(config, run).workflow_inputs()
 
 
 def train_mpi(wildcards):

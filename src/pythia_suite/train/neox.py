@@ -76,7 +76,6 @@ __all__ = [
     "run_neox_segment",
     "convert_neox_checkpoint",
     "slots_per_node",
-    "check_seeds",
     "check_neox_supported",
     "run_deviations",
     "neox_step_files",
@@ -612,20 +611,6 @@ def slots_per_node(config: Mapping, size: str) -> int:
     return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
 
 
-def check_seeds(run) -> None:
-    """Refuse a run whose data and weight seeds differ: GPT-NeoX v1.0 has one ``seed`` for both
-    the weight init and the index maps, so such a run (a PolyPythias data-seed variant) would
-    silently train on another order. Raises ``ConfigError`` naming the run."""
-    from pythia_suite.config import ConfigError
-
-    if run.data_seed != run.weight_seed:
-        raise ConfigError(
-            f"run {run.name}: data seed {run.data_seed} differs from weight seed "
-            f"{run.weight_seed}, but GPT-NeoX v1.0 has one `seed` for both the weight init and "
-            "the data order; train this run with training.backend: pytorch"
-        )
-
-
 # flash-attn 0.2.2 (v1.0's requirements-flashattention.txt), csrc/flash_attn/fmha_api.cpp, as the
 # review of issue 18 read it (the source is not among the anchors): GPUs sm_75 or sm_8x; head
 # dimension at most 128; the backward pass with a head dimension above 64 only on sm_80.
@@ -679,15 +664,17 @@ def run_deviations(config: Mapping, run) -> list[str]:
 
 def check_neox_supported(config: Mapping, runs) -> None:
     """Refuse, before anything is queued, a run GPT-NeoX v1.0 cannot train or convert here
-    (docs/slurm.md, "What the neox path supports"): differing data and weight seeds
-    (``check_seeds``), flash attention with a head dimension above flash-attn 0.2.2's limit,
-    one node with GPUs (DeeperSpeed v1.0's runner fails on one host), or more than one pipeline
-    stage (the converter and the completeness check read pipe-parallel sizes 0 and 1). Raises
+    (docs/slurm.md, "What the neox path supports"): a data seed GPT-NeoX cannot be given
+    (``data.source.check_data_seed``), flash attention with a head dimension above flash-attn
+    0.2.2's limit, one node with GPUs (DeeperSpeed v1.0's runner fails on one host), or more
+    than one pipeline stage (the converter and the completeness check read pipe-parallel sizes
+    0 and 1). Raises
     ``ConfigError`` naming the run, the key and the value."""
     from pythia_suite import config as cfg
+    from pythia_suite.data.source import check_data_seed
 
     for run in runs:
-        check_seeds(run)
+        check_data_seed(config, run, backend="neox")
         neox_cfg = cfg.neox_config(dict(config), run)
         dim = head_dim(config, run.size)
         if "flash" in attention_types(neox_cfg) and flash_attn_problem(dim, None):
@@ -741,14 +728,15 @@ def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
 
     A segment's config differs from the run's only in paths (save/load, data, vocab), the
     ``exit-interval``/``extra-save-iters`` that end the segment (``segment_config``),
-    ``deepspeed_slurm`` off on one node (the module doc says why), ``master_port`` (on one node
-    DeeperSpeed's local launcher takes the port from the config, not from ``MASTER_PORT``) and
-    GPT-NeoX's evaluation off (``SEGMENT_EVALUATION``). Raises ``ConfigError`` when the run's
-    data and weight seeds differ (``check_seeds``).
+    ``deepspeed_slurm`` off on one node (the module doc says why), ``master_port`` (deepy.py
+    gives DeeperSpeed's runner the config's port, not ``MASTER_PORT``) and GPT-NeoX's evaluation
+    off (``SEGMENT_EVALUATION``). Raises ``ConfigError`` when the run's data seed cannot be
+    given (``data.source.check_data_seed``: GPT-NeoX has one seed for weights and data).
     """
     from pythia_suite import config as cfg
+    from pythia_suite.data.source import check_data_seed
 
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     if segment is None:
         return cfg.neox_config(dict(config), run, dataset_prefix)
     base = cfg.neox_config(dict(config), run, segment.data_prefix)
@@ -936,54 +924,64 @@ def neox_index_maps_dir(config: Mapping, variant: str, seed: int | str) -> str:
     return f"{config['paths']['results']}/data/neox/{variant}/seed{seed}"
 
 
-def _prefix_name(config: Mapping, variant: str) -> str:
-    """The data prefix's file name: ``document`` (the preshuffled set) or the dataset's."""
-    from pythia_suite import layout
+def run_of_dataset(config: Mapping, variant: str, seed: int | str):
+    """A run of the matrix that trains on ``variant`` with data seed ``seed`` (they all read the
+    same data prefix and maps). Raises ``ConfigError`` naming both when no run does."""
+    from pythia_suite import config as cfg
 
-    if config["data"]["source"] == "preshuffled":
-        return "document"
-    return Path(layout.dataset_prefix(config["paths"]["results"], variant)).name
+    for run in cfg.expand_runs(dict(config)).values():
+        if run.variant == variant and str(run.data_seed) == str(seed):
+            return run
+    raise cfg.ConfigError(f"no run of the matrix trains on {variant} with data seed {seed}")
+
+
+def _map_seed(config: Mapping, run) -> int:
+    """The seed in the index-map names GPT-NeoX looks for: its config's one ``seed``."""
+    from pythia_suite import config as cfg
+
+    return _get(cfg.neox_config(dict(config), run), "seed")
 
 
 def neox_data_prefix_path(config: Mapping, run) -> str:
     """The data prefix a run's segments give GPT-NeoX (built by ``build_neox_index_maps``)."""
+    from pythia_suite.data.source import training_data
+
     maps = neox_index_maps_dir(config, run.variant, run.data_seed)
-    return str(Path(maps) / _prefix_name(config, run.variant))
+    return str(Path(maps) / Path(training_data(config, run).dataset_prefix).name)
 
 
-def build_neox_index_maps(config: Mapping, variant: str, seed: int, out_dir: str | os.PathLike
-                          ) -> str:  # fmt: skip
-    """Rule ``neox_index_maps``: the data prefix GPT-NeoX reads for one dataset and data seed,
-    with every index map its segments ask for, built once into ``out_dir`` (renamed into place
-    when complete). The Megatron dataset with the suite's own maps (``data.source: raw``), or
-    the preshuffled set with hand-built ones (``preshuffled``): the PyTorch backend's token
-    stream either way. Returns the prefix (``neox_data_prefix_path``)."""
-    from pythia_suite import layout
+def build_neox_index_maps(config: Mapping, run, out_dir: str | os.PathLike) -> str:
+    """Rule ``neox_index_maps``: the data prefix GPT-NeoX reads for ``run``'s dataset and data
+    seed, with every index map its segments ask for, built once into ``out_dir`` (renamed into
+    place when complete): the Megatron dataset with the suite's own maps (``data.source: raw``,
+    ``idxmaps``), or the preshuffled set, already in order, with hand-built ones. The PyTorch
+    backend's token stream either way (both from ``data.source.training_data``). Returns the
+    prefix (``neox_data_prefix_path``)."""
+    from pythia_suite.data.source import training_data
 
-    results = config["paths"]["results"]
-    seq_length = config["model"]["seq_length"]
+    tokens = training_data(config, run)
     requested = segment_requested_samples(config)
     with atomic_directory(out_dir) as tmp:
-        if config["data"]["source"] == "preshuffled":
+        if tokens.order_dir is None:
             training = config["training"]
             preshuffled_index_maps(
-                layout.preshuffled_prefix(results, variant),
+                tokens.dataset_prefix,
                 tmp,
-                seq_length=seq_length,
-                seed=seed,
+                seq_length=tokens.seq_length,
+                seed=_map_seed(config, run),
                 requested=requested,
                 min_items=training["train_iters"] * training["global_batch"],
             )
         else:
             _suite_index_maps(
-                layout.dataset_prefix(results, variant),
-                layout.order_dir(results, variant, seed),
+                tokens.dataset_prefix,
+                tokens.order_dir,
                 tmp,
-                requested=requested,
-                seq_length=seq_length,
-                seed=seed,
+                requested={**requested, "train_0": tokens.num_samples},
+                seq_length=tokens.seq_length,
+                seed=tokens.data_seed,
             )
-    return str(Path(out_dir) / _prefix_name(config, variant))
+    return str(Path(out_dir) / Path(tokens.dataset_prefix).name)
 
 
 def neox_data_prefix(config: Mapping, run) -> str:
@@ -991,12 +989,17 @@ def neox_data_prefix(config: Mapping, run) -> str:
     segment job writes no index map. Raises ``FileNotFoundError`` naming the first missing file
     (its dataset, or a map for a split GPT-NeoX asks for)."""
     from pythia_suite.data.order import index_map_paths
+    from pythia_suite.data.source import training_data
 
     prefix = neox_data_prefix_path(config, run)
-    seq_length = config["model"]["seq_length"]
+    tokens = training_data(config, run)
+    requested = segment_requested_samples(config)
+    if tokens.order_dir is not None:
+        requested["train_0"] = tokens.num_samples
+    seed = _map_seed(config, run)
     wanted = [Path(prefix + ".bin"), Path(prefix + ".idx")]
-    for name, count in segment_requested_samples(config).items():
-        wanted += index_map_paths(prefix, Path(prefix).parent, count, seq_length, run.data_seed,
+    for name, count in requested.items():
+        wanted += index_map_paths(prefix, Path(prefix).parent, count, tokens.seq_length, seed,
                                   name=name)  # fmt: skip
     for path in wanted:
         if not path.is_file():  # follows the links
@@ -1075,12 +1078,13 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
     """
     from pythia_suite import config as cfg
     from pythia_suite import layout
+    from pythia_suite.data.source import check_data_seed
     from pythia_suite.train.checkpoint import state_dir_lock
 
     settings = config["training"]["neox"]
     if not settings["dir"]:
         raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     steps = cfg.checkpoint_steps(dict(config))
     end = step if step > 0 else steps[1]
     start = cfg.previous_step(dict(config), end)
