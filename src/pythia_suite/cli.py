@@ -65,37 +65,11 @@ def _run_table(config: dict) -> list[dict]:
     return [_run_row(config, run) for run in cfg.expand_runs(config).values()]
 
 
-def _training_data_paths(config: dict, run: cfg.Run) -> list[Path]:
-    """The recorded artifacts a run's token stream comes from (for provenance): the dataset's
-    .bin (its record covers the .idx and the shards) and the index maps, or the preshuffled set."""
-    results = _results(config)
-    if config["data"]["source"] == "preshuffled":
-        return [Path(layout.preshuffled_prefix(results, run.variant) + ".bin")]
-    return [
-        Path(layout.dataset_prefix(results, run.variant) + ".bin"),
-        Path(layout.order_dir(results, run.variant, run.data_seed)),
-    ]
+def _training_data(config: dict, run: cfg.Run):
+    """What the run reads, under every data.source (pythia_suite.data.source)."""
+    from pythia_suite.data.source import training_data
 
-
-def _training_samples(config: dict, run: cfg.Run):
-    """The run's token stream: GPT-NeoX order over the dataset, or the preshuffled set."""
-    results = _results(config)
-    seq_length = config["model"]["seq_length"]
-    if config["data"]["source"] == "preshuffled":
-        from pythia_suite.data.preshuffled import PreshuffledSamples
-
-        return PreshuffledSamples(
-            layout.preshuffled_prefix(results, run.variant), seq_length=seq_length
-        )
-    from pythia_suite.data.order import GPTNeoXSamples
-
-    return GPTNeoXSamples(
-        layout.dataset_prefix(results, run.variant),
-        layout.order_dir(results, run.variant, run.data_seed),
-        cfg.num_samples(config),
-        seq_length,
-        run.data_seed,
-    )
+    return training_data(config, run)
 
 
 # ----------------------------------------------------------------------------- suite commands
@@ -111,7 +85,8 @@ def cmd_neox_config(config: dict, args) -> None:
 
     run = cfg.get_run(config, args.run)
     prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
-    sys.stdout.write(_dump_yaml(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+    # Plain JSON (also YAML): DeeperSpeed v1.0's SLURM runner json.loads every config file.
+    sys.stdout.write(neox.neox_json(neox.run_neox_config(config, run, dataset_prefix=prefix)))
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
@@ -119,13 +94,25 @@ def cmd_neox_doctor(config: dict, args) -> None:
     from pythia_suite.train import neox
 
     settings = config["training"]["neox"]
-    checks = neox.neox_doctor(args.neox_dir or settings["dir"], args.python or settings["python"])
+    checks = neox.neox_doctor(
+        args.neox_dir or settings["dir"],
+        args.python or settings["python"],
+        flash_head_dims=neox.flash_head_dims(config),
+    )
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     failed = [check for check in checks if not check.ok]
     if failed:
         raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
     print("GPT-NeoX v1.0 can launch here")
+
+
+def cmd_neox_index_maps(config: dict, args) -> None:
+    """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
+    from pythia_suite.train import neox
+
+    run = neox.run_of_dataset(config, args.variant, args.seed)
+    print(neox.build_neox_index_maps(config, run, args.output))
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -547,6 +534,53 @@ def cmd_fetch_preshuffled(config: dict, args) -> None:
     Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
+def cmd_fetch_idxmaps(config: dict, args) -> None:
+    """Fetch one file of a variant's pre-tokenized Pile (resumable), checked against its
+    configured sha256; an unknown one is recorded at first use."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.data.shards import fetch_shard
+    from pythia_suite.data.source import idxmaps_entry
+
+    entry = idxmaps_entry(config, args.variant)
+    if args.name not in idxmaps.shard_names(entry):
+        raise cfg.ConfigError(
+            f"data.idxmaps.{args.variant}: {args.name!r} is not one of its files "
+            f"(stem {entry['stem']!r}, {entry['shards']} shards)"
+        )
+    settings = config["data"]["idxmaps"]
+    source = idxmaps.file_source(entry, args.name, settings["revision"], settings["hub_url"])
+    expected = entry["sha256"].get(args.name)
+    local = [Path(source)] if entry.get("path") else []
+    settings_record = {"file": args.name, "sha256": expected}
+    recorder = Recorder(Path(args.output), "idxmaps-file", settings_record, local)
+    sha = fetch_shard(source, args.output, sha256=expected)
+    if not expected:
+        _say(f"data.idxmaps.{args.variant}.sha256.{args.name}: none; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": expected}
+    recorder.write()
+
+
+def cmd_unshard_idxmaps(config: dict, args) -> None:
+    """Unshard a variant's fetched pre-tokenized Pile into its dataset (checked as
+    idxmaps.unshard says; the unsharded .bin against data.idxmaps.<variant>.bin_sha256)."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.data.source import idxmaps_entry
+
+    entry = idxmaps_entry(config, args.variant)
+    names = idxmaps.shard_names(entry)
+    given = {Path(p).name: Path(p) for p in args.files}
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise cfg.ConfigError(f"data.idxmaps.{args.variant}: file {missing[0]} not given")
+    files = [given[name] for name in names]
+    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", dict(entry), files)
+    recorder.extra = idxmaps.unshard(
+        files[:-1], files[-1], args.output_prefix, bin_sha256=entry.get("bin_sha256")
+    )
+    recorder.extra["bin_sha256_configured"] = entry.get("bin_sha256")
+    recorder.write()
+
+
 def cmd_batch(config: dict, args) -> None:
     import numpy as np
 
@@ -556,7 +590,7 @@ def cmd_batch(config: dict, args) -> None:
         raise cfg.ConfigError(
             f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
         )
-    samples = _training_samples(config, run)
+    samples = _training_data(config, run).samples()
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
         out = Path(args.output)
@@ -611,7 +645,7 @@ def cmd_train_segment(config: dict, args) -> None:
     if args.step > 0 and not args.resume_from:
         args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
     inputs = [Path(args.resume_from)] if args.resume_from else []
-    inputs += _training_data_paths(config, run)
+    inputs += _training_data(config, run).recorded_inputs()
     if config["training"]["backend"] == "neox":
         from pythia_suite.train import neox
 
@@ -631,7 +665,7 @@ def cmd_train_segment(config: dict, args) -> None:
         state = train_segment(
             cfg.hf_config(config, run),
             settings,
-            _training_samples(config, run),
+            _training_data(config, run).samples(),
             start_checkpoint=args.resume_from,
             start_step=start_step,
             end_step=args.step,
@@ -1048,6 +1082,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
     p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
     p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
+    p = add(
+        "neox-index-maps",
+        cmd_neox_index_maps,
+        "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)",
+    )
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seed", type=int, required=True, help="the data seed")
+    p.add_argument("--output", required=True, help="the directory to build")
     p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
@@ -1147,6 +1189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
     p.add_argument("variant")
+    p.add_argument("--output-prefix", required=True)
+    p = add("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file")
+    p.add_argument("variant")
+    p.add_argument("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx")
+    p.add_argument("--output", required=True)
+    p = add("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant")
+    p.add_argument("variant")
+    p.add_argument("--files", nargs="+", required=True, help="its shards and .idx")
     p.add_argument("--output-prefix", required=True)
     p = add("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run")
     p.add_argument("run")

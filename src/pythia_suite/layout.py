@@ -68,6 +68,11 @@ def preshuffled_prefix(results: str, variant: str) -> str:
     return f"{results}/data/preshuffled/{variant}/document"
 
 
+def idxmaps_file(results: str, variant: str, name: str) -> str:
+    """One fetched file (shard or .idx) of a variant's pre-tokenized Pile (data.idxmaps)."""
+    return f"{results}/data/idxmaps/{variant}/{name}"
+
+
 def eval_tasks_dir(results: str) -> str:
     return f"{results}/data/eval_tasks"
 
