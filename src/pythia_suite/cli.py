@@ -459,23 +459,18 @@ def cmd_build_lens(config: dict, args) -> None:
     recorder.write()
 
 
-def _run_lens(config: dict, run: cfg.Run):
-    """A run's lens with its dataset and order (idxmaps or raw source)."""
+def _run_lens(config: dict, run: cfg.Run, data):
+    """A run's lens with its dataset and order (``data``: its ``TrainingData``, with documents)."""
     from pythia_suite.data.lens import open_run_lens
     from pythia_suite.data.order import index_map_paths
 
     results = _results(config)
-    prefix = layout.dataset_prefix(results, run.variant)
     order = index_map_paths(
-        prefix,
-        layout.order_dir(results, run.variant, run.data_seed),
-        cfg.num_samples(config),
-        config["model"]["seq_length"],
-        run.data_seed,
+        data.dataset_prefix, data.order_dir, data.num_samples, data.seq_length, data.data_seed
     )
     return open_run_lens(
         layout.lens_dir(results, run.variant, run.data_seed),
-        prefix,
+        data.dataset_prefix,
         order,
         layout.document_table(results, run.variant),
     )
@@ -486,13 +481,14 @@ def cmd_lens(config: dict, args) -> None:
     from pythia_suite.data import lens
 
     run = cfg.get_run(config, args.run)
-    if config["data"]["source"] == "preshuffled":
+    data = _training_data(config, run)
+    if not data.has_documents:  # preshuffled: samples, not documents
         if args.step is None:
             raise cfg.ConfigError(f"{run.name}: {lens.NEEDS_DOCUMENT_IDENTITY}")
         last = config["training"]["train_iters"] - 1
         if not 0 <= args.step <= last:
             raise cfg.ConfigError(f"--step {args.step}: training runs steps 0 .. {last}")
-        batch = _training_samples(config, run).batch(args.step, config["training"]["global_batch"])
+        batch = data.samples().batch(args.step, config["training"]["global_batch"])
         parts = [lens.split_at_end_of_document(row) for row in batch]
         if args.json:
             note = lens.NEEDS_DOCUMENT_IDENTITY
@@ -500,7 +496,7 @@ def cmd_lens(config: dict, args) -> None:
         else:
             print(lens.format_preshuffled_step(args.step, parts))
         return
-    opened = _run_lens(config, run)
+    opened = _run_lens(config, run, data)
     if args.step is not None:
         result = opened.step(args.step)
         text = lens.format_step(args.step, result) if not args.json else None
