@@ -452,6 +452,7 @@ def test_step0_summary_has_no_steps(tmp_path):
 
 def test_mfu_uses_the_gpu_peak_on_cuda_only():
     """The CUDA branch's arithmetic, with a CPU state dressed as a CUDA one."""
+    from pythia_suite.train.device import device_choices
     from pythia_suite.train.loop import Progress, RunInfo, Segment, segment_summary
 
     state = _fresh_state()
@@ -467,6 +468,7 @@ def test_mfu_uses_the_gpu_peak_on_cuda_only():
     cpu = segment_summary(seg, state, ["h"])
     assert cpu["mfu"] is None and cpu["peak_tflops"] is None
     state.device = torch.device("cuda", 0)
+    state.choices = device_choices(state.device)  # every GPU choice on, as on CUDA
     real_name = torch.cuda.get_device_name
     torch.cuda.get_device_name = lambda device=None: "Test GPU"
     try:
