@@ -251,6 +251,22 @@ def test_parallel_layout_with_fused_adamw_matches_unfused(layout_run, layout):
     assert_weights_close(read_weights(fused), read_weights(unfused), rtol=RTOL)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "world, settings", [(1, {}), (2, {"tensor_parallel": 2})], ids=["tp1", "tp2"]
+)
+def test_compiled_layers_with_fused_adamw_match_one_rank(reference, tmp_path, world, settings):
+    """The GPU's speed choices together: each layer compiled (``compile_layers``) and the fused
+    AdamW, at TP 1 and TP 2, against the 1-rank eager unfused run (slow: inductor compiles
+    every layer on every rank)."""
+    root, ref_state = reference
+    segment = first_segment(root, tmp_path / "step3", 3)
+    settings = dict(settings, compile_layers=True)
+    codes = run_ranks(world, segment, settings=settings, choices={"fused_adamw": True}, timeout=600)
+    assert codes == [0] * world
+    _assert_same_run(tmp_path / "step3", root, ref_state)
+
+
 def _fused_step_under_tensor_parallelism(par: parallel.Parallelism) -> dict:
     """One TP 2 backward and a fused AdamW step, as on a GPU (the loop's groups and optimizer);
     what the input embedding's gradient holds on this rank."""
