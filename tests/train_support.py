@@ -126,19 +126,20 @@ def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / "model.safetensors"))
 
 
-def comparable(key: str, tensor: torch.Tensor) -> torch.Tensor:
+def comparable(key: str, tensor: torch.Tensor, config: dict = TINY_CONFIG) -> torch.Tensor:
     """``tensor`` without the non-rotary part of the attention key biases (others: as is).
 
     Without rotation a key bias adds the same ``q . b_k`` to every score of a query, so softmax
     ignores it and its true gradient is 0: what those components get is rounding noise, which
     Adam normalises into full-size steps of either sign, different for any two summation
     orders. The rotary part (the first ``rotary_pct`` of each head) is rotated by the key's
-    position, changes the scores, and is compared like every other weight.
+    position, changes the scores, and is compared like every other weight. ``config``: the
+    model's (heads and rotary_pct).
     """
     if not key.endswith("query_key_value.bias"):
         return tensor
-    per_head = tensor.view(TINY_CONFIG["num_attention_heads"], 3, -1)  # q, k, v of each head
-    rotary = int(per_head.shape[-1] * TINY_CONFIG["rotary_pct"])
+    per_head = tensor.view(config["num_attention_heads"], 3, -1)  # q, k, v of each head
+    rotary = int(per_head.shape[-1] * config["rotary_pct"])
     return torch.cat([per_head[:, 0], per_head[:, 1, :rotary], per_head[:, 2]], dim=-1)
 
 
