@@ -230,6 +230,14 @@ class TrainSettings:
                 f"TrainSettings.data_parallel must be one of {parallel.DATA_PARALLEL_MODES}, "
                 f"got {self.data_parallel!r}"
             )
+        if self.compile_layers and self.tensor_parallel > 1:
+            # Found by tests/test_train_parallel.py (torch 2.13): a compiled layer's backward
+            # hands DTensor's redistribute a plain-tensor gradient and the first step crashes.
+            raise ValueError(
+                f"TrainSettings.compile_layers is offered at tensor_parallel 1 only (got "
+                f"tensor_parallel {self.tensor_parallel}): compiled layers crash in the first "
+                "backward pass under tensor parallelism with this torch"
+            )
         if self.spike_factor <= 1.0:
             raise ValueError(f"TrainSettings.spike_factor must be > 1, got {self.spike_factor}")
 
