@@ -295,6 +295,11 @@ def write_overlay(tmp_path: Path, overlay: dict) -> Path:
             r"evaluation\.five_shot_steps: step 3500 is not a checkpoint step",
         ),
         ({"data": {"source": "torrent"}}, r"data\.source: 'torrent' is not one of"),
+        (
+            {"training": {"compile_layers": True}},
+            r"training\.compile_layers: true is offered at tensor_parallel 1 only, but "
+            r"sizes\.(6\.9b|12b)\.tensor_parallel is [24]",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_key(tmp_path, overlay, message):

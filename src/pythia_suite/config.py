@@ -174,6 +174,13 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
                 f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
             )
+        if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
+            # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
+            # it too); refused here so that no segment job is queued for it.
+            raise ConfigError(
+                f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
+                f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
+            )
         if size["min_lr"] > size["lr"]:
             raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
         precision = size["precision"]
