@@ -36,19 +36,24 @@ def _brute_force(sizes, doc_idx, shuffle_idx, seq_length, batch, iters):
     new_first = collections.Counter()
     new_repeated = collections.Counter()
     repeated_tokens = collections.Counter()
+    started = collections.Counter()
     for i in range(batch * iters):
         j = int(shuffle_idx[i])
         step = i // batch
         for t in range(j * seq_length, (j + 1) * seq_length + 1):
             p = owner[t]
             d = int(doc_idx[p])
+            # a document starts where its first token is; a sample's last token is the next
+            # sample's first (they share it), so it starts there, not here
+            if (t == 0 or owner[t - 1] != p) and t < (j + 1) * seq_length:
+                started[step] += 1
             if p not in numbers:
                 counts[d] += 1
                 numbers[p] = counts[d]
                 (new_first if numbers[p] == 1 else new_repeated)[step] += 1
             if numbers[p] >= 2:
                 repeated_tokens[step] += 1
-    return numbers, new_first, new_repeated, repeated_tokens
+    return numbers, new_first, new_repeated, repeated_tokens, started
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 5])
@@ -67,7 +72,7 @@ def test_first_seen_and_repeated_equal_a_brute_force_loop(epochs, chunk):
         seq_length=seq_length,
         chunk_samples=chunk,
     )
-    numbers, new_first, new_repeated, repeated_tokens = _brute_force(
+    numbers, new_first, new_repeated, repeated_tokens, started = _brute_force(
         sizes, doc_idx, shuffle_idx, seq_length, batch, iters
     )
     expected = np.zeros(len(doc_idx), dtype=np.int64)
@@ -79,6 +84,7 @@ def test_first_seen_and_repeated_equal_a_brute_force_loop(epochs, chunk):
         ("first_occurrences", new_first),
         ("repeated_occurrences", new_repeated),
         ("repeated_tokens", repeated_tokens),
+        ("documents_started", started),
     ):
         np.testing.assert_array_equal(
             lens.steps[:, col[name]], [ref[s] for s in range(iters)], err_msg=name

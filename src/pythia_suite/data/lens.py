@@ -305,7 +305,13 @@ def _walk(
         s0, s1 = lo // global_batch, (hi - 1) // global_batch + 1
         local = step - s0
         tokens_f = tokens.astype(np.float64)
-        started = (pieces["begin"] == 0).astype(np.float64)
+        # A document whose first token is a sample's last token starts in the next sample:
+        # consecutive samples share that token, and the start is counted once.
+        row = pieces["row"]
+        last_of_row = np.ones(row.size, dtype=bool)
+        last_of_row[:-1] = row[1:] != row[:-1]
+        shared_start = last_of_row & (tokens == 1)
+        started = ((pieces["begin"] == 0) & ~shared_start).astype(np.float64)
         repeated = np.where(numbers >= 2, tokens_f, 0.0)
         for name, weights in (
             ("tokens", tokens_f),
