@@ -15,11 +15,18 @@ Rows (the loop's own code: prepare_model, init_gpt_neox_weights, init_train_stat
   halved on the second;
 - GPU vs CPU: 70m, 3 steps in fp32 on the GPU and on the CPU from the same weights and batches:
   the losses agree (rtol 1e-3);
-- LR 0: the first update has LR 0 (GPT-NeoX warmup), so the weights after step 1 equal step 0's.
+- LR 0: the first update has LR 0 (GPT-NeoX warmup), so the weights after step 1 equal step 0's;
+- tensor parallel 2 (with 2 or more GPUs): 6.9b's layout (TP 2, partitioned activations,
+  activation checkpointing, fp16 with fp32 master weights, its micro-batch) at reduced depth
+  (2 layers), on 2 ranks over nccl with every GPU choice on (``train.device.device_choices``:
+  fused AdamW, nccl, the rank bound to its GPU), 3 steps: the losses against the same model on
+  one GPU (rtol 2e-3: half-precision sums in different places).
 
 The table names the device and the torch, CUDA and transformers versions. ``--reduced`` runs the
 same rows on the CPU with every size shrunk to 2 layers of width 64, sequence 64 (no
-max_memory_allocated there: the memory columns say n/a), so the script cannot rot unnoticed.
+max_memory_allocated there: the memory columns say n/a), so the script cannot rot unnoticed; its
+tensor-parallel row runs on 2 gloo ranks with the GPU's optimizer (fused AdamW) and bf16 (fp16
+needs CUDA in the loop).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +47,12 @@ import transformers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # spawned tensor-parallel ranks import this module
 
 from pythia_suite import config as cfg  # noqa: E402
 from pythia_suite.train import memory  # noqa: E402
-from pythia_suite.train.distributed import DistributedEnv  # noqa: E402
+from pythia_suite.train.device import device_choices  # noqa: E402
+from pythia_suite.train.distributed import DistributedEnv, distributed_context  # noqa: E402
 from pythia_suite.train.loop import (  # noqa: E402
     TrainSettings,
     init_train_state,
@@ -59,15 +71,22 @@ REDUCED = {
     "data": {"tokenizer": {"vocab_size": 500}},
     "training": {"global_batch": 256},
     "matrix": [
-        {"sizes": ["70m", "410m", "1b", "1.4b"], "variants": ["standard"], "seeds": ["default"]}
+        {
+            "sizes": ["70m", "410m", "1b", "1.4b", "6.9b"],
+            "variants": ["standard"],
+            "seeds": ["default"],
+        }
     ],
     "sizes": {
         "70m": {"layers": 2, "hidden": 64, "heads": 4, "micro_batch": 8},
         "410m": {"layers": 2, "hidden": 64, "heads": 4, "micro_batch": 8},
         "1b": {"layers": 2, "hidden": 64, "heads": 4, "micro_batch": 4},
         "1.4b": {"layers": 2, "hidden": 64, "heads": 4, "micro_batch": 4},
+        "6.9b": {"layers": 2, "hidden": 64, "heads": 4, "micro_batch": 2},
     },
 }
+TP_LAYERS = 2  # the tensor-parallel row's reduced depth
+TP_STEPS = 3
 
 
 def _weights_and_masters(state) -> list[torch.Tensor]:
@@ -122,9 +141,20 @@ class Check:
         values.update(overrides)
         return TrainSettings(**values)
 
-    def state(self, size: str, settings: TrainSettings, device: torch.device | None = None):
+    def state(
+        self,
+        size: str,
+        settings: TrainSettings,
+        device: torch.device | None = None,
+        *,
+        layers: int | None = None,
+        env: DistributedEnv = SINGLE,
+        choices=None,
+    ):
         device = device or self.device
         hf = cfg.hf_config(self.config, self.run_of(size))
+        if layers is not None:
+            hf = dict(hf, num_hidden_layers=layers)
         model = prepare_model(hf, settings, device)
         init_gpt_neox_weights(
             model,
@@ -132,7 +162,7 @@ class Check:
             init_method=settings.init_method,
             output_layer_init_method=settings.output_layer_init_method,
         )
-        return init_train_state(model, settings, SINGLE, device)
+        return init_train_state(model, settings, env, device, choices=choices)
 
     def tokens(self, settings: TrainSettings, step: int, device=None) -> torch.Tensor:
         vocab = self.config["data"]["tokenizer"]["vocab_size"]
@@ -283,6 +313,61 @@ class Check:
             )
         )
 
+    def tensor_parallel(self) -> None:
+        """6.9b's layout at reduced depth on 2 ranks, every GPU choice on, against 1 device."""
+        precision = "fp16" if self.device.type == "cuda" else "bf16"
+        settings = self.settings("6.9b", precision, warmup_iters=1)
+        single = dataclasses.replace(settings, tensor_parallel=1, partition_activations=False)
+        state = self.state("6.9b", single, layers=TP_LAYERS)
+        reference = [train_step(state, self.tokens(settings, s)).loss for s in range(TP_STEPS)]
+        del state
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "losses.json"
+            import torch.multiprocessing as mp
+
+            mp.start_processes(
+                _tensor_parallel_rank,
+                args=(self.device.type, self.reduced, settings, _free_port(), out),
+                nprocs=2,
+                start_method="spawn",
+            )
+            losses = json.loads(out.read_text())
+        ok = bool(np.allclose(losses, reference, rtol=2e-3, atol=0))
+        self.rows.append(
+            Row(
+                "6.9b tensor parallel 2",
+                f"{precision}, {TP_LAYERS} layers, TP 2 + partitioned activations, fused AdamW, "
+                f"{'nccl' if self.device.type == 'cuda' else 'gloo'}, {TP_STEPS} steps",
+                " ".join(f"{x:.5f}" for x in losses),
+                "1 device " + " ".join(f"{x:.5f}" for x in reference) + " (rtol 2e-3)",
+                ok,
+            )
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tensor_parallel_rank(
+    rank: int, device_type: str, reduced: bool, settings: TrainSettings, port: int, out: Path
+) -> None:
+    """One rank of the tensor-parallel row: the GPU's choices (fused AdamW, nccl, bound GPU) on
+    CUDA, the CPU's with fused AdamW on gloo; rank 0 writes the losses to ``out``."""
+    torch.set_num_threads(1)
+    device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    choices = device_choices(device, fused_adamw=True)
+    env = DistributedEnv(rank, 2, rank, "127.0.0.1", port, "torchrun")
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    check = Check(device, reduced, None)
+    with distributed_context(env, choices, timeout_s=300):
+        state = check.state("6.9b", settings, device, layers=TP_LAYERS, env=env, choices=choices)
+        losses = [train_step(state, check.tokens(settings, s)).loss for s in range(TP_STEPS)]
+    if rank == 0:
+        out.write_text(json.dumps(losses))
+
 
 def environment(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -330,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     check.fp16_overflow()
     check.gpu_vs_cpu()
     check.lr_zero_first_step()
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if args.reduced or gpus >= 2:
+        check.tensor_parallel()
     header = environment(device) + (
         "; REDUCED (CPU, 2 layers of width 64, seq 64)" if args.reduced else ""
     )

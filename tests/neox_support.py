@@ -99,7 +99,8 @@ class NeoXSuite:
             "--configfile", *self.config_files, *SITE, *FAST,
             # Only training runs: the data it reads is placeholder files (the stand-in trainer
             # reads none), so the data-preparation rules must not try to remake them.
-            "--allowed-rules", "init_checkpoint", "train_segment", "--", *targets,
+            "--allowed-rules", "init_checkpoint", "train_segment", "neox_index_maps", "--",
+            *targets,
         ]  # fmt: skip
         return subprocess.run(argv, cwd=self.root, env=_env(), capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip

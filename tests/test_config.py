@@ -60,9 +60,12 @@ def apply_errata(run: cfg.Run, original: dict) -> dict:
         fixed["init_method"], fixed["output_layer_init_method"] = "normal", "scaled_normal"
     if run.name == "pythia-12b-deduped":  # erratum 2: 36 layers / 40 heads, not 40 / 36
         fixed["num-layers"], fixed["num-attention-heads"] = 36, 40
-    if run.name == "pythia-1b":  # erratum 3: standard 1b trained in bf16
-        del fixed["fp16"]
-        fixed["bf16"] = {"enabled": True}
+    if run.name == "pythia-1b":  # erratum 3: standard 1b trained in bf16, as v1.0 spells it
+        fp16 = {k: v for k, v in fixed.pop("fp16").items() if k != "fp16"}
+        fixed["fp16"] = {**fp16, "type": "bfloat16"}  # v1.0's configs/bf16_125M.yml
+        fixed["fp32_allreduce"] = True
+    if run.size == "1b":  # deviation: head dim 256 > flash-attn 0.2.2's 128 (config.yaml)
+        fixed["attention-config"] = [[["global"], 16]]
     return fixed
 
 
@@ -157,6 +160,10 @@ def test_polypythia_seeds_are_a_config_change(suite):
         {"sizes": ["410m"], "variants": ["standard"], "seeds": ["seed3"]},
         {"sizes": ["160m"], "variants": ["standard"], "seeds": ["data-seed1", "weight-seed2"]},
     ]
+    # Data seeds other than 1234 need a source that builds the order (the preshuffled set is
+    # 1234's: refused, tests/test_data_source.py).
+    config["data"]["source"] = "raw"
+    config["data"]["raw"]["shards"] = [{"path": "pile/train/00.jsonl.zst"}]
     cfg.check_config(config)
     runs = cfg.expand_runs(config)
     assert list(runs) == ["pythia-410m-seed3", "pythia-160m-data-seed1", "pythia-160m-weight-seed2"]
@@ -288,6 +295,11 @@ def write_overlay(tmp_path: Path, overlay: dict) -> Path:
             r"evaluation\.five_shot_steps: step 3500 is not a checkpoint step",
         ),
         ({"data": {"source": "torrent"}}, r"data\.source: 'torrent' is not one of"),
+        (
+            {"training": {"compile_layers": True}},
+            r"training\.compile_layers: true is offered at tensor_parallel 1 only, but "
+            r"sizes\.(6\.9b|12b)\.tensor_parallel is [24]",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_key(tmp_path, overlay, message):

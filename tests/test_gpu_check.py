@@ -39,8 +39,11 @@ def test_reduced_gpu_check_prints_every_row_and_its_checks_pass(tmp_path, capsys
         ("fp16 overflow skip", "70m fp16"),
         ("70m cpu vs cpu", "fp32"),
         ("step1 == step0", "70m fp32"),
+        ("6.9b tensor parallel 2", "bf16"),
     }
-    for key in (("fp16 overflow skip", "70m fp16"), ("70m cpu vs cpu", "fp32")):
+    tp2 = ("6.9b tensor parallel 2", "bf16")
+    assert "fused AdamW" in rows[tp2]["setting"] and "gloo" in rows[tp2]["setting"]
+    for key in (("fp16 overflow skip", "70m fp16"), ("70m cpu vs cpu", "fp32"), tp2):
         assert rows[key]["ok"] is True, rows[key]
     assert rows[("step1 == step0", "70m fp32")]["measured"] == "lr 0, weights bit-identical"
     assert "tokens/s" in rows[("410m throughput", "bf16")]["measured"]

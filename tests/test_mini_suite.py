@@ -354,3 +354,13 @@ def test_batch_viewer_shows_the_tokens_training_consumed(suite, tmp_path):
     }
     digest = hashlib.sha256(arrays["pythia-0.4m"].astype("<i8").tobytes()).hexdigest()
     assert recorded[5] == digest
+
+
+def test_the_data_lens_reaches_the_report_and_the_model_cards(suite):
+    report = suite / "results-mini" / "report"
+    assert "## Data seen" in (report / "report.md").read_text()
+    assert (report / "data_composition.png").read_bytes().startswith(b"\x89PNG")
+    for run in runs():
+        card = suite / "results-mini" / "runs" / run / "model_card" / "README.md"
+        # 128 steps x 8 samples read less than one epoch of the miniature corpus
+        assert "- no document repeats in training" in card.read_text(), run

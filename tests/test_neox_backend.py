@@ -3,6 +3,7 @@ run/convert wrappers against fake GPT-NeoX scripts (the real one needs GPUs)."""
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -284,8 +285,8 @@ def test_convert_neox_checkpoint_runs_the_converter(tmp_path, fake_neox, monkeyp
     seen = json.loads(record.read_text())
     assert seen["argv"][0::2] == ["--input_dir", "--config_file", "--output_dir"]
     assert seen["argv"][1] == str(step) and seen["argv"][3] == str(cfg)
-    # The converter wrote to a temporary sibling that was renamed when complete.
-    assert Path(seen["argv"][5]).parent == out.parent and seen["argv"][5] != str(out)
+    # The converter wrote into a temporary sibling that was renamed when complete.
+    assert Path(seen["argv"][5]).parent.parent == out.parent and seen["argv"][5] != str(out)
     assert seen["cwd"] == str(fake_neox.resolve())
     assert [p.name for p in out.parent.iterdir()] == ["step1000"]
 
@@ -392,8 +393,10 @@ def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
     assert f"pytorch={neox.PINNED_TORCH}" in conda
     assert "python=3.8" in conda and (3, 8) in neox.SUPPORTED_PYTHON
     # v1.0's requirements/requirements.txt, verbatim (wandb left out: logging only).
+    # mpi4py 3.0.3 (v1.0's pin) from conda with an MPI: pip would need an MPI compiler.
+    assert "mpi4py=3.0.3" in conda and "mpich" in conda and not any("mpi4py" in p for p in pips)
     for pin in ("einops==0.3.0", "ftfy==6.0.1", "huggingface_hub==0.11.0", "lm_eval==0.3.0",
-                "mpi4py==3.0.3", "numpy==1.22.0", "pybind11==2.6.2", "tiktoken==0.1.2",
+                "numpy==1.22.0", "pybind11==2.6.2", "tiktoken==0.1.2",
                 "tokenizers==0.12.1", "transformers~=4.24.0"):  # fmt: skip
         assert pin in pips, pin
 
@@ -414,9 +417,10 @@ SUITE_RUNS = [
     for v in ("", "-deduped")
 ]
 # What a segment may change, besides the documented errata (tests/test_config.py's apply_errata):
-# paths, how the segment ends, and how ranks are found on one node.
+# paths, how the segment ends, how ranks are found and meet, and GPT-NeoX's evaluation (off).
 SEGMENT_KEYS = {"save", "load", "train-data-paths", "valid-data-paths", "test-data-paths",
-                "vocab-file", "exit-interval", "extra-save-iters", "deepspeed-slurm"}  # fmt: skip
+                "vocab-file", "exit-interval", "extra-save-iters", "deepspeed-slurm",
+                "master-port", "eval-iters"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +471,9 @@ def test_segment_config_differs_from_the_original_only_in_paths_segment_end_and_
     assert ours["train-data-paths"] == [segment.data_prefix]
     # Pythia's layouts span several nodes: the SLURM runner and deepspeed_slurm stay.
     assert ours["launcher"] == "slurm" and ours["deepspeed-slurm"] is (segment.nodes > 1)
+    # Its evaluation would read training data (valid paths = train): off, and the config says so.
+    assert ours["eval-iters"] == 0 and original["eval-iters"] > 0
+    assert ours["master-port"] == segment.master_port
 
 
 def test_one_node_segments_take_ranks_from_the_local_launcher(suite_config, tmp_path):
@@ -487,6 +494,7 @@ def test_a_run_whose_data_and_weight_seeds_differ_is_refused_naming_it(suite_con
     config = copy.deepcopy(suite_config)
     config["matrix"] = [{"sizes": ["160m"], "variants": ["standard"],
                          "seeds": ["data-seed1", "weight-seed2", "seed3"]}]  # fmt: skip
+    config["data"]["source"] = "raw"  # the preshuffled set is data seed 1234's order only
     runs = cfg.expand_runs(config)
     for name in ("pythia-160m-data-seed1", "pythia-160m-weight-seed2"):
         with pytest.raises(cfg.ConfigError, match=f"run {name}: data seed .* weight seed"):
@@ -498,7 +506,10 @@ def test_neox_config_command_refuses_a_data_seed_run(tmp_path, capsys):
     from pythia_suite.cli import main
 
     overlay = tmp_path / "seeds.yaml"
-    overlay.write_text("matrix:\n  - {sizes: [160m], variants: [standard], seeds: [data-seed1]}\n")
+    overlay.write_text(
+        "matrix:\n  - {sizes: [160m], variants: [standard], seeds: [data-seed1]}\n"
+        "data: {source: raw, raw: {shards: [{path: pile/00.jsonl.zst}]}}\n"
+    )
     assert main(["--config", str(REPO / "config.yaml"), "--config", str(overlay),
                  "neox-config", "pythia-160m-data-seed1"]) == 1  # fmt: skip
     err = capsys.readouterr().err
@@ -594,15 +605,18 @@ def test_hand_built_index_maps_refuse_a_set_that_is_not_preshuffled(tmp_path):
 
 # --- neox-doctor: every failure branch, with fakes ----------------------------------------------
 
+TORCH_CU116 = ["sm_37", "sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86"]
 GOOD_PROBE = {
     "python": [3, 8, 18],
-    "torch": {"ok": True, "version": "1.12.1+cu116", "cuda": "11.6"},
+    "torch": {"ok": True, "version": "1.12.1+cu116", "cuda": "11.6", "arch_list": TORCH_CU116},
     "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "capability": [8, 0]}],
-    "deepspeed": {"ok": True, "version": "0.3.15+eb7f5cf"},
+    "deepspeed": {"ok": True, "version": "0.3.15+7069d10", "git_hash": "7069d10"},
     "megatron": {"ok": True, "version": None},
-    "kernels": {name: {"ok": True} for name in neox.FUSED_KERNELS},
+    "kernels": {name: {"ok": True} for name in (*neox.FUSED_KERNELS, neox.FLASH_KERNEL)},
+    "converter": {"ok": True},
 }
 SETUP_PY = 'cc_flag.append("arch=compute_80,code=sm_80")\nnvcc = ["arch=compute_70,code=sm_70"]\n'
+FLASH_SIZES = {"70m": 64, "1.4b": 128, "2.8b": 80}  # the suite's sizes that use flash
 
 
 @pytest.fixture
@@ -614,27 +628,37 @@ def checkout(tmp_path):
     return root
 
 
-def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT):
+def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT, flash=FLASH_SIZES):
     def git_head(path):
         if isinstance(head, Exception):
             raise head
         return head
 
-    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head, probe=lambda p, r: probe)
+    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head,
+                            probe=lambda p, r: probe, flash_head_dims=flash)  # fmt: skip
 
 
 def test_doctor_passes_a_complete_v1_stack(checkout):
     checks = _doctor(checkout)
     assert all(c.ok for c in checks), checks
     assert [c.name for c in checks] == [
-        "GPT-NeoX checkout", "pinned commit", "Python", "torch", "deepspeed", "megatron",
-        "fused kernels", "GPU architecture",
+        "GPT-NeoX checkout", "pinned commit", "Python", "torch", "torch GPU kernels",
+        "DeeperSpeed", "megatron", "fused kernels", "GPU architecture", "flash-attn kernel",
+        "flash-attn limits", "converter",
     ]  # fmt: skip
-    assert "sm_70, sm_80" in checks[-1].detail
+    assert "sm_70, sm_80" in checks[8].detail
+    assert "1.4b (128)" in checks[10].detail
 
 
 def _with(**changes):
     return {**GOOD_PROBE, **changes}
+
+
+def _gpu(name, major, minor):
+    return [{"name": name, "capability": [major, minor]}]
+
+
+A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVIDIA H100", 9, 0)
 
 
 @pytest.mark.parametrize(
@@ -649,15 +673,38 @@ def _with(**changes):
          "torch 2.13.0+cpu (CUDA None); envs/gpt-neox.yaml pins 1.12.1"),
         (_with(torch={"ok": True, "version": "1.12.1+cpu", "cuda": None}), None, "torch",
          "a CUDA build"),
+        (_with(gpus=[]), None, "GPU", "no GPU (torch sees no CUDA device)"),
+        # A cu102 build (kernels up to sm_70) on an A100.
+        (_with(torch={**GOOD_PROBE["torch"], "version": "1.12.1+cu102", "arch_list":
+                      ["sm_37", "sm_50", "sm_60", "sm_70"]}), None, "torch GPU kernels",
+         "A100-SXM4-40GB sm_80; torch 1.12.1+cu102 has kernels for sm_37, sm_50, sm_60, sm_70 "
+         "(none for this GPU)"),
+        (_with(gpus=H100), None, "torch GPU kernels", "H100 sm_90"),
         (_with(deepspeed={"ok": False, "error": "ModuleNotFoundError: deepspeed"}), None,
-         "deepspeed", "not importable"),
-        (_with(megatron={"ok": False, "error": "ImportError: cannot import name"}), None,
-         "megatron", "ImportError"),
+         "DeeperSpeed", "not importable"),
+        # v1.0's requirements.txt pin: no SLURM runner.
+        (_with(deepspeed={"ok": True, "version": "0.3.15+eb7f5cf", "git_hash": "eb7f5cf"}), None,
+         "DeeperSpeed", "at commit eb7f5cf, expected DeeperSpeed tag v1.0 = 7069d10"),
+        (_with(deepspeed={"ok": True, "version": "0.3.15", "git_hash": "unknown"}), None,
+         "DeeperSpeed", "at commit unknown"),
+        (_with(megatron={"ok": False, "error": "ImportError: cannot import name\nline two"}),
+         None, "megatron", "ImportError: cannot import name line two"),
         (_with(kernels={"scaled_masked_softmax_cuda": {"ok": True}}), None, "fused kernels",
          "not built: scaled_upper_triang_masked_softmax_cuda (python megatron/fused_kernels"),
-        (_with(gpus=[]), None, "GPU architecture", "no GPU (torch sees no CUDA device)"),
-        (_with(gpus=[{"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}]), None,
-         "GPU architecture", "H100 80GB HBM3 sm_90; kernels built for sm_70, sm_80 (no kernel"),
+        (_with(torch={**GOOD_PROBE["torch"], "arch_list": [*TORCH_CU116, "sm_90"]}, gpus=H100),
+         None, "GPU architecture",
+         "H100 sm_90; kernels built for sm_70, sm_80 (no kernel"),
+        (_with(kernels={n: {"ok": True} for n in neox.FUSED_KERNELS}), None,
+         "flash-attn kernel", "not importable: not probed (flash-attn==0.2.2"),
+        # An A10 runs the fused kernels, but not flash-attn's backward at head dim 80/128.
+        (_with(gpus=A10), None, "flash-attn limits",
+         "1.4b (head dim 128) on NVIDIA A10: head dimension 128 > 64: flash-attn 0.2.2's "
+         "backward pass needs sm_80, not sm_86"),
+        (_with(gpus=V100), None, "flash-attn limits",
+         "flash-attn 0.2.2 runs on sm_75 and sm_8x only, not sm_70"),
+        (_with(converter={"ok": False, "error": "TypeError: 'type' object is not subscriptable"}),
+         None, "converter", "does not import: TypeError: 'type' object is not subscriptable "
+         "(envs/gpt-neox.post-deploy.sh patches it"),
     ],
 )  # fmt: skip
 def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, message):
@@ -665,6 +712,33 @@ def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, me
     assert all(c.ok for c in checks[:-1])
     assert (checks[-1].name, checks[-1].ok) == (name, False)
     assert message in checks[-1].detail
+    assert "\n" not in checks[-1].detail  # one line per check
+
+
+def test_doctor_flash_limits_name_a_size_beyond_flash_attns_head_dim(checkout):
+    checks = _doctor(checkout, flash={"1b": 256})
+    assert (checks[-1].name, checks[-1].ok) == ("flash-attn limits", False)
+    assert (
+        "1b (head dim 256) on NVIDIA A100-SXM4-40GB: head dimension 256 > flash-attn 0.2.2's 128"
+        in checks[-1].detail
+    )
+
+
+def test_doctor_says_in_one_line_when_the_probe_does_not_answer(checkout, tmp_path, monkeypatch):
+    slow = tmp_path / "python"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(neox, "PROBE_TIMEOUT_S", 1)
+    checks = neox.neox_doctor(checkout, str(slow), git_head=lambda p: neox.NEOX_V1_COMMIT)
+    assert (checks[-1].name, checks[-1].ok) == ("Python", False)
+    assert checks[-1].detail == f"{slow} did not finish the probe in 1 s"
+
+
+def test_the_suites_flash_sizes_are_within_flash_attns_limits(suite_config):
+    dims = neox.flash_head_dims(suite_config)
+    assert "1b" not in dims  # global attention (config.yaml): head dim 256
+    assert dims == {"70m": 64, "160m": 64, "410m": 64, "1.4b": 128, "2.8b": 80, "6.9b": 128,
+                    "12b": 128}  # fmt: skip
 
 
 def test_doctor_without_a_checkout(tmp_path):
@@ -744,12 +818,18 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     run = cfg.get_run(config, "pythia-0.4m")
     placeholder_training_data(config, run)
     args = [a for f in files for a in ("--config", f)]
+    # Rule neox_index_maps: the data prefix and maps, once per dataset (segments write none).
+    maps = neox.neox_index_maps_dir(config, run.variant, run.data_seed)
+    assert main([*args, "neox-index-maps", "--variant", run.variant, "--seed",
+                 str(run.data_seed), "--output", maps]) == 0  # fmt: skip
+    before = {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()}
     results = config["paths"]["results"]
     ck = {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
     for step in (0, 1, 2):
         assert main([*args, "train-segment", run.name, "--step", str(step),
                      "--output", str(ck[step])]) == 0  # fmt: skip
 
+    assert {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()} == before  # none rewritten
     # One deepy.py per segment that trained; one rank per slot, from the local launcher.
     launches = calls(checkout, "deepy.py")
     assert len(launches) == 2
@@ -829,3 +909,32 @@ def test_sharded_converter_output_is_read_and_a_missing_shard_named(tmp_path):
         load_hf_weights(tmp_path)
     with pytest.raises(ExportError, match="no weights"):
         load_hf_weights(tmp_path / "empty")
+
+
+# --- the DAG under the neox backend ------------------------------------------------------------
+
+
+def _neox_dry_run(tmp_path, **extra):
+    import subprocess
+
+    overlay = tmp_path / "neox.yaml"
+    overlay.write_text(yaml.safe_dump({"training": {"backend": "neox",
+                                                    "neox": {"dir": str(tmp_path / "gpt-neox")}},
+                                       **extra}))  # fmt: skip
+    target = "results/runs/pythia-410m-deduped/checkpoints/step2"
+    argv = [str(Path(sys.executable).with_name("snakemake")), target, "--profile",
+            "profiles/slurm", "-n", "--quiet", "rules", "--configfile", "config.yaml",
+            str(overlay)]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_neox_dag_builds_index_maps_once_per_dataset_and_refuses_what_v1_cannot_run(tmp_path):
+    result = _neox_dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^neox_index_maps\s+1$", result.stdout + result.stderr, re.M)
+    flash_1b = {"sizes": {"1b": {"neox": {"attention-config": [[["flash"], 16]]}}}}
+    result = _neox_dry_run(tmp_path, **flash_1b)
+    assert result.returncode != 0
+    assert "run pythia-1b: attention-config asks for flash, but head dimension 256" in (
+        result.stdout + result.stderr
+    )

@@ -2,6 +2,9 @@
 
 Every multi-rank run trains the tiny GPT-NeoX in fp32 from the same step0 and is compared with
 one uninterrupted single-process run: same losses (rtol 1e-5), same fp32 weights (rtol 1e-5).
+Every layout runs again with the GPU's optimizer (``DeviceChoices.fused_adamw``, torch's fused
+AdamW kernel, which the CPU has too) and matches its unfused run: losses within a relative
+1e-6, weights within rtol 1e-5.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 import torch
 from train_support import (
     TINY_CONFIG,
+    RandomTokens,
     assert_weights_close,
     first_segment,
     read_weights,
@@ -29,6 +33,7 @@ from pythia_suite.train import parallel
 from pythia_suite.train.model import build_model, init_gpt_neox_weights
 
 RTOL = 1e-5
+FUSED_LOSS_RTOL = 1e-6
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,52 +169,154 @@ def test_partitioned_checkpoint_keeps_one_slice_per_tensor_rank():
 # ----------------------------------------------------------------------------- equivalence
 
 
-@pytest.mark.parametrize(
-    "world, settings",
-    [
-        (2, {"tensor_parallel": 2}),
-        (2, {"tensor_parallel": 2, "partition_activations": True}),
-        (4, {"tensor_parallel": 2, "micro_batch": 2}),
-        (2, {"data_parallel": "fsdp", "micro_batch": 2}),
-        (
-            2,
-            {
-                "data_parallel": "fsdp",
-                "micro_batch": 2,
-                "activation_checkpointing": True,
-                "loss_chunk_tokens": 8,
-            },
-        ),
-        (2, {"micro_batch": 2, "activation_checkpointing": True, "loss_chunk_tokens": 8}),
-    ],
-    ids=[
-        "tp2",
-        "tp2-partitioned-checkpoints",
-        "dp2xtp2",
-        "fsdp2",
-        "fsdp2-checkpointed-chunked-loss",
-        "zero1-ddp-checkpointed-chunked-loss",
-    ],
-)
-def test_parallel_layout_matches_one_rank(reference, tmp_path, world, settings):
+LAYOUTS = {
+    "tp2": (2, {"tensor_parallel": 2}),
+    "tp2-partitioned-checkpoints": (2, {"tensor_parallel": 2, "partition_activations": True}),
+    "dp2xtp2": (4, {"tensor_parallel": 2, "micro_batch": 2}),
+    "fsdp2": (2, {"data_parallel": "fsdp", "micro_batch": 2}),
+    "fsdp2-checkpointed-chunked-loss": (
+        2,
+        {
+            "data_parallel": "fsdp",
+            "micro_batch": 2,
+            "activation_checkpointing": True,
+            "loss_chunk_tokens": 8,
+        },
+    ),
+    "zero1-ddp-checkpointed-chunked-loss": (
+        2,
+        {"micro_batch": 2, "activation_checkpointing": True, "loss_chunk_tokens": 8},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def layout_run(reference, tmp_path_factory):
+    """``run(layout, fused)``: the layout's 3-step run from step0 (``step3`` directory), trained
+    on first use and kept for the module (the fused tests compare with the unfused run)."""
+    root, _ = reference
+    done: dict[tuple, Path] = {}
+
+    def run(layout: str, fused: bool) -> Path:
+        if (layout, fused) not in done:
+            world, settings = LAYOUTS[layout]
+            base = tmp_path_factory.mktemp(f"{layout}-{'fused' if fused else 'unfused'}")
+            codes = run_ranks(
+                world,
+                first_segment(root, base / "step3", 3),
+                settings=settings,
+                choices={"fused_adamw": True} if fused else None,
+                log=str(base / "rank0.log"),
+                timeout=240,
+            )
+            assert codes == [0] * world
+            done[layout, fused] = base / "step3"
+        return done[layout, fused]
+
+    return run
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_layout_matches_one_rank(reference, layout_run, layout):
     root, ref_state = reference
-    segment = first_segment(root, tmp_path / "step3", 3)
-    assert run_ranks(world, segment, settings=settings, timeout=240) == [0] * world
-    state = _assert_same_run(tmp_path / "step3", root, ref_state)
+    world, settings = LAYOUTS[layout]
+    out = layout_run(layout, fused=False)
+    assert "unfused AdamW" in (out.parent / "rank0.log").read_text()
+    state = _assert_same_run(out, root, ref_state)
     assert state["world_size"] == world
-    summary = json.loads((tmp_path / "step3" / "segment_summary.json").read_text())
+    summary = json.loads((out / "segment_summary.json").read_text())
     tp = settings.get("tensor_parallel", 1)
     assert (summary["devices"], summary["tensor_parallel"]) == (world, tp)
     assert summary["data_parallel"] == world // tp
     # One copy of every optimizer block, whatever the layout: the blocks tile each parameter.
     shards = [
         torch.load(path, weights_only=True)["state"]
-        for path in sorted((tmp_path / "step3" / "optimizer").iterdir())
+        for path in sorted((out / "optimizer").iterdir())
     ]
-    weights = read_weights(tmp_path / "step3")
+    weights = read_weights(out)
     for name, tensor in weights.items():
         blocks = [shard[name]["exp_avg"] for shard in shards if name in shard]
         assert sum(b.numel() for b in blocks) == tensor.numel(), name
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_layout_with_fused_adamw_matches_unfused(layout_run, layout):
+    """The GPU's optimizer choice in every layout: torch's fused AdamW (one kernel per group of
+    one placement kind, ``parallel.split_by_placement``) against the unfused run."""
+    fused, unfused = layout_run(layout, fused=True), layout_run(layout, fused=False)
+    assert "fused AdamW" in (fused.parent / "rank0.log").read_text()
+    a = json.loads((fused / "trainer_state.json").read_text())
+    b = json.loads((unfused / "trainer_state.json").read_text())
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=FUSED_LOSS_RTOL, atol=0)
+    assert_weights_close(read_weights(fused), read_weights(unfused), rtol=RTOL)
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_fused_adamw_match_one_rank(reference, tmp_path):
+    """The GPU's speed choices together at TP 1: each layer compiled (``compile_layers``) and
+    the fused AdamW, against the 1-rank eager unfused run (slow: inductor compiles the layers)."""
+    root, ref_state = reference
+    segment = first_segment(root, tmp_path / "step3", 3)
+    codes = run_ranks(
+        1, segment, settings={"compile_layers": True}, choices={"fused_adamw": True}, timeout=600
+    )
+    assert codes == [0]
+    _assert_same_run(tmp_path / "step3", root, ref_state)
+
+
+def test_compiled_layers_under_tensor_parallelism_are_refused_before_training(tmp_path):
+    """Compiled layers at TP 2 crashed in the first backward (DTensor's redistribute got a
+    plain-tensor gradient from the compiled layer; torch 2.13, CPU): refused up front, naming
+    both settings, with nothing written."""
+    with pytest.raises(ValueError, match="compile_layers is offered at tensor_parallel 1 only"):
+        train_in_this_process(
+            tiny_settings(compile_layers=True, tensor_parallel=2),
+            start_checkpoint=None,
+            start_step=0,
+            end_step=0,
+            out_dir=tmp_path / "step0",
+        )
+    assert not (tmp_path / "step0").exists()
+
+
+def _fused_step_under_tensor_parallelism(par: parallel.Parallelism) -> dict:
+    """One TP 2 backward and a fused AdamW step, as on a GPU (the loop's groups and optimizer);
+    what the input embedding's gradient holds on this rank."""
+    from torch.distributed.tensor import DTensor
+
+    from pythia_suite.train.optim import build_param_groups
+
+    model = build_model(TINY_CONFIG, empty=True)
+    init_gpt_neox_weights(model, weight_seed=3)
+    parallel.apply_tensor_parallel_once(model, par)
+    groups = build_param_groups(model, 0.1)
+    mixed = [{isinstance(p, DTensor) for p in g["params"]} == {True, False} for g in groups]
+    opt = parallel.build_optimizer(groups, par, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    parallel.shard_gradients_like_parameters(model, par)
+    tokens = torch.from_numpy(RandomTokens().batch(0, 2))
+    with parallel.loss_context(par):
+        logits = model(tokens[:, :-1]).logits
+        parallel.causal_lm_loss(logits, tokens[:, 1:]).backward()
+    grad = model.gpt_neox.embed_in.weight.grad
+    for group in opt.param_groups:
+        group["lr"] = 1e-3
+    opt.step()
+    return {
+        "mixed_groups": mixed,
+        "fused": [g["fused"] for g in opt.param_groups],
+        "embedding_grad": (str(tuple(grad.placements)), tuple(grad.to_local().shape)),
+    }
+
+
+def test_fused_adamw_steps_under_tensor_parallelism_and_the_embedding_gradient_is_sharded():
+    """The no-decay group mixes LayerNorm weights (plain) with sharded biases (DTensors): the
+    fused kernel refuses such a group, so each is split by placement kind. The input
+    embedding's gradient is this rank's vocabulary rows, not the whole matrix."""
+    for result in run_in_ranks(2, _fused_step_under_tensor_parallelism, tensor_parallel=2):
+        assert result["mixed_groups"] == [False, True]  # decay: all DTensors; no decay: mixed
+        assert result["fused"] == [True] * 3
+        vocab, hidden = TINY_CONFIG["vocab_size"], TINY_CONFIG["hidden_size"]
+        assert result["embedding_grad"] == ("(Shard(dim=0),)", (vocab // 2, hidden))
 
 
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)], ids=["tp2-to-tp1", "tp1-to-tp2"])

@@ -236,6 +236,31 @@ def test_rotary_runs_in_the_compute_dtype_under_autocast_only():
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)
 
 
+def test_device_choices_come_from_the_device_once_and_the_cpu_can_set_fused_adamw():
+    from pythia_suite.train.device import device_choices
+
+    gpu = torch.device("cuda", 1)
+    cuda = device_choices(gpu)
+    assert (cuda.fused_adamw, cuda.pin_memory, cuda.bind_device, cuda.gpu_summary) == (True,) * 4
+    assert (cuda.backend, cuda.ddp_device_ids) == ("nccl", (gpu,))
+    assert cuda.fp16_compute and cuda.expects_flash_attention
+    cpu = device_choices("cpu")
+    assert (cpu.fused_adamw, cpu.pin_memory, cpu.bind_device, cpu.gpu_summary) == (False,) * 4
+    assert (cpu.backend, cpu.ddp_device_ids) == ("gloo", None)
+    assert not cpu.fp16_compute and not cpu.expects_flash_attention
+    with pytest.raises(TypeError, match="fused"):
+        device_choices("cpu", fused=True)
+    # The choice reaches the optimizer the loop builds: fused on request, else torch's default.
+    settings = tiny_settings()
+    model = prepare_model(TINY_CONFIG, settings, CPU)
+    init_gpt_neox_weights(model, weight_seed=1234)
+    fused = init_train_state(
+        model, settings, SINGLE, CPU, choices=device_choices(CPU, fused_adamw=True)
+    )
+    assert all(g["fused"] is True for g in fused.optimizer.param_groups)
+    assert all(g["fused"] is None for g in _fresh_state().optimizer.param_groups)
+
+
 def test_fused_adamw_is_the_same_update():
     from pythia_suite.train.optim import build_optimizer
 
@@ -455,6 +480,7 @@ def test_step0_summary_has_no_steps(tmp_path):
 
 def test_mfu_uses_the_gpu_peak_on_cuda_only():
     """The CUDA branch's arithmetic, with a CPU state dressed as a CUDA one."""
+    from pythia_suite.train.device import device_choices
     from pythia_suite.train.loop import Progress, RunInfo, Segment, segment_summary
 
     state = _fresh_state()
@@ -470,6 +496,7 @@ def test_mfu_uses_the_gpu_peak_on_cuda_only():
     cpu = segment_summary(seg, state, ["h"])
     assert cpu["mfu"] is None and cpu["peak_tflops"] is None
     state.device = torch.device("cuda", 0)
+    state.choices = device_choices(state.device)  # every GPU choice on, as on CUDA
     real_name = torch.cuda.get_device_name
     torch.cuda.get_device_name = lambda device=None: "Test GPU"
     try:

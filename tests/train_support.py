@@ -92,16 +92,32 @@ def first_segment(root: Path, out_dir: Path, end_step: int, state_dir: Path | No
     return segment
 
 
-def train_in_this_process(settings, **segment) -> dict:
+def cpu_choices(choices: dict | None = None):
+    """The CPU's ``DeviceChoices`` with ``choices`` (GPU choices a CPU runs, e.g.
+    ``{"fused_adamw": True}``) set."""
+    from pythia_suite.train.device import device_choices
+
+    return device_choices(torch.device("cpu"), **(choices or {}))
+
+
+def train_in_this_process(settings, *, choices: dict | None = None, **segment) -> dict:
     """``train_segment`` in the test process on one thread (as each rank process runs: the same
-    summation order, bit for bit); ``segment`` holds its step, checkpoint and log arguments."""
+    summation order, bit for bit); ``segment`` holds its step, checkpoint and log arguments,
+    ``choices`` the device choices to set (``cpu_choices``)."""
     from pythia_suite.train.loop import train_segment
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         segment.setdefault("log", io.StringIO())
-        return train_segment(TINY_CONFIG, settings, RandomTokens(), **segment)
+        return train_segment(
+            TINY_CONFIG,
+            settings,
+            RandomTokens(),
+            device="cpu",
+            choices=cpu_choices(choices),
+            **segment,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -110,19 +126,28 @@ def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / "model.safetensors"))
 
 
-def assert_weights_close(a: dict, b: dict, *, rtol: float = 1e-4, atol: float = 1e-6) -> None:
-    """Compare two checkpoints' tensors, leaving out the attention key biases.
+def comparable(key: str, tensor: torch.Tensor, config: dict = TINY_CONFIG) -> torch.Tensor:
+    """``tensor`` without the non-rotary part of the attention key biases (others: as is).
 
-    A key bias adds the same ``q . b_k`` to every score of a query, so softmax ignores it and its
-    true gradient is 0: what it gets is rounding noise, which Adam normalises into full-size
-    steps of either sign. It differs between any two summation orders and carries no signal.
+    Without rotation a key bias adds the same ``q . b_k`` to every score of a query, so softmax
+    ignores it and its true gradient is 0: what those components get is rounding noise, which
+    Adam normalises into full-size steps of either sign, different for any two summation
+    orders. The rotary part (the first ``rotary_pct`` of each head) is rotated by the key's
+    position, changes the scores, and is compared like every other weight. ``config``: the
+    model's (heads and rotary_pct).
     """
-    heads = TINY_CONFIG["num_attention_heads"]
+    if not key.endswith("query_key_value.bias"):
+        return tensor
+    per_head = tensor.view(config["num_attention_heads"], 3, -1)  # q, k, v of each head
+    rotary = int(per_head.shape[-1] * config["rotary_pct"])
+    return torch.cat([per_head[:, 0], per_head[:, 1, :rotary], per_head[:, 2]], dim=-1)
+
+
+def assert_weights_close(a: dict, b: dict, *, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+    """Compare two checkpoints' tensors, leaving out the non-rotary key biases (``comparable``)."""
     assert a.keys() == b.keys()
     for key in a:
-        x, y = a[key], b[key]
-        if key.endswith("query_key_value.bias"):
-            x, y = x.view(heads, 3, -1)[:, [0, 2]], y.view(heads, 3, -1)[:, [0, 2]]
+        x, y = comparable(key, a[key]), comparable(key, b[key])
         torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
 
 
@@ -168,6 +193,8 @@ def _worker(spec: dict) -> None:
             RandomTokens(),
             hook=hook,
             log=spec.get("log"),
+            device="cpu",
+            choices=cpu_choices(spec.get("choices")),
             **spec["segment"],
         )
     except BaseException:
@@ -176,9 +203,17 @@ def _worker(spec: dict) -> None:
 
 
 def run_ranks(
-    world_size: int, segment: dict, *, settings=None, fault=None, timeout=120, log=None
+    world_size: int,
+    segment: dict,
+    *,
+    settings=None,
+    choices=None,
+    fault=None,
+    timeout=120,
+    log=None,
 ) -> list[int]:
-    """Run ``train_segment`` as ``world_size`` rank processes (torchrun-style environment).
+    """Run ``train_segment`` as ``world_size`` rank processes (torchrun-style environment),
+    with the CPU's device choices and ``choices`` set (``cpu_choices``).
 
     Returns the exit codes (negative: killed by that signal). Kills leftovers on timeout.
     """
@@ -197,6 +232,7 @@ def run_ranks(
             "environ": environ,
             "segment": segment,
             "settings": settings or {},
+            "choices": choices,
             "fault": fault,
             "log": log,
         }

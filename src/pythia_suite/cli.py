@@ -62,37 +62,11 @@ def _run_table(config: dict) -> list[dict]:
     return [_run_row(config, run) for run in cfg.expand_runs(config).values()]
 
 
-def _training_data_paths(config: dict, run: cfg.Run) -> list[Path]:
-    """The recorded artifacts a run's token stream comes from (for provenance): the dataset's
-    .bin (its record covers the .idx and the shards) and the index maps, or the preshuffled set."""
-    results = _results(config)
-    if config["data"]["source"] == "preshuffled":
-        return [Path(layout.preshuffled_prefix(results, run.variant) + ".bin")]
-    return [
-        Path(layout.dataset_prefix(results, run.variant) + ".bin"),
-        Path(layout.order_dir(results, run.variant, run.data_seed)),
-    ]
+def _training_data(config: dict, run: cfg.Run):
+    """What the run reads, under every data.source (pythia_suite.data.source)."""
+    from pythia_suite.data.source import training_data
 
-
-def _training_samples(config: dict, run: cfg.Run):
-    """The run's token stream: GPT-NeoX order over the dataset, or the preshuffled set."""
-    results = _results(config)
-    seq_length = config["model"]["seq_length"]
-    if config["data"]["source"] == "preshuffled":
-        from pythia_suite.data.preshuffled import PreshuffledSamples
-
-        return PreshuffledSamples(
-            layout.preshuffled_prefix(results, run.variant), seq_length=seq_length
-        )
-    from pythia_suite.data.order import GPTNeoXSamples
-
-    return GPTNeoXSamples(
-        layout.dataset_prefix(results, run.variant),
-        layout.order_dir(results, run.variant, run.data_seed),
-        cfg.num_samples(config),
-        seq_length,
-        run.data_seed,
-    )
+    return training_data(config, run)
 
 
 # ----------------------------------------------------------------------------- suite commands
@@ -108,7 +82,8 @@ def cmd_neox_config(config: dict, args) -> None:
 
     run = cfg.get_run(config, args.run)
     prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
-    sys.stdout.write(_dump_yaml(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+    # Plain JSON (also YAML): DeeperSpeed v1.0's SLURM runner json.loads every config file.
+    sys.stdout.write(neox.neox_json(neox.run_neox_config(config, run, dataset_prefix=prefix)))
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
@@ -116,13 +91,25 @@ def cmd_neox_doctor(config: dict, args) -> None:
     from pythia_suite.train import neox
 
     settings = config["training"]["neox"]
-    checks = neox.neox_doctor(args.neox_dir or settings["dir"], args.python or settings["python"])
+    checks = neox.neox_doctor(
+        args.neox_dir or settings["dir"],
+        args.python or settings["python"],
+        flash_head_dims=neox.flash_head_dims(config),
+    )
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     failed = [check for check in checks if not check.ok]
     if failed:
         raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
     print("GPT-NeoX v1.0 can launch here")
+
+
+def cmd_neox_index_maps(config: dict, args) -> None:
+    """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
+    from pythia_suite.train import neox
+
+    run = neox.run_of_dataset(config, args.variant, args.seed)
+    print(neox.build_neox_index_maps(config, run, args.output))
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -357,7 +344,13 @@ def cmd_tokenize(config: dict, args) -> None:
         config["data"]["tokenizer"],
         [Path(args.shard), Path(args.tokenizer)],
     )
-    stats = tokenize_shard(args.shard, args.tokenizer, args.output_prefix, workers=args.workers)
+    stats = tokenize_shard(
+        args.shard,
+        args.tokenizer,
+        args.output_prefix,
+        workers=args.workers,
+        documents_out=args.documents,
+    )
     recorder.extra = stats
     recorder.write()
 
@@ -386,6 +379,121 @@ def cmd_build_order(config: dict, args) -> None:
     recorder.write()
 
 
+def cmd_document_table(config: dict, args) -> None:
+    """The document table of a variant's dataset (data.documents), from its shards' tables."""
+    from pythia_suite.data.documents import build_document_table
+    from pythia_suite.data.order import read_sizes
+
+    out = Path(args.output)
+    inputs = [Path(args.dataset_prefix + ".bin"), *(Path(t) for t in args.tables)]
+    recorder = Recorder(out, "document-table", {}, inputs)
+    with atomic_directory(out) as tmp:
+        recorder.extra = build_document_table(
+            args.tables,
+            range(len(args.tables)),  # in data.raw.shards order: shard id = index
+            read_sizes(args.dataset_prefix),
+            tmp,
+            standard=args.standard,
+        )
+    recorder.write()
+
+
+def cmd_build_lens(config: dict, args) -> None:
+    """The data lens of one (variant, data seed) order (data.lens)."""
+    from pythia_suite.data import lens
+    from pythia_suite.data.order import index_map_paths, read_sizes
+
+    seq_length = config["model"]["seq_length"]
+    order = index_map_paths(
+        args.dataset_prefix, args.order, cfg.num_samples(config), seq_length, args.seed
+    )
+    subsets, codes = None, None
+    if args.documents:
+        from pythia_suite.data.documents import DocumentTable
+
+        table = DocumentTable(args.documents)
+        subsets, codes = table.subsets, table.subset
+    out = Path(args.output)
+    meta = {
+        "variant": args.variant,
+        "seed": args.seed,
+        "source": config["data"]["source"],
+        "subsets": subsets,
+        "checkpoint_steps": cfg.checkpoint_steps(config),
+    }
+    inputs = [Path(args.dataset_prefix + ".bin"), Path(args.order)]
+    recorder = Recorder(
+        out, "data-lens", meta, inputs + ([Path(args.documents)] if codes is not None else [])
+    )
+    timings: dict = {}
+    with atomic_directory(out) as tmp:
+        lens.build_lens(
+            read_sizes(args.dataset_prefix),
+            order,
+            tmp,
+            global_batch=config["training"]["global_batch"],
+            train_iters=config["training"]["train_iters"],
+            seq_length=seq_length,
+            meta=meta,
+            subset_codes=codes,
+            num_subsets=len(subsets or [None]),
+            timings=timings,
+        )
+    recorder.extra = {"seconds": timings}
+    recorder.write()
+
+
+def _run_lens(config: dict, run: cfg.Run, data):
+    """A run's lens with its dataset and order (``data``: its ``TrainingData``, with documents)."""
+    from pythia_suite.data.lens import open_run_lens
+    from pythia_suite.data.order import index_map_paths
+
+    results = _results(config)
+    order = index_map_paths(
+        data.dataset_prefix, data.order_dir, data.num_samples, data.seq_length, data.data_seed
+    )
+    return open_run_lens(
+        layout.lens_dir(results, run.variant, run.data_seed),
+        data.dataset_prefix,
+        order,
+        layout.document_table(results, run.variant),
+    )
+
+
+def cmd_lens(config: dict, args) -> None:
+    """What a run's training steps and checkpoints read: documents, subsets, repetition."""
+    from pythia_suite.data import lens
+
+    run = cfg.get_run(config, args.run)
+    data = _training_data(config, run)
+    if not data.has_documents:  # preshuffled: samples, not documents
+        if args.step is None:
+            raise cfg.ConfigError(f"{run.name}: {lens.NEEDS_DOCUMENT_IDENTITY}")
+        last = config["training"]["train_iters"] - 1
+        if not 0 <= args.step <= last:
+            raise cfg.ConfigError(f"--step {args.step}: training runs steps 0 .. {last}")
+        batch = data.samples().batch(args.step, config["training"]["global_batch"])
+        parts = [lens.split_at_end_of_document(row) for row in batch]
+        if args.json:
+            note = lens.NEEDS_DOCUMENT_IDENTITY
+            print(json.dumps({"run": run.name, "step": args.step, "samples": parts, "note": note}))
+        else:
+            print(lens.format_preshuffled_step(args.step, parts))
+        return
+    opened = _run_lens(config, run, data)
+    if args.step is not None:
+        result = opened.step(args.step)
+        text = lens.format_step(args.step, result) if not args.json else None
+    elif args.checkpoints:
+        result = opened.lens.meta
+        text = lens.format_checkpoints(result) if not args.json else None
+    else:
+        result = opened.document(args.document)
+        info = opened.documents.row(args.document) if opened.documents is not None else None
+        text = lens.format_document(args.document, result, info) if not args.json else None
+    print(json.dumps({"run": run.name, "result": result}) if args.json else text)
+
+
 def cmd_fetch_preshuffled(config: dict, args) -> None:
     """Download Pythia's preshuffled set of a variant, verify it, and merge its shards."""
     from pythia_suite.data import preshuffled
@@ -406,6 +514,53 @@ def cmd_fetch_preshuffled(config: dict, args) -> None:
     Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
+def cmd_fetch_idxmaps(config: dict, args) -> None:
+    """Fetch one file of a variant's pre-tokenized Pile (resumable), checked against its
+    configured sha256; an unknown one is recorded at first use."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.data.shards import fetch_shard
+    from pythia_suite.data.source import idxmaps_entry
+
+    entry = idxmaps_entry(config, args.variant)
+    if args.name not in idxmaps.shard_names(entry):
+        raise cfg.ConfigError(
+            f"data.idxmaps.{args.variant}: {args.name!r} is not one of its files "
+            f"(stem {entry['stem']!r}, {entry['shards']} shards)"
+        )
+    settings = config["data"]["idxmaps"]
+    source = idxmaps.file_source(entry, args.name, settings["revision"], settings["hub_url"])
+    expected = entry["sha256"].get(args.name)
+    local = [Path(source)] if entry.get("path") else []
+    settings_record = {"file": args.name, "sha256": expected}
+    recorder = Recorder(Path(args.output), "idxmaps-file", settings_record, local)
+    sha = fetch_shard(source, args.output, sha256=expected)
+    if not expected:
+        _say(f"data.idxmaps.{args.variant}.sha256.{args.name}: none; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": expected}
+    recorder.write()
+
+
+def cmd_unshard_idxmaps(config: dict, args) -> None:
+    """Unshard a variant's fetched pre-tokenized Pile into its dataset (checked as
+    idxmaps.unshard says; the unsharded .bin against data.idxmaps.<variant>.bin_sha256)."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.data.source import idxmaps_entry
+
+    entry = idxmaps_entry(config, args.variant)
+    names = idxmaps.shard_names(entry)
+    given = {Path(p).name: Path(p) for p in args.files}
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise cfg.ConfigError(f"data.idxmaps.{args.variant}: file {missing[0]} not given")
+    files = [given[name] for name in names]
+    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", dict(entry), files)
+    recorder.extra = idxmaps.unshard(
+        files[:-1], files[-1], args.output_prefix, bin_sha256=entry.get("bin_sha256")
+    )
+    recorder.extra["bin_sha256_configured"] = entry.get("bin_sha256")
+    recorder.write()
+
+
 def cmd_batch(config: dict, args) -> None:
     import numpy as np
 
@@ -415,8 +570,8 @@ def cmd_batch(config: dict, args) -> None:
         raise cfg.ConfigError(
             f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
         )
-    needed = [*_training_data_paths(config, run)]
-    needed.insert(1, needed[0].with_suffix(".idx"))
+    data = _training_data(config, run)
+    needed = [Path(p) for p in data.workflow_inputs()]
     if args.decode:
         needed.append(Path(layout.tokenizer(_results(config))))
     missing = [str(p) for p in needed if not p.exists()]
@@ -425,7 +580,7 @@ def cmd_batch(config: dict, args) -> None:
             f"{', '.join(missing)}: not built yet; `snakemake {' '.join(missing)}` (with the "
             "suite's --profile/--configfile) builds them"
         )
-    samples = _training_samples(config, run)
+    samples = data.samples()
     tokens = samples.batch(args.step, config["training"]["global_batch"])
     if args.output:
         out = Path(args.output)
@@ -480,7 +635,7 @@ def cmd_train_segment(config: dict, args) -> None:
     if args.step > 0 and not args.resume_from:
         args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
     inputs = [Path(args.resume_from)] if args.resume_from else []
-    inputs += _training_data_paths(config, run)
+    inputs += _training_data(config, run).recorded_inputs()
     if config["training"]["backend"] == "neox":
         from pythia_suite.train import neox
 
@@ -500,7 +655,7 @@ def cmd_train_segment(config: dict, args) -> None:
         state = train_segment(
             cfg.hf_config(config, run),
             settings,
-            _training_samples(config, run),
+            _training_data(config, run).samples(),
             start_checkpoint=args.resume_from,
             start_step=start_step,
             end_step=args.step,
@@ -689,10 +844,15 @@ def cmd_model_card(config: dict, args) -> None:
         receipts,
         tokenizer_file=layout.tokenizer(results),
         cache_dir=layout.local_hub(results),
-        dataset_prefix=str(_training_data_paths(config, run)[0].with_suffix("")),
+        dataset_prefix=_training_data(config, run).dataset_prefix,
         dedup_report=layout.dedup_report(results) if run.dedup else None,
         chance=chance_levels(layout.eval_tasks_dir(results)),
     )
+    lens_dir = Path(layout.lens_dir(results, run.variant, run.data_seed))
+    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
+        from pythia_suite.data.lens import data_facts
+
+        info["data_facts"] = data_facts(lens_dir)
     points = load_eval_points({run.name: _pythia_result_files(args.evals)})
     labels = metric_labels(points)  # identical metrics on one row: "acc = acc_norm"
     table: dict[str, dict[str, float]] = {}
@@ -706,9 +866,11 @@ def cmd_model_card(config: dict, args) -> None:
     out = Path(args.output)
     write_text_atomic(out, render_model_card(info, table or None))
     inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
-    inputs += [p for p in _training_data_paths(config, run)[:1] if p.exists()]
+    inputs.append(Path(_training_data(config, run).dataset_prefix + ".bin"))
     if run.dedup and Path(layout.dedup_report(results)).exists():
         inputs.append(Path(layout.dedup_report(results)))
+    if "data_facts" in info:
+        inputs.append(lens_dir)
     Recorder(out, "model-card", info, inputs).write()
     if config["publish"]["local_hub"]:
         _publish_card_locally(config, run, out)
@@ -905,10 +1067,16 @@ def cmd_report(config: dict, args) -> None:
     chance = (
         chance_levels(layout.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
     )
-    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs]
+    lenses = {}  # the data lens of each order, for the data-composition figure
+    if config["data"]["source"] != "preshuffled":
+        for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
+            lens_dir = Path(layout.lens_dir(results, variant, seed))
+            if (lens_dir / "lens.json").is_file():
+                lenses[f"{variant}, data seed {seed}"] = lens_dir
+    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
     recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
     with atomic_directory(out) as tmp:
-        build_report(runs, eval_jsons, trainer_states, tmp, chance)
+        build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
     recorder.write()
 
 
@@ -970,6 +1138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
     p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
     p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
+    p = add(
+        "neox-index-maps",
+        cmd_neox_index_maps,
+        "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)",
+    )
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seed", type=int, required=True, help="the data seed")
+    p.add_argument("--output", required=True, help="the directory to build")
     p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
     p.add_argument("run")
     p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
@@ -1040,6 +1216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--documents", help="also write the shard's document table (.documents.npz)")
     p = add("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order")
     p.add_argument("prefixes", nargs="+")
     p.add_argument("--output-prefix", required=True)
@@ -1047,8 +1224,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-prefix", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--output", required=True)
+    p = add("document-table", cmd_document_table, "a dataset's document table (shard, subset)")
+    p.add_argument("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order")
+    p.add_argument("--dataset-prefix", required=True)
+    p.add_argument("--standard", help="deduped: the standard table, to join on document text")
+    p.add_argument("--output", required=True)
+    p = add("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--dataset-prefix", required=True)
+    p.add_argument("--order", required=True, help="the order's directory of index maps")
+    p.add_argument("--documents", help="the dataset's document table (subset labels)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p = add("lens", cmd_lens, "which documents a run's steps and checkpoints read")
+    p.add_argument("run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--step", type=int, help="the documents of each sample of step N")
+    which.add_argument("--checkpoints", action="store_true", help="the cumulative table")
+    which.add_argument("--document", type=int, metavar="ID", help="every step holding it")
+    p.add_argument("--json", action="store_true")
     p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
     p.add_argument("variant")
+    p.add_argument("--output-prefix", required=True)
+    p = add("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file")
+    p.add_argument("variant")
+    p.add_argument("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx")
+    p.add_argument("--output", required=True)
+    p = add("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant")
+    p.add_argument("variant")
+    p.add_argument("--files", nargs="+", required=True, help="its shards and .idx")
     p.add_argument("--output-prefix", required=True)
     p = add("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run")
     p.add_argument("run")
@@ -1163,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-memory",
         "verify",
         "compare-reference",
+        "lens",
     ):
         _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
     return 0

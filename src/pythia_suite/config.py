@@ -218,6 +218,13 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
                 f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
             )
+        if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
+            # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
+            # it too); refused here so that no segment job is queued for it.
+            raise ConfigError(
+                f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
+                f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
+            )
         if size["min_lr"] > size["lr"]:
             raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
         precision = size["precision"]
@@ -246,8 +253,7 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: evaluation.{key}: step {missing[0]} is not a checkpoint step "
                 "(training.checkpoints)"
             )
-    if config["data"]["source"] == "raw" and not config["data"]["raw"]["shards"]:
-        raise ConfigError(f"{source}: data.raw.shards: data.source is 'raw' but no shard is listed")
+    _check_training_data(config, source)
     if config["evaluation"]["local_tasks"] and not config["data"]["raw"]["heldout"]:
         raise ConfigError(
             f"{source}: data.raw.heldout: evaluation.local_tasks needs a held-out shard"
@@ -436,16 +442,24 @@ def run_config_hash(config: dict, run: Run) -> str:
 
 
 def data_fingerprint_subset(config: dict, run: Run) -> dict:
-    """The part of the config that determines a run's token stream."""
-    data = config["data"]
-    subset = {"source": data["source"], "tokenizer": data["tokenizer"], "seed": run.data_seed}
-    if data["source"] == "preshuffled":
-        subset["repo"] = data["preshuffled"].get(run.variant)
-    else:
-        subset["shards"] = data["raw"]["shards"]
-        if run.dedup:
-            subset["dedup"] = data["dedup"]
-    return subset
+    """The part of the config that determines a run's token stream (data.source.training_data)."""
+    from pythia_suite.data.source import training_data
+
+    return training_data(config, run).fingerprint
+
+
+def _check_training_data(config: dict, source: str) -> None:
+    """Every run's data can be given: its variant has a set under data.source, and its data
+    seed is one the source and the backend can give (data.source.check_data_seed). Raises
+    ConfigError naming the run or key, before anything is planned or queued."""
+    from pythia_suite.data.source import check_data_seed, training_data
+
+    for run in expand_runs(config).values():
+        try:
+            training_data(config, run)
+            check_data_seed(config, run)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- derived configs
@@ -541,7 +555,18 @@ def neox_config(config: dict, run: Run, dataset_prefix: str | None = None) -> di
             "min_loss_scale": scaler["min_scale"],
         }
     elif mode == "bf16":
-        out["bf16"] = {"enabled": True}
+        # GPT-NeoX v1.0 has no `bf16` key (NeoXArgs(**config) raises TypeError): its
+        # configs/bf16_125M.yml spells bf16 as the fp16 block, type bfloat16, all-reduce in fp32.
+        out["fp16"] = {
+            "enabled": True,
+            "type": "bfloat16",
+            "loss_scale": 0,
+            "loss_scale_window": scaler["window"],
+            "initial_scale_power": scaler["initial_scale_power"],
+            "hysteresis": scaler["hysteresis"],
+            "min_loss_scale": scaler["min_scale"],
+        }
+        out["fp32_allreduce"] = True
     out = deep_merge(out, config["neox"])
     out = deep_merge(out, size.get("neox", {}))
     # A null in a size's `neox` removes the key: that size's original relied on the default.

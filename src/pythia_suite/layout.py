@@ -49,8 +49,28 @@ def order_dir(results: str, variant: str, data_seed: int | str) -> str:
     return f"{results}/data/order/{variant}/seed{data_seed}"
 
 
+def document_table(results: str, variant: str) -> str:
+    """A dataset's document table (pythia_suite.data.documents), raw source."""
+    return f"{results}/data/datasets/{variant}/documents"
+
+
+def shard_document_table(results: str, variant: str, shard: str) -> str:
+    """One tokenized shard's document table, written by tokenization."""
+    return f"{tokenized_prefix(results, variant, shard)}.documents.npz"
+
+
+def lens_dir(results: str, variant: str, data_seed: int | str) -> str:
+    """The data lens of one order (pythia_suite.data.lens)."""
+    return f"{results}/data/lens/{variant}/seed{data_seed}"
+
+
 def preshuffled_prefix(results: str, variant: str) -> str:
     return f"{results}/data/preshuffled/{variant}/document"
+
+
+def idxmaps_file(results: str, variant: str, name: str) -> str:
+    """One fetched file (shard or .idx) of a variant's pre-tokenized Pile (data.idxmaps)."""
+    return f"{results}/data/idxmaps/{variant}/{name}"
 
 
 def eval_tasks_dir(results: str) -> str:

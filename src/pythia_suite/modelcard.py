@@ -31,6 +31,7 @@ key                       required  meaning
 ``verification``          no        the sentence saying how branches were verified; only
                                     given when every receipt records a matching comparison
 ``precision``             no        e.g. ``"fp16"``
+``deviations``            no        how training departed from Pythia's config (list of str)
 ``seed``                  no        data / init seed
 ``tokenizer``             no        tokenizer description (omitted when not given)
 ``results_label``         no        what ``results`` are, e.g. ``"Zero-shot results of step3000"``
@@ -236,6 +237,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
     data_text = run.get("data_description") or f"{name} was trained on `{dataset}`."
     if run.get("tokenizer"):
         data_text += f" Tokenizer: {run['tokenizer']}."
+    if run.get("data_facts"):  # from the run's data lens (pythia_suite.data.lens.data_facts)
+        data_text += "\n\n" + "\n".join(f"- {fact}." for fact in run["data_facts"])
     style = run.get("lr_decay_style")
     schedule = "linear warmup"
     if run.get("warmup") is not None:
@@ -255,6 +258,8 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         training.append(f"- {run['optimizer']}.")
     if run.get("precision"):
         training.append(f"- Precision: {run['precision']}.")
+    for deviation in run.get("deviations") or []:
+        training.append(f"- Deviation from Pythia's training config: {deviation}.")
     if run.get("seed") is not None:
         training.append(f"- Seed: {run['seed']}.")
 
@@ -332,26 +337,22 @@ print(tokenizer.decode(tokens[0]))
 
 
 def _data_facts(
-    config: Mapping[str, Any],
-    variant: str,
-    dedup: bool,
-    dedup_report: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any], run, dedup_report: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Dataset id, description and whether it is a Hub dataset, from the data config and the
-    corpus's own record (a ``manifest.json`` beside the shards, when it ships one); on a
-    deduplicated run with the dedup report, the documents left and removed, per source."""
+    """Dataset id, description and whether it is a Hub dataset, from the run's training data
+    (data.source.training_data) and, for raw shards, the corpus's own record (a
+    ``manifest.json`` beside the shards, when it ships one); on a deduplicated run with the
+    dedup report, the documents left and removed, per source."""
+    from pythia_suite.data.source import training_data
+
     data = config["data"]
-    if data["source"] == "preshuffled":
-        repo = data["preshuffled"][variant]
+    dedup = run.dedup
+    tokens = training_data(config, run)
+    if tokens.description is not None:
         return {
-            "dataset": repo,
-            "hub_dataset": True,
-            "data_description": (
-                f"Trained on Pythia's published token order, `{repo}` (revision "
-                f"`{data['preshuffled']['revision']}`): already tokenized and shuffled, "
-                "consumed in its stored order, so every size sees the same data in the same "
-                "order."
-            ),
+            "dataset": tokens.hub_repo or tokens.dataset_prefix,
+            "hub_dataset": tokens.hub_repo is not None,
+            "data_description": tokens.description,
         }
     shards = [entry.get("path") or entry.get("url") for entry in data["raw"]["shards"]]
     text = f"Trained on the Pile-format shards {', '.join(f'`{s}`' for s in shards)}"
@@ -475,6 +476,15 @@ def verification_sentence(receipts: Mapping[str, Mapping[str, Any]]) -> str | No
     )
 
 
+def _deviations(config: Mapping[str, Any], run) -> list[str]:
+    """What the run's trainer changed in Pythia's config (GPT-NeoX backend: neox.run_deviations)."""
+    if config["training"]["backend"] != "neox":
+        return []
+    from pythia_suite.train import neox
+
+    return neox.run_deviations(config, run)
+
+
 def card_facts(
     config: Mapping[str, Any],
     run_name: str,
@@ -504,7 +514,7 @@ def card_facts(
     if dedup_report and Path(dedup_report).is_file():
         report = json.loads(Path(dedup_report).read_text(encoding="utf-8"))
     return {
-        **_data_facts(config, run.variant, run.dedup, report),
+        **_data_facts(config, run, report),
         "epoch_tokens": _dataset_tokens(dataset_prefix),
         "published_dtype": config["publish"]["dtype"],
         "chance": dict(chance or {}),
@@ -526,6 +536,7 @@ def card_facts(
         "tokens": cfg.total_tokens(dict(config)),
         "steps": steps,
         "precision": cfg.precision(dict(config), run),
+        "deviations": _deviations(config, run),
         "tokenizer": _tokenizer_fact(config, tokenizer_file),
         "architecture": _architecture_facts(config["model"]),
         "optimizer": (

@@ -474,6 +474,54 @@ def plot_loss_curves(
 # ---------------------------------------------------------------------------------------------
 
 
+def plot_data_composition(
+    lenses: Mapping[str, str | os.PathLike], out: Path, max_points: int = 2000
+) -> tuple[Path, list[str]]:
+    """``data_composition.png``: per order (label -> lens directory, side by side), the
+    cumulative share of tokens per Pile subset (top) and of first-seen against repeated tokens
+    (bottom) against the step; plus one summary line per order for the report."""
+    import numpy as np
+
+    from pythia_suite.data.lens import STEP_COLUMNS, load_lens
+
+    plt = _pyplot()
+    labels = sorted(lenses)
+    fig, axes = plt.subplots(2, len(labels), figsize=(5.2 * len(labels), 6.4), squeeze=False)
+    lines = []
+    for k, label in enumerate(labels):
+        lens = load_lens(lenses[label])
+        steps = np.asarray(lens.steps)
+        every = max(1, len(steps) // max_points)
+        x = np.arange(1, len(steps) + 1)[::every]  # checkpoint N: steps 0 .. N-1
+        tokens = np.cumsum(steps[:, STEP_COLUMNS.index("tokens")])[::every].astype(float)
+        subsets = np.cumsum(np.asarray(lens.subset_tokens), axis=0)[::every] / tokens[:, None]
+        names = lens.meta.get("subsets") or ["(no subset labels)"]
+        top, bottom = axes[0][k], axes[1][k]
+        top.stackplot(x, subsets.T, labels=names)
+        top.set_title(label)
+        top.set_ylabel("share of tokens seen")
+        top.set_ylim(0, 1)
+        top.legend(fontsize=6, loc="lower right")
+        repeated = np.cumsum(steps[:, STEP_COLUMNS.index("repeated_tokens")])[::every] / tokens
+        bottom.stackplot(
+            x, 1 - repeated, repeated, labels=["first-seen documents", "repeated documents"]
+        )
+        bottom.set_ylim(0, 1)
+        bottom.set_xlabel("step")
+        bottom.set_ylabel("share of tokens seen")
+        bottom.legend(fontsize=7, loc="lower right")
+        first = lens.meta["first_repeated_step"]
+        lines.append(
+            f"- {label}: {lens.meta['epochs']} epoch(s) in doc_idx; "
+            + (f"documents repeat from step {first}" if first is not None else "no repeats")
+            + f"; {repeated[-1]:.1%} of all tokens read come from repeated documents"
+        )
+    fig.tight_layout()
+    path = _save_figure(fig, out / "data_composition.png")
+    plt.close(fig)
+    return path, lines
+
+
 def final_results(
     points: Sequence[EvalPoint], runs: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -662,8 +710,12 @@ def build_report(
     trainer_states: Mapping[str, Iterable[str | os.PathLike]],
     out_dir: str | os.PathLike,
     chance: Mapping[str, Mapping[str, float]] | None = None,
+    lenses: Mapping[str, str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Build the report in ``out_dir`` from explicit inputs (see the module docstring).
+
+    ``lenses`` (label -> data lens directory, one per order) adds the data-composition figure
+    and section.
 
     ``chance`` (task -> metric -> chance level, e.g. from the local tasks' manifest) adds the
     headline section (accuracy against chance, first step above it) and a chance line to the
@@ -715,6 +767,12 @@ def build_report(
     _write_text(out / "spikes.csv", buffer.getvalue())
 
     report = _report_markdown(table, rows, fp_summary, spikes, eval_plots, loss_plots, headline)
+    if lenses:
+        figure, lines = plot_data_composition(lenses, out)
+        report += (
+            "\n## Data seen\n\nCumulative composition of the tokens each order has read "
+            f"(the data lens): [{figure.name}]({figure.name}).\n\n" + "\n".join(lines) + "\n"
+        )
     _write_text(out / "report.md", report)
     return {
         "report": out / "report.md",

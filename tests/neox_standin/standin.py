@@ -92,9 +92,9 @@ def tiny_model(config: dict, vocab_size: int, step: int):
 
     torch.manual_seed(get(config, "seed", 1234) * 100003 + step)
     model = GPTNeoXForCausalLM(hf_config(config, vocab_size)).float().eval()
-    with torch.no_grad():  # LayerNorms start at 1/0: give them values a mix-up would show
-        for name, param in model.named_parameters():
-            if "layernorm" in name or "layer_norm" in name:
+    with torch.no_grad():  # LayerNorms start at 1/0 and biases at 0: give them values a
+        for name, param in model.named_parameters():  # mix-up (or a doubled bias) would show
+            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
                 param.add_(torch.randn_like(param) * 0.1)
     return model
 
@@ -114,25 +114,106 @@ def output_layer_key(state_dict) -> str:
     return "embed_out.weight" if "embed_out.weight" in state_dict else "lm_head.weight"
 
 
-def save_neox_checkpoint(model, config: dict, out_dir: Path, step: int) -> None:
-    """``model`` as GPT-NeoX v1.0's pipeline engine saves it (model-parallel size 1):
-    layer_00 embeddings, layer_02.. transformer layers, layer_{L+3} final norm, layer_{L+4}
-    output layer, and mp_rank_00_model_states.pt with the iteration."""
+def read_hostfile(path: str) -> dict[str, int]:
+    """Hosts and slots of a DeepSpeed hostfile (``host slots=N`` lines), in order."""
+    pool = {}
+    for line in open(path).read().split("\n"):
+        if line.strip():
+            host, slots = line.split()
+            pool[host] = int(slots.split("=")[1])
+    return pool
+
+
+def save_steps(config: dict, start: int, end: int) -> list[int]:
+    """The steps GPT-NeoX v1.0 saves in ``(start, end]`` (``save_iters``: extra-save-iters and
+    multiples of checkpoint-factor below train-iters, arguments.py calculate_derived), and 0
+    when starting from scratch with 0 among them (training.py)."""
+    factor, total = get(config, "checkpoint-factor"), get(config, "train-iters")
+    save_iters = set(get(config, "extra-save-iters") or []) | set(range(factor, total, factor))
+    steps = [s for s in range(start + 1, end + 1) if s in save_iters]
+    return [0, *steps] if start == 0 and 0 in save_iters else steps
+
+
+# How GPT-NeoX v1.0's model-parallel layers split each tensor across ranks (megatron/mpu/layers.py):
+# VocabParallelEmbedding and ColumnParallelLinear split their output dimension (dim 0; the
+# output layer is column-parallel in Pythia), RowParallelLinear its input dimension (dim 1) and
+# keeps a whole bias on every rank ("bias is not parallelized"); norms and rotary buffers are
+# copies.
+SPLIT_DIM = {
+    "word_embeddings.weight": 0, "final_linear.weight": 0,
+    "attention.query_key_value.weight": 0, "attention.query_key_value.bias": 0,
+    "mlp.dense_h_to_4h.weight": 0, "mlp.dense_h_to_4h.bias": 0,
+    "attention.dense.weight": 1, "mlp.dense_4h_to_h.weight": 1,
+}  # fmt: skip
+
+
+def rotary_inv_freq(config: dict):
+    """v1.0's RotaryEmbedding buffer (megatron/model/positional_embeddings.py), in every layer's
+    state dict: 1 / base^(arange(0, dim, 2) / dim) over the rotary dimensions of a head."""
     import torch
 
+    head = get(config, "hidden-size") // get(config, "num-attention-heads")
+    dim = int(head * get(config, "rotary-pct", 1.0))
+    base = get(config, "rotary-emb-base", 10000)
+    return 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+
+
+def layer_specs(model, config: dict) -> dict:
+    """The model's tensors by GPT-NeoX v1.0 layer spec index, named as v1.0's modules name them:
+    0 embedding, 2..L+1 transformer layers, L+3 final norm, L+4 output layer (untied)."""
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     layers = get(config, "num-layers")
+    specs = {0: {"word_embeddings.weight": sd["gpt_neox.embed_in.weight"]}}
+    for i in range(layers):
+        specs[i + 2] = {key: sd[f"gpt_neox.layers.{i}.{key}"] for key in LAYER_KEYS}
+        specs[i + 2]["attention.rotary_emb.inv_freq"] = rotary_inv_freq(config)
+    specs[layers + 3] = {"norm.weight": sd["gpt_neox.final_layer_norm.weight"],
+                         "norm.bias": sd["gpt_neox.final_layer_norm.bias"]}  # fmt: skip
+    specs[layers + 4] = {"final_linear.weight": sd[output_layer_key(sd)]}
+    return specs
+
+
+def shard(tensors: dict, rank: int, ranks: int) -> dict:
+    """Model-parallel rank ``rank``'s part of one layer's tensors (``SPLIT_DIM``)."""
+    out = {}
+    for key, tensor in tensors.items():
+        dim = SPLIT_DIM.get(key)
+        out[key] = tensor if dim is None else tensor.chunk(ranks, dim=dim)[rank].clone()
+    return out
+
+
+def save_neox_checkpoint(model, config: dict, out_dir: Path, step: int,
+                         data_parallel: int = 1) -> None:  # fmt: skip
+    """``model`` as GPT-NeoX v1.0 with DeeperSpeed v1.0 saves it, at the config's
+    ``model-parallel-size``: with pipeline stages (``pipe-parallel-size`` >= 1) one
+    ``layer_II-model_XX-model_states.pt`` per layer spec and rank (``pipe/module.py``) and
+    ``mp_rank_XX_model_states.pt`` without weights; without (0, ``to_sequential``) the weights
+    as ``module`` (``sequential.<spec>.<name>``) in ``mp_rank_XX_model_states.pt``; with ZeRO
+    stage >= 1 one ``zero_pp_rank_D_mp_rank_XX_optim_states.pt`` per data-parallel rank
+    (``runtime/engine.py``). The directory appears complete or not at all."""
+    import torch
+
+    tp = get(config, "model-parallel-size", 1)
+    pipe = get(config, "pipe-parallel-size", 1)
+    zero = (get(config, "zero_optimization") or {}).get("stage", 0)
+    specs = layer_specs(model, config)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-
-    def save(index: int, tensors: dict) -> None:
-        torch.save(tensors, tmp / f"layer_{index:02}-model_00-model_states.pt")
-
-    save(0, {"word_embeddings.weight": sd["gpt_neox.embed_in.weight"]})
-    for i in range(layers):
-        save(i + 2, {key: sd[f"gpt_neox.layers.{i}.{key}"] for key in LAYER_KEYS})
-    save(layers + 3, {"norm.weight": sd["gpt_neox.final_layer_norm.weight"],
-                      "norm.bias": sd["gpt_neox.final_layer_norm.bias"]})  # fmt: skip
-    save(layers + 4, {"final_linear.weight": sd[output_layer_key(sd)]})
-    torch.save({"iteration": step, "args": None}, tmp / "mp_rank_00_model_states.pt")
+    for rank in range(tp):
+        state = {"module": None, "optimizer": None, "lr_scheduler": {}, "skipped_steps": 0,
+                 "global_steps": step, "dp_world_size": data_parallel, "mp_world_size": tp,
+                 "iteration": step}  # fmt: skip
+        if pipe >= 1:
+            for index, tensors in specs.items():
+                path = tmp / f"layer_{index:02d}-model_{rank:02d}-model_states.pt"
+                torch.save(shard(tensors, rank, tp), path)
+        else:
+            state["module"] = {f"sequential.{index}.{key}": value
+                               for index, tensors in specs.items()
+                               for key, value in shard(tensors, rank, tp).items()}  # fmt: skip
+        torch.save(state, tmp / f"mp_rank_{rank:02d}_model_states.pt")
+        if zero >= 1:
+            for dp in range(data_parallel):
+                name = f"zero_pp_rank_{dp}_mp_rank_{rank:02d}_optim_states.pt"
+                torch.save({"optimizer_state_dict": {}, "param_shapes": {}}, tmp / name)
     os.replace(tmp, out_dir)

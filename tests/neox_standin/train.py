@@ -16,7 +16,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standin import get, log_call, padded_vocab, save_neox_checkpoint, tiny_model  # noqa: E402
+from standin import (  # noqa: E402
+    get,
+    log_call,
+    padded_vocab,
+    save_neox_checkpoint,
+    save_steps,
+    tiny_model,
+)  # fmt: skip
 
 
 def main() -> int:
@@ -38,16 +45,13 @@ def main() -> int:
     start = 0
     if get(config, "load"):
         start = int((Path(get(config, "load")) / "latest").read_text().removeprefix("global_step"))
-    end = get(config, "exit-interval")
-    factor, extra = get(config, "checkpoint-factor"), set(get(config, "extra-save-iters") or [])
-    steps = [s for s in range(start + 1, end + 1) if s % factor == 0 or s in extra]
-    if start == 0 and 0 in extra:
-        steps.insert(0, 0)
+    steps = save_steps(config, start, get(config, "exit-interval"))
     vocab = padded_vocab(config)
     for step in steps:
         save_neox_checkpoint(
-            tiny_model(config, vocab, step), config, save / f"global_step{step}", step
-        )
+            tiny_model(config, vocab, step), config, save / f"global_step{step}", step,
+            data_parallel=world // get(config, "model-parallel-size", 1),
+        )  # fmt: skip
         (save / "latest").write_text(f"global_step{step}")
     return 0
 

@@ -9,6 +9,9 @@ from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
 from pythia_suite import layout
 from pythia_suite import notify as suite_notify
+from pythia_suite.data import idxmaps as suite_idxmaps
+from pythia_suite.data import source as suite_source
+from pythia_suite.train import neox as suite_neox
 
 RESULTS = config["paths"]["results"]
 STATE = config["paths"]["state"]
@@ -35,6 +38,7 @@ wildcard_constraints:
     batch=r"[0-9]{3}",
     seed=r"[0-9]+",
     band=r"[0-9]{3}",
+    idxmaps_file=r"[A-Za-z0-9_.-]+\.(bin|idx)",
 
 
 onstart:
@@ -71,14 +75,43 @@ def corpus_shards(variant):
 
 
 def training_data(wildcards):
-    """What a training segment reads: the dataset and its order, or the preshuffled set."""
-    run = RUNS[wildcards.run]
+    """What a training segment reads (pythia_suite.data.source): the dataset and its order,
+    or the preshuffled set."""
+    return suite_source.training_data(config, RUNS[wildcards.run]).workflow_inputs()
+
+
+def idxmaps_files(variant):
+    """The fetched files of a variant's pre-tokenized Pile: its shards in order, then the .idx."""
+    entry = suite_source.idxmaps_entry(config, variant)
+    return [layout.idxmaps_file(RESULTS, variant, name) for name in suite_idxmaps.shard_names(entry)]
+
+
+def standard_document_table(variant):
+    """The deduped table joins the standard one when the suite has standard runs."""
+    if config["variants"][variant]["dedup"] and any(not r.dedup for r in RUNS.values()):
+        return layout.document_table(RESULTS, "standard")
+    return []
+
+
+def lens_documents(variant):
+    """Subset labels for the lens: the document table (raw source only)."""
+    return layout.document_table(RESULTS, variant) if config["data"]["source"] == "raw" else []
+
+
+def run_lens(wildcards):
+    """A run's data lens; none under preshuffled (no document identity)."""
     if config["data"]["source"] == "preshuffled":
-        return multiext(layout.preshuffled_prefix(RESULTS, run.variant), ".bin", ".idx")
-    return [
-        *multiext(layout.dataset_prefix(RESULTS, run.variant), ".bin", ".idx"),
-        layout.order_dir(RESULTS, run.variant, run.data_seed),
-    ]
+        return []
+    run = RUNS[wildcards.run]
+    return layout.lens_dir(RESULTS, run.variant, run.data_seed)
+
+
+def lens_targets():
+    """The lens of every (variant, data seed) order of the suite."""
+    if config["data"]["source"] == "preshuffled":
+        return []
+    orders = sorted({(run.variant, run.data_seed) for run in RUNS.values()})
+    return [layout.lens_dir(RESULTS, variant, seed) for variant, seed in orders]
 
 
 # ----------------------------------------------------------------------------- training
@@ -141,6 +174,26 @@ def launcher():
 def neox_backend():
     """GPT-NeoX trains (training.backend: neox): its deepy.py starts the ranks itself."""
     return config["training"]["backend"] == "neox"
+
+
+if neox_backend():
+    # Refuse what GPT-NeoX v1.0 cannot run before anything is queued (docs/slurm.md's table).
+    suite_neox.check_neox_supported(config, RUNS.values())
+
+
+def neox_index_maps(wildcards):
+    """Under GPT-NeoX, the run's data prefix and index maps (rule neox_index_maps, one per
+    dataset and data seed, shared by the runs that read them); nothing otherwise."""
+    if not neox_backend():
+        return []
+    run = RUNS[wildcards.run]
+    return suite_neox.neox_index_maps_dir(config, run.variant, run.data_seed)
+
+
+def neox_index_maps_data(wildcards):
+    """What the neox_index_maps job reads: what a run of that dataset and seed trains on."""
+    run = suite_neox.run_of_dataset(config, wildcards.variant, wildcards.seed)
+    return suite_source.training_data(config, run).workflow_inputs()
 
 
 def train_mpi(wildcards):
@@ -242,6 +295,7 @@ def run_targets(wildcards):
 
 def all_targets():
     targets = [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]
+    targets += lens_targets()
     if config["data"]["source"] == "raw" and any(run.dedup for run in RUNS.values()):
         targets.append(layout.dedup_report(RESULTS))
     return targets

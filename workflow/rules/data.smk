@@ -1,5 +1,6 @@
 # Data preparation: Pile shards -> dedup (deduped variant) -> tokenizer -> tokenized shards ->
-# one Megatron mmap dataset per variant -> GPT-NeoX index maps; or Pythia's preshuffled sets.
+# one Megatron mmap dataset per variant -> GPT-NeoX index maps; or Pythia's pre-tokenized Pile
+# (idxmaps: fetch, verify, unshard into that dataset); or Pythia's preshuffled sets.
 
 
 rule fetch_shard:
@@ -137,6 +138,7 @@ rule tokenize_shard:
         tokenizer=TOKENIZER,
     output:
         multiext(layout.tokenized_prefix(RESULTS, "{variant}", "{shard}"), ".bin", ".idx"),
+        documents=layout.shard_document_table(RESULTS, "{variant}", "{shard}"),
     log:
         log("data", "tokenize", "{variant}", "{shard}"),
     params:
@@ -147,28 +149,62 @@ rule tokenize_shard:
         "../../envs/data.yaml"
     shell:
         "{params.cli} tokenize {input.shard:q} --tokenizer {input.tokenizer:q}"
-        " --output-prefix {params.prefix:q} --workers {threads} 2> {log:q}"
+        " --output-prefix {params.prefix:q} --documents {output.documents:q}"
+        " --workers {threads} 2> {log:q}"
 
 
-rule merge_dataset:
-    input:
-        lambda wc: [
-            path
-            for shard in RAW_SHARDS
-            for path in multiext(layout.tokenized_prefix(RESULTS, wc.variant, shard), ".bin", ".idx")
-        ],
-    output:
-        multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
-    log:
-        log("data", "merge", "{variant}"),
-    params:
-        cli=CLI,
-        shards=lambda wc: [layout.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
-        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "{params.cli} merge-datasets {params.shards:q} --output-prefix {params.prefix:q} 2> {log:q}"
+if config["data"]["source"] == "idxmaps":
+
+    rule fetch_idxmaps:
+        output:
+            layout.idxmaps_file(RESULTS, "{variant}", "{idxmaps_file}"),
+        log:
+            log("data", "fetch_idxmaps", "{variant}", "{idxmaps_file}"),
+        params:
+            cli=CLI,
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "{params.cli} fetch-idxmaps {wildcards.variant:q} {wildcards.idxmaps_file:q}"
+            " --output {output:q} 2> {log:q}"
+
+    rule unshard_idxmaps:
+        input:
+            lambda wc: idxmaps_files(wc.variant),
+        output:
+            multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        log:
+            log("data", "unshard_idxmaps", "{variant}"),
+        params:
+            cli=CLI,
+            prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "{params.cli} unshard-idxmaps {wildcards.variant:q} --files {input:q}"
+            " --output-prefix {params.prefix:q} 2> {log:q}"
+
+else:
+
+    rule merge_dataset:
+        input:
+            lambda wc: [
+                path
+                for shard in RAW_SHARDS
+                for path in multiext(layout.tokenized_prefix(RESULTS, wc.variant, shard), ".bin", ".idx")
+            ],
+        output:
+            multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        log:
+            log("data", "merge", "{variant}"),
+        params:
+            cli=CLI,
+            shards=lambda wc: [layout.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
+            prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "{params.cli} merge-datasets {params.shards:q} --output-prefix {params.prefix:q} 2> {log:q}"
 
 
 rule build_order:

@@ -26,6 +26,7 @@ rule model_card:
         # and the data records it states: tokens in one pass, documents removed by dedup
         data=training_data,
         dedup=card_dedup_report,
+        lens=run_lens,  # the data facts the card states
     output:
         layout.model_card(RESULTS, "{run}"),
     log:

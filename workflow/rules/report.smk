@@ -6,6 +6,7 @@ rule report:
     input:
         evals=[layout.evals_dir(RESULTS, run) for run in RUNS],
         checkpoints=[layout.checkpoint_dir(RESULTS, run, step) for run in RUNS for step in STEPS],
+        lens=lens_targets(),  # the data-composition figure
     output:
         report(
             directory(layout.report_dir(RESULTS)),

@@ -4,9 +4,28 @@
 # same rules run GPT-NeoX (pythia_suite.train.neox): no launch prefix, one deepy.py per job.
 
 
+rule neox_index_maps:
+    # GPT-NeoX only: the data prefix and every index map its segments ask for, built once per
+    # dataset and data seed (segment jobs write none; pythia_suite.train.neox).
+    input:
+        neox_index_maps_data,
+    output:
+        directory(suite_neox.neox_index_maps_dir(config, "{variant}", "{seed}")),
+    log:
+        log("train", "neox-index-maps", "{variant}", "seed{seed}"),
+    params:
+        cli=CLI,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "{params.cli} neox-index-maps --variant {wildcards.variant:q} --seed {wildcards.seed}"
+        " --output {output:q} 2> {log:q}"
+
+
 rule init_checkpoint:
     input:
         training_data,
+        neox_index_maps,
     output:
         directory(layout.checkpoint_dir(RESULTS, "{run}", "0")),
     log:
@@ -26,6 +45,7 @@ rule train_segment:
     input:
         previous=previous_checkpoint,
         data=training_data,
+        neox_maps=neox_index_maps,
     output:
         directory(layout.checkpoint_dir(RESULTS, "{run}", "{step}")),
     log:

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import sys
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from pythia_suite.atomic import write_text_atomic
 
+from .documents import subset_of, text_hash, write_shard_documents
 from .indexed import (
     IndexedDataset,
     IndexedDatasetWriter,
@@ -134,36 +136,49 @@ def _init_worker(tokenizer_json: str, dtype: str) -> None:
     _worker_dtype = np.dtype(dtype)
 
 
-def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Encode texts into (concatenated tokens with an EOD after each, per-document sizes).
+def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode texts into (concatenated tokens with an EOD after each, per-document sizes,
+    indices in ``texts`` of the documents kept).
 
     Documents that encode to nothing are dropped (size 0 entries are not returned).
     """
     encode = _worker_tokenizer.encode
-    pieces, sizes = [], []
-    for text in texts:
+    pieces, sizes, kept = [], [], []
+    for k, text in enumerate(texts):
         ids = encode(text).ids
         if ids:
             ids.append(EOD_ID)
             pieces.append(ids)
             sizes.append(len(ids))
+            kept.append(k)
     # int64 first: range-check before narrowing to the dataset dtype.
     flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=sum(sizes))
     if flat.size and flat.max() > np.iinfo(_worker_dtype).max:
         raise ValueError(f"token id {int(flat.max())} does not fit dtype {_worker_dtype}")
-    return flat.astype(_worker_dtype), np.asarray(sizes, dtype=np.int64)
+    return (
+        flat.astype(_worker_dtype),
+        np.asarray(sizes, dtype=np.int64),
+        np.asarray(kept, dtype=np.int64),
+    )
 
 
-def _chunks(documents: Iterable[tuple[int, dict]]) -> Iterator[list[str]]:
-    """Group document texts into lists of about CHUNK_CHARS characters, in order."""
-    chunk, chars = [], 0
-    for _, doc in documents:
+def _chunks(documents: Iterable[tuple[int, dict]], described: list) -> Iterator[list[str]]:
+    """Group document texts into lists of about CHUNK_CHARS characters, in order.
+
+    Appends each chunk's ``(records, subsets, text hashes)`` to ``described`` (the document
+    table's columns, consumed in the same order as the chunks' results).
+    """
+    chunk, chars, records = [], 0, []
+    for line_no, doc in documents:
         chunk.append(doc["text"])
+        records.append((line_no, subset_of(doc)))
         chars += len(doc["text"])
         if chars >= CHUNK_CHARS:
+            described.append((records, [text_hash(t) for t in chunk]))
             yield chunk
-            chunk, chars = [], 0
+            chunk, chars, records = [], 0, []
     if chunk:
+        described.append((records, [text_hash(t) for t in chunk]))
         yield chunk
 
 
@@ -208,6 +223,7 @@ def tokenize_shard(
     progress: bool = True,
     *,
     workers: int | None = None,
+    documents_out: str | os.PathLike | None = None,
 ) -> dict:
     """Tokenize one Pile-format shard into the mmap dataset ``out_prefix.{bin,idx}``.
 
@@ -217,6 +233,8 @@ def tokenize_shard(
     the output is byte-identical for any number of workers. Workers are started with ``spawn``,
     so a calling script must guard its entry point with ``if __name__ == "__main__":``.
     Progress lines (documents, tokens, tokens/s) go to stderr every few seconds if ``progress``.
+    ``documents_out``: also write the shard's document table there (``data.documents``: record
+    number, Pile subset and text hash of every document kept, in item order), before the dataset.
 
     Returns:
         ``{"documents": kept, "dropped": empty, "tokens": total, "seconds": wall time}``.
@@ -239,11 +257,25 @@ def tokenize_shard(
             seen += 1
             yield item
 
-    chunks = _chunks(counted_documents())
+    described: list = []  # per chunk: (records, text hashes), in chunk order
+    chunks = _chunks(counted_documents(), described)
+    # array, not lists: a Pile shard holds ~7M documents
+    records, subset_codes, hashes, subset_names = array("q"), array("i"), array("Q"), {}
     with IndexedDatasetWriter(out_prefix, dtype) as writer:
-        for tokens, sizes in _encode_chunks(chunks, tokenizer, tokenizer_json, dtype, workers):
+        for k, (tokens, sizes, kept) in enumerate(
+            _encode_chunks(chunks, tokenizer, tokenizer_json, dtype, workers)
+        ):
             writer.add_documents(tokens, sizes)
             report.update(sizes.size, tokens.size)
+            chunk_records, chunk_hashes = described[k]
+            described[k] = None  # done: keep memory flat
+            for i in kept.tolist():
+                records.append(chunk_records[i][0])
+                name = chunk_records[i][1]
+                subset_codes.append(subset_names.setdefault(name, len(subset_names)))
+                hashes.append(chunk_hashes[i])
+        if documents_out is not None:  # before the dataset is renamed into place
+            write_shard_documents(documents_out, records, subset_codes, list(subset_names), hashes)
     report.done()
     elapsed = time.perf_counter() - report.start
     return {

@@ -23,6 +23,8 @@ import torch.distributed as dist
 
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
+from .device import DeviceChoices
+
 __all__ = [
     "DistributedEnv",
     "DistributedEnvError",
@@ -160,11 +162,12 @@ def default_device(env: DistributedEnv) -> torch.device:
 @contextlib.contextmanager
 def distributed_context(
     env: DistributedEnv,
-    device: torch.device,
+    choices: DeviceChoices,
     *,
     timeout_s: float = 1800.0,
 ) -> Iterator[None]:
-    """Join the process group for ``env`` (gloo on CPU, nccl on CUDA) and leave it on exit.
+    """Join the process group for ``env`` with ``choices.backend`` (nccl on CUDA, binding the
+    process to its GPU first; gloo on CPU) and leave it on exit.
 
     A world of one needs no process group and none is created. Raises ``RuntimeError`` when a
     process group is already initialised (a second segment in the same process must run after
@@ -175,11 +178,10 @@ def distributed_context(
         return
     if dist.is_initialized():
         raise RuntimeError("a torch.distributed process group is already initialised")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if choices.bind_device:
+        torch.cuda.set_device(choices.device)
     dist.init_process_group(
-        backend=backend,
+        backend=choices.backend,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -55,6 +54,7 @@ from ..config import transformer_flops_per_token
 from ..layout import SEGMENT_SUMMARY_NAME, segment_summary_record
 from . import checkpoint as ckpt
 from . import parallel
+from .device import DeviceChoices, device_choices
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
 from .model import (
     INIT_METHODS,
@@ -230,6 +230,14 @@ class TrainSettings:
                 f"TrainSettings.data_parallel must be one of {parallel.DATA_PARALLEL_MODES}, "
                 f"got {self.data_parallel!r}"
             )
+        if self.compile_layers and self.tensor_parallel > 1:
+            # Found by tests/test_train_parallel.py (torch 2.13): a compiled layer's backward
+            # hands DTensor's redistribute a plain-tensor gradient and the first step crashes.
+            raise ValueError(
+                f"TrainSettings.compile_layers is offered at tensor_parallel 1 only (got "
+                f"tensor_parallel {self.tensor_parallel}): compiled layers crash in the first "
+                "backward pass under tensor parallelism with this torch"
+            )
         if self.spike_factor <= 1.0:
             raise ValueError(f"TrainSettings.spike_factor must be > 1, got {self.spike_factor}")
 
@@ -403,8 +411,10 @@ class _Prefetcher:
         settings: TrainSettings,
         env: DistributedEnv,
         device: torch.device,
+        pin_memory: bool,
     ) -> None:
         self.samples, self.settings, self.device = samples, settings, device
+        self.pin_memory = pin_memory
         self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
         self._pending: dict[int, Future] = {}
@@ -433,7 +443,7 @@ class _Prefetcher:
                 f"expected {expected} integer ids"
             )
         host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-        return host.pin_memory() if self.device.type == "cuda" else host
+        return host.pin_memory() if self.pin_memory else host
 
 
 class _Fingerprints:
@@ -542,6 +552,7 @@ class TrainState:
     scaler: DynamicLossScaler | None
     progress: Progress
     par: parallel.Parallelism  # this rank on the (data, tensor) mesh
+    choices: DeviceChoices  # what this device does differently (fused AdamW, ...)
 
 
 @dataclass(frozen=True)
@@ -779,10 +790,14 @@ def parallelize(
 
 
 def build_training_optimizer(
-    model: nn.Module, settings: TrainSettings, par: parallel.Parallelism, device: torch.device
+    model: nn.Module,
+    settings: TrainSettings,
+    par: parallel.Parallelism,
+    choices: DeviceChoices,
 ) -> torch.optim.Optimizer:
     """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
-    (under ``zero1``); torch's fused AdamW kernel on CUDA (the same update, one kernel).
+    (under ``zero1``); torch's fused AdamW kernel where ``choices.fused_adamw`` (CUDA; the same
+    update, one kernel).
 
     With ``settings.master_weights`` the model's parameters become fp16/bf16 here and their
     fp32 values become the optimizer's master weights (``parallel.MasterWeightOptimizer``).
@@ -797,7 +812,8 @@ def build_training_optimizer(
         eps=settings.adam_eps,
         sharded=settings.zero_optimizer,
         masters=masters,
-        fused=device.type == "cuda",
+        # Only ask for fused when wanted: torch picks its own default (foreach on CUDA) otherwise.
+        **({"fused": True} if choices.fused_adamw else {}),
     )
 
 
@@ -820,16 +836,20 @@ def init_train_state(
     device: torch.device,
     progress: Progress | None = None,
     par: parallel.Parallelism | None = None,
+    choices: DeviceChoices | None = None,
 ) -> TrainState:
     """Parallelise ``model`` (weights in place) and build its optimizer and loss scaler.
 
     ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs); ``par``
-    to the mesh of ``env`` and ``settings``.
+    to the mesh of ``env`` and ``settings``; ``choices`` to ``device_choices(device)``.
     """
+    choices = choices or device_choices(device)
     train_module, par = parallelize(model, settings, env, device, par)
-    optimizer = build_training_optimizer(model, settings, par, device)
+    optimizer = build_training_optimizer(model, settings, par, choices)
+    # After the optimizer: with master weights it replaces the parameters by half ones.
+    parallel.shard_gradients_like_parameters(model, par)
     # DDP last: its gradient buckets take the parameters' final dtype.
-    train_module = parallel.wrap_data_parallel(train_module, par, device)
+    train_module = parallel.wrap_data_parallel(train_module, par, choices.ddp_device_ids)
     return TrainState(
         settings=settings,
         env=env,
@@ -840,6 +860,7 @@ def init_train_state(
         scaler=new_loss_scaler(settings),
         progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
         par=par,
+        choices=choices,
     )
 
 
@@ -961,6 +982,7 @@ def train_segment(
     env: DistributedEnv | None = None,
     device: torch.device | str | None = None,
     run_info: RunInfo | None = None,
+    choices: DeviceChoices | None = None,
 ) -> dict:
     """Train from ``start_checkpoint`` (step ``start_step``) to ``end_step``; write ``out_dir``.
 
@@ -972,8 +994,10 @@ def train_segment(
     only; default stderr). ``hook(event, step)`` is called on every rank at ``"step_end"`` and
     ``"snapshot_saved"``, and on rank 0 at ``"before_publish"`` (tests inject failures there).
     ``env`` defaults to ``detect_distributed_env()``; ``device`` to ``cuda:{local_rank}`` if
-    available, else the CPU. ``run_info`` names the run for the segment summary record
-    (``segment_summary.json``, written into ``out_dir``). Returns the ``trainer_state`` written
+    available, else the CPU; ``choices`` to ``device_choices(device)`` (tests set the GPU's
+    choices a CPU can run: ``device_choices("cpu", fused_adamw=True)``). ``run_info`` names
+    the run for the segment summary record (``segment_summary.json``, written into
+    ``out_dir``). Returns the ``trainer_state`` written
     with the checkpoint.
 
     Raises ``ValueError`` for inconsistent arguments, ``FileExistsError`` if ``out_dir``
@@ -984,11 +1008,14 @@ def train_segment(
     settings.validate()
     env = env or detect_distributed_env()
     device = torch.device(device) if device is not None else default_device(env)
+    choices = choices or device_choices(device)
+    if choices.device != device:
+        raise ValueError(f"choices are for device {choices.device}, the segment runs on {device}")
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir is not None else None
     start_checkpoint = Path(start_checkpoint) if start_checkpoint is not None else None
     _check_arguments(
-        settings, env, device, start_checkpoint, start_step, end_step, out_dir, state_dir
+        settings, env, choices, start_checkpoint, start_step, end_step, out_dir, state_dir
     )
     with contextlib.ExitStack() as stack:
         seg = Segment(
@@ -1001,16 +1028,18 @@ def train_segment(
             hook=hook or (lambda event, step: None),
             log=_Log(log, enabled=env.is_main),
             preempt=threading.Event(),
-            batches=stack.enter_context(_Prefetcher(samples, settings, env, device)),
+            batches=stack.enter_context(
+                _Prefetcher(samples, settings, env, device, choices.pin_memory)
+            ),
             fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
             run_info=run_info or RunInfo(),
         )
         stack.callback(seg.log.close)
-        stack.enter_context(distributed_context(env, device))
+        stack.enter_context(distributed_context(env, choices))
         stack.enter_context(_deterministic(settings.deterministic))
         seg.preempt = stack.enter_context(_sigterm_flag())
         _lock_state_dir(stack, seg, env)
-        state = _set_up(seg, settings, start_checkpoint, env, device)
+        state = _set_up(seg, settings, start_checkpoint, env, choices)
         for it in range(state.progress.step, end_step):
             _train_iteration(seg, state, it)
         return _save_checkpoint(seg, state)
@@ -1032,7 +1061,7 @@ def _set_up(
     settings: TrainSettings,
     start_checkpoint: Path | None,
     env: DistributedEnv,
-    device: torch.device,
+    choices: DeviceChoices,
 ) -> TrainState:
     """Model, weights (fresh, start checkpoint or newer snapshot), optimizer and its state.
 
@@ -1040,6 +1069,7 @@ def _set_up(
     allocated; each rank then copies its block of each weight from the full CPU tensors, one
     parameter at a time.
     """
+    device = choices.device
     par = parallel.build_parallelism(
         env.world_size, settings.tensor_parallel, device, settings.data_parallel
     )
@@ -1050,11 +1080,18 @@ def _set_up(
         parallel.materialize(model, device)
     else:
         model = prepare_model(seg.hf_config, settings, device)
-    seg.log(f"attention kernel: {attention_kernel(model, settings, device)}")
+    kernel = attention_kernel(model, settings, device)
+    seg.log(f"attention kernel: {kernel}")
+    if choices.expects_flash_attention and not kernel.startswith("SDPA FLASH_ATTENTION"):
+        seg.log(
+            "WARNING: not the flash attention kernel; the memory plan assumes flash "
+            "(train.memory), so this run may need more memory than planned"
+        )
     seg.log(
         f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
         f"micro_batch {settings.micro_batch} x gas "
-        f"{settings.global_batch // (par.data * settings.micro_batch)}"
+        f"{settings.global_batch // (par.data * settings.micro_batch)}, "
+        f"{'fused' if choices.fused_adamw else 'unfused'} AdamW"
     )
     n_params = count_parameters(model)
     _rank0_check(env, lambda: _check_disk_space(n_params, seg.out_dir, seg.state_dir, settings))
@@ -1084,7 +1121,7 @@ def _set_up(
         if snapshot:
             progress = Progress.from_snapshot(saved)
 
-    state = init_train_state(model, settings, env, device, progress, par)
+    state = init_train_state(model, settings, env, device, progress, par, choices)
     seg.names = parallel.parameter_names(model, state.optimizer, hf_name)
     if saved is not None:
         owned = _owned_parameters(state.optimizer, seg.names)
@@ -1216,7 +1253,7 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
         seq_length=settings.seq_length,
         vocab=hf["vocab_size"],
     )
-    cuda = state.device.type == "cuda"
+    choices = state.choices
     return segment_summary_record(
         run=seg.run_info.run,
         size=seg.run_info.size,
@@ -1228,9 +1265,9 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
         train_time_s=progress.train_time_s,
         wall_s=progress.wall_s + time.perf_counter() - seg.begun,
         flops_per_token=flops,
-        peak_tflops=seg.run_info.gpu_peak_tflops if cuda else None,
+        peak_tflops=seg.run_info.gpu_peak_tflops if choices.gpu_summary else None,
         device_kind=state.device.type,
-        device_name=torch.cuda.get_device_name(state.device) if cuda else _cpu_name(),
+        device_name=choices.device_name(),
         devices=env.world_size,
         nodes=len(hosts),
         data_parallel=dp_size,
@@ -1243,10 +1280,6 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
         started_at=progress.started_at,
         hosts=hosts,
     )
-
-
-def _cpu_name() -> str:
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def _hosts(env: DistributedEnv) -> list[str]:
@@ -1287,7 +1320,7 @@ def _load_optimizer_state(
 def _check_arguments(
     settings: TrainSettings,
     env: DistributedEnv,
-    device: torch.device,
+    choices: DeviceChoices,
     start_checkpoint: Path | None,
     start_step: int,
     end_step: int,
@@ -1312,7 +1345,7 @@ def _check_arguments(
             f"{dp_size} (world_size {env.world_size} / tensor_parallel "
             f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
         )
-    if settings.precision == "fp16" and device.type != "cuda":
+    if settings.precision == "fp16" and not choices.fp16_compute:
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists; refusing to overwrite a checkpoint")

@@ -31,8 +31,9 @@ How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
 CPU trace vs CUDA:
 - attention: on the CPU, SDPA dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
   which saves the output and the log-sum-exp as CUDA's flash kernel does (no batch x heads x
-  seq^2 matrix). The plan assumes the flash backend on CUDA (the loop asserts it); the math
-  fallback would need more.
+  seq^2 matrix). The plan assumes the flash backend on CUDA. The loop does not require it: it
+  probes the kernel at start-up, logs it, and on CUDA (``DeviceChoices.expects_flash_attention``)
+  logs a warning when it is not flash; the math fallback would need more memory than planned.
 - allocator and context: the trace counts tensor storage bytes, what
   ``torch.cuda.max_memory_allocated`` reports. What a device loses besides (CUDA context, NCCL
   and cuBLAS buffers, the caching allocator's rounding and fragmentation) is a reserve set a
@@ -51,6 +52,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -400,7 +402,62 @@ class _ResetBeforeEachCall:
         return getattr(self.module, name)  # no_sync, set_requires_gradient_sync, ...
 
 
-def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int]]:
+@contextlib.contextmanager
+def _joined_world(world_size: int):
+    """This process's place in the process group it has joined (``world_size`` ranks; none for
+    one), for a trace on real tensors. Raises ``RuntimeError`` when the group does not match."""
+    import torch.distributed as dist
+
+    from .distributed import DistributedEnv
+
+    joined = dist.get_world_size() if dist.is_initialized() else 1
+    if joined != world_size:
+        raise RuntimeError(
+            f"a real-tensor trace of this layout needs a process group of {world_size} ranks, "
+            f"this process has joined {joined}"
+        )
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    source = "single" if world_size == 1 else "torchrun"
+    yield DistributedEnv(rank, world_size, rank, "", 0, source)
+
+
+@contextlib.contextmanager
+def _untracked_shape_propagation() -> Iterator[None]:
+    """DTensor's output-shape propagation, run outside the tracer's modes (as on a device).
+
+    To learn an op's global output shape, DTensor's sharding propagator runs the op on fake
+    tensors of the *global* shape (``_propagate_tensor_meta_non_cached``, which
+    ``loss_parallel``'s cross-entropy handlers call for every micro-step). On real tensors that
+    costs nothing; inside the tracer's ``FakeTensorMode`` it runs in that mode, under
+    ``MemTracker``, which counted those global (full-vocabulary) logits and their gradient as
+    memory: about 1.5 extra local fp32 logit copies at TP 2 and 5.6 at TP 4 in the loss phase.
+    With the current modes disabled it makes its own fake mode, which nothing tracks.
+    """
+    from torch.distributed.tensor import DTensor
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    if not hasattr(propagator, "_propagate_tensor_meta_non_cached"):
+        raise RuntimeError(
+            "this torch's ShardingPropagator has no _propagate_tensor_meta_non_cached: "
+            "update _untracked_shape_propagation"
+        )
+    compute = propagator._propagate_tensor_meta_non_cached
+
+    def untracked(op_schema):
+        with _disable_current_modes():
+            return compute(op_schema)
+
+    propagator._propagate_tensor_meta_non_cached = untracked
+    try:
+        yield
+    finally:
+        del propagator._propagate_tensor_meta_non_cached  # the class's own again
+
+
+def trace_step_peaks(
+    layout: StepLayout, layers: int, *, fake: bool = True
+) -> dict[str, dict[str, int]]:
     """Trace two ``loop.train_step`` calls of rank 0 of ``layout`` at depth ``layers``.
 
     The model is ``loop.prepare_model``'s (activation checkpointing as configured), the state
@@ -411,6 +468,11 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
     ``micro_batch x gas`` rows: the loop's own code, on fake tensors. ``MemTracker``, or
     ``FSDPMemTracker`` under FSDP. Returns ``{phase: {category: bytes}}`` at each phase's peak
     during the second step (the first creates the optimizer state).
+
+    ``fake=False`` traces the same step on real CPU tensors (GPT-NeoX-initialised weights, the
+    real values read back) in the process group this process has joined, which must have the
+    traced world size (every rank calls it; each returns its own peaks): what the fake trace is
+    checked against (``tests/test_train_memory.py``, ``benchmarks/memory_plan.py --real``).
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -419,22 +481,28 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
 
     from . import parallel
     from .loop import init_train_state, train_step
+    from .model import init_gpt_neox_weights
     from .optim import local_optimizer
 
     cpu = torch.device("cpu")
     settings = _step_settings(layout)
     world = _traced_world(layout)
-    with _fake_world(world) as env:
+    with (_fake_world if fake else _joined_world)(world) as env:
         par = parallel.build_parallelism(
             world, layout.tensor_parallel, cpu, layout.data_parallel_mode
         )  # the device mesh cannot be built under FakeTensorMode
-        with FakeTensorMode():
+        with FakeTensorMode() if fake else contextlib.nullcontext():
             model = _fake_model(layout, layers)
+            if not fake:
+                init_gpt_neox_weights(model, weight_seed=1234)
             state = init_train_state(model, settings, env, cpu, par=par)
             optimizer = local_optimizer(state.optimizer)  # ZeRO-1: this rank's AdamW
             vocab_local = layout.vocab // layout.tensor_parallel
             rows = layout.micro_batch * layout.gas
-            tokens = torch.randint(0, vocab_local, (rows, layout.seq_length + 1))
+            generator = torch.Generator().manual_seed(0)  # every rank the same rows
+            tokens = torch.randint(
+                0, vocab_local, (rows, layout.seq_length + 1), generator=generator
+            )
             if layout.data_parallel_mode == "fsdp" and world > 1:
                 tracker = FSDPMemTracker(state.train_module, optimizer)
                 tracker.track_inputs((tokens,))
@@ -446,7 +514,10 @@ def trace_step_peaks(layout: StepLayout, layers: int) -> dict[str, dict[str, int
             # iteration) unless its module stats are reset first; the loop calls it once per
             # micro-step.
             state.train_module = _ResetBeforeEachCall(state.train_module, tracker)
-            with tracker, _HostReads(), contextlib.ExitStack() as stack:
+            host_reads = _HostReads() if fake else contextlib.nullcontext()
+            with tracker, host_reads, contextlib.ExitStack() as stack:
+                if fake:
+                    stack.enter_context(_untracked_shape_propagation())
                 train_step(state, tokens)  # step 0 creates the optimizer state; measure step 1
                 phases = _PhasePeaks(tracker, model, optimizer, state.optimizer, layout.gas)
                 stack.callback(phases.close)
@@ -617,7 +688,7 @@ def _versions() -> dict:
     return {pkg: metadata.version(pkg) for pkg in ("torch", "transformers")}
 
 
-_TRACED_CODE = ("memory.py", "loop.py", "parallel.py", "model.py", "optim.py")
+_TRACED_CODE = ("memory.py", "loop.py", "parallel.py", "model.py", "optim.py", "device.py")
 
 
 def _plan_key(layouts: dict[str, StepLayout]) -> str:

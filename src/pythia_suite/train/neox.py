@@ -6,7 +6,7 @@ clones GPT-NeoX, installs DeeperSpeed and builds the fused kernels) and checked 
 ``training.neox.dir``; this module writes GPT-NeoX's inputs, runs its two entry points, and
 turns what they write into a checkpoint the rest of the workflow accepts.
 
-One segment job starts exactly one ``python deepy.py train.py SEGMENT.yml`` (the rule adds no
+One segment job starts exactly one ``python deepy.py train.py SEGMENT.json`` (the rule adds no
 launch prefix under this backend; see ``workflow/rules/common.smk``). What deepy.py then does
 depends on the hosts in the hostfile (``DLTS_HOSTFILE``, lines ``host slots=N``), as in
 DeeperSpeed v1.0's ``deepspeed/launcher/runner.py``:
@@ -14,9 +14,12 @@ DeeperSpeed v1.0's ``deepspeed/launcher/runner.py``:
 - several hosts: the SLURM runner calls ``srun -n <all slots> --export=ALL python -u train.py``
   inside the allocation, and each task takes RANK/LOCAL_RANK/WORLD_SIZE from
   SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (``deepspeed_slurm: true``);
-- one host: the runner starts the slots itself (``deepspeed.launcher.launch``), which sets
-  RANK/LOCAL_RANK/WORLD_SIZE; no srun task exists, so ``deepspeed_slurm`` must be false there
-  (with it GPT-NeoX would read SLURM_LOCALID, which no process has). The segment config says so.
+- one host: the runner is meant to start the slots itself (``deepspeed.launcher.launch``),
+  which sets RANK/LOCAL_RANK/WORLD_SIZE; no srun task exists, so ``deepspeed_slurm`` must be
+  false there (with it GPT-NeoX would read SLURM_LOCALID, which no process has). The segment
+  config says so. DeeperSpeed v1.0's runner fails on this branch (``runner.exports`` unbound,
+  runner.py line 375), so ``check_neox_supported`` refuses one-node GPU layouts; the branch
+  serves the CPU test layouts with the stand-in GPT-NeoX.
 
 A *slot* is a GPU (``gpus_per_node``) or, on CPU-only nodes such as the local test cluster,
 one of ``cluster.cpu_ranks_per_node`` ranks: one training rank per slot either way
@@ -49,7 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pythia_suite.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from pythia_suite.layout import SEGMENT_SUMMARY_NAME, segment_summary_record
@@ -67,20 +69,30 @@ __all__ = [
     "write_hostfile",
     "segment_config",
     "write_segment_config",
+    "neox_json",
     "neox_launch_command",
     "neox_convert_command",
     "point_latest_at",
     "run_neox_segment",
     "convert_neox_checkpoint",
     "slots_per_node",
-    "check_seeds",
+    "check_neox_supported",
+    "run_deviations",
+    "neox_step_files",
+    "neox_step_missing",
+    "sequential_to_layer_files",
     "NeoXSegment",
     "run_neox_config",
+    "write_run_segment_config",
     "preshuffled_index_maps",
+    "build_neox_index_maps",
+    "neox_index_maps_dir",
+    "neox_data_prefix",
     "train_segment_neox",
     "checkpoint_from_hf_dir",
     "DoctorCheck",
     "neox_doctor",
+    "flash_head_dims",
 ]
 
 NEOX_V1_COMMIT = "71df4d5017f9f4919566a11454fe3a507ffdc632"
@@ -251,6 +263,47 @@ def segment_config(
     return config
 
 
+def neox_json(config: Mapping) -> str:
+    """``config`` as the plain JSON DeeperSpeed's SLURM runner demands, readable as YAML too.
+
+    DeeperSpeed v1.0's ``SlurmRunner.parse_user_args`` ``json.loads`` the text of every config
+    file (``deepspeed/launcher/multinode_runner.py``: "SLURM is picky and needs you to use plain
+    json"), while GPT-NeoX's ``NeoXArgs.from_ymls`` reads the same text with PyYAML. JSON is
+    YAML, except that PyYAML (YAML 1.1) reads a float without a dot or an exponent sign
+    (``1e-08``, Python's ``json.dumps``) as a string: every float is written as ``1.0e-08``.
+    Raises ``ValueError`` naming the key for a value JSON cannot hold (NaN, infinity, objects).
+    """
+
+    def encode(value, where: str) -> str:
+        if value is None or isinstance(value, (bool, int, str)):
+            return json.dumps(value)
+        if isinstance(value, float):
+            if not np.isfinite(value):
+                raise ValueError(f"GPT-NeoX config key {where!r}: {value} is not a JSON number")
+            text = repr(value)
+            if "e" in text:
+                mantissa, exponent = text.split("e")
+                if "." not in mantissa:
+                    mantissa += ".0"
+                if exponent[0] not in "+-":
+                    exponent = "+" + exponent
+                text = f"{mantissa}e{exponent}"
+            return text
+        if isinstance(value, Mapping):
+            items = (f"{json.dumps(str(k))}: {encode(v, f'{where}.{k}' if where else str(k))}"
+                     for k, v in value.items())  # fmt: skip
+            return "{" + ", ".join(items) + "}"
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(encode(v, where) for v in value) + "]"
+        raise ValueError(f"GPT-NeoX config key {where!r}: {value!r} is not JSON")
+
+    return (
+        "{\n"
+        + ",\n".join(f"  {json.dumps(str(k))}: {encode(v, str(k))}" for k, v in config.items())
+        + "\n}\n"
+    )
+
+
 def write_segment_config(
     base_neox_config: Mapping,
     out_path: str | os.PathLike,
@@ -265,12 +318,11 @@ def write_segment_config(
     vocab_file: str | os.PathLike | None = None,
     overrides: Mapping | None = None,
 ) -> Path:
-    """Write the segment's GPT-NeoX YAML (see ``segment_config``) atomically; returns its path.
+    """Write the segment's GPT-NeoX config (see ``segment_config``) atomically as plain JSON
+    (``neox_json``: what DeeperSpeed's SLURM runner parses); returns its path.
 
     ``end_step`` is the step whose checkpoint the segment writes (the run's ``train-iters``
     stays: see the module docstring).
-    The YAML is written by PyYAML, which keeps a dot in every float (``1.0e-08``): GPT-NeoX's
-    PyYAML reads a JSON-style ``1e-08`` as a string.
     """
     config = segment_config(
         base_neox_config,
@@ -285,7 +337,7 @@ def write_segment_config(
         overrides=overrides,
     )
     out_path = Path(out_path)
-    write_text_atomic(out_path, yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    write_text_atomic(out_path, neox_json(config))
     return out_path
 
 
@@ -453,6 +505,51 @@ _HF_WEIGHTS = ("pytorch_model.bin", "model.safetensors", "pytorch_model.bin.inde
                "model.safetensors.index.json")  # fmt: skip
 
 
+def _read_neox_config(config_file: Path) -> dict:
+    """A segment config (plain JSON, see ``neox_json``) or a GPT-NeoX YAML; both parse as YAML."""
+    import yaml
+
+    return yaml.safe_load(config_file.read_text()) or {}
+
+
+def sequential_to_layer_files(global_step_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                              tensor_parallel: int) -> Path:  # fmt: skip
+    """The layer files v1.0's converter reads, from a checkpoint saved without pipeline stages.
+
+    With ``pipe-parallel-size: 0`` (Pythia's 14m and 31m) GPT-NeoX v1.0 trains
+    ``GPT2ModelPipe.to_sequential()``, an ``nn.Sequential`` of the same layer specs
+    (``megatron/model/gpt2_model.py``), and DeepSpeed's engine saves its whole state dict as
+    ``module`` in ``mp_rank_XX_model_states.pt`` (``runtime/engine.py`` ``_save_checkpoint``),
+    keys ``sequential.<spec index>.<name>``. The pipeline engine would have saved spec ``i``'s
+    tensors as ``layer_<i>-model_XX-model_states.pt`` (``runtime/pipe/module.py``
+    ``ckpt_layer_path``), the files ``tools/convert_to_hf.py`` reads. This writes those files
+    into ``out_dir`` and returns it. Raises ``NeoXError`` naming the file when a model-parallel
+    rank's file is missing or holds no ``sequential.*`` tensors.
+    """
+    import torch
+
+    step_dir, out_dir = Path(global_step_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for rank in range(tensor_parallel):
+        path = step_dir / f"mp_rank_{rank:02d}_model_states.pt"
+        if not path.is_file():
+            raise NeoXError(f"sequential GPT-NeoX checkpoint incomplete: {path} not found")
+        # Written by this run's own GPT-NeoX: the file also holds optimizer and scheduler state
+        # (Python objects), so it cannot be read with weights_only.
+        module = torch.load(path, map_location="cpu", weights_only=False).get("module") or {}
+        layers: dict[int, dict] = {}
+        for key, tensor in module.items():
+            match = re.fullmatch(r"sequential\.(\d+)\.(.+)", key)
+            if match:
+                layers.setdefault(int(match[1]), {})[match[2]] = tensor
+        if not layers:
+            raise NeoXError(f"{path}: no sequential.* tensors in 'module' (not a pipe-parallel-"
+                            "size 0 checkpoint?)")  # fmt: skip
+        for index, tensors in layers.items():
+            torch.save(tensors, out_dir / f"layer_{index:02d}-model_{rank:02d}-model_states.pt")
+    return out_dir
+
+
 def convert_neox_checkpoint(
     neox_dir: str | os.PathLike,
     global_step_dir: str | os.PathLike,
@@ -466,6 +563,8 @@ def convert_neox_checkpoint(
 
     Runs v1.0's ``tools/convert_to_hf.py`` into a temporary sibling directory and renames it
     to ``output_dir`` (replacing an old one) only once it holds ``config.json`` and weights.
+    A checkpoint saved without pipeline stages (``pipe-parallel-size: 0``) is first rewritten
+    into the layer files the converter reads (``sequential_to_layer_files``), beside the output.
     Raises ``FileNotFoundError`` naming a missing converter, checkpoint or config, and
     ``NeoXError`` (with the converter's output) when it fails or writes no model.
     """
@@ -474,21 +573,31 @@ def convert_neox_checkpoint(
     _require(neox_dir / "tools" / "convert_to_hf.py", "GPT-NeoX converter")
     _require(step_dir, "GPT-NeoX checkpoint")
     _require(config_file, "GPT-NeoX config")
+    neox_cfg = _read_neox_config(config_file)
     with atomic_directory(output_dir) as tmp:
-        argv = neox_convert_command(neox_dir, step_dir, config_file, tmp, python=python)
+        source = step_dir
+        if _get(neox_cfg, "pipe-parallel-size", 1) == 0:
+            source = sequential_to_layer_files(
+                step_dir, tmp / "layers", _get(neox_cfg, "model-parallel-size", 1)
+            )
+        argv = neox_convert_command(neox_dir, source, config_file, tmp / "hf", python=python)
         proc = subprocess.run(argv, cwd=neox_dir.resolve(), capture_output=True, text=True)
         if log_path is not None:
             write_text_atomic(Path(log_path), proc.stdout + proc.stderr)
         problem = None
         if proc.returncode != 0:
             problem = f"exit code {proc.returncode}"
-        elif not (tmp / "config.json").is_file():
-            problem = f"no config.json in {tmp}"
-        elif not any((tmp / name).is_file() for name in _HF_WEIGHTS):
-            problem = f"no weights ({', '.join(_HF_WEIGHTS)}) in {tmp}"
+        elif not (tmp / "hf" / "config.json").is_file():
+            problem = f"no config.json in {tmp / 'hf'}"
+        elif not any((tmp / "hf" / name).is_file() for name in _HF_WEIGHTS):
+            problem = f"no weights ({', '.join(_HF_WEIGHTS)}) in {tmp / 'hf'}"
         if problem:
             output = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
             raise NeoXError(f"converting {step_dir} failed ({problem}): {' '.join(argv)}\n{output}")
+        shutil.rmtree(tmp / "layers", ignore_errors=True)
+        for item in (tmp / "hf").iterdir():
+            os.replace(item, tmp / item.name)
+        (tmp / "hf").rmdir()
     return output_dir
 
 
@@ -502,23 +611,98 @@ def slots_per_node(config: Mapping, size: str) -> int:
     return layout["gpus_per_node"] or config["cluster"]["cpu_ranks_per_node"]
 
 
-def check_seeds(run) -> None:
-    """Refuse a run whose data and weight seeds differ: GPT-NeoX v1.0 has one ``seed`` for both
-    the weight init and the index maps, so such a run (a PolyPythias data-seed variant) would
-    silently train on another order. Raises ``ConfigError`` naming the run."""
-    from pythia_suite.config import ConfigError
+# flash-attn 0.2.2 (v1.0's requirements-flashattention.txt), csrc/flash_attn/fmha_api.cpp, as the
+# review of issue 18 read it (the source is not among the anchors): GPUs sm_75 or sm_8x; head
+# dimension at most 128; the backward pass with a head dimension above 64 only on sm_80.
+FLASH_ATTN_MAX_HEAD_DIM = 128
+FLASH_ATTN_BACKWARD_SM80_ABOVE = 64
 
-    if run.data_seed != run.weight_seed:
-        raise ConfigError(
-            f"run {run.name}: data seed {run.data_seed} differs from weight seed "
-            f"{run.weight_seed}, but GPT-NeoX v1.0 has one `seed` for both the weight init and "
-            "the data order; train this run with training.backend: pytorch"
-        )
+
+def head_dim(config: Mapping, size: str) -> int:
+    """A size's attention head dimension (hidden / heads)."""
+    return config["sizes"][size]["hidden"] // config["sizes"][size]["heads"]
+
+
+def attention_types(neox_config: Mapping) -> set[str]:
+    """The attention types a GPT-NeoX ``attention-config`` uses (``[[["flash"], 16]]``...)."""
+    spec = _get(neox_config, "attention-config") or [[["global"], 1]]
+    return {kind for kinds, _count in spec for kind in kinds}
+
+
+def flash_attn_problem(head_dimension: int, capability: Sequence[int] | None) -> str | None:
+    """Why flash-attn 0.2.2 cannot train attention of this head dimension (on a GPU of compute
+    capability ``(major, minor)``, when given), or None when it can."""
+    if head_dimension > FLASH_ATTN_MAX_HEAD_DIM:
+        return f"head dimension {head_dimension} > flash-attn 0.2.2's {FLASH_ATTN_MAX_HEAD_DIM}"
+    if capability is None:
+        return None
+    major, minor = int(capability[0]), int(capability[1])
+    arch = f"sm_{major}{minor}"
+    if not ((major, minor) == (7, 5) or major == 8):
+        return f"flash-attn 0.2.2 runs on sm_75 and sm_8x only, not {arch}"
+    if head_dimension > FLASH_ATTN_BACKWARD_SM80_ABOVE and (major, minor) != (8, 0):
+        return (f"head dimension {head_dimension} > {FLASH_ATTN_BACKWARD_SM80_ABOVE}: "
+                f"flash-attn 0.2.2's backward pass needs sm_80, not {arch}")  # fmt: skip
+    return None
+
+
+def run_deviations(config: Mapping, run) -> list[str]:
+    """How a run's GPT-NeoX config departs from Pythia's own to be runnable by v1.0 (recorded in
+    its checkpoints' provenance and its model card). Today: a size whose attention is not
+    flash (Pythia's configs ask for flash everywhere) because its head dimension exceeds
+    flash-attn 0.2.2's limit (config.yaml: 1b)."""
+    from pythia_suite import config as cfg
+
+    kinds = attention_types(cfg.neox_config(dict(config), run))
+    if kinds == {"flash"}:
+        return []
+    dim = head_dim(config, run.size)
+    why = flash_attn_problem(dim, None) or f"head dimension {dim}"
+    return [f"attention {'/'.join(sorted(kinds))} instead of Pythia's flash ({why}); the same "
+            "softmax attention through GPT-NeoX v1.0's fused masked-softmax kernel"]  # fmt: skip
+
+
+def check_neox_supported(config: Mapping, runs) -> None:
+    """Refuse, before anything is queued, a run GPT-NeoX v1.0 cannot train or convert here
+    (docs/slurm.md, "What the neox path supports"): a data seed GPT-NeoX cannot be given
+    (``data.source.check_data_seed``), flash attention with a head dimension above flash-attn
+    0.2.2's limit, one node with GPUs (DeeperSpeed v1.0's runner fails on one host), or more
+    than one pipeline stage (the converter and the completeness check read pipe-parallel sizes
+    0 and 1). Raises
+    ``ConfigError`` naming the run, the key and the value."""
+    from pythia_suite import config as cfg
+    from pythia_suite.data.source import check_data_seed
+
+    for run in runs:
+        check_data_seed(config, run, backend="neox")
+        neox_cfg = cfg.neox_config(dict(config), run)
+        dim = head_dim(config, run.size)
+        if "flash" in attention_types(neox_cfg) and flash_attn_problem(dim, None):
+            raise cfg.ConfigError(
+                f"run {run.name}: attention-config asks for flash, but "
+                f"{flash_attn_problem(dim, None)}: set sizes.{run.size}.neox.attention-config to "
+                "global (as config.yaml does for 1b) or train with training.backend: pytorch"
+            )
+        layout = config["sizes"][run.size]["cluster"]
+        if layout["nodes"] == 1 and layout["gpus_per_node"]:
+            raise cfg.ConfigError(
+                f"run {run.name}: 1 node: DeeperSpeed v1.0 cannot launch on one host (its "
+                "deepspeed/launcher/runner.py reads `runner.exports` at line 375, which only the "
+                "multi-node branch defines: UnboundLocalError); use 2 or more nodes "
+                f"(sizes.{run.size}.cluster.nodes) or training.backend: pytorch"
+            )
+        pipe = _get(neox_cfg, "pipe-parallel-size", 1)
+        if pipe not in (0, 1):
+            raise cfg.ConfigError(
+                f"run {run.name}: pipe-parallel-size {pipe}: the neox path converts and checks "
+                "checkpoints of pipe-parallel-size 0 or 1 only (Pythia's)"
+            )
 
 
 @dataclass(frozen=True)
 class NeoXSegment:
-    """Where one segment ``(start_step, end_step]`` reads and writes, and on how many nodes."""
+    """Where one segment ``(start_step, end_step]`` reads and writes, on how many nodes, and the
+    port its ranks meet on."""
 
     save_dir: Path
     start_step: int
@@ -526,6 +710,15 @@ class NeoXSegment:
     data_prefix: str
     vocab_file: str
     nodes: int
+    master_port: int = DEFAULT_MASTER_PORT
+
+
+# GPT-NeoX's own evaluation is off in every segment: its valid/test data paths would be the
+# training set (Pythia's configs name one dataset for all three), so its "validation loss" would
+# be measured on data it trains on. With eval-iters 0, v1.0 sets do_valid/do_test false
+# (megatron/data/data_utils.py) and asks for 0 validation samples. The suite evaluates each
+# checkpoint itself (lm-eval, held-out texts).
+SEGMENT_EVALUATION = {"eval-iters": 0}
 
 
 def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
@@ -534,13 +727,16 @@ def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
     segment job trains with when given one. Both come from here, so they cannot drift apart.
 
     A segment's config differs from the run's only in paths (save/load, data, vocab), the
-    ``exit-interval``/``extra-save-iters`` that end the segment (``segment_config``), and
-    ``deepspeed_slurm`` off on one node (the module doc says why). Raises ``ConfigError``
-    when the run's data and weight seeds differ (``check_seeds``).
+    ``exit-interval``/``extra-save-iters`` that end the segment (``segment_config``),
+    ``deepspeed_slurm`` off on one node (the module doc says why), ``master_port`` (deepy.py
+    gives DeeperSpeed's runner the config's port, not ``MASTER_PORT``) and GPT-NeoX's evaluation
+    off (``SEGMENT_EVALUATION``). Raises ``ConfigError`` when the run's data seed cannot be
+    given (``data.source.check_data_seed``: GPT-NeoX has one seed for weights and data).
     """
     from pythia_suite import config as cfg
+    from pythia_suite.data.source import check_data_seed
 
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     if segment is None:
         return cfg.neox_config(dict(config), run, dataset_prefix)
     base = cfg.neox_config(dict(config), run, segment.data_prefix)
@@ -552,11 +748,21 @@ def run_neox_config(config: Mapping, run, *, dataset_prefix: str | None = None,
         end_step=segment.end_step,
         train_data_paths=[segment.data_prefix],
         vocab_file=segment.vocab_file,
-        overrides={"deepspeed_slurm": segment.nodes > 1},
-    )
+        overrides={"deepspeed_slurm": segment.nodes > 1, "master_port": segment.master_port,
+                   **SEGMENT_EVALUATION},
+    )  # fmt: skip
 
 
-# --- data: the suite's index maps, or hand-built ones over the preshuffled set ---------------
+def write_run_segment_config(config: Mapping, run, segment: NeoXSegment,
+                             path: str | os.PathLike) -> dict:  # fmt: skip
+    """Write a segment's GPT-NeoX config (``run_neox_config``) as plain JSON (``neox_json``)
+    atomically to ``path``, the file deepy.py is given; returns the config."""
+    neox_config = run_neox_config(config, run, segment=segment)
+    write_text_atomic(Path(path), neox_json(neox_config))
+    return neox_config
+
+
+# --- data: index maps built once per dataset (rule neox_index_maps), read by every segment ---
 
 
 def _requested_samples(neox_config: Mapping, global_batch: int) -> dict[str, int]:
@@ -576,12 +782,42 @@ def _requested_samples(neox_config: Mapping, global_batch: int) -> dict[str, int
     return {name: math.ceil(n * 1.005) for name, n in counts.items()}
 
 
+def segment_requested_samples(config: Mapping) -> dict[str, int]:
+    """What every segment's GPT-NeoX asks of each split: the run's training samples, and none of
+    valid/test (``SEGMENT_EVALUATION``: its evaluation is off). The same for every run of a
+    dataset, so one set of index maps serves them all."""
+    training = config["training"]
+    neox_cfg = {"train-iters": training["train_iters"], **SEGMENT_EVALUATION}
+    return _requested_samples(neox_cfg, training["global_batch"])
+
+
 def _link(target: Path, link: Path) -> None:
     """``link`` -> ``target`` (absolute), replacing an older link."""
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(Path(target).resolve())
     os.replace(tmp, link)
+
+
+def _link_beside(target: Path, link: Path) -> None:
+    """``link`` -> ``target``'s name, both in one directory (stays valid when it is renamed)."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(target).name)
+    os.replace(tmp, link)
+
+
+def _alias_maps(local: Path, out_dir: Path, made, requested: Mapping[str, int], *,
+                seq_length: int, seed: int) -> None:  # fmt: skip
+    """Give every other split in ``requested`` the maps ``made`` under its own file names, as
+    links: its evaluation is off, so GPT-NeoX finds them (and builds none) but never reads them."""
+    from pythia_suite.data.order import index_map_paths
+
+    for name, count in requested.items():
+        paths = index_map_paths(local, out_dir, count, seq_length, seed, name=name)
+        for path, source in zip(paths, made, strict=True):
+            if path != source:
+                _link_beside(source, path)
 
 
 def preshuffled_index_maps(
@@ -601,10 +837,11 @@ def preshuffled_index_maps(
     seq_length)``, ``shuffle_idx[k] = 2k``. ``shuffle_idx`` has one padding entry more than there
     are items, so that ``len(GPT2Dataset)`` (``len(shuffle_idx) - 1``) covers every item.
 
-    Writes ``out_dir/document.{bin,idx}`` (links to ``prefix``) and, for each dataset name in
-    ``requested`` (``train_0``...: requested sample count), the three ``.npy`` files under the
-    names GPT-NeoX looks for, so it loads them instead of building its own. Returns the prefix
-    to give GPT-NeoX. Raises ``ValueError`` naming the ``.idx`` when an item is not
+    Writes ``out_dir/document.{bin,idx}`` (links to ``prefix``) and the three ``.npy`` files
+    once, under the names GPT-NeoX looks for for the first dataset name in ``requested``
+    (``train_0``: its sample count); every other name gets links to them (the maps do not depend
+    on the count), so GPT-NeoX loads them instead of building its own. Returns the prefix to
+    give GPT-NeoX. Raises ``ValueError`` naming the ``.idx`` when an item is not
     ``seq_length + 1`` tokens or there are fewer than ``min_items`` items.
     """
     from pythia_suite.data.indexed import IndexedDataset
@@ -628,6 +865,8 @@ def preshuffled_index_maps(
     local = out_dir / "document"
     for ext in (".bin", ".idx"):
         _link(Path(f"{prefix}{ext}"), Path(f"{local}{ext}"))
+    if not requested:
+        return str(local)
     k = np.arange(items, dtype=np.int64)
     doc_idx = k.astype(np.int32)
     sample_idx = np.empty((2 * items, 2), dtype=np.int32)
@@ -638,94 +877,190 @@ def preshuffled_index_maps(
     shuffle_idx = np.empty(items + 1, dtype=np.uint32 if 2 * items < 2**32 - 1 else np.int64)
     shuffle_idx[:items] = 2 * k
     shuffle_idx[items] = 2 * (items - 1)  # padding: never read (len = items)
-    for name, count in requested.items():
-        paths = index_map_paths(local, out_dir, count, seq_length, seed, name=name)
-        for path, array in zip(paths, (doc_idx, sample_idx, shuffle_idx), strict=True):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-            np.save(tmp, array, allow_pickle=False)
-            os.replace(tmp, path)
+    first, count = next(iter(requested.items()))
+    made = index_map_paths(local, out_dir, count, seq_length, seed, name=first)
+    for path, array in zip(made, (doc_idx, sample_idx, shuffle_idx), strict=True):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, array, allow_pickle=False)
+        os.replace(tmp, path)
+    _alias_maps(local, out_dir, made, requested, seq_length=seq_length, seed=seed)
     return str(local)
 
 
 def _suite_index_maps(dataset_prefix: str, order_dir: str, out_dir: Path, *,
-                      num_samples: int, seq_length: int, seed: int) -> str:  # fmt: skip
+                      requested: Mapping[str, int], seq_length: int, seed: int) -> str:  # fmt: skip
     """Link the dataset and the suite's own ``train_0`` index maps (``build-order``) into
     ``out_dir``, where GPT-NeoX finds them beside the data prefix and loads them instead of
-    writing its own into the results tree. Returns the prefix to give GPT-NeoX."""
+    writing its own; the other names in ``requested`` link to the same maps (never read: the
+    segments' evaluation is off). Returns the prefix to give GPT-NeoX."""
     from pythia_suite.data.order import index_map_paths
 
     out_dir.mkdir(parents=True, exist_ok=True)
     local = out_dir / Path(dataset_prefix).name
     for ext in (".bin", ".idx"):
         _link(Path(f"{dataset_prefix}{ext}"), Path(f"{local}{ext}"))
-    theirs = index_map_paths(dataset_prefix, order_dir, num_samples, seq_length, seed)
-    ours = index_map_paths(local, out_dir, num_samples, seq_length, seed)
+    count = requested["train_0"]
+    theirs = index_map_paths(dataset_prefix, order_dir, count, seq_length, seed)
+    ours = index_map_paths(local, out_dir, count, seq_length, seed)
     for src, dst in zip(theirs, ours, strict=True):
         if not src.is_file():
             raise FileNotFoundError(f"index map not found: {src} (rule build_order)")
         _link(src, dst)
+    _alias_maps(local, out_dir, ours, requested, seq_length=seq_length, seed=seed)
     return str(local)
 
 
 def neox_work_dir(config: Mapping, run) -> Path:
     """Where GPT-NeoX's side of a run lives: ``paths.state/<run>/neox`` (``checkpoints/`` =
-    its ``save``/``load``, ``data/`` = the data prefix it reads, ``stepN/`` = a segment's config,
-    hostfile and logs)."""
+    its ``save``/``load``, ``stepN/`` = a segment's config, hostfile and logs)."""
     from pythia_suite import layout
 
     return Path(layout.state_dir(config["paths"]["state"], run.name)) / "neox"
 
 
-def neox_data_prefix_path(config: Mapping, run) -> str:
-    """The data prefix a run's segments give GPT-NeoX (prepared by ``neox_data_prefix``)."""
-    from pythia_suite import layout
-
-    data_dir = neox_work_dir(config, run) / "data"
-    if config["data"]["source"] == "preshuffled":
-        return str(data_dir / "document")
-    return str(data_dir / Path(layout.dataset_prefix(config["paths"]["results"], run.variant)).name)
+def neox_index_maps_dir(config: Mapping, variant: str, seed: int | str) -> str:
+    """Where rule ``neox_index_maps`` puts a dataset's GPT-NeoX data prefix and index maps (one
+    directory per variant and data seed, shared by every run that reads them)."""
+    return f"{config['paths']['results']}/data/neox/{variant}/seed{seed}"
 
 
-def neox_data_prefix(config: Mapping, run, work_dir: Path) -> str:
-    """The data prefix a run's GPT-NeoX segments read, prepared under ``work_dir``: the
-    Megatron dataset with the suite's index maps (``data.source: raw``), or the preshuffled set
-    with hand-built ones (``preshuffled``). Same token stream as the PyTorch backend."""
+def run_of_dataset(config: Mapping, variant: str, seed: int | str):
+    """A run of the matrix that trains on ``variant`` with data seed ``seed`` (they all read the
+    same data prefix and maps). Raises ``ConfigError`` naming both when no run does."""
     from pythia_suite import config as cfg
-    from pythia_suite import layout
 
-    results = config["paths"]["results"]
-    seq_length = config["model"]["seq_length"]
-    if config["data"]["source"] == "preshuffled":
-        neox_cfg = cfg.neox_config(dict(config), run)
-        global_batch = config["training"]["global_batch"]
-        return preshuffled_index_maps(
-            layout.preshuffled_prefix(results, run.variant),
-            work_dir,
-            seq_length=seq_length,
-            seed=_get(neox_cfg, "seed"),
-            requested=_requested_samples(neox_cfg, global_batch),
-            min_items=config["training"]["train_iters"] * global_batch,
-        )
-    return _suite_index_maps(
-        layout.dataset_prefix(results, run.variant),
-        layout.order_dir(results, run.variant, run.data_seed),
-        work_dir,
-        num_samples=cfg.num_samples(dict(config)),
-        seq_length=seq_length,
-        seed=run.data_seed,
-    )
+    for run in cfg.expand_runs(dict(config)).values():
+        if run.variant == variant and str(run.data_seed) == str(seed):
+            return run
+    raise cfg.ConfigError(f"no run of the matrix trains on {variant} with data seed {seed}")
+
+
+def _map_seed(config: Mapping, run) -> int:
+    """The seed in the index-map names GPT-NeoX looks for: its config's one ``seed``."""
+    from pythia_suite import config as cfg
+
+    return _get(cfg.neox_config(dict(config), run), "seed")
+
+
+def neox_data_prefix_path(config: Mapping, run) -> str:
+    """The data prefix a run's segments give GPT-NeoX (built by ``build_neox_index_maps``)."""
+    from pythia_suite.data.source import training_data
+
+    maps = neox_index_maps_dir(config, run.variant, run.data_seed)
+    return str(Path(maps) / Path(training_data(config, run).dataset_prefix).name)
+
+
+def build_neox_index_maps(config: Mapping, run, out_dir: str | os.PathLike) -> str:
+    """Rule ``neox_index_maps``: the data prefix GPT-NeoX reads for ``run``'s dataset and data
+    seed, with every index map its segments ask for, built once into ``out_dir`` (renamed into
+    place when complete): the Megatron dataset with the suite's own maps (``data.source: raw``,
+    ``idxmaps``), or the preshuffled set, already in order, with hand-built ones. The PyTorch
+    backend's token stream either way (both from ``data.source.training_data``). Returns the
+    prefix (``neox_data_prefix_path``)."""
+    from pythia_suite.data.source import training_data
+
+    tokens = training_data(config, run)
+    requested = segment_requested_samples(config)
+    with atomic_directory(out_dir) as tmp:
+        if tokens.order_dir is None:
+            training = config["training"]
+            preshuffled_index_maps(
+                tokens.dataset_prefix,
+                tmp,
+                seq_length=tokens.seq_length,
+                seed=_map_seed(config, run),
+                requested=requested,
+                min_items=training["train_iters"] * training["global_batch"],
+            )
+        else:
+            _suite_index_maps(
+                tokens.dataset_prefix,
+                tokens.order_dir,
+                tmp,
+                requested={**requested, "train_0": tokens.num_samples},
+                seq_length=tokens.seq_length,
+                seed=tokens.data_seed,
+            )
+    return str(Path(out_dir) / Path(tokens.dataset_prefix).name)
+
+
+def neox_data_prefix(config: Mapping, run) -> str:
+    """The data prefix a run's GPT-NeoX segment reads, as rule ``neox_index_maps`` left it: a
+    segment job writes no index map. Raises ``FileNotFoundError`` naming the first missing file
+    (its dataset, or a map for a split GPT-NeoX asks for)."""
+    from pythia_suite.data.order import index_map_paths
+    from pythia_suite.data.source import training_data
+
+    prefix = neox_data_prefix_path(config, run)
+    tokens = training_data(config, run)
+    requested = segment_requested_samples(config)
+    if tokens.order_dir is not None:
+        requested["train_0"] = tokens.num_samples
+    seed = _map_seed(config, run)
+    wanted = [Path(prefix + ".bin"), Path(prefix + ".idx")]
+    for name, count in requested.items():
+        wanted += index_map_paths(prefix, Path(prefix).parent, count, tokens.seq_length, seed,
+                                  name=name)  # fmt: skip
+    for path in wanted:
+        if not path.is_file():  # follows the links
+            raise FileNotFoundError(f"GPT-NeoX data not found: {path} (rule neox_index_maps)")
+    return prefix
 
 
 # --- a segment, start to finish ----------------------------------------------------------------
 
-# What DeepSpeed's pipeline engine writes into global_stepN (GPT-NeoX v1.0, pipe-parallel-size 1).
-_NEOX_STEP_FILES = ("mp_rank_00_model_states.pt", "layer_00-model_00-model_states.pt")
+
+def neox_step_files(neox_config: Mapping, data_parallel: int) -> list[str]:
+    """The files a finished GPT-NeoX v1.0 save leaves in ``global_stepN``, for a run's config
+    and data-parallel size, as DeeperSpeed v1.0 names them:
+
+    - ``mp_rank_XX_model_states.pt``, one per model-parallel rank (``engine._get_ckpt_name``);
+    - with pipeline stages (``pipe-parallel-size`` >= 1), one
+      ``layer_II-model_XX-model_states.pt`` per layer spec with weights and model-parallel rank
+      (``pipe/module.py`` ``ckpt_layer_path``): 0 (embedding), 2..L+1 (transformer layers),
+      L+3 (final norm), L+4 (output layer, untied);
+    - with ZeRO (stage >= 1), ``zero_pp_rank_D_mp_rank_XX_optim_states.pt`` per data-parallel
+      and model-parallel rank (``engine._get_rank_zero_ckpt_name``).
+    """
+    tp = _get(neox_config, "model-parallel-size", 1)
+    layers = _get(neox_config, "num-layers")
+    pipe = _get(neox_config, "pipe-parallel-size", 1)
+    zero = (_get(neox_config, "zero_optimization") or {}).get("stage", 0)
+    files = [f"mp_rank_{m:02d}_model_states.pt" for m in range(tp)]
+    if pipe >= 1:
+        specs = [0, *range(2, layers + 2), layers + 3]
+        if _get(neox_config, "no-weight-tying", False):
+            specs.append(layers + 4)
+        files += [f"layer_{i:02d}-model_{m:02d}-model_states.pt" for i in specs for m in range(tp)]
+    if zero >= 1:
+        files += [f"zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"
+                  for d in range(data_parallel) for m in range(tp)]  # fmt: skip
+    return files
 
 
-def neox_step_complete(global_step_dir: Path) -> bool:
-    """Whether ``global_stepN`` holds the files a finished save writes (a killed save may leave
-    the directory without them)."""
-    return all((Path(global_step_dir) / name).is_file() for name in _NEOX_STEP_FILES)
+def latest_step(save_dir: str | os.PathLike) -> int | None:
+    """The step ``save_dir/latest`` names (``global_stepN``), or None without a readable one."""
+    try:
+        text = (Path(save_dir) / "latest").read_text().strip()
+    except OSError:
+        return None
+    match = re.fullmatch(r"global_step(\d+)", text)
+    return int(match[1]) if match else None
+
+
+def neox_step_missing(save_dir: str | os.PathLike, step: int, neox_config: Mapping,
+                      data_parallel: int) -> list[str]:  # fmt: skip
+    """What ``save_dir/global_step{step}`` lacks of a finished save (``neox_step_files``), and
+    ``latest`` when it names an earlier step: DeepSpeed writes ``latest`` after every rank's
+    files and a barrier, so a save that was killed leaves it at an older step. Empty when
+    complete."""
+    step_dir = Path(save_dir) / f"global_step{step}"
+    missing = [n for n in neox_step_files(neox_config, data_parallel)
+               if not (step_dir / n).is_file()]  # fmt: skip
+    named = latest_step(save_dir)
+    if named is None or named < step:
+        missing.append(f"latest (names global_step{named}, not >= {step})")
+    return missing
 
 
 def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLike,
@@ -743,12 +1078,13 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
     """
     from pythia_suite import config as cfg
     from pythia_suite import layout
+    from pythia_suite.data.source import check_data_seed
     from pythia_suite.train.checkpoint import state_dir_lock
 
     settings = config["training"]["neox"]
     if not settings["dir"]:
         raise cfg.ConfigError("training.neox.dir: the neox backend needs a GPT-NeoX v1.0 checkout")
-    check_seeds(run)
+    check_data_seed(config, run, backend="neox")
     steps = cfg.checkpoint_steps(dict(config))
     end = step if step > 0 else steps[1]
     start = cfg.previous_step(dict(config), end)
@@ -762,20 +1098,18 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
             save_dir=save_dir,
             start_step=start,
             end_step=end,
-            data_prefix=neox_data_prefix(config, run, base / "data"),
+            data_prefix=neox_data_prefix(config, run),
             vocab_file=str(Path(layout.tokenizer(config["paths"]["results"])).resolve()),
             nodes=nodes,
+            master_port=settings["master_port"],
         )
-        segment_yml = work / "segment.yml"
+        segment_yml = work / "segment.json"  # plain JSON: DeeperSpeed's SLURM runner parses it
         work.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            segment_yml,
-            yaml.safe_dump(run_neox_config(config, run, segment=segment), sort_keys=False,
-                           default_flow_style=None),
-        )  # fmt: skip
+        segment_config = write_run_segment_config(config, run, segment, segment_yml)
         global_dir = save_dir / f"global_step{step}"
         summary_path = work / SEGMENT_SUMMARY_NAME
-        if not neox_step_complete(global_dir):
+        data_parallel = cfg.data_parallel_size(dict(config), run.size)
+        if neox_step_missing(save_dir, step, segment_config, data_parallel):
             launched = time.time()
             run_neox_segment(
                 settings["dir"],
@@ -792,6 +1126,12 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
                 config, run, start, end, launch_s=time.time() - launched,
                 wall_s=time.time() - started, started=started,
             ))  # fmt: skip
+            missing = neox_step_missing(save_dir, step, segment_config, data_parallel)
+            if missing:
+                raise NeoXError(
+                    f"GPT-NeoX exited 0 but {global_dir} is incomplete: missing "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                )
         hf_dir = convert_neox_checkpoint(
             settings["dir"], global_dir, segment_yml, work / f"hf-step{step}",
             python=settings["python"], log_path=work / f"convert-step{step}.log",
@@ -799,7 +1139,8 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
         return checkpoint_from_hf_dir(
             hf_dir, output, cfg.hf_config(dict(config), run), step=step, start_step=start,
             neox_checkpoint=global_dir, record_config={"run": run.as_dict(), "backend": "neox",
-            "neox": dict(settings)}, inputs=inputs, started=started,
+            "neox": dict(settings),
+            "deviations": run_deviations(config, run)}, inputs=inputs, started=started,
             world_size=nodes * slots_per_node(config, run.size),
             segment_summary=summary_path if step == end and summary_path.is_file() else None,
         )  # fmt: skip
@@ -912,17 +1253,22 @@ def checkpoint_from_hf_dir(
 # GPT-NeoX v1.0 README: "developed and tested for Python 3.8"; 3.9 "appears to work".
 SUPPORTED_PYTHON = ((3, 8), (3, 9))
 PINNED_TORCH = "1.12.1"  # envs/gpt-neox.yaml
+# DeeperSpeed tag v1.0 (the SLURM runner); its setup.py records `git rev-parse --short HEAD` as
+# deepspeed.__git_hash__. v1.0's own requirements pin eb7f5cff, which has no SLURM runner.
+DEEPERSPEED_V1_COMMIT = "7069d10d2c9abac50576c84cb7e45910fafa218c"
 FUSED_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
+FLASH_KERNEL = "flash_attn_cuda"  # flash-attn 0.2.2's extension, used when a layer is flash
 
 # Run by the GPT-NeoX environment's Python: reports what it has, never fails itself.
 _PROBE = r"""
-import importlib, json, sys
+import importlib, importlib.util, json, os, sys
 out = {"python": list(sys.version_info[:3])}
 sys.path.insert(0, sys.argv[1])
 def attempt(name):
     try:
         module = importlib.import_module(name)
-        return {"ok": True, "version": getattr(module, "__version__", None)}
+        return {"ok": True, "version": getattr(module, "__version__", None),
+                "git_hash": getattr(module, "__git_hash__", None)}
     except BaseException as err:
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 out["torch"] = attempt("torch")
@@ -930,6 +1276,7 @@ if out["torch"]["ok"]:
     import torch
     out["torch"]["cuda"] = torch.version.cuda
     try:
+        out["torch"]["arch_list"] = torch.cuda.get_arch_list()
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         out["gpus"] = [{"name": torch.cuda.get_device_name(i),
                         "capability": list(torch.cuda.get_device_capability(i))} for i in range(n)]
@@ -939,6 +1286,13 @@ if out["torch"]["ok"]:
 out["deepspeed"] = attempt("deepspeed")
 out["megatron"] = attempt("megatron")
 out["kernels"] = {name: attempt(name) for name in sys.argv[2:]}
+try:  # definitions and imports only: the script's work is under __main__
+    path = os.path.join(sys.argv[1], "tools", "convert_to_hf.py")
+    spec = importlib.util.spec_from_file_location("convert_to_hf", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    out["converter"] = {"ok": True}
+except BaseException as err:
+    out["converter"] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
 print(json.dumps(out))
 """
 
@@ -971,6 +1325,23 @@ def arch_supported(capability: Sequence[int], archs: Sequence[tuple[int, int]]) 
     return any(a_major == major and a_minor <= minor for a_major, a_minor in archs)
 
 
+def torch_runs_on(capability: Sequence[int], arch_list: Sequence[str]) -> bool:
+    """Whether a torch build whose ``torch.cuda.get_arch_list()`` is ``arch_list`` has kernels
+    for a GPU of ``capability``: a cubin ``sm_XY`` of the same major and minor <= the GPU's, or
+    PTX ``compute_XY`` at or below it (compiled on load)."""
+    gpu = (int(capability[0]), int(capability[1]))
+    for arch in arch_list:
+        match = re.fullmatch(r"(sm|compute)_(\d)(\d+)", arch)
+        if not match:
+            continue
+        built = (int(match[2]), int(match[3]))
+        if match[1] == "sm" and built[0] == gpu[0] and built[1] <= gpu[1]:
+            return True
+        if match[1] == "compute" and built <= gpu:
+            return True
+    return False
+
+
 def _git_head(neox_dir: Path) -> str:
     proc = subprocess.run(["git", "-C", str(neox_dir), "rev-parse", "HEAD"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
@@ -979,40 +1350,57 @@ def _git_head(neox_dir: Path) -> str:
     return proc.stdout.strip()
 
 
+PROBE_TIMEOUT_S = 300
+
+
 def _probe(python: str, neox_dir: Path) -> dict:
+    argv = [python, "-c", _PROBE, str(neox_dir), *FUSED_KERNELS, FLASH_KERNEL]
     try:
-        proc = subprocess.run([python, "-c", _PROBE, str(neox_dir), *FUSED_KERNELS],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise NeoXError(f"{python} did not finish the probe in {PROBE_TIMEOUT_S} s") from None
     except OSError as err:
         raise NeoXError(f"cannot run {python}: {err}") from None
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-5:])
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
         raise NeoXError(
             f"{python} could not run the probe (exit {proc.returncode}): {tail}"
         ) from None
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """``text`` on one line (a traceback or a multi-line error would break the report)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def neox_doctor(
     neox_dir: str | os.PathLike | None,
     python: str = "python",
     *,
+    flash_head_dims: Mapping[str, int] | None = None,
     git_head: Callable[[Path], str] = _git_head,
     probe: Callable[[str, Path], dict] = _probe,
 ) -> list[DoctorCheck]:
-    """Check that GPT-NeoX v1.0 can launch here, in order; stops at the first failure.
+    """Check that GPT-NeoX v1.0 can launch, train and convert here, in order; stops at the
+    first failure.
 
-    The checkout (deepy.py, pinned commit), the environment's Python and torch (a CUDA build)
-    versions, ``deepspeed`` and ``megatron`` importable, the fused kernels built, and every GPU's
-    architecture among the kernels'. ``git_head`` and ``probe`` (what ``python`` reports about
-    itself) are parameters so that each failure can be tested without GPT-NeoX. Returns the
-    checks done; the last one failed when any did.
+    The checkout (deepy.py, pinned commit), the environment's Python and torch (the pinned
+    CUDA build, with kernels for every GPU: ``torch.cuda.get_arch_list()``), DeeperSpeed at
+    tag v1.0's commit, ``megatron`` importable, GPT-NeoX's fused kernels built and built for
+    every GPU, flash-attn's kernel (``flash_attn_cuda``) importable, flash-attn 0.2.2's limits
+    for every configured size that uses flash (``flash_head_dims``: size -> head dimension) on
+    every GPU, and ``tools/convert_to_hf.py`` importable (as ``envs/gpt-neox.post-deploy.sh``
+    patched it). ``git_head`` and ``probe`` (what ``python`` reports about itself) are
+    parameters so that each failure can be tested without GPT-NeoX. Every detail is one line.
+    Returns the checks done; the last one failed when any did.
     """
     checks: list[DoctorCheck] = []
 
     def passed(name: str, ok: bool, detail: str, fix: str = "") -> bool:
-        checks.append(DoctorCheck(name, ok, detail if ok else f"{detail}{fix}"))
+        checks.append(DoctorCheck(name, ok, _one_line(detail if ok else f"{detail}{fix}")))
         return ok
 
     if not neox_dir:
@@ -1052,13 +1440,33 @@ def neox_doctor(
     if not passed("torch", good, detail, fix):
         return checks
 
-    for name in ("deepspeed", "megatron"):
-        module = found.get(name, {})
-        detail = f"importable (version {module.get('version')})"
-        if not module.get("ok"):
-            detail = f"not importable: {module.get('error')}"
-        if not passed(name, bool(module.get("ok")), detail):
-            return checks
+    gpus = found.get("gpus") or []
+    if not gpus:
+        why = found.get("gpu_error") or "torch sees no CUDA device"
+        passed("GPU", False, f"no GPU ({why})")
+        return checks
+    seen = "; ".join(f"{g['name']} sm_{g['capability'][0]}{g['capability'][1]}" for g in gpus)
+    arch_list = torch.get("arch_list") or []
+    bad = [g for g in gpus if not torch_runs_on(g["capability"], arch_list)]
+    detail = f"{seen}; torch {torch.get('version')} has kernels for {', '.join(arch_list)}"
+    if not passed("torch GPU kernels", not bad, detail, " (none for this GPU)"):
+        return checks
+
+    deepspeed = found.get("deepspeed", {})
+    if not deepspeed.get("ok"):
+        passed("DeeperSpeed", False, f"not importable: {deepspeed.get('error')}")
+        return checks
+    commit = str(deepspeed.get("git_hash") or "")
+    detail = f"deepspeed {deepspeed.get('version')} at commit {commit or 'unknown'}"
+    fix = f", expected DeeperSpeed tag v1.0 = {DEEPERSPEED_V1_COMMIT[:7]} (its SLURM runner)"
+    right = len(commit) >= 7 and DEEPERSPEED_V1_COMMIT.startswith(commit)
+    if not passed("DeeperSpeed", right, detail, fix):
+        return checks
+
+    megatron = found.get("megatron", {})
+    detail = "importable" if megatron.get("ok") else f"not importable: {megatron.get('error')}"
+    if not passed("megatron", bool(megatron.get("ok")), detail):
+        return checks
 
     kernels = found.get("kernels") or {}
     missing = [name for name in FUSED_KERNELS if not kernels.get(name, {}).get("ok")]
@@ -1069,15 +1477,44 @@ def neox_doctor(
 
     archs = kernel_archs(root)
     built = ", ".join(f"sm_{a}{b}" for a, b in archs) or "no architecture found"
-    gpus = found.get("gpus") or []
-    if not gpus:
-        why = found.get("gpu_error") or "torch sees no CUDA device"
-        passed(
-            "GPU architecture", False, f"no GPU ({why}); the fused kernels are built for {built}"
-        )
-        return checks
     bad = [g for g in gpus if not arch_supported(g["capability"], archs)]
-    seen = "; ".join(f"{g['name']} sm_{g['capability'][0]}{g['capability'][1]}" for g in gpus)
     fix = " (no kernel for this GPU: H100-class needs the changes in envs/gpt-neox.yaml)"
-    passed("GPU architecture", not bad, f"{seen}; kernels built for {built}", fix)
+    if not passed("GPU architecture", not bad, f"{seen}; kernels built for {built}", fix):
+        return checks
+
+    if flash_head_dims:
+        flash = kernels.get(FLASH_KERNEL, {})
+        error = flash.get("error") or "not probed"
+        detail = "importable" if flash.get("ok") else f"not importable: {error}"
+        fix = " (flash-attn==0.2.2, envs/gpt-neox.post-deploy.sh)"
+        if not passed("flash-attn kernel", bool(flash.get("ok")), detail, fix):
+            return checks
+        problems = [
+            f"{size} (head dim {dim}) on {g['name']}: {why}"
+            for size, dim in sorted(flash_head_dims.items())
+            for g in gpus
+            if (why := flash_attn_problem(dim, g["capability"]))
+        ]
+        sizes = ", ".join(f"{s} ({d})" for s, d in sorted(flash_head_dims.items()))
+        detail = problems[0] if problems else f"sizes using flash (head dim): {sizes}; {seen}"
+        if not passed("flash-attn limits", not problems, detail):
+            return checks
+
+    converter = found.get("converter", {})
+    detail = "tools/convert_to_hf.py imports" if converter.get("ok") else (
+        f"tools/convert_to_hf.py does not import: {converter.get('error')}"
+    )  # fmt: skip
+    fix = " (envs/gpt-neox.post-deploy.sh patches it for Python 3.8)"
+    passed("converter", bool(converter.get("ok")), detail, fix)
     return checks
+
+
+def flash_head_dims(config: Mapping) -> dict[str, int]:
+    """Head dimension of every size a run of the matrix trains with flash attention."""
+    from pythia_suite import config as cfg
+
+    out = {}
+    for run in cfg.expand_runs(dict(config)).values():
+        if "flash" in attention_types(cfg.neox_config(dict(config), run)):
+            out[run.size] = head_dim(config, run.size)
+    return out

@@ -60,6 +60,8 @@ __all__ = [
     "MasterWeightOptimizer",
     "zero1_owners",
     "half_parameters",
+    "shard_gradients_like_parameters",
+    "split_by_placement",
     "build_optimizer",
     "unscale_and_clip",
     "global_grad_norm",
@@ -403,10 +405,32 @@ def _broadcast_from_owners(
                 offset += t.numel()
 
 
-def _copy_hyperparameters(groups: list[dict], local_groups: list[dict]) -> None:
-    """Each group's LR, decay, ... (set by the schedule) onto the local optimizer's group."""
-    for g, local in zip(groups, local_groups, strict=True):
-        for key, value in g.items():
+def split_by_placement(param_groups: list[dict]) -> tuple[list[dict], list[int]]:
+    """Each group split into its plain tensors and its DTensors, with the same hyperparameters;
+    empty halves dropped. Returns the groups and, for each, the index of the group it came from.
+
+    Under tensor parallelism a group mixes LayerNorm weights (plain, replicated) with the
+    biases of sharded layers (DTensors), and torch's fused AdamW refuses the mix
+    (``aten._fused_adamw_.default got mixed torch.Tensor and DTensor``): one kernel per
+    placement kind. The update of each parameter is the same whatever its group.
+    """
+    from torch.distributed.tensor import DTensor
+
+    out, sources = [], []
+    for index, group in enumerate(param_groups):
+        for kind in (False, True):
+            params = [p for p in group["params"] if isinstance(p, DTensor) is kind]
+            if params:
+                out.append(dict(group, params=params))
+                sources.append(index)
+    return out, sources
+
+
+def _copy_hyperparameters(groups: list[dict], local_groups: list[dict], sources: list[int]) -> None:
+    """Each group's LR, decay, ... (set by the schedule) onto the local optimizer's groups
+    (``sources[i]``: the group that local group ``i`` came from)."""
+    for local, source in zip(local_groups, sources, strict=True):
+        for key, value in groups[source].items():
             if key != "params":
                 local[key] = value
 
@@ -443,10 +467,12 @@ class ZeroOneOptimizer:
         self.rank = dist.get_rank(group)
         self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
         self.owner = zero1_owners(self.param_groups, world)
-        local_groups = [
-            dict(g, params=[p for p in g["params"] if self.owner[id(p)] == self.rank])
-            for g in self.param_groups
-        ]
+        local_groups, self._sources = split_by_placement(
+            [
+                dict(g, params=[p for p in g["params"] if self.owner[id(p)] == self.rank])
+                for g in self.param_groups
+            ]
+        )
         self.optim = optimizer_class(local_groups, **defaults)
 
     def params(self) -> list[torch.Tensor]:
@@ -457,7 +483,7 @@ class ZeroOneOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        _copy_hyperparameters(self.param_groups, self.optim.param_groups)
+        _copy_hyperparameters(self.param_groups, self.optim.param_groups, self._sources)
         self.optim.step()
         _broadcast_from_owners(self.params(), self.owner, self.rank, self.group)
 
@@ -498,10 +524,12 @@ class MasterWeightOptimizer:
             for p in g["params"]
             if self.owner[id(p)] == self.rank
         }
-        local_groups = [
-            dict(g, params=[self._master[id(p)] for p in g["params"] if id(p) in self._master])
-            for g in self.param_groups
-        ]
+        local_groups, self._sources = split_by_placement(
+            [
+                dict(g, params=[self._master[id(p)] for p in g["params"] if id(p) in self._master])
+                for g in self.param_groups
+            ]
+        )
         self.optim = optimizer_class(local_groups, **defaults)
         self._grad_factor: torch.Tensor | None = None
 
@@ -528,7 +556,7 @@ class MasterWeightOptimizer:
     def step(self) -> None:
         if self._grad_factor is None:
             raise RuntimeError("MasterWeightOptimizer.step needs unscale_and_clip first")
-        _copy_hyperparameters(self.param_groups, self.optim.param_groups)
+        _copy_hyperparameters(self.param_groups, self.optim.param_groups, self._sources)
         owned = [(p, self._master[id(p)]) for p in self.params() if id(p) in self._master]
         for p, master in owned:
             if p.grad is not None:
@@ -551,6 +579,25 @@ def _placed_like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if isinstance(grad, DTensor) and tuple(grad.placements) != tuple(param.placements):
         return grad.redistribute(param.device_mesh, param.placements)
     return grad
+
+
+def shard_gradients_like_parameters(model: nn.Module, par: Parallelism) -> None:
+    """Under tensor parallelism, each DTensor parameter's gradient arrives in the parameter's
+    own placements (a hook before accumulation).
+
+    DTensor's embedding backward returns the vocabulary-sharded input embedding's gradient
+    replicated: every tensor rank would hold, accumulate and all-reduce over the data group
+    the whole vocab x hidden gradient. Replicate -> Shard is a local slice (no
+    communication), so each rank keeps only its vocabulary rows. Call after the optimizer is
+    built (master weights replace the parameters). A no-op at tensor parallel 1.
+    """
+    if par.tensor == 1:
+        return
+    from torch.distributed.tensor import DTensor
+
+    for param in model.parameters():
+        if isinstance(param, DTensor) and param.requires_grad:
+            param.register_hook(lambda grad, param=param: _placed_like(grad, param))
 
 
 def half_parameters(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:
@@ -582,7 +629,8 @@ def build_optimizer(
     rank (unless ``sharded=False``: every data rank keeps the whole state), else a plain AdamW
     (under FSDP the parameters are already shards). With ``masters`` (``half_parameters``'
     fp32 copies of half-precision parameters): ``MasterWeightOptimizer``, sharded the same way.
-    The LR starts at 0."""
+    The LR starts at 0. Every AdamW built here gets groups of one placement kind
+    (``split_by_placement``), so ``fused=True`` works under tensor parallelism."""
     defaults = dict(lr=0.0, betas=betas, eps=eps, **kwargs)
     zero1 = sharded and par.mode == "zero1" and par.data > 1
     if masters is not None:
@@ -590,7 +638,7 @@ def build_optimizer(
         return MasterWeightOptimizer(param_groups, masters, group=group, **defaults)
     if zero1:
         return ZeroOneOptimizer(param_groups, group=par.data_group, **defaults)
-    return torch.optim.AdamW(param_groups, **defaults)
+    return torch.optim.AdamW(split_by_placement(param_groups)[0], **defaults)
 
 
 def unscale_and_clip(
@@ -611,10 +659,13 @@ def unscale_and_clip(
     return clip_grad_norm(params, max_norm)
 
 
-def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device) -> nn.Module:
+def wrap_data_parallel(
+    module: nn.Module, par: Parallelism, device_ids: Iterable[torch.device] | None
+) -> nn.Module:
     """``zero1`` at tensor parallel 1 with several data ranks: DDP over the data group, whose
     bucketed all-reduce overlaps the backward pass. Under tensor parallelism (DTensor
-    parameters) the gradients are all-reduced after the backward (``all_reduce_gradients``)."""
+    parameters) the gradients are all-reduced after the backward (``all_reduce_gradients``).
+    ``device_ids``: DDP's, ``DeviceChoices.ddp_device_ids`` (None for a CPU module)."""
     if par.mode != "zero1" or par.data == 1 or par.tensor > 1:
         return module
     # The only buffer (rotary inv_freq) is computed identically on every rank: no sync.
@@ -622,7 +673,7 @@ def wrap_data_parallel(module: nn.Module, par: Parallelism, device: torch.device
     # second copy of them (one parameter's worth of memory less; the same values).
     return nn.parallel.DistributedDataParallel(
         module,
-        device_ids=[device] if device.type == "cuda" else None,
+        device_ids=list(device_ids) if device_ids is not None else None,
         process_group=par.data_group,
         forward_sync_buffers=False,
         gradient_as_bucket_view=True,

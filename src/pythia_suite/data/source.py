@@ -1,0 +1,204 @@
+"""Where a run's tokens come from, for every ``data.source``: the one place that asks.
+
+``data.source`` is one of:
+
+* ``raw``: Pile-format shards -> (dedup) -> tokenize -> one Megatron dataset per variant; the
+  run's order is built over it with its data seed (``build-order``).
+* ``idxmaps``: Pythia's pre-tokenized Pile (``data.idxmaps``), fetched, verified and unsharded
+  into the same dataset path; the run's order is built as for ``raw``.
+* ``preshuffled``: Pythia's published samples, already in data seed 1234's order; no order is
+  built, item ``k`` is sample ``k``.
+
+Use :func:`training_data` (config, run) -> :class:`TrainingData` for paths, workflow inputs,
+provenance inputs, the token stream and the config values that fix it; and
+:func:`check_data_seed` to refuse a run whose data seed the source (or the backend) cannot give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SOURCES", "TrainingData", "check_data_seed", "idxmaps_entry", "training_data"]
+
+SOURCES = ("raw", "idxmaps", "preshuffled")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run reads.
+
+    Attributes:
+        source: ``raw``, ``idxmaps`` or ``preshuffled``.
+        dataset_prefix: the Megatron dataset read (``PREFIX.bin`` + ``PREFIX.idx``): the
+            variant's dataset (``raw``, ``idxmaps``: one item per document) or the preshuffled
+            set (one item per training sample).
+        order_dir: the run's index maps (``doc_idx``, ``sample_idx``, ``shuffle_idx``, built by
+            ``build-order`` with ``data_seed``); None for ``preshuffled``, already in order.
+        data_seed: the run's data seed.
+        num_samples, seq_length: GPT-NeoX's requested samples and sequence length.
+        hub_repo, hub_revision: the Hub dataset the tokens come from (None for ``raw``, or an
+            ``idxmaps`` set read from a local ``path``).
+        description: one sentence on a Hub dataset's tokens for the model card (None for
+            ``raw``, whose card describes the shards).
+        fingerprint: the config values that determine the token stream (rerun triggers).
+    """
+
+    source: str
+    dataset_prefix: str
+    order_dir: str | None
+    data_seed: int
+    num_samples: int
+    seq_length: int
+    hub_repo: str | None = None
+    hub_revision: str | None = None
+    description: str | None = None
+    fingerprint: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def has_documents(self) -> bool:
+        """Whether the dataset's items are documents (their ids mean something): not for
+        ``preshuffled``, whose items are samples."""
+        return self.order_dir is not None
+
+    def workflow_inputs(self) -> list[str]:
+        """The files a training segment reads: the dataset's ``.bin`` and ``.idx``, and the
+        order directory when there is one."""
+        files = [f"{self.dataset_prefix}.bin", f"{self.dataset_prefix}.idx"]
+        return files + ([self.order_dir] if self.order_dir else [])
+
+    def recorded_inputs(self) -> list[Path]:
+        """The artifacts a checkpoint's provenance record names: the ``.bin`` (its record
+        covers the ``.idx`` and where it came from) and the order directory."""
+        return [Path(f"{self.dataset_prefix}.bin")] + (
+            [Path(self.order_dir)] if self.order_dir else []
+        )
+
+    def samples(self):
+        """The token stream: ``order.SampleBatches`` (``samples[i]`` = global sample ``i``,
+        ``batch(step, global_batch)``). Builds the index maps in ``order_dir`` if absent.
+        Raises what the readers raise for missing or damaged files."""
+        if self.order_dir is None:
+            from pythia_suite.data.preshuffled import PreshuffledSamples
+
+            return PreshuffledSamples(self.dataset_prefix, seq_length=self.seq_length)
+        from pythia_suite.data.order import GPTNeoXSamples
+
+        return GPTNeoXSamples(
+            self.dataset_prefix, self.order_dir, self.num_samples, self.seq_length, self.data_seed
+        )
+
+
+def idxmaps_entry(config: Mapping, variant: str) -> Mapping:
+    """``data.idxmaps.<variant>``. Raises ``ConfigError`` naming the key when the variant has
+    no pre-tokenized set configured (the pythia README publishes only the deduped one)."""
+    from pythia_suite.config import ConfigError
+
+    entry = config["data"]["idxmaps"].get(variant)
+    if not entry or not (entry.get("repo") or entry.get("path")):
+        raise ConfigError(
+            f"data.idxmaps.{variant}: no pre-tokenized set configured for this variant (give "
+            "repo or path, stem and shards); the pythia README publishes only the deduped one"
+        )
+    return entry
+
+
+def training_data(config: Mapping, run) -> TrainingData:
+    """The data a run trains on, under the configured ``data.source``.
+
+    Raises ``ConfigError`` naming the key when the source has nothing configured for the run's
+    variant (no preshuffled repo, no idxmaps set, no raw shard).
+    """
+    from pythia_suite import config as cfg
+    from pythia_suite import layout
+    from pythia_suite.data.idxmaps import shard_names
+
+    data = config["data"]
+    results = config["paths"]["results"]
+    source = data["source"]
+    common = {
+        "source": source,
+        "data_seed": run.data_seed,
+        "num_samples": cfg.num_samples(dict(config)),
+        "seq_length": config["model"]["seq_length"],
+    }
+    fingerprint = {"source": source, "tokenizer": data["tokenizer"], "seed": run.data_seed}
+    if source == "preshuffled":
+        repo = data["preshuffled"].get(run.variant)
+        if not repo:
+            raise cfg.ConfigError(f"data.preshuffled.{run.variant}: no repository configured")
+        return TrainingData(
+            dataset_prefix=layout.preshuffled_prefix(results, run.variant),
+            order_dir=None,
+            hub_repo=repo,
+            hub_revision=data["preshuffled"]["revision"],
+            description=(
+                f"Trained on Pythia's published token order, `{repo}` (revision "
+                f"`{data['preshuffled']['revision']}`): already tokenized and shuffled, consumed "
+                "in its stored order, so every size sees the same data in the same order."
+            ),
+            fingerprint={**fingerprint, "repo": repo},
+            **common,
+        )
+    order = layout.order_dir(results, run.variant, run.data_seed)
+    prefix = layout.dataset_prefix(results, run.variant)
+    if source == "idxmaps":
+        entry = idxmaps_entry(config, run.variant)
+        local = bool(entry.get("path"))
+        revision = data["idxmaps"]["revision"]
+        where = (
+            "a local copy of its files" if local else f"`{entry['repo']}` (revision `{revision}`)"
+        )
+        checked = (
+            "its files checked against their published sha256 and the unsharded dataset against "
+            "its published sha256"
+            if entry.get("bin_sha256") and set(shard_names(entry)) <= set(entry.get("sha256", {}))
+            else "its files' sha256 recorded at first use where none is configured"
+        )
+        return TrainingData(
+            dataset_prefix=prefix,
+            order_dir=order,
+            hub_repo=None if local else entry["repo"],
+            hub_revision=None if local else revision,
+            description=(
+                f"Trained on Pythia's pre-tokenized Pile, {where}: {checked}; read in GPT-NeoX "
+                f"v1.0's order for data seed {run.data_seed}."
+            ),
+            fingerprint={**fingerprint, "idxmaps": dict(entry)},
+            **common,
+        )
+    if not data["raw"]["shards"]:
+        raise cfg.ConfigError("data.raw.shards: data.source is 'raw' but no shard is listed")
+    fingerprint["shards"] = data["raw"]["shards"]
+    if run.dedup:
+        fingerprint["dedup"] = data["dedup"]
+    return TrainingData(dataset_prefix=prefix, order_dir=order, fingerprint=fingerprint, **common)
+
+
+def check_data_seed(config: Mapping, run, backend: str | None = None) -> None:
+    """Refuse a run whose data order cannot be given; ``backend`` defaults to
+    ``training.backend`` (``neox-config`` asks for ``neox`` whatever is configured).
+
+    * ``neox``: GPT-NeoX v1.0 has one ``seed`` for the weight init and the index maps, so the
+      run's data and weight seeds must be equal.
+    * ``preshuffled``: the published set is data seed ``data.preshuffled.data_seed``'s (1234)
+      order; any other data seed would train on it while claiming another.
+
+    Raises ``ConfigError`` naming the run and the fix.
+    """
+    from pythia_suite.config import ConfigError
+
+    if (backend or config["training"]["backend"]) == "neox" and run.data_seed != run.weight_seed:
+        raise ConfigError(
+            f"run {run.name}: data seed {run.data_seed} differs from weight seed "
+            f"{run.weight_seed}, but GPT-NeoX v1.0 has one `seed` for both the weight init and "
+            "the data order; train this run with training.backend: pytorch"
+        )
+    published = config["data"]["preshuffled"]["data_seed"]
+    if config["data"]["source"] == "preshuffled" and run.data_seed != published:
+        raise ConfigError(
+            f"run {run.name}: data seed {run.data_seed}, but data.source: preshuffled is "
+            f"Pythia's published order, that of data seed {published}; set data.source: "
+            "idxmaps (Pythia's tokenized Pile, ordered with any data seed) or raw"
+        )
