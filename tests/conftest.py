@@ -18,15 +18,20 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 PYTHIA_ANCHORS = SHARED / "anchors" / "pythia" / "EleutherAI_pythia"
 
 
-def require_anchor(relative: str | os.PathLike = "") -> Path:
-    """`PYTHIA_ANCHORS / relative` if it exists; else skip (locally) or fail (`CI=true`)."""
-    path = PYTHIA_ANCHORS / relative
+def require_shared(path: Path, what: str) -> Path:
+    """`path` (under `../shared`) if it exists; else skip (locally) or fail (`CI=true`),
+    naming the path and `what` is absent."""
     if path.exists():
         return path
-    message = f"{path} not found (../shared anchors absent)"
+    message = f"{path} not found ({what} absent)"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; under CI=true ../shared must be present")
     pytest.skip(message)
+
+
+def require_anchor(relative: str | os.PathLike = "") -> Path:
+    """`PYTHIA_ANCHORS / relative` if it exists; else skip (locally) or fail (`CI=true`)."""
+    return require_shared(PYTHIA_ANCHORS / relative, "../shared anchors")
 
 
 @pytest.fixture

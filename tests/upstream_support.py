@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SHARED
+from conftest import SHARED, require_shared
 
 UPSTREAM = SHARED / "anchors" / "upstream"
 NEOX = UPSTREAM / "gpt-neox-v1.0"
@@ -31,13 +31,7 @@ DEEPERSPEED = UPSTREAM / "DeeperSpeed-v1.0"
 
 def require_upstream(relative: str = "") -> Path:
     """``UPSTREAM / relative`` if present; else skip (locally) or fail (``CI=true``)."""
-    path = UPSTREAM / relative
-    if path.exists():
-        return path
-    message = f"{path} not found (../shared/anchors/upstream absent)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; under CI=true ../shared must be present")
-    pytest.skip(message)
+    return require_shared(UPSTREAM / relative, "../shared/anchors/upstream")
 
 
 @contextmanager
