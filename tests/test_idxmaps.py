@@ -23,6 +23,7 @@ from pythia_suite.data.idxmaps import IdxmapsError, shard_names, unshard
 from pythia_suite.data.indexed import IndexedDatasetWriter
 from pythia_suite.data.order import GPTNeoXSamples
 from pythia_suite.data.preshuffled import parse_shard_hashes
+from pythia_suite.data.source import training_data
 from pythia_suite.hashing import sha256_file
 from pythia_suite.provenance import read_record
 
@@ -135,7 +136,11 @@ def test_fetch_verify_unshard_equals_the_original_and_orders_by_the_data_seed(tm
     assert [Path(i["path"]).name for i in record["inputs"]] == [f.name for f in files]
     assert read_record(fetched[0])["extra"]["sha256_configured"] == sha256_file(files[0])
 
-    # The run's batch is GPT-NeoX's order for data seed 1 over the original dataset.
+    # The run's batch is GPT-NeoX's order for data seed 1 over the original dataset, built
+    # by the command the workflow's build_order rule runs (batch reads only built artifacts).
+    order_dir = training_data(config, run).order_dir
+    assert main([*args, "build-order", "--dataset-prefix", str(prefix), "--seed", "1",
+                 "--output", str(order_dir)]) == 0  # fmt: skip
     out = tmp_path / "batch.npy"
     assert main([*args, "batch", run.name, "--step", "3", "--output", str(out)]) == 0
     gb = config["training"]["global_batch"]
