@@ -108,8 +108,13 @@ class NeoXSuite:
     def checkpoint(self, step: int) -> Path:
         return self.results / "runs" / RUN / "checkpoints" / f"step{step}"
 
-    def jobs(self, output: str) -> list[str]:
-        return re.findall(r"submitted with SLURM jobid (\d+)", output)
+    def jobs(
+        self, output: str, rules: tuple[str, ...] = ("init_checkpoint", "train_segment")
+    ) -> list[str]:
+        """The SLURM job ids of ``rules``' jobs (the training jobs by default) in Snakemake's
+        output, read from the plugin's per-rule log path."""
+        pattern = r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/"
+        return [job for job, rule in re.findall(pattern, output) if rule in rules]
 
 
 def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:

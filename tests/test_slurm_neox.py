@@ -71,6 +71,8 @@ def _check_launches(suite: NeoXSuite, output: str) -> dict:
     """What each segment job started: one deepy.py where it trained, one rank per slot."""
     jobs = suite.jobs(output)
     assert len(jobs) == len(STEPS), output[-3000:]  # init_checkpoint + 2 train_segment jobs
+    # the index maps: one job before the segments, which read them and write none
+    assert len(suite.jobs(output, rules=("neox_index_maps",))) == 1, output[-3000:]
     for step in STEPS:
         record = json.loads((suite.checkpoint(step) / "provenance.json").read_text())
         assert str(record["slurm_job_id"]) in jobs

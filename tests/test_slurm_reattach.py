@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pythia_suite import cli, slurm
+from pythia_suite import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,8 +309,9 @@ def test_train_segment_takes_a_complete_checkpoint_left_by_the_other_job(tmp_pat
 
 def test_await_segment_command_waits_for_the_running_job(fake, tmp_path, monkeypatch):
     """`pythia-suite await-segment` inside a SLURM job, with the lock naming a live job."""
-    monkeypatch.chdir(tmp_path)  # paths.state (results/state) is relative
-    write_holder(tmp_path / "results" / "state" / "pythia-0.4m", "808")
+    monkeypatch.chdir(tmp_path)  # paths.state (results-mini/state in mini.yaml) is relative
+    state = cfg.load_config([a for a in MINI if a != "--config"])["paths"]["state"]
+    write_holder(tmp_path / state / "pythia-0.4m", "808")
     fake.jobs(**{"808": {"state": "RUNNING", "polls": 1}})
     env = {
         **os.environ,
