@@ -224,34 +224,50 @@ def compute_lens(
     (fewer samples than ``train_iters x global_batch``, a ``doc_idx`` whose documents do not each
     appear the same number of times).
     """
-    import time
-
-    clock = time.perf_counter
     timings = {} if timings is None else timings
-    num_docs = len(sizes)
+    maps = {"doc": doc_idx, "sample": sample_idx, "shuffle": shuffle_idx}
     epochs = _check_maps(sizes, doc_idx, sample_idx, shuffle_idx, global_batch, train_iters)
-
-    t0 = clock()
-    walked = _walk(
-        sizes, doc_idx, sample_idx, shuffle_idx, global_batch, train_iters, epochs,
-        subset_codes, num_subsets, chunk_samples,
+    arrays = dict(
+        _lens_stages(
+            sizes, maps.__getitem__, epochs, global_batch, train_iters, subset_codes,
+            num_subsets, chunk_samples, timings,
+        )
     )  # fmt: skip
-    timings["walk"] = clock() - t0
-    t0 = clock()
-    training_position = _inverse_permutation(shuffle_idx)
-    timings["inverse_shuffle"] = clock() - t0
-    t0 = clock()
-    document_positions = _document_positions(doc_idx, num_docs, epochs)
-    timings["document_positions"] = clock() - t0
     return LensArrays(
-        **walked,
-        document_positions=document_positions,
-        training_position=training_position,
+        **arrays,
         global_batch=int(global_batch),
         train_iters=int(train_iters),
         seq_length=int(seq_length),
         epochs=epochs,
     )
+
+
+def _lens_stages(
+    sizes, load_map, epochs, global_batch, train_iters, subset_codes, num_subsets,
+    chunk_samples, timings,
+):  # fmt: skip
+    """Yield the lens's arrays as ``(name, array)``, stage by stage: the walk's columns, then
+    ``training_position``, then ``document_positions``. ``load_map(name)`` gives the index map
+    ``"doc"``, ``"sample"`` or ``"shuffle"``; each stage asks only for the maps it reads and
+    drops them after, so a caller that saves each array as it comes holds one stage at a time.
+    ``timings`` receives seconds per stage (the caller's handling of its arrays included)."""
+    import time
+
+    clock = time.perf_counter
+    t0 = clock()
+    walked = _walk(
+        sizes, load_map("doc"), load_map("sample"), load_map("shuffle"), global_batch,
+        train_iters, epochs, subset_codes, num_subsets, chunk_samples,
+    )  # fmt: skip
+    while walked:
+        yield walked.popitem()
+    timings["walk"] = clock() - t0
+    t0 = clock()
+    yield "training_position", _inverse_permutation(load_map("shuffle"))
+    timings["inverse_shuffle"] = clock() - t0
+    t0 = clock()
+    yield "document_positions", _document_positions(load_map("doc"), len(sizes), epochs)
+    timings["document_positions"] = clock() - t0
 
 
 def _check_maps(sizes, doc_idx, sample_idx, shuffle_idx, global_batch, train_iters) -> int:
@@ -698,33 +714,23 @@ def build_lens(
 
     Raises ``LensError`` (see ``compute_lens``) naming the disagreement.
     """
-    import time
-
-    clock = time.perf_counter
     timings = {} if timings is None else timings
     out_dir = Path(out_dir)
-    doc_path, sample_path, shuffle_path = order_paths
-    doc_idx, sample_idx, shuffle_idx = (np.load(p, mmap_mode="r") for p in order_paths)
-    epochs = _check_maps(sizes, doc_idx, sample_idx, shuffle_idx, global_batch, train_iters)
-    t0 = clock()
-    walked = _walk(
-        sizes, doc_idx, sample_idx, shuffle_idx, global_batch, train_iters, epochs,
-        subset_codes, num_subsets, _CHUNK_SAMPLES,
+    paths = dict(zip(("doc", "sample", "shuffle"), order_paths, strict=True))
+
+    def load_map(name: str) -> np.ndarray:
+        return np.load(paths[name], mmap_mode="r")
+
+    epochs = _check_maps(
+        sizes, load_map("doc"), load_map("sample"), load_map("shuffle"), global_batch,
+        train_iters,
     )  # fmt: skip
-    del doc_idx, sample_idx  # unmapped: the next stages touch one map each
-    for name, array in walked.items():
+    for name, array in _lens_stages(
+        sizes, load_map, epochs, global_batch, train_iters, subset_codes, num_subsets,
+        _CHUNK_SAMPLES, timings,
+    ):  # fmt: skip
         np.save(out_dir / f"{name}.npy", array)
-    del walked
-    timings["walk"] = clock() - t0
-    t0 = clock()
-    np.save(out_dir / "training_position.npy", _inverse_permutation(shuffle_idx))
-    del shuffle_idx
-    timings["inverse_shuffle"] = clock() - t0
-    t0 = clock()
-    doc_idx = np.load(doc_path, mmap_mode="r")
-    np.save(out_dir / "document_positions.npy", _document_positions(doc_idx, len(sizes), epochs))
-    del doc_idx
-    timings["document_positions"] = clock() - t0
+        del array
     return _write_summary(out_dir, meta, global_batch, train_iters, seq_length)
 
 
