@@ -16,6 +16,7 @@ it keeps the first in (shard, line) order, which is the first standard row with 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pythia_suite.atomic import write_json_atomic
+from pythia_suite.atomic import write_bytes_atomic, write_json_atomic
 
 __all__ = [
     "NO_SUBSET",
@@ -71,21 +72,15 @@ def write_shard_documents(
 ) -> Path:
     """Write one shard's table (kept documents, in order) atomically: 1-based record numbers,
     subset codes into ``subset_names``, text hashes."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                record=np.asarray(records, dtype=np.int64),
-                subset=np.asarray(subset_codes, dtype=np.int32),
-                subset_names=np.asarray(list(subset_names), dtype=str),
-                text_hash=np.asarray(hashes, dtype=np.uint64),
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        record=np.asarray(records, dtype=np.int64),
+        subset=np.asarray(subset_codes, dtype=np.int32),
+        subset_names=np.asarray(list(subset_names), dtype=str),
+        text_hash=np.asarray(hashes, dtype=np.uint64),
+    )
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_shard_documents(path: str | os.PathLike) -> dict[str, np.ndarray]:
