@@ -54,7 +54,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
     cfg = importlib.import_module("pythia_suite.config")
-    layout = importlib.import_module("pythia_suite.layout")
+    paths = importlib.import_module("pythia_suite.paths")
     neox = importlib.import_module("pythia_suite.train.neox")
     from pythia_suite.data.indexed import IndexedDatasetWriter
 
@@ -67,7 +67,7 @@ def main() -> int:
         config["data"]["source"] = "preshuffled"
         run = cfg.get_run(config, "pythia-0.4m")
         seq = config["model"]["seq_length"]
-        prefix = Path(layout.preshuffled_prefix(config["paths"]["results"], run.variant))
+        prefix = Path(paths.preshuffled_prefix(config["paths"]["results"], run.variant))
         prefix.parent.mkdir(parents=True)
         with IndexedDatasetWriter(prefix) as writer:
             item = np.arange(seq + 1, dtype=np.int64) % 50000

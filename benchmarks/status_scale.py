@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from status_fixture import build_tree, results_size_bytes  # noqa: E402
 
 from pythia_suite import config as cfg  # noqa: E402
-from pythia_suite import costs, layout  # noqa: E402
+from pythia_suite import costs, paths  # noqa: E402
 from pythia_suite.status import read_summary  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def mini_costs(config: dict) -> list[dict]:
     for run in cfg.expand_runs(config).values():
         summaries = []
         for step in steps[1:]:
-            summary = read_summary(layout.segment_summary(results, run.name, step))
+            summary = read_summary(paths.segment_summary(results, run.name, step))
             if summary is not None:
                 summaries.append(summary)
         measured = sum(s["device_hours"] for s in summaries)

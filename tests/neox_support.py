@@ -47,12 +47,12 @@ def placeholder_training_data(config: dict, run) -> list[Path]:
     """Empty stand-ins for a run's dataset and index maps (``data.source: raw``) under the
     results tree, named as the rules and GPT-NeoX name them: the stand-in trainer reads none."""
     from pythia_suite import config as cfg
-    from pythia_suite import layout
+    from pythia_suite import paths
     from pythia_suite.data.order import index_map_paths
 
     results = config["paths"]["results"]
-    prefix = layout.dataset_prefix(results, run.variant)
-    order = Path(layout.order_dir(results, run.variant, run.data_seed))
+    prefix = paths.dataset_prefix(results, run.variant)
+    order = Path(paths.order_dir(results, run.variant, run.data_seed))
     order.mkdir(parents=True, exist_ok=True)
     made = [Path(prefix + ".bin"), Path(prefix + ".idx")]
     made += index_map_paths(
@@ -61,7 +61,7 @@ def placeholder_training_data(config: dict, run) -> list[Path]:
     for path in made:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    tiny_tokenizer(Path(layout.tokenizer(results)), config["data"]["tokenizer"]["vocab_size"])
+    tiny_tokenizer(Path(paths.tokenizer(results)), config["data"]["tokenizer"]["vocab_size"])
     return made
 
 

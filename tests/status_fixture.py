@@ -1,7 +1,7 @@
 """A synthetic results tree for `pythia-suite status`: what a suite leaves behind part-way.
 
 Shared by tests/test_status.py and benchmarks/status_scale.py. Records keep to the contracts
-the status tool reads: the segment summary (`layout.segment_summary`, keys exactly as in the
+the status tool reads: the segment summary (`paths.segment_summary`, keys exactly as in the
 developers' brief), publish receipts with `verified`, provenance records, evaluation batch
 directories with Pythia-layout result files, per-job logs and Snakemake incomplete markers.
 Sizes are realistic (a receipt lists the export's files, a result file holds ~40 metrics, a
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, layout
+from pythia_suite import costs, paths
 
 _PACKAGES = {
     name: "1.0.0"
@@ -209,7 +209,7 @@ def build_tree(
         rate = tokens_per_s if isinstance(tokens_per_s, float | int) else tokens_per_s[run.size]
         previous = None
         for i, step in enumerate(upto):
-            ckpt = layout.checkpoint_dir(results, run.name, step)
+            ckpt = paths.checkpoint_dir(results, run.name, step)
             _write(f"{ckpt}/provenance.json", _provenance(ckpt, "checkpoint", []))
             _write(f"{ckpt}/trainer_state.json", json.dumps({"step": step}))
             if previous is not None:
@@ -228,12 +228,12 @@ def build_tree(
                     overhead_s=overhead_s,
                 )
                 _write(
-                    layout.segment_summary(results, run.name, step), json.dumps(summary, indent=1)
+                    paths.segment_summary(results, run.name, step), json.dumps(summary, indent=1)
                 )
-            export = layout.export_dir(results, run.name, step)
+            export = paths.export_dir(results, run.name, step)
             _write(f"{export}/provenance.json", _provenance(export, "export", [ckpt]))
             if receipts:
-                receipt = layout.receipt(results, run.name, step)
+                receipt = paths.receipt(results, run.name, step)
                 _write(receipt, _receipt(run.name, step))
                 _write(
                     receipt.replace(".json", ".json.provenance.json"),
@@ -246,7 +246,7 @@ def build_tree(
                 for b, batch_steps in enumerate(cfg.eval_batches(config, n)):
                     if not set(batch_steps) <= done:
                         continue
-                    batch = layout.eval_batch_dir(results, run.name, shots, f"{b:03d}")
+                    batch = paths.eval_batch_dir(results, run.name, shots, f"{b:03d}")
                     for s in batch_steps:
                         if s in planned:
                             shot_dir = "zero-shot" if n == 0 else "five-shot"
@@ -260,8 +260,8 @@ def build_tree(
 
 
 def write_log(config: dict, *parts: str, text: str) -> str:
-    """A per-job log at `layout.log(results, *parts)` with `text`; returns its path."""
-    path = layout.log(config["paths"]["results"], *parts)
+    """A per-job log at `paths.log(results, *parts)` with `text`; returns its path."""
+    path = paths.log(config["paths"]["results"], *parts)
     _write(path, text)
     return path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pythia_suite import layout
+from pythia_suite import paths
 from pythia_suite.cli import main
 from pythia_suite.data.documents import DocumentTable
 from pythia_suite.data.shards import iter_documents
@@ -32,7 +32,7 @@ def mini(tmp_path_factory):
     config = ["--config", str(REPO / "config.yaml"), "--config", str(REPO / "config/mini.yaml")]
     config += ["--config", str(overlay)]
     res = str(results)
-    tokenizer = layout.tokenizer(res)
+    tokenizer = paths.tokenizer(res)
     assert main([*config, "train-tokenizer", *map(str, SHARDS), "--output", tokenizer]) == 0
     deduped_dir = root / "deduped"
     deduped_dir.mkdir()
@@ -46,27 +46,27 @@ def mini(tmp_path_factory):
     for variant in ("standard", "deduped"):
         prefixes = []
         for k, shard in enumerate(sources[variant]):
-            prefix = layout.tokenized_prefix(res, variant, f"{k:02d}")
-            tables = layout.shard_document_table(res, variant, f"{k:02d}")
+            prefix = paths.tokenized_prefix(res, variant, f"{k:02d}")
+            tables = paths.shard_document_table(res, variant, f"{k:02d}")
             argv = [*config, "tokenize", str(shard), "--tokenizer", tokenizer]
             argv += ["--output-prefix", prefix, "--documents", tables, "--workers", "1"]
             assert main(argv) == 0
             prefixes.append(prefix)
-        dataset = layout.dataset_prefix(res, variant)
+        dataset = paths.dataset_prefix(res, variant)
         assert main([*config, "merge-datasets", *prefixes, "--output-prefix", dataset]) == 0
         argv = [*config, "document-table"]
-        argv += [layout.shard_document_table(res, variant, f"{k:02d}") for k in range(2)]
-        argv += ["--dataset-prefix", dataset, "--output", layout.document_table(res, variant)]
+        argv += [paths.shard_document_table(res, variant, f"{k:02d}") for k in range(2)]
+        argv += ["--dataset-prefix", dataset, "--output", paths.document_table(res, variant)]
         if variant == "deduped":
-            argv += ["--standard", layout.document_table(res, "standard")]
+            argv += ["--standard", paths.document_table(res, "standard")]
         assert main(argv) == 0
-    order = layout.order_dir(res, "standard", 1234)
-    dataset = layout.dataset_prefix(res, "standard")
+    order = paths.order_dir(res, "standard", 1234)
+    dataset = paths.dataset_prefix(res, "standard")
     argv = [*config, "build-order", "--dataset-prefix", dataset, "--seed", "1234"]
     assert main([*argv, "--output", order]) == 0
     argv = [*config, "build-lens", "--variant", "standard", "--dataset-prefix", dataset]
-    argv += ["--order", order, "--documents", layout.document_table(res, "standard")]
-    argv += ["--seed", "1234", "--output", layout.lens_dir(res, "standard", 1234)]
+    argv += ["--order", order, "--documents", paths.document_table(res, "standard")]
+    argv += ["--seed", "1234", "--output", paths.lens_dir(res, "standard", 1234)]
     assert main(argv) == 0
     return {"config": config, "results": res, "sources": sources}
 
@@ -90,8 +90,8 @@ def test_lens_documents_equal_the_batch_position_by_position(mini, capsys, tmp_p
     assert main([*config, "batch", RUN, "--step", str(step), "--output", str(out)]) == 0
     batch = np.load(out)
     samples = _lens_json(capsys, config, "--step", str(step))
-    dataset = IndexedDataset(layout.dataset_prefix(mini["results"], "standard"))
-    table = DocumentTable(layout.document_table(mini["results"], "standard"))
+    dataset = IndexedDataset(paths.dataset_prefix(mini["results"], "standard"))
+    table = DocumentTable(paths.document_table(mini["results"], "standard"))
     assert len(samples) == batch.shape[0] == 8
     for row, sample in enumerate(samples):
         position = 0
@@ -110,7 +110,7 @@ def test_lens_documents_equal_the_batch_position_by_position(mini, capsys, tmp_p
 
 
 def test_document_table_rows_name_their_shard_record_and_subset(mini):
-    table = DocumentTable(layout.document_table(mini["results"], "standard"))
+    table = DocumentTable(paths.document_table(mini["results"], "standard"))
     expected = []
     for shard, path in enumerate(SHARDS):
         for line, doc in iter_documents(path):
@@ -122,8 +122,8 @@ def test_document_table_rows_name_their_shard_record_and_subset(mini):
 
 
 def test_deduped_documents_join_their_standard_ids(mini):
-    standard = DocumentTable(layout.document_table(mini["results"], "standard"))
-    deduped = DocumentTable(layout.document_table(mini["results"], "deduped"))
+    standard = DocumentTable(paths.document_table(mini["results"], "standard"))
+    deduped = DocumentTable(paths.document_table(mini["results"], "deduped"))
     assert standard.standard_id is None and deduped.meta["standard_unmatched"] == 0
     # deduped shard 00 keeps standard lines 1, 3, 4, 6, 7, ... (every third dropped)
     kept_lines = [line for k, line in enumerate(range(1, 10_000)) if k % 3 != 1]
@@ -182,7 +182,7 @@ def test_preshuffled_lens_splits_at_end_of_document_and_says_what_it_cannot_know
     rng = np.random.RandomState(0)
     samples = rng.randint(2, 100, size=(8 * 128, 129))
     samples[:, 40] = 0
-    write_preshuffled(samples, layout.preshuffled_prefix(str(results), "standard"), len(samples))
+    write_preshuffled(samples, paths.preshuffled_prefix(str(results), "standard"), len(samples))
     assert main([*config, "lens", RUN, "--step", "2"]) == 0
     text = capsys.readouterr().out
     assert "sample 0: 2 documents, tokens 41, 88+" in text
@@ -196,7 +196,7 @@ def test_data_facts_reach_the_model_card_and_the_report_figure(mini, tmp_path):
     from pythia_suite.modelcard import render_model_card
     from pythia_suite.report import plot_data_composition
 
-    lens_dir = layout.lens_dir(mini["results"], "standard", 1234)
+    lens_dir = paths.lens_dir(mini["results"], "standard", 1234)
     facts = data_facts(lens_dir)
     assert facts[0].startswith("no document repeats in training")
     assert "0.0% of the tokens from repeated documents" in facts[1]
@@ -224,7 +224,7 @@ def test_tokenized_shard_table_is_the_same_for_any_number_of_workers(mini, tmp_p
     lines[3] = json.dumps({"text": "", "meta": {"pile_set_name": "Empty"}}) + "\n"
     lines[7] = json.dumps({"text": "no meta here"}) + "\n"
     shard.write_text("".join(lines))
-    tokenizer = layout.tokenizer(mini["results"])
+    tokenizer = paths.tokenizer(mini["results"])
     tables = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"

@@ -796,7 +796,7 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     from transformers import GPTNeoXForCausalLM
 
     from pythia_suite import config as cfg
-    from pythia_suite import layout, provenance, retention
+    from pythia_suite import paths, provenance, retention
     from pythia_suite.cli import main
     from pythia_suite.export import export_checkpoint
     from pythia_suite.slurm import checkpoint_complete
@@ -824,7 +824,7 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
                  str(run.data_seed), "--output", maps]) == 0  # fmt: skip
     before = {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()}
     results = config["paths"]["results"]
-    ck = {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
+    ck = {s: Path(paths.checkpoint_dir(results, run.name, s)) for s in (0, 1, 2)}
     for step in (0, 1, 2):
         assert main([*args, "train-segment", run.name, "--step", str(step),
                      "--output", str(ck[step])]) == 0  # fmt: skip
@@ -849,17 +849,17 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
 
     # Segment summaries: the checkpoint a segment ends at carries it (step1's comes from the
     # step0 job, which trained (0, 1]); step0 ends no segment.
-    first = json.loads((ck[1] / layout.SEGMENT_SUMMARY_NAME).read_text())
+    first = json.loads((ck[1] / paths.SEGMENT_SUMMARY_NAME).read_text())
     assert (first["start_step"], first["end_step"], first["steps"]) == (0, 1, 1)
-    summary = json.loads((ck[2] / layout.SEGMENT_SUMMARY_NAME).read_text())
+    summary = json.loads((ck[2] / paths.SEGMENT_SUMMARY_NAME).read_text())
     assert (summary["start_step"], summary["end_step"], summary["steps"]) == (1, 2, 1)
     assert summary["tokens"] == config["training"]["global_batch"] * config["model"]["seq_length"]
     assert summary["devices"] == 2 and summary["device_kind"] == "cpu" and summary["mfu"] is None
     assert summary["tokens_per_s"] > 0 and summary["wall_s"] >= summary["train_time_s"] > 0
     assert summary["losses"]["last"] is None  # GPT-NeoX's losses stay in its own log
-    assert not (ck[0] / layout.SEGMENT_SUMMARY_NAME).exists()
+    assert not (ck[0] / paths.SEGMENT_SUMMARY_NAME).exists()
 
-    tokenizer = layout.tokenizer(results)
+    tokenizer = paths.tokenizer(results)
     export = export_checkpoint(ck[2], tokenizer, tmp_path / "export2", dtype="float16")
     theirs = GPTNeoXForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     neox_cfg = yaml.safe_load(Path(launches[1]["argv"][1]).read_text())

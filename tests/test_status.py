@@ -15,7 +15,7 @@ import yaml
 from status_fixture import build_tree, incomplete_marker, segment_summary, write_log
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, layout, status
+from pythia_suite import costs, paths, status
 from pythia_suite.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_counts_measured_rates_and_eta(mini):
     assert r.planned == len(steps) and r.last_step == done[-1]
     assert r.tokens_per_s == pytest.approx(2000.0)
     summaries = [
-        json.loads(Path(layout.segment_summary("results", r.run, s)).read_text()) for s in done[1:]
+        json.loads(Path(paths.segment_summary("results", r.run, s)).read_text()) for s in done[1:]
     ]
     assert r.device_hours == pytest.approx(sum(s["device_hours"] for s in summaries))
     assert r.mfu == pytest.approx(summaries[0]["mfu"])
@@ -73,7 +73,7 @@ def test_comparison_with_recorded_prediction_can_fail(mini):
 
 
 def test_plan_json_written_once(mini):
-    path = Path(layout.plan_record("results"))
+    path = Path(paths.plan_record("results"))
     assert costs.record_plan(mini) is True
     first = path.read_text()
     changed = cfg.deep_merge(mini, {"cluster": {"assumed_mfu": 0.9}})
@@ -95,7 +95,7 @@ def test_plan_uses_measured_rates_of_same_size_and_layout(mini, capsys):
     run = cfg.get_run(mini, "pythia-0.4m")
     odd = segment_summary(mini, run, 64, 96, tokens_per_s=1.0)
     odd["devices"] = 2
-    path = Path(layout.segment_summary("results", run.name, 96))
+    path = Path(paths.segment_summary("results", run.name, 96))
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(odd))
     measured = costs.measured_rates(mini)
@@ -151,15 +151,15 @@ def test_failed_incomplete_and_nan_abort_jobs(mini):
     split.write_text(json.dumps({"external_jobid": None}))
     st = _collect(mini)
     by = {(p.kind, p.target): p for p in st.problems}
-    failed = by[("failed", layout.checkpoint_dir(st.results, "pythia-0.4m", 64))]
-    assert failed.log == layout.log(st.results, "train", "pythia-0.4m", "step64")
+    failed = by[("failed", paths.checkpoint_dir(st.results, "pythia-0.4m", 64))]
+    assert failed.log == paths.log(st.results, "train", "pythia-0.4m", "step64")
     assert failed.error.endswith("NonFiniteLossError: loss is not finite at iteration 40")
     assert Path(log).is_file()
-    pub = by[("failed", layout.receipt(st.results, "pythia-1.3m", 16))]
+    pub = by[("failed", paths.receipt(st.results, "pythia-1.3m", 16))]
     assert pub.error == "RuntimeError: hub said 500"
-    inc = by[("incomplete", layout.checkpoint_dir(st.results, "pythia-1.3m", 64))]
+    inc = by[("incomplete", paths.checkpoint_dir(st.results, "pythia-1.3m", 64))]
     assert inc.job_id == "4242" and inc.rule == "train_segment"
-    assert ("incomplete", layout.checkpoint_dir(st.results, "pythia-1.3m-deduped", 64)) in by
+    assert ("incomplete", paths.checkpoint_dir(st.results, "pythia-1.3m-deduped", 64)) in by
     assert len(st.problems) == 4
     runs = {r.run: r for r in st.runs}
     assert len(runs["pythia-0.4m"].nan_aborts) == 1 and runs["pythia-1.3m"].nan_aborts == []
@@ -235,9 +235,9 @@ def test_running_slurm_jobs_and_unreachable_slurm(mini):
 
 def test_bad_records_are_named_not_fatal(mini):
     build_tree(mini, 0.5)
-    bad = Path(layout.segment_summary("results", "pythia-0.4m", 8))
+    bad = Path(paths.segment_summary("results", "pythia-0.4m", 8))
     bad.write_text('{"format": "something-else"}')
-    Path(layout.receipt("results", "pythia-1.3m", 4)).write_text("{not json")
+    Path(paths.receipt("results", "pythia-1.3m", 4)).write_text("{not json")
     st = _collect(mini)
     kinds = {(p.kind, p.target) for p in st.problems}
     assert ("bad-record", str(Path(st.results) / bad.relative_to("results"))) in {
@@ -252,9 +252,9 @@ def test_a_segment_without_steps_is_a_record_not_a_problem(mini):
     """step0's summary, as the loop writes it: no steps, so no rate and no losses."""
     build_tree(mini, 0.5)
     before = _collect(mini).runs[0]
-    path = Path(layout.segment_summary("results", before.run, 0))
+    path = Path(paths.segment_summary("results", before.run, 0))
     assert path.parent.is_dir()
-    record = json.loads(Path(layout.segment_summary("results", before.run, 1)).read_text())
+    record = json.loads(Path(paths.segment_summary("results", before.run, 1)).read_text())
     record.update(start_step=0, end_step=0, steps=0, tokens=0, tokens_per_s=None, mfu=None)
     record.update(train_time_s=0.0, wall_s=2.0, device_hours=2.0 * record["devices"] / 3600)
     record["losses"] = dict.fromkeys(record["losses"])
@@ -326,8 +326,8 @@ def test_cli_json_text_html_and_run_filter(mini):
         check=True,
     )
     assert "pythia-0.4m-deduped" in text.stdout and "progress page:" in text.stderr
-    page = Path(layout.status_page("results"))
-    assert page.is_file() and not Path(layout.report_dir("results")).exists()
+    page = Path(paths.status_page("results"))
+    assert page.is_file() and not Path(paths.report_dir("results")).exists()
     assert "<svg" in page.read_text() and "<script" not in page.read_text()
 
 
@@ -390,7 +390,7 @@ def test_failures_from_the_newest_snakemake_log(mini):
         "    external_jobid: 8080\n"
         "\n"
         "Error in rule export:\n    jobid: 9\n"
-        f"    output: {layout.export_dir('results', 'pythia-1.3m', 1)}\n"  # exists: resolved
+        f"    output: {paths.export_dir('results', 'pythia-1.3m', 1)}\n"  # exists: resolved
         "Error in rule model_card:\n    jobid: 11\n"
         "    output: results/runs/pythia-1.3m/model_card/README.md\n"
         "    log: results/logs/publish/pythia-1.3m/model_card.log (check log file(s) for error"

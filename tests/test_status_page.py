@@ -21,7 +21,7 @@ import pytest
 from status_fixture import build_tree, write_log
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, layout, status
+from pythia_suite import costs, paths, status
 from pythia_suite.status_page import write_page
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_progress_page_in_headless_chromium(tmp_path, monkeypatch):
     )
     st = status.collect_status(config, ask_slurm=False)
     page = write_page(st)
-    assert page == Path(layout.status_page(st.results))
+    assert page == Path(paths.status_page(st.results))
     html = page.read_text()
     # Self-contained: nothing to fetch, no scripts.
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)
@@ -168,7 +168,7 @@ def _add_mini_task_results(config: dict) -> None:
             "mini_lambada": {"acc": 0.0, "acc_stderr": 0.0, "ppl": 9e6 - 6e4 * step * size},
         }
         path.write_text(json.dumps(doc))
-    tasks = Path(layout.eval_tasks_dir(results))
+    tasks = Path(paths.eval_tasks_dir(results))
     tasks.mkdir(parents=True, exist_ok=True)
     chance = {"mini_next_word": {"acc": 0.25, "acc_norm": 0.25}}
     (tasks / "manifest.json").write_text(json.dumps({"chance": chance}))

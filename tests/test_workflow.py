@@ -51,16 +51,16 @@ def test_the_model_card_waits_for_every_receipt_it_reads():
     """`model-card` reads every step's receipt; each must be an input, or the card can start
     before a publish job has written its receipt (seen as a missing step32.json)."""
     from pythia_suite import config as cfg
-    from pythia_suite import layout
+    from pythia_suite import paths
 
     config = cfg.load_config([REPO / "config.yaml", REPO / "config" / "mini.yaml"])
     run, results = "pythia-1.3m", config["paths"]["results"]
-    target = layout.model_card(results, run)
+    target = paths.model_card(results, run)
     result = snakemake("--profile", "profiles/local", "-n", "--force", target)  # even if built
     assert result.returncode == 0, result.stderr[-3000:]
     block = (result.stdout + result.stderr).split("rule model_card:", 1)[1]
     inputs = block.split("input:", 1)[1].split("\n", 1)[0].split(", ")
-    receipts = [layout.receipt(results, run, step) for step in cfg.checkpoint_steps(config)]
+    receipts = [paths.receipt(results, run, step) for step in cfg.checkpoint_steps(config)]
     assert len(receipts) > 2 and set(receipts) <= {i.strip() for i in inputs}
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from pythia_suite import config as cfg
-from pythia_suite import layout
+from pythia_suite import paths
 from pythia_suite.atomic import (
     atomic_directory,
     copy_file_atomic,
@@ -453,10 +453,10 @@ def _run_lens(config: dict, run: cfg.Run, data):
         data.dataset_prefix, data.order_dir, data.num_samples, data.seq_length, data.data_seed
     )
     return open_run_lens(
-        layout.lens_dir(results, run.variant, run.data_seed),
+        paths.lens_dir(results, run.variant, run.data_seed),
         data.dataset_prefix,
         order,
-        layout.document_table(results, run.variant),
+        paths.document_table(results, run.variant),
     )
 
 
@@ -573,7 +573,7 @@ def cmd_batch(config: dict, args) -> None:
     data = _training_data(config, run)
     needed = [Path(p) for p in data.workflow_inputs()]
     if args.decode:
-        needed.append(Path(layout.tokenizer(_results(config))))
+        needed.append(Path(paths.tokenizer(_results(config))))
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise FileNotFoundError(
@@ -591,7 +591,7 @@ def cmd_batch(config: dict, args) -> None:
     if args.decode:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(layout.tokenizer(_results(config)))
+        tokenizer = Tokenizer.from_file(paths.tokenizer(_results(config)))
         for row in tokens[: args.decode]:
             print(tokenizer.decode(row.tolist(), skip_special_tokens=False))
             print("-" * 72)
@@ -633,7 +633,7 @@ def cmd_train_segment(config: dict, args) -> None:
         return
     start_step = 0 if args.step == 0 else cfg.previous_step(config, args.step)
     if args.step > 0 and not args.resume_from:
-        args.resume_from = layout.checkpoint_dir(_results(config), run.name, start_step)
+        args.resume_from = paths.checkpoint_dir(_results(config), run.name, start_step)
     inputs = [Path(args.resume_from)] if args.resume_from else []
     inputs += _training_data(config, run).recorded_inputs()
     if config["training"]["backend"] == "neox":
@@ -660,7 +660,7 @@ def cmd_train_segment(config: dict, args) -> None:
             start_step=start_step,
             end_step=args.step,
             out_dir=args.output,
-            state_dir=layout.state_dir(config["paths"]["state"], run.name),
+            state_dir=paths.state_dir(config["paths"]["state"], run.name),
             run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
         )
     except (RuntimeError, OSError) as err:
@@ -728,7 +728,7 @@ def cmd_await_segment(config: dict, args) -> None:
     if group:  # the early segments share a group job (the rule's `group:`)
         comments.append(slurm.group_comment(group, [slurm.SEGMENT_RULE]))
     slurm.await_segment(
-        layout.state_dir(config["paths"]["state"], run.name),
+        paths.state_dir(config["paths"]["state"], run.name),
         comments,
         timeout_s=args.timeout,
         log=_say,
@@ -779,7 +779,7 @@ def cmd_publish(config: dict, args) -> None:
         args.step,
         receipt,
         final=args.step == cfg.checkpoint_steps(config)[-1],
-        local_hub=layout.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
+        local_hub=paths.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
         hub_api=_hub_api(config),
         private=config["publish"]["private"],
     )
@@ -794,9 +794,9 @@ def _retention_paths(config: dict, run: cfg.Run) -> tuple[dict, dict, dict]:
     results = _results(config)
     steps = cfg.checkpoint_steps(config)
     return (
-        {s: Path(layout.checkpoint_dir(results, run.name, s)) for s in steps},
-        {s: Path(layout.export_dir(results, run.name, s)) for s in steps},
-        {s: Path(layout.receipt(results, run.name, s)) for s in steps},
+        {s: Path(paths.checkpoint_dir(results, run.name, s)) for s in steps},
+        {s: Path(paths.export_dir(results, run.name, s)) for s in steps},
+        {s: Path(paths.receipt(results, run.name, s)) for s in steps},
     )
 
 
@@ -816,11 +816,11 @@ def cmd_prune(config: dict, args) -> None:
 
     run = cfg.get_run(config, args.run)
     keep = config["training"]["keep_resume_states"]
-    paths = _retention_paths(config, run)
+    by_step = _retention_paths(config, run)
     if args.dry_run:
-        decisions = retention.plan_retention(*paths, keep=keep)
+        decisions = retention.plan_retention(*by_step, keep=keep)
     else:
-        decisions = retention.apply_retention(*paths, keep=keep)
+        decisions = retention.apply_retention(*by_step, keep=keep)
     for d in decisions:
         print(f"step{d.step:<8} {d.action:<7} {d.reason}")
 
@@ -833,7 +833,7 @@ def cmd_model_card(config: dict, args) -> None:
     results = _results(config)
     steps = cfg.checkpoint_steps(config)
     receipts = {
-        f"step{s}": json.loads(Path(layout.receipt(results, run.name, s)).read_text())
+        f"step{s}": json.loads(Path(paths.receipt(results, run.name, s)).read_text())
         for s in steps
     }
     from pythia_suite.evaluate import chance_levels
@@ -842,13 +842,13 @@ def cmd_model_card(config: dict, args) -> None:
         config,
         run.name,
         receipts,
-        tokenizer_file=layout.tokenizer(results),
-        cache_dir=layout.local_hub(results),
+        tokenizer_file=paths.tokenizer(results),
+        cache_dir=paths.local_hub(results),
         dataset_prefix=_training_data(config, run).dataset_prefix,
-        dedup_report=layout.dedup_report(results) if run.dedup else None,
-        chance=chance_levels(layout.eval_tasks_dir(results)),
+        dedup_report=paths.dedup_report(results) if run.dedup else None,
+        chance=chance_levels(paths.eval_tasks_dir(results)),
     )
-    lens_dir = Path(layout.lens_dir(results, run.variant, run.data_seed))
+    lens_dir = Path(paths.lens_dir(results, run.variant, run.data_seed))
     if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
         from pythia_suite.data.lens import data_facts
 
@@ -865,10 +865,10 @@ def cmd_model_card(config: dict, args) -> None:
                 metrics[f"{label}_stderr"] = p.stderr
     out = Path(args.output)
     write_text_atomic(out, render_model_card(info, table or None))
-    inputs = [Path(args.evals), *(Path(layout.receipt(results, run.name, s)) for s in steps)]
+    inputs = [Path(args.evals), *(Path(paths.receipt(results, run.name, s)) for s in steps)]
     inputs.append(Path(_training_data(config, run).dataset_prefix + ".bin"))
-    if run.dedup and Path(layout.dedup_report(results)).exists():
-        inputs.append(Path(layout.dedup_report(results)))
+    if run.dedup and Path(paths.dedup_report(results)).exists():
+        inputs.append(Path(paths.dedup_report(results)))
     if "data_facts" in info:
         inputs.append(lens_dir)
     Recorder(out, "model-card", info, inputs).write()
@@ -882,11 +882,11 @@ def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
 
     results = _results(config)
     publish.publish_card_locally(
-        layout.local_hub(results),
+        paths.local_hub(results),
         _repo_id(config, run),
-        layout.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
+        paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
         card,
-        layout.model_card_receipt(results, run.name),
+        paths.model_card_receipt(results, run.name),
     )
 
 
@@ -906,8 +906,8 @@ def _eval_task_source(config: dict) -> Path:
     (their record leads to it), or the marker of lm-eval's prefetched datasets."""
     results = _results(config)
     if config["evaluation"]["local_tasks"]:
-        return Path(layout.eval_tasks_dir(results))
-    return Path(layout.eval_datasets_marker(results))
+        return Path(paths.eval_tasks_dir(results))
+    return Path(paths.eval_datasets_marker(results))
 
 
 def _task_file_hashes(source: Path) -> dict[str, str]:
@@ -949,7 +949,7 @@ def cmd_evaluate(config: dict, args) -> None:
             tmp,
             run.name,
             batch_size=config["evaluation"]["batch_size"],
-            task_dir=layout.eval_tasks_dir(_results(config)) if local else None,
+            task_dir=paths.eval_tasks_dir(_results(config)) if local else None,
             include_defaults=not local,
             limit=None if local else config["evaluation"]["limit"],
         )
@@ -1031,15 +1031,15 @@ def cmd_verify_run(config: dict, args) -> None:
     run = cfg.get_run(config, args.run)
     results = _results(config)
     receipts = {
-        f"step{s}": layout.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
+        f"step{s}": paths.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
     }
-    card_receipt = Path(layout.model_card_receipt(results, run.name))
+    card_receipt = Path(paths.model_card_receipt(results, run.name))
     if config["publish"]["local_hub"] and card_receipt.is_file():
         receipts["main"] = str(card_receipt)
     summary = publish.verify_published_run(
         receipts,
         _repo_id(config, run),
-        local_hub=layout.local_hub(results) if config["publish"]["local_hub"] else None,
+        local_hub=paths.local_hub(results) if config["publish"]["local_hub"] else None,
         hub_api=_hub_api(config),
     )
     write_json_atomic(args.output, summary, sort_keys=False)
@@ -1052,11 +1052,11 @@ def cmd_report(config: dict, args) -> None:
     runs = _run_table(config)
     steps = cfg.checkpoint_steps(config)
     eval_jsons = {
-        r["name"]: _pythia_result_files(layout.evals_dir(results, r["name"])) for r in runs
+        r["name"]: _pythia_result_files(paths.evals_dir(results, r["name"])) for r in runs
     }
     trainer_states = {
         r["name"]: [
-            str(Path(layout.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
+            str(Path(paths.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
             for s in steps
         ]
         for r in runs
@@ -1065,15 +1065,15 @@ def cmd_report(config: dict, args) -> None:
 
     out = Path(args.output)
     chance = (
-        chance_levels(layout.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
+        chance_levels(paths.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
     )
     lenses = {}  # the data lens of each order, for the data-composition figure
     if config["data"]["source"] != "preshuffled":
         for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
-            lens_dir = Path(layout.lens_dir(results, variant, seed))
+            lens_dir = Path(paths.lens_dir(results, variant, seed))
             if (lens_dir / "lens.json").is_file():
                 lenses[f"{variant}, data seed {seed}"] = lens_dir
-    inputs = [Path(layout.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
+    inputs = [Path(paths.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
     recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
     with atomic_directory(out) as tmp:
         build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
@@ -1342,9 +1342,9 @@ def _config_files(args) -> list:
     """--config's files, or (saying so on stderr) the config of the suite last run here."""
     if args.config:
         return args.config
-    paths, why = cfg.find_default_config()
-    _say(f"pythia-suite: config {paths[0]} ({why}; --config FILE to choose)")
-    return paths
+    found, why = cfg.find_default_config()
+    _say(f"pythia-suite: config {found[0]} ({why}; --config FILE to choose)")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

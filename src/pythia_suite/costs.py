@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pythia_suite import config as cfg
-from pythia_suite import layout, units
+from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
 
 PLAN_FORMAT = "pythia-suite/plan/1"
@@ -66,7 +66,7 @@ def measured_rates(config: dict) -> dict[str, dict]:
     sums: dict[str, dict] = {}
     for run in cfg.expand_runs(config).values():
         want = layout_key(config, run.size)
-        root = os.path.dirname(layout.checkpoint_dir(results, run.name, 0))
+        root = os.path.dirname(paths.checkpoint_dir(results, run.name, 0))
         try:
             names = os.listdir(root)
         except OSError:
@@ -75,7 +75,7 @@ def measured_rates(config: dict) -> dict[str, dict]:
             if not name.startswith("step"):
                 continue
             try:
-                summary = read_summary(os.path.join(root, name, layout.SEGMENT_SUMMARY_NAME))
+                summary = read_summary(os.path.join(root, name, paths.SEGMENT_SUMMARY_NAME))
             except ValueError:
                 continue
             if summary is None or _summary_key(summary) != want:
@@ -298,13 +298,13 @@ def plan_record(config: dict, *, mfu: float | None = None) -> dict:
 
 
 def record_plan(config: dict, path: str | os.PathLike | None = None) -> bool:
-    """Write the prediction to `path` (default `layout.plan_record`) unless one is there.
+    """Write the prediction to `path` (default `paths.plan_record`) unless one is there.
 
     Written once: a later start, or a changed config, never overwrites it (delete the file to
     record a new prediction). The file appears whole (written aside, then hard-linked into
     place, which fails if another start won the race). Returns whether it was written.
     """
-    path = Path(path or layout.plan_record(config["paths"]["results"]))
+    path = Path(path or paths.plan_record(config["paths"]["results"]))
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def read_recorded_plan(results: str) -> dict | None:
 
     Raises ValueError naming the file when it exists but is not a plan record.
     """
-    path = layout.plan_record(results)
+    path = paths.plan_record(results)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

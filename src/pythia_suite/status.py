@@ -2,7 +2,7 @@
 
 What is read, and nothing else (so it is safe while the workflow runs and takes no lock):
 - the results tree's directory listings: checkpoints, exports, receipts, evaluation batches;
-- each checkpoint's segment summary (`layout.segment_summary`, never trainer_state.json);
+- each checkpoint's segment summary (`paths.segment_summary`, never trainer_state.json);
 - each publish receipt's `verified` flag;
 - `results/plan.json`, the prediction recorded when the suite started (`pythia_suite.costs`);
 - Snakemake's incomplete markers (`.snakemake/incomplete/`, see `snakemake_incomplete`);
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, layout, units
+from pythia_suite import costs, paths, units
 from pythia_suite.provenance import RECORD_NAME
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
@@ -295,8 +295,8 @@ def read_summary(path: str) -> dict | None:
         return None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable segment summary: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != layout.SEGMENT_SUMMARY_FORMAT:
-        raise ValueError(f"{path}: format is not {layout.SEGMENT_SUMMARY_FORMAT!r}")
+    if not isinstance(data, dict) or data.get("format") != paths.SEGMENT_SUMMARY_FORMAT:
+        raise ValueError(f"{path}: format is not {paths.SEGMENT_SUMMARY_FORMAT!r}")
     for key in ("end_step", "tokens", "wall_s", "device_hours", "devices"):
         if not isinstance(data.get(key), int | float):
             raise ValueError(f"{path}: key {key!r} is missing or not a number")
@@ -359,7 +359,7 @@ def _eval_steps(results: str, run: str) -> dict[str, set[int]]:
             if not os.path.exists(os.path.join(batch, RECORD_NAME)):
                 continue
             found[shots] |= _result_steps(os.path.join(batch, run, f"{shots}-shot"))
-        found[shots] |= _result_steps(os.path.join(layout.evals_dir(results, run), f"{shots}-shot"))
+        found[shots] |= _result_steps(os.path.join(paths.evals_dir(results, run), f"{shots}-shot"))
     return found
 
 
@@ -392,25 +392,25 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, tuple, str]
         out.append(
             (
                 "train_segment" if step else "init_checkpoint",
-                layout.checkpoint_dir(results, run.name, step),
+                paths.checkpoint_dir(results, run.name, step),
                 (run.name, step) if step else (run.name,),
-                layout.log(results, "train", run.name, f"step{step}"),
+                paths.log(results, "train", run.name, f"step{step}"),
             )
         )
         out.append(
             (
                 "export",
-                layout.export_dir(results, run.name, step),
+                paths.export_dir(results, run.name, step),
                 (run.name, step),
-                layout.log(results, "export", run.name, f"step{step}"),
+                paths.log(results, "export", run.name, f"step{step}"),
             )
         )
         out.append(
             (
                 "publish",
-                layout.receipt(results, run.name, step),
+                paths.receipt(results, run.name, step),
                 (run.name, step),
-                layout.log(results, "publish", run.name, f"step{step}"),
+                paths.log(results, "publish", run.name, f"step{step}"),
             )
         )
     for shots, n in (("zero", 0), ("five", 5)):
@@ -419,9 +419,9 @@ def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, tuple, str]
             out.append(
                 (
                     "evaluate",
-                    layout.eval_batch_dir(results, run.name, shots, batch),
+                    paths.eval_batch_dir(results, run.name, shots, batch),
                     (run.name, shots, batch),
-                    layout.log(results, "evaluate", run.name, f"{shots}-shot", f"batch{batch}"),
+                    paths.log(results, "evaluate", run.name, f"{shots}-shot", f"batch{batch}"),
                 )
             )
     return out
@@ -500,13 +500,13 @@ def _attach_slurm_log(problem: Problem, workdir: str | os.PathLike, values: tupl
 
 def _finished_targets(config: dict, run: str, trained, exported, published, evals) -> set[str]:
     results = config["paths"]["results"]
-    done = {os.path.normpath(layout.checkpoint_dir(results, run, s)) for s in trained}
-    done |= {os.path.normpath(layout.export_dir(results, run, s)) for s in exported}
-    done |= {os.path.normpath(layout.receipt(results, run, s)) for s in published}
+    done = {os.path.normpath(paths.checkpoint_dir(results, run, s)) for s in trained}
+    done |= {os.path.normpath(paths.export_dir(results, run, s)) for s in exported}
+    done |= {os.path.normpath(paths.receipt(results, run, s)) for s in published}
     for shots, n in (("zero", 0), ("five", 5)):
         for i, steps in enumerate(cfg.eval_batches(config, n)):
             if set(steps) <= evals[shots]:
-                done.add(os.path.normpath(layout.eval_batch_dir(results, run, shots, f"{i:03d}")))
+                done.add(os.path.normpath(paths.eval_batch_dir(results, run, shots, f"{i:03d}")))
     return done
 
 
@@ -612,16 +612,16 @@ def collect_status(
     out_runs, problems = [], []
     for run in chosen:
         status = RunStatus(run.name, run.size, run.variant, len(steps), final_step=steps[-1])
-        ckpt_root = os.path.dirname(layout.checkpoint_dir(results, run.name, 0))
+        ckpt_root = os.path.dirname(paths.checkpoint_dir(results, run.name, 0))
         trained = _step_dirs(ckpt_root) & set(steps)
         trained = {
             s
             for s in trained
-            if os.path.normpath(layout.checkpoint_dir(results, run.name, s)) not in marked
+            if os.path.normpath(paths.checkpoint_dir(results, run.name, s)) not in marked
         }
-        exported = _step_dirs(os.path.dirname(layout.export_dir(results, run.name, 0)))
+        exported = _step_dirs(os.path.dirname(paths.export_dir(results, run.name, 0)))
         exported &= set(steps)
-        published, verified, bad = _receipts(os.path.dirname(layout.receipt(results, run.name, 0)))
+        published, verified, bad = _receipts(os.path.dirname(paths.receipt(results, run.name, 0)))
         evals = _eval_steps(results, run.name)
         status.trained, status.exported = len(trained), len(exported & set(steps))
         status.published, status.verified = len(published), len(verified)
@@ -637,7 +637,7 @@ def collect_status(
         status.last_step = max(chain) if chain else None
         summaries = []
         for step in sorted(trained):
-            path = layout.segment_summary(results, run.name, step)
+            path = paths.segment_summary(results, run.name, step)
             try:
                 summary = read_summary(path)
             except ValueError as err:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pythia_suite import layout, units
+from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
 from pythia_suite.evaluate import chance_levels
 from pythia_suite.provenance import RECORD_NAME
@@ -259,7 +259,7 @@ def render_page(status: SuiteStatus) -> str:
         "the task has one. x: step (0, then log-spaced).</p>"
     )
     series = eval_series(status.results, [r.run for r in status.runs])
-    chance = chance_levels(layout.eval_tasks_dir(status.results))
+    chance = chance_levels(paths.eval_tasks_dir(status.results))
     flat = []
     if series:
         parts.append('<div class="charts">')
@@ -290,7 +290,7 @@ def render_page(status: SuiteStatus) -> str:
 
 
 def write_page(status: SuiteStatus, path: str | os.PathLike | None = None) -> Path:
-    """Write the page atomically (default `layout.status_page(results)`); returns its path."""
-    path = Path(path or layout.status_page(status.results))
+    """Write the page atomically (default `paths.status_page(results)`); returns its path."""
+    path = Path(path or paths.status_page(status.results))
     write_text_atomic(path, render_page(status))
     return path

@@ -1,4 +1,4 @@
-# Helpers shared by the rules: the run matrix, paths (pythia_suite.layout) and resources
+# Helpers shared by the rules: the run matrix, paths (pythia_suite.paths) and resources
 # derived from the config.
 import os
 import re
@@ -7,7 +7,7 @@ import sys
 
 from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
-from pythia_suite import layout
+from pythia_suite import paths
 from pythia_suite import notify as suite_notify
 from pythia_suite.data import idxmaps as suite_idxmaps
 from pythia_suite.data import source as suite_source
@@ -22,7 +22,7 @@ PREVIOUS_STEP = dict(zip(STEPS[1:], STEPS[:-1]))
 RAW_SHARDS = [f"{i:02d}" for i in range(len(config["data"]["raw"]["shards"]))]
 BAND_GROUPS = [f"{i:03d}" for i in range(config["data"]["dedup"]["band_groups"])]
 RUN_CONFIG_HASH = {name: suite_config.run_config_hash(config, run) for name, run in RUNS.items()}
-TOKENIZER = layout.tokenizer(RESULTS)
+TOKENIZER = paths.tokenizer(RESULTS)
 SHOTS = {"zero": 0, "five": 5}
 EVAL_BATCHES = {shots: suite_config.eval_batches(config, n) for shots, n in SHOTS.items()}
 CLI = f"pythia-suite --config {shlex.quote(EFFECTIVE_CONFIG)}"
@@ -64,14 +64,14 @@ onerror:
 
 
 def log(*parts):
-    return layout.log(RESULTS, *parts)
+    return paths.log(RESULTS, *parts)
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def corpus_shards(variant):
-    return [layout.corpus_shard(RESULTS, variant, shard) for shard in RAW_SHARDS]
+    return [paths.corpus_shard(RESULTS, variant, shard) for shard in RAW_SHARDS]
 
 
 def training_data(wildcards):
@@ -83,19 +83,19 @@ def training_data(wildcards):
 def idxmaps_files(variant):
     """The fetched files of a variant's pre-tokenized Pile: its shards in order, then the .idx."""
     entry = suite_source.idxmaps_entry(config, variant)
-    return [layout.idxmaps_file(RESULTS, variant, name) for name in suite_idxmaps.shard_names(entry)]
+    return [paths.idxmaps_file(RESULTS, variant, name) for name in suite_idxmaps.shard_names(entry)]
 
 
 def standard_document_table(variant):
     """The deduped table joins the standard one when the suite has standard runs."""
     if config["variants"][variant]["dedup"] and any(not r.dedup for r in RUNS.values()):
-        return layout.document_table(RESULTS, "standard")
+        return paths.document_table(RESULTS, "standard")
     return []
 
 
 def lens_documents(variant):
     """Subset labels for the lens: the document table (raw source only)."""
-    return layout.document_table(RESULTS, variant) if config["data"]["source"] == "raw" else []
+    return paths.document_table(RESULTS, variant) if config["data"]["source"] == "raw" else []
 
 
 def run_lens(wildcards):
@@ -103,7 +103,7 @@ def run_lens(wildcards):
     if config["data"]["source"] == "preshuffled":
         return []
     run = RUNS[wildcards.run]
-    return layout.lens_dir(RESULTS, run.variant, run.data_seed)
+    return paths.lens_dir(RESULTS, run.variant, run.data_seed)
 
 
 def lens_targets():
@@ -111,7 +111,7 @@ def lens_targets():
     if config["data"]["source"] == "preshuffled":
         return []
     orders = sorted({(run.variant, run.data_seed) for run in RUNS.values()})
-    return [layout.lens_dir(RESULTS, variant, seed) for variant, seed in orders]
+    return [paths.lens_dir(RESULTS, variant, seed) for variant, seed in orders]
 
 
 # ----------------------------------------------------------------------------- training
@@ -121,7 +121,7 @@ def previous_checkpoint(wildcards):
     step = int(wildcards.step)
     if step not in PREVIOUS_STEP:
         raise ValueError(f"step{step} is not a checkpoint step (training.checkpoints)")
-    return layout.checkpoint_dir(RESULTS, wildcards.run, PREVIOUS_STEP[step])
+    return paths.checkpoint_dir(RESULTS, wildcards.run, PREVIOUS_STEP[step])
 
 
 def segment_group(wildcards):
@@ -250,12 +250,12 @@ def init_checkpoint_resources():
 
 def eval_batch_exports(wildcards):
     steps = EVAL_BATCHES[wildcards.shots][int(wildcards.batch)]
-    return [layout.export_dir(RESULTS, wildcards.run, step) for step in steps]
+    return [paths.export_dir(RESULTS, wildcards.run, step) for step in steps]
 
 
 def eval_batch_dirs(wildcards):
     return [
-        layout.eval_batch_dir(RESULTS, wildcards.run, shots, f"{i:03d}")
+        paths.eval_batch_dir(RESULTS, wildcards.run, shots, f"{i:03d}")
         for shots, batches in EVAL_BATCHES.items()
         for i in range(len(batches))
     ]
@@ -264,8 +264,8 @@ def eval_batch_dirs(wildcards):
 def eval_tasks_input(wildcards):
     """Local tasks are built from held-out text; lm-eval's own are prefetched (login node)."""
     if config["evaluation"]["local_tasks"]:
-        return layout.eval_tasks_dir(RESULTS)
-    return layout.eval_datasets_marker(RESULTS)
+        return paths.eval_tasks_dir(RESULTS)
+    return paths.eval_datasets_marker(RESULTS)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -274,13 +274,13 @@ def eval_tasks_input(wildcards):
 def card_dedup_report(wildcards):
     """The dedup report a deduplicated run's card states its removed counts from (raw data)."""
     if config["data"]["source"] == "raw" and RUNS[wildcards.run].dedup:
-        return layout.dedup_report(RESULTS)
+        return paths.dedup_report(RESULTS)
     return []
 
 
 def run_receipts(wildcards):
     """Every step's publish receipt of one run."""
-    return [layout.receipt(RESULTS, wildcards.run, step) for step in STEPS]
+    return [paths.receipt(RESULTS, wildcards.run, step) for step in STEPS]
 
 
 def run_targets(wildcards):
@@ -288,14 +288,14 @@ def run_targets(wildcards):
     run = wildcards.run
     return [
         *run_receipts(wildcards),
-        layout.evals_dir(RESULTS, run),
-        layout.model_card(RESULTS, run),
+        paths.evals_dir(RESULTS, run),
+        paths.model_card(RESULTS, run),
     ]
 
 
 def all_targets():
-    targets = [layout.run_done(RESULTS, run) for run in RUNS] + [layout.report_dir(RESULTS)]
+    targets = [paths.run_done(RESULTS, run) for run in RUNS] + [paths.report_dir(RESULTS)]
     targets += lens_targets()
     if config["data"]["source"] == "raw" and any(run.dedup for run in RUNS.values()):
-        targets.append(layout.dedup_report(RESULTS))
+        targets.append(paths.dedup_report(RESULTS))
     return targets

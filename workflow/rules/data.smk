@@ -5,7 +5,7 @@
 
 rule fetch_shard:
     output:
-        layout.corpus_shard(RESULTS, "standard", "{shard}"),
+        paths.corpus_shard(RESULTS, "standard", "{shard}"),
     log:
         log("data", "fetch_shard", "{shard}"),
     params:
@@ -18,9 +18,9 @@ rule fetch_shard:
 
 rule dedup_signatures:
     input:
-        layout.corpus_shard(RESULTS, "standard", "{shard}"),
+        paths.corpus_shard(RESULTS, "standard", "{shard}"),
     output:
-        layout.dedup_signatures(RESULTS, "{shard}"),
+        paths.dedup_signatures(RESULTS, "{shard}"),
     log:
         log("data", "dedup_signatures", "{shard}"),
     params:
@@ -34,9 +34,9 @@ rule dedup_signatures:
 
 rule dedup_buckets:
     input:
-        [layout.dedup_signatures(RESULTS, shard) for shard in RAW_SHARDS],
+        [paths.dedup_signatures(RESULTS, shard) for shard in RAW_SHARDS],
     output:
-        layout.dedup_edges(RESULTS, "{band}"),
+        paths.dedup_edges(RESULTS, "{band}"),
     log:
         log("data", "dedup_buckets", "{band}"),
     params:
@@ -50,9 +50,9 @@ rule dedup_buckets:
 
 rule dedup_cluster:
     input:
-        [layout.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
+        [paths.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
     output:
-        layout.dedup_removals(RESULTS),
+        paths.dedup_removals(RESULTS),
     log:
         log("data", "dedup_cluster"),
     params:
@@ -65,11 +65,11 @@ rule dedup_cluster:
 
 rule dedup_filter:
     input:
-        shard=layout.corpus_shard(RESULTS, "standard", "{shard}"),
-        removals=layout.dedup_removals(RESULTS),
+        shard=paths.corpus_shard(RESULTS, "standard", "{shard}"),
+        removals=paths.dedup_removals(RESULTS),
     output:
-        shard=layout.corpus_shard(RESULTS, "deduped", "{shard}"),
-        report=layout.dedup_shard_report(RESULTS, "{shard}"),
+        shard=paths.corpus_shard(RESULTS, "deduped", "{shard}"),
+        report=paths.dedup_shard_report(RESULTS, "{shard}"),
     log:
         log("data", "dedup_filter", "{shard}"),
     params:
@@ -84,12 +84,12 @@ rule dedup_filter:
 
 rule dedup_report:
     input:
-        reports=[layout.dedup_shard_report(RESULTS, shard) for shard in RAW_SHARDS],
+        reports=[paths.dedup_shard_report(RESULTS, shard) for shard in RAW_SHARDS],
         shards=corpus_shards("standard"),
-        removals=layout.dedup_removals(RESULTS),
-        edges=[layout.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
+        removals=paths.dedup_removals(RESULTS),
+        edges=[paths.dedup_edges(RESULTS, band) for band in BAND_GROUPS],
     output:
-        report(layout.dedup_report(RESULTS), category="Data", labels={"stage": "dedup"}),
+        report(paths.dedup_report(RESULTS), category="Data", labels={"stage": "dedup"}),
     log:
         log("data", "dedup_report"),
     params:
@@ -134,16 +134,16 @@ else:
 
 rule tokenize_shard:
     input:
-        shard=layout.corpus_shard(RESULTS, "{variant}", "{shard}"),
+        shard=paths.corpus_shard(RESULTS, "{variant}", "{shard}"),
         tokenizer=TOKENIZER,
     output:
-        multiext(layout.tokenized_prefix(RESULTS, "{variant}", "{shard}"), ".bin", ".idx"),
-        documents=layout.shard_document_table(RESULTS, "{variant}", "{shard}"),
+        multiext(paths.tokenized_prefix(RESULTS, "{variant}", "{shard}"), ".bin", ".idx"),
+        documents=paths.shard_document_table(RESULTS, "{variant}", "{shard}"),
     log:
         log("data", "tokenize", "{variant}", "{shard}"),
     params:
         cli=CLI,
-        prefix=lambda wc: layout.tokenized_prefix(RESULTS, wc.variant, wc.shard),
+        prefix=lambda wc: paths.tokenized_prefix(RESULTS, wc.variant, wc.shard),
     threads: 2
     conda:
         "../../envs/data.yaml"
@@ -157,7 +157,7 @@ if config["data"]["source"] == "idxmaps":
 
     rule fetch_idxmaps:
         output:
-            layout.idxmaps_file(RESULTS, "{variant}", "{idxmaps_file}"),
+            paths.idxmaps_file(RESULTS, "{variant}", "{idxmaps_file}"),
         log:
             log("data", "fetch_idxmaps", "{variant}", "{idxmaps_file}"),
         params:
@@ -172,12 +172,12 @@ if config["data"]["source"] == "idxmaps":
         input:
             lambda wc: idxmaps_files(wc.variant),
         output:
-            multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+            multiext(paths.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
         log:
             log("data", "unshard_idxmaps", "{variant}"),
         params:
             cli=CLI,
-            prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+            prefix=lambda wc: paths.dataset_prefix(RESULTS, wc.variant),
         conda:
             "../../envs/data.yaml"
         shell:
@@ -191,16 +191,16 @@ else:
             lambda wc: [
                 path
                 for shard in RAW_SHARDS
-                for path in multiext(layout.tokenized_prefix(RESULTS, wc.variant, shard), ".bin", ".idx")
+                for path in multiext(paths.tokenized_prefix(RESULTS, wc.variant, shard), ".bin", ".idx")
             ],
         output:
-            multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+            multiext(paths.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
         log:
             log("data", "merge", "{variant}"),
         params:
             cli=CLI,
-            shards=lambda wc: [layout.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
-            prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+            shards=lambda wc: [paths.tokenized_prefix(RESULTS, wc.variant, s) for s in RAW_SHARDS],
+            prefix=lambda wc: paths.dataset_prefix(RESULTS, wc.variant),
         conda:
             "../../envs/data.yaml"
         shell:
@@ -209,14 +209,14 @@ else:
 
 rule build_order:
     input:
-        multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        multiext(paths.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
     output:
-        directory(layout.order_dir(RESULTS, "{variant}", "{seed}")),
+        directory(paths.order_dir(RESULTS, "{variant}", "{seed}")),
     log:
         log("data", "order", "{variant}", "seed{seed}"),
     params:
         cli=CLI,
-        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+        prefix=lambda wc: paths.dataset_prefix(RESULTS, wc.variant),
     conda:
         "../../envs/data.yaml"
     shell:
@@ -226,12 +226,12 @@ rule build_order:
 
 rule fetch_preshuffled:
     output:
-        multiext(layout.preshuffled_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        multiext(paths.preshuffled_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
     log:
         log("data", "preshuffled", "{variant}"),
     params:
         cli=CLI,
-        prefix=lambda wc: layout.preshuffled_prefix(RESULTS, wc.variant),
+        prefix=lambda wc: paths.preshuffled_prefix(RESULTS, wc.variant),
     conda:
         "../../envs/data.yaml"
     shell:
@@ -242,9 +242,9 @@ rule fetch_preshuffled:
 rule eval_tasks:
     input:
         heldout=config["data"]["raw"]["heldout"] or [],
-        tokenizer=layout.tokenizer(RESULTS),  # distractors cost as many tokens as the answer
+        tokenizer=paths.tokenizer(RESULTS),  # distractors cost as many tokens as the answer
     output:
-        directory(layout.eval_tasks_dir(RESULTS)),
+        directory(paths.eval_tasks_dir(RESULTS)),
     log:
         log("data", "eval_tasks"),
     params:

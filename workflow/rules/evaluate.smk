@@ -4,7 +4,7 @@
 
 rule prefetch_eval_datasets:
     output:
-        layout.eval_datasets_marker(RESULTS),
+        paths.eval_datasets_marker(RESULTS),
     log:
         log("evaluate", "prefetch"),
     localrule: True
@@ -21,7 +21,7 @@ rule evaluate:
         exports=eval_batch_exports,
         tasks=eval_tasks_input,
     output:
-        directory(layout.eval_batch_dir(RESULTS, "{run}", "{shots}", "{batch}")),
+        directory(paths.eval_batch_dir(RESULTS, "{run}", "{shots}", "{batch}")),
     log:
         log("evaluate", "{run}", "{shots}-shot", "batch{batch}"),
     params:
@@ -37,7 +37,7 @@ rule collect_evals:
     input:
         eval_batch_dirs,
     output:
-        directory(layout.evals_dir(RESULTS, "{run}")),
+        directory(paths.evals_dir(RESULTS, "{run}")),
     log:
         log("evaluate", "{run}", "collect"),
     params:

@@ -3,10 +3,10 @@
 
 rule export:
     input:
-        checkpoint=layout.checkpoint_dir(RESULTS, "{run}", "{step}"),
+        checkpoint=paths.checkpoint_dir(RESULTS, "{run}", "{step}"),
         tokenizer=TOKENIZER,
     output:
-        directory(layout.export_dir(RESULTS, "{run}", "{step}")),
+        directory(paths.export_dir(RESULTS, "{run}", "{step}")),
     log:
         log("export", "{run}", "step{step}"),
     params:

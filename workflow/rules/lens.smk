@@ -4,16 +4,16 @@
 
 rule document_table:
     input:
-        tables=lambda wc: [layout.shard_document_table(RESULTS, wc.variant, s) for s in RAW_SHARDS],
-        dataset=multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        tables=lambda wc: [paths.shard_document_table(RESULTS, wc.variant, s) for s in RAW_SHARDS],
+        dataset=multiext(paths.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
         standard=lambda wc: standard_document_table(wc.variant),
     output:
-        directory(layout.document_table(RESULTS, "{variant}")),
+        directory(paths.document_table(RESULTS, "{variant}")),
     log:
         log("data", "document_table", "{variant}"),
     params:
         cli=CLI,
-        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+        prefix=lambda wc: paths.dataset_prefix(RESULTS, wc.variant),
         standard=lambda wc, input: f"--standard {shlex.quote(input.standard)}" if input.standard else "",
     conda:
         "../../envs/data.yaml"
@@ -24,16 +24,16 @@ rule document_table:
 
 rule data_lens:
     input:
-        dataset=multiext(layout.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
-        order=layout.order_dir(RESULTS, "{variant}", "{seed}"),
+        dataset=multiext(paths.dataset_prefix(RESULTS, "{variant}"), ".bin", ".idx"),
+        order=paths.order_dir(RESULTS, "{variant}", "{seed}"),
         documents=lambda wc: lens_documents(wc.variant),
     output:
-        directory(layout.lens_dir(RESULTS, "{variant}", "{seed}")),
+        directory(paths.lens_dir(RESULTS, "{variant}", "{seed}")),
     log:
         log("data", "lens", "{variant}", "seed{seed}"),
     params:
         cli=CLI,
-        prefix=lambda wc: layout.dataset_prefix(RESULTS, wc.variant),
+        prefix=lambda wc: paths.dataset_prefix(RESULTS, wc.variant),
         documents=lambda wc, input: f"--documents {shlex.quote(input.documents)}" if input.documents else "",
     conda:
         "../../envs/data.yaml"

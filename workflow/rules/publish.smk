@@ -4,9 +4,9 @@
 
 rule publish:
     input:
-        layout.export_dir(RESULTS, "{run}", "{step}"),
+        paths.export_dir(RESULTS, "{run}", "{step}"),
     output:
-        layout.receipt(RESULTS, "{run}", "{step}"),
+        paths.receipt(RESULTS, "{run}", "{step}"),
     log:
         log("publish", "{run}", "step{step}"),
     params:
@@ -20,7 +20,7 @@ rule publish:
 
 rule model_card:
     input:
-        evals=layout.evals_dir(RESULTS, "{run}"),
+        evals=paths.evals_dir(RESULTS, "{run}"),
         # the card reads every step's receipt (branches, verification), not just the final one
         receipts=run_receipts,
         # and the data records it states: tokens in one pass, documents removed by dedup
@@ -28,7 +28,7 @@ rule model_card:
         dedup=card_dedup_report,
         lens=run_lens,  # the data facts the card states
     output:
-        layout.model_card(RESULTS, "{run}"),
+        paths.model_card(RESULTS, "{run}"),
     log:
         log("publish", "{run}", "model_card"),
     params:
@@ -44,7 +44,7 @@ rule run_done:
     input:
         run_targets,
     output:
-        layout.run_done(RESULTS, "{run}"),
+        paths.run_done(RESULTS, "{run}"),
     log:
         log("verify", "{run}"),
     params:

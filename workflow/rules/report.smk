@@ -4,12 +4,12 @@
 
 rule report:
     input:
-        evals=[layout.evals_dir(RESULTS, run) for run in RUNS],
-        checkpoints=[layout.checkpoint_dir(RESULTS, run, step) for run in RUNS for step in STEPS],
+        evals=[paths.evals_dir(RESULTS, run) for run in RUNS],
+        checkpoints=[paths.checkpoint_dir(RESULTS, run, step) for run in RUNS for step in STEPS],
         lens=lens_targets(),  # the data-composition figure
     output:
         report(
-            directory(layout.report_dir(RESULTS)),
+            directory(paths.report_dir(RESULTS)),
             patterns=["{name}.png", "{name}.md", "{name}.csv", "{name}.json"],
             category="Results",
             caption="../report/results.rst",

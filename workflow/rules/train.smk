@@ -27,7 +27,7 @@ rule init_checkpoint:
         training_data,
         neox_index_maps,
     output:
-        directory(layout.checkpoint_dir(RESULTS, "{run}", "0")),
+        directory(paths.checkpoint_dir(RESULTS, "{run}", "0")),
     log:
         log("train", "{run}", "step0"),
     params:
@@ -47,7 +47,7 @@ rule train_segment:
         data=training_data,
         neox_maps=neox_index_maps,
     output:
-        directory(layout.checkpoint_dir(RESULTS, "{run}", "{step}")),
+        directory(paths.checkpoint_dir(RESULTS, "{run}", "{step}")),
     log:
         log("train", "{run}", "step{step}"),
     wildcard_constraints:

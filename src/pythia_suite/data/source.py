@@ -111,7 +111,7 @@ def training_data(config: Mapping, run) -> TrainingData:
     variant (no preshuffled repo, no idxmaps set, no raw shard).
     """
     from pythia_suite import config as cfg
-    from pythia_suite import layout
+    from pythia_suite import paths
     from pythia_suite.data.idxmaps import shard_names
 
     data = config["data"]
@@ -129,7 +129,7 @@ def training_data(config: Mapping, run) -> TrainingData:
         if not repo:
             raise cfg.ConfigError(f"data.preshuffled.{run.variant}: no repository configured")
         return TrainingData(
-            dataset_prefix=layout.preshuffled_prefix(results, run.variant),
+            dataset_prefix=paths.preshuffled_prefix(results, run.variant),
             order_dir=None,
             hub_repo=repo,
             hub_revision=data["preshuffled"]["revision"],
@@ -141,8 +141,8 @@ def training_data(config: Mapping, run) -> TrainingData:
             fingerprint={**fingerprint, "repo": repo},
             **common,
         )
-    order = layout.order_dir(results, run.variant, run.data_seed)
-    prefix = layout.dataset_prefix(results, run.variant)
+    order = paths.order_dir(results, run.variant, run.data_seed)
+    prefix = paths.dataset_prefix(results, run.variant)
     if source == "idxmaps":
         entry = idxmaps_entry(config, run.variant)
         local = bool(entry.get("path"))

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import transformer_flops_per_token
-from ..layout import SEGMENT_SUMMARY_NAME, segment_summary_record
+from ..paths import SEGMENT_SUMMARY_NAME, segment_summary_record
 from . import checkpoint as ckpt
 from . import parallel
 from .device import DeviceChoices, device_choices
@@ -1237,7 +1237,7 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
 
 
 def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
-    """The segment's summary record (``layout.SEGMENT_SUMMARY_NAME``), exactly its keys.
+    """The segment's summary record (``paths.SEGMENT_SUMMARY_NAME``), exactly its keys.
 
     Counts the whole segment ``(start_step, end_step]``, attempts before a resume included.
     ``flops_per_token``: ``config.transformer_flops_per_token`` (attention included, no

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from pythia_suite.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from pythia_suite.layout import SEGMENT_SUMMARY_NAME, segment_summary_record
+from pythia_suite.paths import SEGMENT_SUMMARY_NAME, segment_summary_record
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 __all__ = [
@@ -814,8 +814,8 @@ def _alias_maps(local: Path, out_dir: Path, made, requested: Mapping[str, int], 
     from pythia_suite.data.order import index_map_paths
 
     for name, count in requested.items():
-        paths = index_map_paths(local, out_dir, count, seq_length, seed, name=name)
-        for path, source in zip(paths, made, strict=True):
+        linked = index_map_paths(local, out_dir, count, seq_length, seed, name=name)
+        for path, source in zip(linked, made, strict=True):
             if path != source:
                 _link_beside(source, path)
 
@@ -913,9 +913,9 @@ def _suite_index_maps(dataset_prefix: str, order_dir: str, out_dir: Path, *,
 def neox_work_dir(config: Mapping, run) -> Path:
     """Where GPT-NeoX's side of a run lives: ``paths.state/<run>/neox`` (``checkpoints/`` =
     its ``save``/``load``, ``stepN/`` = a segment's config, hostfile and logs)."""
-    from pythia_suite import layout
+    from pythia_suite import paths
 
-    return Path(layout.state_dir(config["paths"]["state"], run.name)) / "neox"
+    return Path(paths.state_dir(config["paths"]["state"], run.name)) / "neox"
 
 
 def neox_index_maps_dir(config: Mapping, variant: str, seed: int | str) -> str:
@@ -1077,7 +1077,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
     differing seeds, ``NeoXError`` when GPT-NeoX or its converter fail.
     """
     from pythia_suite import config as cfg
-    from pythia_suite import layout
+    from pythia_suite import paths
     from pythia_suite.data.source import check_data_seed
     from pythia_suite.train.checkpoint import state_dir_lock
 
@@ -1088,7 +1088,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
     steps = cfg.checkpoint_steps(dict(config))
     end = step if step > 0 else steps[1]
     start = cfg.previous_step(dict(config), end)
-    state = Path(layout.state_dir(config["paths"]["state"], run.name))
+    state = Path(paths.state_dir(config["paths"]["state"], run.name))
     base = neox_work_dir(config, run)
     save_dir, work = base / "checkpoints", base / f"step{end}"
     nodes = config["sizes"][run.size]["cluster"]["nodes"]
@@ -1099,7 +1099,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
             start_step=start,
             end_step=end,
             data_prefix=neox_data_prefix(config, run),
-            vocab_file=str(Path(layout.tokenizer(config["paths"]["results"])).resolve()),
+            vocab_file=str(Path(paths.tokenizer(config["paths"]["results"])).resolve()),
             nodes=nodes,
             master_port=settings["master_port"],
         )
@@ -1148,7 +1148,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
 
 def neox_segment_summary(config: Mapping, run, start: int, end: int, *, launch_s: float,
                          wall_s: float, started: float) -> dict:  # fmt: skip
-    """The segment summary record (``layout.SEGMENT_SUMMARY_NAME``) of a GPT-NeoX segment.
+    """The segment summary record (``paths.SEGMENT_SUMMARY_NAME``) of a GPT-NeoX segment.
 
     What GPT-NeoX does not report back is left null rather than guessed: its losses and fp16
     skips stay in its own log (``neox.log`` in the work directory), so ``losses`` are null,
