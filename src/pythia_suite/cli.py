@@ -833,8 +833,7 @@ def cmd_model_card(config: dict, args) -> None:
     results = _results(config)
     steps = cfg.checkpoint_steps(config)
     receipts = {
-        f"step{s}": json.loads(Path(paths.receipt(results, run.name, s)).read_text())
-        for s in steps
+        f"step{s}": json.loads(Path(paths.receipt(results, run.name, s)).read_text()) for s in steps
     }
     from pythia_suite.evaluate import chance_levels
 
