@@ -13,40 +13,75 @@ from pathlib import Path
 from typing import Any
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `path` (`.NAME.PID.tmp`) to write, renamed to `path` on success.
+
+    For writers that stream into a file of their own (numpy memmaps, zstd frames, a dataset's
+    `.bin`). Creates the directory. On any error, inside the block or in the rename, the
+    temporary file is removed and the error re-raised, so `path` is never left half-written.
+    """
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temporary siblings for several files written together, renamed in the order given.
+
+    Put the file that marks the set complete last (a dataset's `.idx` after its `.bin`): a crash
+    between two renames then leaves no complete-looking set. On any error every temporary file
+    is removed and the error re-raised.
+    """
+    finals = [Path(p) for p in paths]
+    tmps = [f.with_name(f".{f.name}.{os.getpid()}.tmp") for f in finals]
+    for final in finals:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmps
+        for tmp, final in zip(tmps, finals, strict=True):
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     """Write `text` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory.
 
     With `fsync`, the data reaches the disk before the rename (for state a crash must not
     lose). On any error the temporary file is removed and the error re-raised.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` via `.NAME.PID.tmp` and `os.replace`; creates the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+    return Path(path)
+
+
+def replace_symlink(link: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Point `link` at `target` (written as given: absolute or relative), replacing any link or
+    file there in one rename, so a reader sees the old target or the new one, never neither."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+    return link
 
 
 def write_json_atomic(
@@ -68,16 +103,9 @@ def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path
 
     On any error the temporary file is removed and the error re-raised.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 @contextmanager
