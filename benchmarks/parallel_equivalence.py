@@ -36,7 +36,8 @@ from safetensors.torch import load_file
 from suite_models import tiny_hf_config
 
 from pythia_suite.train.device import device_choices
-from pythia_suite.train.loop import TrainSettings, train_segment
+from pythia_suite.train.loop import train_segment
+from pythia_suite.train.settings import TrainSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from train_support import comparable  # noqa: E402

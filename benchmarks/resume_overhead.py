@@ -23,8 +23,9 @@ from pathlib import Path
 from suite_models import pythia_hf_config, tiny_hf_config
 
 from pythia_suite.train import checkpoint as ckpt
-from pythia_suite.train.loop import TrainSettings, train_segment
+from pythia_suite.train.loop import train_segment
 from pythia_suite.train.model import build_model, hf_name, load_hf_state_dict
+from pythia_suite.train.settings import TrainSettings
 
 SIZES = {"70m": pythia_hf_config(), "tiny": tiny_hf_config()}
 SETTINGS = dict(
@@ -41,7 +42,8 @@ SETTINGS = dict(
 CHILD = r"""
 import sys, time, json
 import numpy as np
-from pythia_suite.train.loop import TrainSettings, train_segment
+from pythia_suite.train.loop import train_segment
+from pythia_suite.train.settings import TrainSettings
 from suite_models import pythia_hf_config, tiny_hf_config
 t_imported = time.time()
 cfg, settings, start, a, b, out, t_launch = json.loads(sys.argv[1])

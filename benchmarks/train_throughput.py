@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from suite_models import tiny_hf_config
 
-from pythia_suite.train.loop import TrainSettings, train_segment
+from pythia_suite.train.loop import train_segment
 from pythia_suite.train.model import build_model, count_parameters
+from pythia_suite.train.settings import TrainSettings
 
 CONFIG = tiny_hf_config(max_position_embeddings=256)
 BATCH, SEQ, WARMUP = 8, 128, 3

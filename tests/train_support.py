@@ -62,7 +62,7 @@ class RandomTokens:
 
 def tiny_settings(**overrides):
     """TrainSettings for the tiny model: 8 sequences of 16 tokens per step, deterministic."""
-    from pythia_suite.train.loop import TrainSettings
+    from pythia_suite.train.settings import TrainSettings
 
     base = dict(
         global_batch=8,

@@ -641,7 +641,8 @@ def cmd_train_segment(config: dict, args) -> None:
 
         neox.train_segment_neox(config, run, args.step, args.output, inputs)
         return
-    from pythia_suite.train.loop import RunInfo, TrainSettings, train_segment
+    from pythia_suite.train.loop import RunInfo, train_segment
+    from pythia_suite.train.settings import TrainSettings
 
     values = cfg.train_settings_values(config, run)
     settings = TrainSettings(**values)

@@ -680,7 +680,7 @@ def write_effective_config(config: dict, path: str | Path) -> None:
 
 
 def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
-    """Keyword arguments for `pythia_suite.train.loop.TrainSettings` of a run.
+    """Keyword arguments for `pythia_suite.train.settings.TrainSettings` of a run.
 
     Each rank runs the size's micro_batch with its gas (`check_layout` has refused a layout on
     which they cannot make the global batch); the loop derives the accumulation steps from the

@@ -222,7 +222,7 @@ def _step_settings(layout: StepLayout):
 
     The LR and other values that change no tensor's size are placeholders.
     """
-    from .loop import TrainSettings
+    from .settings import TrainSettings
 
     data_ranks = _traced_world(layout) // layout.tensor_parallel
     return TrainSettings(
