@@ -60,6 +60,7 @@ from pythia_suite.train.loop import (  # noqa: E402
     train_step,
 )
 from pythia_suite.train.model import init_gpt_neox_weights  # noqa: E402
+from pythia_suite.train.settings import hf_config, train_settings  # noqa: E402
 
 SINGLE = DistributedEnv(0, 1, 0, "127.0.0.1", 0, "single")
 GIB = 2**30
@@ -133,13 +134,13 @@ class Check:
 
     def settings(self, size: str, precision: str | None = None, **overrides) -> TrainSettings:
         """The run's own settings, one GPU: micro-batch as configured, one micro-step a step."""
-        values = cfg.train_settings_values(self.config, self.run_of(size))
-        micro = self.config["sizes"][size]["micro_batch"]
-        values.update(global_batch=micro, micro_batch=micro, state_interval=0)
+        settings = train_settings(self.config, self.run_of(size))
+        micro = settings.micro_batch
+        values = dict(global_batch=micro, micro_batch=micro, state_interval=0)
         if precision:
             values["precision"] = precision
         values.update(overrides)
-        return TrainSettings(**values)
+        return dataclasses.replace(settings, **values)
 
     def state(
         self,
@@ -152,7 +153,7 @@ class Check:
         choices=None,
     ):
         device = device or self.device
-        hf = cfg.hf_config(self.config, self.run_of(size))
+        hf = hf_config(self.config, self.run_of(size))
         if layers is not None:
             hf = dict(hf, num_hidden_layers=layers)
         model = prepare_model(hf, settings, device)

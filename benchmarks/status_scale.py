@@ -39,7 +39,7 @@ from status_fixture import build_tree, results_size_bytes  # noqa: E402
 
 from pythia_suite import config as cfg  # noqa: E402
 from pythia_suite import costs, paths  # noqa: E402
-from pythia_suite.status import read_summary  # noqa: E402
+from pythia_suite.train.summary import read_summary  # noqa: E402
 
 
 def _run_status(workdir: Path, config_files: list[Path], *extra: str) -> tuple[float, float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pythia_suite import config as suite_config
+from pythia_suite.train.settings import hf_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pythia_hf_config(run: str = "pythia-70m") -> dict:
     """The transformers GPTNeoXConfig dict of a run of the suite in config.yaml."""
     config = suite_config.load_config([REPO / "config.yaml"])
-    return suite_config.hf_config(config, suite_config.get_run(config, run))
+    return hf_config(config, suite_config.get_run(config, run))
 
 
 def tiny_hf_config(max_position_embeddings: int = 2048) -> dict:

@@ -11,6 +11,7 @@ import yaml
 from conftest import PYTHIA_ANCHORS, require_anchor
 
 from pythia_suite import config as cfg
+from pythia_suite.train import settings
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGINALS = PYTHIA_ANCHORS / "models"
@@ -138,7 +139,7 @@ def test_hf_config_builds_a_model_with_the_published_parameter_counts(suite, siz
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
     run = cfg.get_run(config, f"pythia-{size}")
     with torch.device("meta"):
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**cfg.hf_config(config, run)))
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**settings.hf_config(config, run)))
     total = sum(p.numel() for p in model.parameters())
     embeddings = (
         model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
@@ -179,24 +180,24 @@ def test_precision_per_variant_encodes_erratum_3(suite):
 
 def test_activation_checkpointing_has_one_source_the_sizes_neox_config(suite, mini):
     expected = {size: size not in ("14m", "31m") for size in suite["sizes"]}
-    assert {size: cfg.activation_checkpointing(suite, size) for size in suite["sizes"]} == expected
+    assert {
+        size: settings.activation_checkpointing(suite, size) for size in suite["sizes"]
+    } == expected
     for name in ("pythia-70m", "pythia-12b"):
         run = cfg.get_run(suite, name)
-        values = cfg.train_settings_values(suite, run)
-        assert values["activation_checkpointing"] is True
+        values = settings.train_settings(suite, run)
+        assert values.activation_checkpointing is True
         assert cfg.neox_config(suite, run)["checkpoint-activations"] is True
     # An overlay that turns it off for a size turns it off for both backends.
     overlay = copy.deepcopy(suite)
     overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = False
     run = cfg.get_run(overlay, "pythia-70m")
-    assert cfg.train_settings_values(overlay, run)["activation_checkpointing"] is False
+    assert settings.train_settings(overlay, run).activation_checkpointing is False
     assert cfg.neox_config(overlay, run)["checkpoint-activations"] is False
     # A null removes the key: GPT-NeoX's default, off.
     overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = None
-    assert cfg.activation_checkpointing(overlay, "70m") is False
-    assert (
-        cfg.train_settings_values(mini, cfg.get_run(mini, "pythia-0.4m"))["compile_layers"] is False
-    )
+    assert settings.activation_checkpointing(overlay, "70m") is False
+    assert settings.train_settings(mini, cfg.get_run(mini, "pythia-0.4m")).compile_layers is False
 
 
 def test_original_layout_is_kept_and_devices_are_counted_once(suite, mini):
@@ -205,13 +206,13 @@ def test_original_layout_is_kept_and_devices_are_counted_once(suite, mini):
     for name in ("pythia-12b", "pythia-6.9b", "pythia-410m"):
         run = cfg.get_run(suite, name)
         size = suite["sizes"][run.size]
-        values = cfg.train_settings_values(suite, run)
+        values = settings.train_settings(suite, run)
         # What a GPU holds is the original micro-batch, at the original tensor parallel degree.
-        assert values["micro_batch"] == size["micro_batch"]
-        assert values["tensor_parallel"] == size["tensor_parallel"]
+        assert values.micro_batch == size["micro_batch"]
+        assert values.tensor_parallel == size["tensor_parallel"]
         assert (
-            values["micro_batch"] * size["gas"] * cfg.data_parallel_size(suite, run.size)
-            == (values["global_batch"])
+            values.micro_batch * size["gas"] * cfg.data_parallel_size(suite, run.size)
+            == values.global_batch
         )
     # CPU nodes count cluster.cpu_ranks_per_node, in the check and in the launcher alike.
     assert cfg.devices(mini, "0.4m") == 1 and cfg.ranks_per_node(mini, "0.4m") == 1
@@ -246,7 +247,7 @@ def test_a_layout_that_cannot_keep_the_micro_batch_is_refused(suite, size, clust
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.check_config(changed)
     with pytest.raises(cfg.ConfigError, match=message):
-        cfg.train_settings_values(changed, cfg.get_run(changed, f"pythia-{size}"))
+        settings.train_settings(changed, cfg.get_run(changed, f"pythia-{size}"))
 
 
 def test_plan_rows(suite):

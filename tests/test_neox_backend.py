@@ -801,6 +801,7 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     from pythia_suite.export import export_checkpoint
     from pythia_suite.slurm import checkpoint_complete
     from pythia_suite.train.checkpoint import read_trainer_state
+    from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "neox_standin"))
     import standin
@@ -849,15 +850,15 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
 
     # Segment summaries: the checkpoint a segment ends at carries it (step1's comes from the
     # step0 job, which trained (0, 1]); step0 ends no segment.
-    first = json.loads((ck[1] / paths.SEGMENT_SUMMARY_NAME).read_text())
+    first = json.loads((ck[1] / SEGMENT_SUMMARY_NAME).read_text())
     assert (first["start_step"], first["end_step"], first["steps"]) == (0, 1, 1)
-    summary = json.loads((ck[2] / paths.SEGMENT_SUMMARY_NAME).read_text())
+    summary = json.loads((ck[2] / SEGMENT_SUMMARY_NAME).read_text())
     assert (summary["start_step"], summary["end_step"], summary["steps"]) == (1, 2, 1)
     assert summary["tokens"] == config["training"]["global_batch"] * config["model"]["seq_length"]
     assert summary["devices"] == 2 and summary["device_kind"] == "cpu" and summary["mfu"] is None
     assert summary["tokens_per_s"] > 0 and summary["wall_s"] >= summary["train_time_s"] > 0
     assert summary["losses"]["last"] is None  # GPT-NeoX's losses stay in its own log
-    assert not (ck[0] / paths.SEGMENT_SUMMARY_NAME).exists()
+    assert not (ck[0] / SEGMENT_SUMMARY_NAME).exists()
 
     tokenizer = paths.tokenizer(results)
     export = export_checkpoint(ck[2], tokenizer, tmp_path / "export2", dtype="float16")

@@ -30,6 +30,7 @@ from train_support import (
 
 from pythia_suite import config as cfg
 from pythia_suite.train import parallel
+from pythia_suite.train import settings as config_settings
 from pythia_suite.train.model import build_model, init_gpt_neox_weights
 
 RTOL = 1e-5
@@ -354,8 +355,8 @@ def _size_shapes() -> dict[tuple, list[str]]:
             size["tensor_parallel"],
             size["micro_batch"],
             size["gas"],
-            cfg.activation_checkpointing(config, name),
-            cfg.partition_activations(config, name),
+            config_settings.activation_checkpointing(config, name),
+            config_settings.partition_activations(config, name),
             "bf16" if precision == "bf16" else "fp32",
         )
         shapes.setdefault(shape, []).append(name)
@@ -412,7 +413,7 @@ def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(reference, tmp_path):
 def test_config_layout_keys():
     config = cfg.load_config([ROOT / "config.yaml"])
     assert config["training"]["data_parallel"] == "zero1"
-    partitioned = {s for s in config["sizes"] if cfg.partition_activations(config, s)}
+    partitioned = {s for s in config["sizes"] if config_settings.partition_activations(config, s)}
     assert partitioned == {"6.9b", "12b"}  # the tensor-parallel originals
     with pytest.raises(cfg.ConfigError, match="training.data_parallel: 'fsdp' is offered"):
         cfg.load_config([ROOT / "config.yaml"], {"training": {"data_parallel": "fsdp"}})

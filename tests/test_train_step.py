@@ -384,7 +384,7 @@ SUMMARY_KEYS = {
 def _read_summary(checkpoint):
     import json
 
-    from pythia_suite.paths import SEGMENT_SUMMARY_NAME
+    from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME
 
     return json.loads((checkpoint / SEGMENT_SUMMARY_NAME).read_text())
 

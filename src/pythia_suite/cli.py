@@ -113,8 +113,9 @@ def cmd_neox_index_maps(config: dict, args) -> None:
 
 
 def cmd_hf_config(config: dict, args) -> None:
-    run = cfg.get_run(config, args.run)
-    print(json.dumps(cfg.hf_config(config, run), indent=2))
+    from pythia_suite.train.settings import hf_config
+
+    print(json.dumps(hf_config(config, cfg.get_run(config, args.run)), indent=2))
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -624,116 +625,16 @@ def cmd_build_eval_tasks(config: dict, args) -> None:
 
 
 def cmd_train_segment(config: dict, args) -> None:
+    from pythia_suite.train.segment import train_run_segment
+
     run = cfg.get_run(config, args.run)
-    from pythia_suite.slurm import checkpoint_complete
-
-    if checkpoint_complete(args.output, args.step):
-        # Written by another job of this segment that `await-segment` waited for (issue 7).
-        _say(f"{args.output}: already a complete checkpoint of step {args.step}; not training")
-        return
-    start_step = 0 if args.step == 0 else cfg.previous_step(config, args.step)
-    if args.step > 0 and not args.resume_from:
-        args.resume_from = paths.checkpoint_dir(_results(config), run.name, start_step)
-    inputs = [Path(args.resume_from)] if args.resume_from else []
-    inputs += _training_data(config, run).recorded_inputs()
-    if config["training"]["backend"] == "neox":
-        from pythia_suite.train import neox
-
-        neox.train_segment_neox(config, run, args.step, args.output, inputs)
-        return
-    from pythia_suite.train.loop import RunInfo, train_segment
-    from pythia_suite.train.settings import TrainSettings
-
-    values = cfg.train_settings_values(config, run)
-    settings = TrainSettings(**values)
-    recorder = Recorder(
-        Path(args.output),
-        "checkpoint",
-        {"run": run.as_dict(), "settings": values},
-        inputs,
-    )
-    try:
-        state = train_segment(
-            cfg.hf_config(config, run),
-            settings,
-            _training_data(config, run).samples(),
-            start_checkpoint=args.resume_from,
-            start_step=start_step,
-            end_step=args.step,
-            out_dir=args.output,
-            state_dir=paths.state_dir(config["paths"]["state"], run.name),
-            run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
-        )
-    except (RuntimeError, OSError) as err:
-        _explain_pruned_start(err, args.resume_from)
-        _explain_full_disk(err, Path(args.output))
-        raise
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-        recorder.extra = {
-            "data_fingerprint": state.get("data_fingerprint", {}).get("segment"),
-            "world_size": state.get("world_size"),
-        }
-        recorder.write()
-        from pythia_suite.train import curves
-
-        events = curves.write_segment_events(
-            curves.run_log_dir(_results(config), run.name),
-            state.get("history", []),
-            start_step,
-            args.step,
-        )
-        if events:
-            _say(f"TensorBoard events: {events}")
-
-
-def _explain_full_disk(err: Exception, output: Path) -> None:
-    """A save that failed because the file system filled up (torch's own message does not say
-    so: "[enforce fail at inline_container.cc] unexpected pos"): say so, and what to do."""
-    import errno
-
-    from pythia_suite.train.checkpoint import InsufficientDiskSpaceError
-
-    if isinstance(err, InsufficientDiskSpaceError):
-        return  # the check before training: its message already says it all
-    free = shutil.disk_usage(output.parent).free if output.parent.is_dir() else None
-    enospc = isinstance(err, OSError) and err.errno == errno.ENOSPC
-    if enospc or (free is not None and free < 1 << 20):
-        raise RuntimeError(
-            f"no space left on the file system of {output.parent} ({free} bytes free) while "
-            f"writing {output} ({err}). {output} was not written; free space and rerun the same "
-            f"command: it resumes from the newest snapshot in paths.state"
-        ) from None
-
-
-def _explain_pruned_start(err: Exception, resume_from: str | None) -> None:
-    """A start checkpoint without its optimizer because retention pruned it: say so."""
-    from pythia_suite import retention
-
-    if resume_from and retention.is_pruned(resume_from):
-        raise RuntimeError(
-            f"{err}; {resume_from} has no resume state: retention pruned it once its weights "
-            f"were exported and published (pruned.json, training.keep_resume_states), so no "
-            f"segment can start from it. Retrain from the newest earlier checkpoint that kept "
-            f"its state (`pythia-suite prune RUN --dry-run` lists them)"
-        ) from None
+    train_run_segment(config, run, args.step, args.output, args.resume_from, log=_say)
 
 
 def cmd_await_segment(config: dict, args) -> None:
-    """Wait for another live writer of the segment (a SLURM job still running after its
-    Snakemake died, or a local process holding the state dir lock); see pythia_suite.slurm."""
-    from pythia_suite import slurm
+    from pythia_suite.train.segment import await_segment
 
-    run = cfg.get_run(config, args.run)
-    comments = [slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(args.step)])]
-    group = cfg.segment_group(config, run.name, args.step)
-    if group:  # the early segments share a group job (the rule's `group:`)
-        comments.append(slurm.group_comment(group, [slurm.SEGMENT_RULE]))
-    slurm.await_segment(
-        paths.state_dir(config["paths"]["state"], run.name),
-        comments,
-        timeout_s=args.timeout,
-        log=_say,
-    )
+    await_segment(config, cfg.get_run(config, args.run), args.step, args.timeout, log=_say)
 
 
 # ----------------------------------------------------------------------------- export, publish

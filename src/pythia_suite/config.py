@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.train.layout import LayoutError, accumulation_steps, data_ranks
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # Where the workflow writes the merged config at start, below the results root.
@@ -370,8 +371,9 @@ def devices(config: dict, size: str) -> int:
 
 
 def data_parallel_size(config: dict, size: str) -> int:
-    """Data-parallel ranks of a size: devices / tensor_parallel (each holds whole batch rows)."""
-    return devices(config, size) // config["sizes"][size]["tensor_parallel"]
+    """Data-parallel ranks of a size: devices / tensor_parallel (each holds whole batch rows).
+    Raises ``train.layout.LayoutError`` when tensor_parallel does not divide the devices."""
+    return data_ranks(devices(config, size), config["sizes"][size]["tensor_parallel"])
 
 
 def check_layout(config: dict, size: str, source: str = "config") -> None:
@@ -384,14 +386,19 @@ def check_layout(config: dict, size: str, source: str = "config") -> None:
     entry = config["sizes"][size]
     key, tp, n = f"sizes.{size}", entry["tensor_parallel"], devices(config, size)
     global_batch = config["training"]["global_batch"]
-    if n % tp:
+    try:
+        dp = data_ranks(n, tp)
+    except LayoutError:
         raise ConfigError(
             f"{source}: {key}.tensor_parallel: {tp} does not divide the {n} devices "
             f"of {key}.cluster"
-        )
-    dp = n // tp
+        ) from None
     micro, gas = entry["micro_batch"], entry["gas"]
-    if micro * gas * dp != global_batch:
+    try:
+        steps = accumulation_steps(global_batch, micro, dp)
+    except LayoutError:
+        steps = None
+    if steps != gas:
         raise ConfigError(
             f"{source}: {key}: micro_batch {micro} x gas {gas} x data-parallel ranks {dp} "
             f"(devices {n} / tensor_parallel {tp}) = {micro * gas * dp} sequences per step, "
@@ -399,18 +406,6 @@ def check_layout(config: dict, size: str, source: str = "config") -> None:
             f"configured, so change {key}.gas or {key}.cluster (nodes x gpus_per_node) to "
             f"reach it"
         )
-
-
-def activation_checkpointing(config: dict, size: str) -> bool:
-    """Whether a size recomputes each layer's activations in the backward pass.
-
-    The one source is GPT-NeoX's `checkpoint-activations` as the size's neox config has it (the
-    size's `neox` over the common `neox`; null or absent: GPT-NeoX's default, false), so both
-    backends agree: true for the original 70m-12b, false for 14m and 31m.
-    """
-    common = config["neox"].get("checkpoint-activations")
-    value = config["sizes"][size].get("neox", {}).get("checkpoint-activations", common)
-    return bool(value)
 
 
 def gpu_record(config: dict, size: str) -> dict:
@@ -463,35 +458,6 @@ def _check_training_data(config: dict, source: str) -> None:
 
 
 # ----------------------------------------------------------------------------- derived configs
-
-
-def hf_config(config: dict, run: Run) -> dict:
-    """The transformers GPTNeoXConfig of a run, with Pythia's published fields, as a dict."""
-    size = config["sizes"][run.size]
-    model = config["model"]
-    return {
-        "architectures": ["GPTNeoXForCausalLM"],
-        "model_type": "gpt_neox",
-        "vocab_size": padded_vocab_size(config, run.size),
-        "hidden_size": size["hidden"],
-        "num_hidden_layers": size["layers"],
-        "num_attention_heads": size["heads"],
-        "intermediate_size": model["mlp_ratio"] * size["hidden"],
-        "hidden_act": model["activation"],
-        "rotary_pct": model["rotary_pct"],
-        "rotary_emb_base": model["rotary_emb_base"],
-        "max_position_embeddings": model["seq_length"],
-        "initializer_range": 0.02,
-        "layer_norm_eps": model["layernorm_eps"],
-        "use_cache": True,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-        "tie_word_embeddings": model["tie_embeddings"],
-        "use_parallel_residual": model["parallel_residual"],
-        "attention_dropout": model["dropout"],
-        "hidden_dropout": model["dropout"],
-        "attention_bias": True,
-    }
 
 
 # NeoX key spellings: GPT-NeoX accepts '-' and '_' alike; these are the 70m config's.
@@ -677,61 +643,6 @@ def write_effective_config(config: dict, path: str | Path) -> None:
         os.utime(path)
         return
     write_text_atomic(path, text)
-
-
-def train_settings_values(config: dict, run: Run) -> dict[str, Any]:
-    """Keyword arguments for `pythia_suite.train.settings.TrainSettings` of a run.
-
-    Each rank runs the size's micro_batch with its gas (`check_layout` has refused a layout on
-    which they cannot make the global batch); the loop derives the accumulation steps from the
-    ranks it actually has, so a resume on another layout keeps the micro-batch.
-    """
-    size = config["sizes"][run.size]
-    training = config["training"]
-    scaler = training["loss_scaler"]
-    check_layout(config, run.size)
-    return {
-        "global_batch": training["global_batch"],
-        "micro_batch": size["micro_batch"],
-        "tensor_parallel": size["tensor_parallel"],
-        "seq_length": config["model"]["seq_length"],
-        "lr": size["lr"],
-        "min_lr": size["min_lr"],
-        # GPT-NeoX v1.0: warmup_iter = warmup x lr_decay_iters (a float; 1430 for Pythia).
-        "warmup_iters": training["warmup"] * training["lr_decay_iters"],
-        "decay_iters": training["lr_decay_iters"],
-        "weight_decay": training["weight_decay"],
-        "adam_beta1": training["adam"]["beta1"],
-        "adam_beta2": training["adam"]["beta2"],
-        "adam_eps": training["adam"]["eps"],
-        "grad_clip": training["gradient_clipping"],
-        "init_method": size["init_method"],
-        "output_layer_init_method": size["output_layer_init_method"],
-        "weight_seed": run.weight_seed,
-        "precision": precision(config, run),
-        "loss_scale_initial": 2.0 ** scaler["initial_scale_power"],
-        "loss_scale_window": scaler["window"],
-        "loss_scale_hysteresis": scaler["hysteresis"],
-        "loss_scale_min": float(scaler["min_scale"]),
-        "spike_factor": training["spike_factor"],
-        "log_interval": training["log_interval"],
-        "state_interval": training["state_interval"],
-        "deterministic": training["deterministic"],
-        # Ranks form a (data, tensor) mesh; the tensor groups are consecutive ranks (a node).
-        "data_parallel": training["data_parallel"],
-        "partition_activations": partition_activations(config, run.size),
-        "activation_checkpointing": activation_checkpointing(config, run.size),
-        "compile_layers": training["compile_layers"],
-        "loss_chunk_tokens": training["loss_chunk_tokens"],
-    }
-
-
-def partition_activations(config: dict, size: str) -> bool:
-    """Whether a size's checkpointed activations are split over its tensor-parallel ranks: the
-    original's ``partition-activations`` (its `neox` keys; 14m and 31m set it false)."""
-    merged = deep_merge(config["neox"], config["sizes"][size].get("neox") or {})
-    tensor_parallel = config["sizes"][size]["tensor_parallel"]
-    return bool(merged.get("partition-activations")) and tensor_parallel > 1
 
 
 def num_samples(config: dict) -> int:

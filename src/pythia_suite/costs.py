@@ -22,6 +22,7 @@ from pathlib import Path
 from pythia_suite import config as cfg
 from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME, read_summary
 
 PLAN_FORMAT = "pythia-suite/plan/1"
 
@@ -60,8 +61,6 @@ def measured_rates(config: dict) -> dict[str, dict]:
     "tokens_per_s", "mfu"}}`; sizes without a matching segment are absent. Summaries that are
     unreadable or of another layout are skipped (`status` names unreadable ones).
     """
-    from pythia_suite.status import read_summary
-
     results = config["paths"]["results"]
     sums: dict[str, dict] = {}
     for run in cfg.expand_runs(config).values():
@@ -75,7 +74,7 @@ def measured_rates(config: dict) -> dict[str, dict]:
             if not name.startswith("step"):
                 continue
             try:
-                summary = read_summary(os.path.join(root, name, paths.SEGMENT_SUMMARY_NAME))
+                summary = read_summary(os.path.join(root, name, SEGMENT_SUMMARY_NAME))
             except ValueError:
                 continue
             if summary is None or _summary_key(summary) != want:

@@ -6,6 +6,8 @@ as "{run}" for the values) and the CLI resolves concrete paths with them, so the
 
 from __future__ import annotations
 
+from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME
+
 
 def corpus_shard(results: str, variant: str, shard: str) -> str:
     """A Pile-format input shard; `deduped` shards are the dedup stage's output."""
@@ -86,99 +88,9 @@ def checkpoint_dir(results: str, run: str, step: int | str) -> str:
     return f"{results}/runs/{run}/checkpoints/step{step}"
 
 
-# Written by the training backend into each checkpoint directory it produces: the segment's
-# compact record (steps, tokens/s, MFU, wall and device hours, losses, spikes). Status tooling
-# reads this, never the full training history in trainer_state.json.
-SEGMENT_SUMMARY_NAME = "segment_summary.json"
-SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
-
-
 def segment_summary(results: str, run: str, step: int | str) -> str:
+    """The checkpoint's segment summary record (``train.summary``)."""
     return f"{checkpoint_dir(results, run, step)}/{SEGMENT_SUMMARY_NAME}"
-
-
-def segment_summary_record(
-    *,
-    run: str,
-    size: str,
-    start_step: int,
-    end_step: int,
-    steps: int,
-    skipped_steps: int | None,
-    tokens_per_step: int,
-    train_time_s: float,
-    wall_s: float,
-    flops_per_token: float,
-    peak_tflops: float | None,
-    device_kind: str,
-    device_name: str,
-    devices: int,
-    nodes: int,
-    data_parallel: int,
-    tensor_parallel: int,
-    micro_batch: int,
-    gas: int,
-    precision: str,
-    losses: list[float],
-    spikes: list,
-    started_at: str,
-    hosts: list[str],
-) -> dict:
-    """The segment summary record, exactly its keys: one builder for both training backends.
-
-    Derives ``tokens`` (steps x tokens per step), ``tokens_per_s`` (over ``train_time_s``;
-    None without training time), ``mfu`` (flops_per_token x tokens_per_s / (devices x peak);
-    None without a peak), ``device_hours`` (devices x wall), the loss statistics (None where
-    ``losses`` is empty) and ``finished_at`` (now, UTC). A NaN abort writes no checkpoint,
-    hence no summary: ``nan_abort`` is always false here.
-    """
-    import datetime
-    import os
-
-    tokens = steps * tokens_per_step
-    tokens_per_s = tokens / train_time_s if train_time_s > 0 else None
-    mfu = None
-    if peak_tflops and tokens_per_s:
-        mfu = flops_per_token * tokens_per_s / (devices * peak_tflops * 1e12)
-    return {
-        "format": SEGMENT_SUMMARY_FORMAT,
-        "run": run,
-        "size": size,
-        "start_step": start_step,
-        "end_step": end_step,
-        "steps": steps,
-        "skipped_steps": skipped_steps,
-        "tokens": tokens,
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": float(flops_per_token),
-        "mfu": mfu,
-        "peak_tflops": peak_tflops,
-        "device_kind": device_kind,
-        "device_name": device_name,
-        "devices": devices,
-        "nodes": nodes,
-        "data_parallel": data_parallel,
-        "tensor_parallel": tensor_parallel,
-        "micro_batch": micro_batch,
-        "gas": gas,
-        "precision": precision,
-        "wall_s": wall_s,
-        "train_time_s": train_time_s,
-        "device_hours": devices * wall_s / 3600,
-        "losses": {
-            "first": losses[0] if losses else None,
-            "last": losses[-1] if losses else None,
-            "min": min(losses) if losses else None,
-            "max": max(losses) if losses else None,
-            "mean": sum(losses) / len(losses) if losses else None,
-        },
-        "spikes": spikes,
-        "nan_abort": False,
-        "started_at": started_at,
-        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "hosts": hosts,
-    }
 
 
 def export_dir(results: str, run: str, step: int | str) -> str:

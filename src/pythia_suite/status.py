@@ -34,6 +34,7 @@ from typing import Any
 from pythia_suite import config as cfg
 from pythia_suite import costs, paths, units
 from pythia_suite.provenance import RECORD_NAME
+from pythia_suite.train.summary import read_summary
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
 _STEP_RECEIPT = re.compile(r"^step(0|[1-9][0-9]*)\.json$")
@@ -283,27 +284,6 @@ def _step_dirs(path: str) -> set[int]:
         if match and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
             steps.add(int(match[1]))
     return steps
-
-
-def read_summary(path: str) -> dict | None:
-    """A segment summary, or None when the checkpoint has none (step0, or written before
-    summaries existed). Raises ValueError naming the file when it is not a summary."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: unreadable segment summary: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != paths.SEGMENT_SUMMARY_FORMAT:
-        raise ValueError(f"{path}: format is not {paths.SEGMENT_SUMMARY_FORMAT!r}")
-    for key in ("end_step", "tokens", "wall_s", "device_hours", "devices"):
-        if not isinstance(data.get(key), int | float):
-            raise ValueError(f"{path}: key {key!r} is missing or not a number")
-    # A segment without training steps (step0's, which only initialises) has no rate.
-    if not isinstance(data.get("tokens_per_s"), int | float | None):
-        raise ValueError(f"{path}: key 'tokens_per_s' is not a number or null")
-    return data
 
 
 def _receipts(path: str) -> tuple[set[int], set[int], list[str]]:

@@ -51,11 +51,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import transformer_flops_per_token
-from ..paths import SEGMENT_SUMMARY_NAME, segment_summary_record
 from . import checkpoint as ckpt
 from . import parallel
 from .device import DeviceChoices, device_choices
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
+from .layout import data_ranks
 from .model import (
     build_model,
     count_parameters,
@@ -71,6 +71,7 @@ from .optim import (
     set_lr,
 )
 from .settings import TrainSettings
+from .summary import SEGMENT_SUMMARY_NAME, segment_summary_record
 
 __all__ = [
     "BatchSource",
@@ -266,7 +267,7 @@ def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[
     Tensor-parallel peers read the same rows.
     """
     tp = settings.tensor_parallel
-    return env.world_size // tp, env.rank // tp
+    return data_ranks(env.world_size, tp), env.rank // tp
 
 
 def local_rows(
@@ -970,7 +971,7 @@ def _set_up(
     seg.log(
         f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "
         f"micro_batch {settings.micro_batch} x gas "
-        f"{settings.global_batch // (par.data * settings.micro_batch)}, "
+        f"{settings.accumulation_steps(par.data)}, "
         f"{'fused' if choices.fused_adamw else 'unfused'} AdamW"
     )
     n_params = count_parameters(model)
@@ -1153,7 +1154,7 @@ def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
         data_parallel=dp_size,
         tensor_parallel=settings.tensor_parallel,
         micro_batch=settings.micro_batch,
-        gas=settings.global_batch // (dp_size * settings.micro_batch),
+        gas=settings.accumulation_steps(dp_size),
         precision=settings.precision,
         losses=[r["loss"] for r in progress.history if not r["skipped"]],
         spikes=progress.spikes,
@@ -1213,18 +1214,8 @@ def _check_arguments(
         raise ValueError(
             f"start_checkpoint=None (fresh weights) needs start_step=0, got {start_step}"
         )
-    if env.world_size % settings.tensor_parallel:
-        raise ValueError(
-            f"tensor_parallel {settings.tensor_parallel} does not divide world_size "
-            f"{env.world_size}"
-        )
-    dp_size, _ = data_parallel_coords(env, settings)
-    if settings.global_batch % (dp_size * settings.micro_batch):
-        raise ValueError(
-            f"global_batch {settings.global_batch} is not a multiple of data-parallel ranks "
-            f"{dp_size} (world_size {env.world_size} / tensor_parallel "
-            f"{settings.tensor_parallel}) x micro_batch {settings.micro_batch}"
-        )
+    dp_size, _ = data_parallel_coords(env, settings)  # both raise layout.LayoutError
+    settings.accumulation_steps(dp_size)
     if settings.precision == "fp16" and not choices.fp16_compute:
         raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16') on CPU")
     if out_dir.exists():

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 
 from pythia_suite.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from pythia_suite.paths import SEGMENT_SUMMARY_NAME, segment_summary_record
 from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
+from pythia_suite.train.settings import hf_config
+from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME, segment_summary_record
 
 __all__ = [
     "NEOX_V1_COMMIT",
@@ -1137,7 +1138,7 @@ def train_segment_neox(config: Mapping, run, step: int, output: str | os.PathLik
             python=settings["python"], log_path=work / f"convert-step{step}.log",
         )  # fmt: skip
         return checkpoint_from_hf_dir(
-            hf_dir, output, cfg.hf_config(dict(config), run), step=step, start_step=start,
+            hf_dir, output, hf_config(dict(config), run), step=step, start_step=start,
             neox_checkpoint=global_dir, record_config={"run": run.as_dict(), "backend": "neox",
             "neox": dict(settings),
             "deviations": run_deviations(config, run)}, inputs=inputs, started=started,

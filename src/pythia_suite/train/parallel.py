@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .layout import LayoutError, data_ranks
+
 __all__ = [
     "DATA_PARALLEL_MODES",
     "Parallelism",
@@ -127,16 +129,15 @@ def build_parallelism(
         raise ParallelLayoutError(
             f"data_parallel must be one of {DATA_PARALLEL_MODES}, got {mode!r}"
         )
-    if tensor_parallel < 1 or world_size % tensor_parallel:
-        raise ParallelLayoutError(
-            f"tensor_parallel {tensor_parallel} does not divide the world size {world_size}"
-        )
+    try:
+        data = data_ranks(world_size, tensor_parallel)
+    except LayoutError as err:
+        raise ParallelLayoutError(str(err)) from None
     if mode == "fsdp" and tensor_parallel > 1:
         raise ParallelLayoutError(
             f"data_parallel 'fsdp' is offered at tensor_parallel 1 only (got {tensor_parallel}); "
             "use 'zero1', as Pythia did"
         )
-    data = world_size // tensor_parallel
     if world_size == 1:
         return Parallelism(None, 1, 1, 0, 0, mode)
     from torch.distributed.device_mesh import init_device_mesh

@@ -1,0 +1,160 @@
+"""One segment of a run, from the config: what `pythia-suite train-segment` and `await-segment`
+run (either backend), and the explanations of the failures a segment can meet."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from pythia_suite import config as cfg
+from pythia_suite import paths
+from pythia_suite.provenance import Recorder
+
+
+def train_run_segment(
+    config: dict,
+    run: cfg.Run,
+    step: int,
+    output: str,
+    resume_from: str | None,
+    log: Callable[[str], None],
+) -> None:
+    """Train ``run`` up to checkpoint ``step`` into ``output`` (from the previous checkpoint, or
+    ``resume_from``), with the checkpoint's provenance record and TensorBoard events.
+
+    Nothing is trained when ``output`` is already a complete checkpoint of ``step`` (written by
+    another job of this segment that `await-segment` waited for). A failure of a pruned start
+    checkpoint or a full disk is raised as a RuntimeError that says so (``explain_*``).
+    """
+    from pythia_suite.data.source import training_data
+    from pythia_suite.slurm import checkpoint_complete
+
+    if checkpoint_complete(output, step):
+        log(f"{output}: already a complete checkpoint of step {step}; not training")
+        return
+    results = config["paths"]["results"]
+    start_step = 0 if step == 0 else cfg.previous_step(config, step)
+    if step > 0 and not resume_from:
+        resume_from = paths.checkpoint_dir(results, run.name, start_step)
+    inputs = [Path(resume_from)] if resume_from else []
+    inputs += training_data(config, run).recorded_inputs()
+    if config["training"]["backend"] == "neox":
+        from pythia_suite.train import neox
+
+        neox.train_segment_neox(config, run, step, output, inputs)
+        return
+    state = _train_pytorch(config, run, start_step, step, output, resume_from, inputs)
+    if state is not None:
+        _write_events(results, run, state, start_step, step, log)
+
+
+def _train_pytorch(
+    config: dict,
+    run: cfg.Run,
+    start_step: int,
+    step: int,
+    output: str,
+    resume_from: str | None,
+    inputs: list[Path],
+) -> dict | None:
+    """The PyTorch loop's segment, and its provenance record (rank 0). Returns the trainer
+    state on rank 0, None on the others."""
+    from pythia_suite.data.source import training_data
+    from pythia_suite.train.loop import RunInfo, train_segment
+    from pythia_suite.train.settings import hf_config, settings_record, train_settings
+
+    settings = train_settings(config, run)
+    recorder = Recorder(
+        Path(output),
+        "checkpoint",
+        {"run": run.as_dict(), "settings": settings_record(settings)},
+        inputs,
+    )
+    try:
+        state = train_segment(
+            hf_config(config, run),
+            settings,
+            training_data(config, run).samples(),
+            start_checkpoint=resume_from,
+            start_step=start_step,
+            end_step=step,
+            out_dir=output,
+            state_dir=paths.state_dir(config["paths"]["state"], run.name),
+            run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
+        )
+    except (RuntimeError, OSError) as err:
+        explain_pruned_start(err, resume_from)
+        explain_full_disk(err, Path(output))
+        raise
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return None
+    recorder.extra = {
+        "data_fingerprint": state.get("data_fingerprint", {}).get("segment"),
+        "world_size": state.get("world_size"),
+    }
+    recorder.write()
+    return state
+
+
+def _write_events(results: str, run: cfg.Run, state: dict, start_step: int, step: int, log) -> None:
+    """The segment's TensorBoard events beside the run's earlier ones (train.curves)."""
+    from pythia_suite.train import curves
+
+    events = curves.write_segment_events(
+        curves.run_log_dir(results, run.name),
+        state.get("history", []),
+        start_step,
+        step,
+    )
+    if events:
+        log(f"TensorBoard events: {events}")
+
+
+def explain_full_disk(err: Exception, output: Path) -> None:
+    """A save that failed because the file system filled up (torch's own message does not say
+    so: "[enforce fail at inline_container.cc] unexpected pos"): say so, and what to do."""
+    from pythia_suite.train.checkpoint import InsufficientDiskSpaceError
+
+    if isinstance(err, InsufficientDiskSpaceError):
+        return  # the check before training: its message already says it all
+    free = shutil.disk_usage(output.parent).free if output.parent.is_dir() else None
+    enospc = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    if enospc or (free is not None and free < 1 << 20):
+        raise RuntimeError(
+            f"no space left on the file system of {output.parent} ({free} bytes free) while "
+            f"writing {output} ({err}). {output} was not written; free space and rerun the same "
+            f"command: it resumes from the newest snapshot in paths.state"
+        ) from None
+
+
+def explain_pruned_start(err: Exception, resume_from: str | None) -> None:
+    """A start checkpoint without its optimizer because retention pruned it: say so."""
+    from pythia_suite import retention
+
+    if resume_from and retention.is_pruned(resume_from):
+        raise RuntimeError(
+            f"{err}; {resume_from} has no resume state: retention pruned it once its weights "
+            f"were exported and published (pruned.json, training.keep_resume_states), so no "
+            f"segment can start from it. Retrain from the newest earlier checkpoint that kept "
+            f"its state (`pythia-suite prune RUN --dry-run` lists them)"
+        ) from None
+
+
+def await_segment(config: dict, run: cfg.Run, step: int, timeout_s, log) -> None:
+    """Wait for another live writer of the segment (a SLURM job still running after its
+    Snakemake died, or a local process holding the state dir lock); see pythia_suite.slurm."""
+    from pythia_suite import slurm
+
+    comments = [slurm.plugin_comment(slurm.SEGMENT_RULE, [run.name, str(step)])]
+    group = cfg.segment_group(config, run.name, step)
+    if group:  # the early segments share a group job (the rule's `group:`)
+        comments.append(slurm.group_comment(group, [slurm.SEGMENT_RULE]))
+    slurm.await_segment(
+        paths.state_dir(config["paths"]["state"], run.name),
+        comments,
+        timeout_s=timeout_s,
+        log=log,
+    )
