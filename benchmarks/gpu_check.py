@@ -8,7 +8,7 @@ Rows (the loop's own code: prepare_model, init_gpt_neox_weights, init_train_stat
   checkpointing, one GPU: tokens/s, MFU = tokens/s x flops_per_token / peak, with
   flops_per_token = 72 L h^2 + 12 L s h + 6 V h (config.training_flops_per_token: forward +
   backward, attention included, recomputation not counted), and torch.cuda.max_memory_allocated
-  against the memory plan's estimate for one GPU (train.memory, data parallel 1);
+  against the memory plan's estimate for one GPU (train.memory_plan, data parallel 1);
 - memory: 1b (bf16) and 1.4b (fp16) at their micro-batches (16): peak against the estimate;
 - fp16 overflow: a loss scale of 2^40 overflows fp16 for real: the step is skipped, weights and
   the LR schedule are unchanged, the scale is kept on the first overflow (hysteresis 2) and
@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))  # spawned tensor-parallel ranks import this module
 
 from pythia_suite import config as cfg  # noqa: E402
-from pythia_suite.train import memory  # noqa: E402
+from pythia_suite.train import memory_plan as memory  # noqa: E402
 from pythia_suite.train.device import device_choices  # noqa: E402
 from pythia_suite.train.distributed import DistributedEnv, distributed_context  # noqa: E402
 from pythia_suite.train.loop import (  # noqa: E402
@@ -174,8 +174,13 @@ class Check:
     def estimate(self, size: str, settings: TrainSettings) -> dict:
         """The memory plan for this size on one GPU (no data parallelism)."""
         layout = memory.memory_layouts(self.config)[self.run_of(size).name]
+        one_gpu = dataclasses.replace(  # the size's micro-batch x gas on one data rank
+            layout.settings,
+            precision=settings.precision,
+            global_batch=layout.settings.micro_batch * layout.gas,
+        )
         return memory.estimate_layout(
-            dataclasses.replace(layout, data_parallel=1, precision=settings.precision)
+            dataclasses.replace(layout, settings=one_gpu, data_parallel=1)
         )
 
     def peak_memory(self) -> float | None:

@@ -3,7 +3,7 @@
     python benchmarks/memory_plan.py [--config config.yaml ...] [--verify 410m]
     python benchmarks/memory_plan.py --fake-vs-real      # the trace against real tensors
 
-Traces every distinct layout of the config afresh (no cache: train.memory.memory_plan with
+Traces every distinct layout of the config afresh (no cache: train.memory_plan.memory_plan with
 use_cache=False, written to a temporary results directory) and prints, per run, the peak GPU
 memory per rank by category, the phase of the step where it peaks, whether it fits the GPU
 record's memory less the reserve, and the seconds its traces took. ``--verify SIZE`` also traces
@@ -21,7 +21,6 @@ both), and prints every phase's peak of rank 0 side by side.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import socket
@@ -34,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from pythia_suite import config as cfg  # noqa: E402
-from pythia_suite.train import memory  # noqa: E402
+from pythia_suite.train import memory_plan as memory  # noqa: E402
 
-SMALL = memory.StepLayout(
+SMALL_RECORD = dict(
     size="small",
     hidden=128,
     layers=2,
@@ -58,6 +57,7 @@ SMALL = memory.StepLayout(
     gpu_memory_gb=1.0,
     reserve_gb=0.0,
 )
+SMALL = memory.layout_from_record(SMALL_RECORD)
 
 
 def _real_rank(rank: int, world: int, port: int, layout: memory.StepLayout, out: Path) -> None:
@@ -95,15 +95,19 @@ def real_trace(layout: memory.StepLayout) -> dict:
 
 def fake_vs_real() -> None:
     print(
-        f"small model: hidden {SMALL.hidden}, {SMALL.layers} layers, vocabulary {SMALL.vocab}, "
-        f"{SMALL.precision} master weights, seq {SMALL.seq_length}, micro {SMALL.micro_batch} "
-        f"x gas {SMALL.gas}, activation checkpointing (partitioned under TP); rank 0, bytes"
+        f"small model: hidden {SMALL_RECORD['hidden']}, {SMALL_RECORD['layers']} layers, "
+        f"vocabulary {SMALL_RECORD['vocab']}, {SMALL_RECORD['precision']} master weights, "
+        f"seq {SMALL_RECORD['seq_length']}, micro {SMALL_RECORD['micro_batch']} "
+        f"x gas {SMALL_RECORD['gas']}, activation checkpointing (partitioned under TP); "
+        "rank 0, bytes"
     )
     print("| TP | phase | fake trace | real tensors | fake / real |")
     print("|---|---|---|---|---|")
     worst = 0.0
     for tp in (1, 2, 4):
-        layout = dataclasses.replace(SMALL, tensor_parallel=tp, partition_activations=tp > 1)
+        layout = memory.layout_from_record(
+            dict(SMALL_RECORD, tensor_parallel=tp, partition_activations=tp > 1)
+        )
         fake, real = memory.trace_step_peaks(layout, layout.layers), real_trace(layout)
         for phase in memory.PHASES:
             a, b = sum(fake[phase].values()), sum(real[phase].values())

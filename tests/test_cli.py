@@ -83,7 +83,7 @@ def test_plan_writes_one_unit_per_quantity_merges_identical_runs_and_explains_co
 
 
 def test_memory_table_explains_every_abbreviation():
-    from pythia_suite.train.memory import render_memory_table
+    from pythia_suite.train.memory_plan import render_memory_table
 
     layout = {
         "gpu_name": "A100",

@@ -3,7 +3,6 @@ ZeRO-1 rule, the cached plan and the refusal of a layout that cannot fit (CLI an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -16,12 +15,12 @@ from train_support import run_in_ranks
 
 from pythia_suite import config as cfg
 from pythia_suite.cli import main
-from pythia_suite.train import memory
+from pythia_suite.train import memory_plan as memory
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
-TINY = memory.StepLayout(
+TINY_RECORD = dict(
     size="tiny",
     hidden=64,
     layers=4,
@@ -43,15 +42,21 @@ TINY = memory.StepLayout(
     gpu_memory_gb=1.0,
     reserve_gb=0.0,
 )
+TINY = memory.layout_from_record(TINY_RECORD)
+
+
+def layout_of(base: dict = TINY_RECORD, **changes) -> memory.StepLayout:
+    """A small model's layout: ``base`` (a plan's layout record) with ``changes``."""
+    return memory.layout_from_record(dict(base, **changes))
 
 
 def test_extrapolated_estimate_equals_the_full_depth_trace_in_every_phase_and_category():
-    tensor_parallel = dataclasses.replace(
-        TINY, tensor_parallel=2, data_parallel=2, partition_activations=True
+    tensor_parallel = layout_of(
+        TINY_RECORD, tensor_parallel=2, data_parallel=2, partition_activations=True
     )
     for layout in (
         TINY,
-        dataclasses.replace(TINY, activation_checkpointing=False, gas=1),
+        layout_of(TINY_RECORD, activation_checkpointing=False, gas=1),
         tensor_parallel,  # the gradient all-reduce's flat buffer peaks in its own phase
     ):
         extrapolated = memory.estimate_layout(layout)
@@ -70,7 +75,7 @@ def test_extrapolated_estimate_equals_the_full_depth_trace_in_every_phase_and_ca
 
 def test_trace_counts_weights_masters_adam_state_and_accumulated_gradients():
     n_params = sum(cfg_param_numel(TINY).values())
-    fp32 = memory.trace_step_peaks(dataclasses.replace(TINY, precision="fp32"), TINY.layers)
+    fp32 = memory.trace_step_peaks(layout_of(TINY_RECORD, precision="fp32"), TINY.layers)
     # fp32: the weights; AdamW exp_avg + exp_avg_sq (fp32) and a step count per parameter.
     assert fp32["forward"]["parameters"] == pytest.approx(4 * n_params, rel=1e-3)
     assert 8 * n_params <= fp32["forward"]["optimizer"] < 9 * n_params
@@ -84,7 +89,7 @@ def test_trace_counts_weights_masters_adam_state_and_accumulated_gradients():
     assert phases["forward"]["gradients"] == 2 * n_params
     assert phases["loss"]["activations"] > phases["forward"]["activations"] > 0
     without_ac = memory.trace_step_peaks(
-        dataclasses.replace(TINY, activation_checkpointing=False), TINY.layers
+        layout_of(TINY_RECORD, activation_checkpointing=False), TINY.layers
     )
     assert without_ac["forward"]["activations"] > phases["forward"]["activations"]
 
@@ -92,7 +97,7 @@ def test_trace_counts_weights_masters_adam_state_and_accumulated_gradients():
 def test_ddp_buckets_are_the_gradients_one_set_in_every_phase():
     """DDP at tensor parallel 1 (by rule): ``gradient_as_bucket_view`` makes the gradients
     views into the buckets, so every phase holds exactly one full set, never two."""
-    layout = dataclasses.replace(TINY, data_parallel=2, gas=1)
+    layout = layout_of(TINY_RECORD, data_parallel=2, gas=1)
     estimate = memory.estimate_layout(layout)
     assert estimate["method"]["ddp_buckets_by_rule"] is True
     traced = memory.trace_step_peaks(layout, layout.layers)
@@ -104,7 +109,8 @@ def test_ddp_buckets_are_the_gradients_one_set_in_every_phase():
 
 def cfg_param_numel(layout: memory.StepLayout, tp: int = 1) -> dict[str, int]:
     """Per-rank parameter counts by Megatron's split, written out by hand."""
-    h, f, v, n = layout.hidden, layout.intermediate, layout.vocab, layout.layers
+    hf = layout.hf_config
+    h, f, v, n = hf["hidden_size"], hf["intermediate_size"], layout.vocab, layout.layers
     per_layer = (
         (3 * h * h + 3 * h) // tp  # query_key_value: column parallel, bias split
         + h * h // tp  # attention.dense: row parallel
@@ -121,7 +127,7 @@ def test_tensor_parallel_and_fsdp_are_traced_through_the_loops_parallelism():
     """TP 2 x DP 2 (DTensor, ZeRO-1 over data) and FSDP over 4 ranks, each in a fake process
     group of the real world size: rank 0 holds its shards, by Megatron's split and by FSDP's."""
     full = sum(cfg_param_numel(TINY).values())
-    tp = dataclasses.replace(TINY, tensor_parallel=2, data_parallel=2, partition_activations=True)
+    tp = layout_of(TINY_RECORD, tensor_parallel=2, data_parallel=2, partition_activations=True)
     traced = memory.trace_step_peaks(tp, tp.layers)
     assert memory._traced_world(tp) == 4
     # fp16 parameters (master-weight training): 2 bytes per local parameter.
@@ -135,7 +141,7 @@ def test_tensor_parallel_and_fsdp_are_traced_through_the_loops_parallelism():
     assert estimate["method"]["traced_world_size"] == 4
     assert estimate["method"]["ddp_buckets_by_rule"] is False
 
-    fsdp = dataclasses.replace(TINY, data_parallel=4, data_parallel_mode="fsdp")
+    fsdp = layout_of(TINY_RECORD, data_parallel=4, data_parallel_mode="fsdp")
     traced = memory.trace_step_peaks(fsdp, fsdp.layers)
     # FSDP2 keeps its own fp32 sharded parameters (MixedPrecisionPolicy, no master-weight
     # optimizer). Resharded at the optimizer step: a quarter of every parameter (fp32), padding
@@ -149,8 +155,8 @@ def test_tensor_parallel_and_fsdp_are_traced_through_the_loops_parallelism():
 # Pythia 6.9b/12b's shape at small width: bf16 master weights (fp16's layout, runnable on a
 # CPU), activation checkpointing, partitioned activations under TP, 2 micro-steps; a vocabulary
 # large enough that the loss phase (logits) is a large part of the step, as it is at 50k.
-SMALL = dataclasses.replace(
-    TINY,
+SMALL_RECORD = dict(
+    TINY_RECORD,
     hidden=128,
     layers=2,
     vocab=2048,
@@ -176,7 +182,7 @@ def test_fake_tensor_trace_matches_a_real_tensor_trace_in_every_phase(tp):
     tensors over ``tp`` gloo ranks (MemTracker on both): every phase's peak within 5%. Under
     tensor parallelism the loss phase was over-counted by DTensor's shape propagation of the
     loss-parallel cross-entropy (``memory._untracked_shape_propagation``)."""
-    layout = dataclasses.replace(SMALL, tensor_parallel=tp, partition_activations=tp > 1)
+    layout = layout_of(SMALL_RECORD, tensor_parallel=tp, partition_activations=tp > 1)
     fake = memory.trace_step_peaks(layout, layout.layers)
     if tp == 1:
         real = memory.trace_step_peaks(layout, layout.layers, fake=False)
@@ -195,10 +201,10 @@ def test_zero1_share_is_zero_redundancy_optimizers_own_partition():
     from pythia_suite.train.model import build_model
     from pythia_suite.train.optim import build_param_groups
 
-    layout = dataclasses.replace(TINY, data_parallel=4)
+    layout = layout_of(TINY_RECORD, data_parallel=4)
     torch.distributed.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
     try:
-        model = build_model(layout.hf_config(), empty=True)
+        model = build_model(layout.model_config(), empty=True)
         zero = ZeroRedundancyOptimizer(
             build_param_groups(model, 0.1), optimizer_class=torch.optim.AdamW, lr=0.0
         )

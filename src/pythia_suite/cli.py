@@ -140,7 +140,7 @@ def cmd_plan(config: dict, args) -> None:
     rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
     memory = None
     if args.memory:
-        from .train import memory as train_memory
+        from .train import memory_plan as train_memory
 
         memory = train_memory.memory_plan(config, use_cache=not args.retrace, log=_say)
     if args.json:
@@ -153,7 +153,7 @@ def cmd_plan(config: dict, args) -> None:
 
 
 def cmd_check_memory(config: dict, args) -> None:
-    from .train import memory as train_memory
+    from .train import memory_plan as train_memory
 
     try:
         plan = train_memory.check_memory_plan(config, log=_say)
@@ -163,7 +163,7 @@ def cmd_check_memory(config: dict, args) -> None:
 
 
 def _print_memory_table(plan: dict) -> None:
-    from .train.memory import render_memory_table
+    from .train.memory_plan import render_memory_table
 
     print()
     print(render_memory_table(plan))

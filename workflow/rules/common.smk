@@ -45,7 +45,7 @@ onstart:
     # Refuse a layout that cannot fit GPU memory before anything is queued: the cached memory
     # plan (results/plan/memory-<hash>.json, traced once per config; CPU layouts exempt).
     # onstart runs once per invocation, not in dry runs and not in the jobs' re-parses.
-    from pythia_suite.train import memory as train_memory
+    from pythia_suite.train import memory_plan as train_memory
 
     try:
         train_memory.check_memory_plan(config, log=print)

@@ -966,7 +966,7 @@ def _set_up(
     if choices.expects_flash_attention and not kernel.startswith("SDPA FLASH_ATTENTION"):
         seg.log(
             "WARNING: not the flash attention kernel; the memory plan assumes flash "
-            "(train.memory), so this run may need more memory than planned"
+            "(train.memory_plan), so this run may need more memory than planned"
         )
     seg.log(
         f"layout: data {par.data} x tensor {par.tensor} ({settings.data_parallel}), "

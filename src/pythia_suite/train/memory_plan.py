@@ -53,18 +53,23 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import write_json_atomic
 from ..hashing import sha256_file
+
+if TYPE_CHECKING:
+    from .settings import TrainSettings
 
 __all__ = [
     "CATEGORIES",
     "PHASES",
     "PLAN_FORMAT",
     "StepLayout",
+    "layout_from_record",
     "MemoryDoesNotFitError",
     "memory_layouts",
     "trace_step_peaks",
@@ -109,44 +114,60 @@ class MemoryDoesNotFitError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepLayout:
-    """What one rank of a size holds and runs: everything the estimate reads."""
+    """What one rank of a size holds and runs: the run's own settings and model
+    (``settings.train_settings``, ``settings.hf_config``), and what the plan adds: the data
+    ranks the step runs over and the GPU's memory."""
 
     size: str
-    hidden: int
-    layers: int
-    heads: int
-    vocab: int  # padded vocabulary (a multiple of 128 x tensor_parallel)
-    intermediate: int
-    rotary_pct: float
-    seq_length: int
-    micro_batch: int
-    gas: int
-    precision: str
-    activation_checkpointing: bool
-    loss_chunk_tokens: int
-    tensor_parallel: int
-    data_parallel: int
-    data_parallel_mode: str  # zero1 | fsdp (training.data_parallel)
-    partition_activations: bool
+    settings: TrainSettings
+    hf_config: dict
+    data_parallel: int  # data ranks: devices / tensor_parallel (config.data_parallel_size)
     gpu_name: str
     gpu_memory_gb: float
     reserve_gb: float
 
-    def hf_config(self, layers: int | None = None) -> dict:
-        """The transformers GPTNeoXConfig fields of the (unsharded) model, ``layers`` deep."""
+    @property
+    def layers(self) -> int:
+        return self.hf_config["num_hidden_layers"]
+
+    @property
+    def vocab(self) -> int:
+        """The padded vocabulary (a multiple of 128 x tensor_parallel)."""
+        return self.hf_config["vocab_size"]
+
+    @property
+    def gas(self) -> int:
+        """Micro-steps per step on each of the ``data_parallel`` ranks."""
+        return self.settings.accumulation_steps(self.data_parallel)
+
+    def model_config(self, layers: int | None = None) -> dict:
+        """The run's GPTNeoXConfig fields, ``layers`` deep (default: the configured depth)."""
+        return dict(self.hf_config, num_hidden_layers=layers or self.layers)
+
+    def record(self) -> dict:
+        """The layout as the plan records it (``results/plan/memory-<hash>.json``)."""
+        s, hf = self.settings, self.hf_config
         return {
-            "vocab_size": self.vocab,
-            "hidden_size": self.hidden,
-            "num_hidden_layers": layers or self.layers,
-            "num_attention_heads": self.heads,
-            "intermediate_size": self.intermediate,
-            "rotary_pct": self.rotary_pct,
-            "max_position_embeddings": self.seq_length,
-            "use_parallel_residual": True,
-            "tie_word_embeddings": False,
-            "attention_bias": True,
-            "hidden_dropout": 0.0,
-            "attention_dropout": 0.0,
+            "size": self.size,
+            "hidden": hf["hidden_size"],
+            "layers": self.layers,
+            "heads": hf["num_attention_heads"],
+            "vocab": self.vocab,
+            "intermediate": hf["intermediate_size"],
+            "rotary_pct": hf["rotary_pct"],
+            "seq_length": s.seq_length,
+            "micro_batch": s.micro_batch,
+            "gas": self.gas,
+            "precision": s.precision,
+            "activation_checkpointing": s.activation_checkpointing,
+            "loss_chunk_tokens": s.loss_chunk_tokens,
+            "tensor_parallel": s.tensor_parallel,
+            "data_parallel": self.data_parallel,
+            "data_parallel_mode": s.data_parallel,
+            "partition_activations": s.partition_activations,
+            "gpu_name": self.gpu_name,
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "reserve_gb": self.reserve_gb,
         }
 
     @property
@@ -155,47 +176,66 @@ class StepLayout:
         return (self.gpu_memory_gb - self.reserve_gb) * GB
 
 
+def layout_from_record(record: dict) -> StepLayout:
+    """The layout a plan's ``layout`` record describes (``StepLayout.record``), for models
+    outside the config (tests, benchmarks): Pythia's architecture, TrainSettings' defaults
+    for what changes no tensor's size, placeholder learning rates."""
+    from .settings import TrainSettings
+
+    r = record
+    settings = TrainSettings(
+        global_batch=r["micro_batch"] * r["gas"] * r["data_parallel"],
+        micro_batch=r["micro_batch"],
+        seq_length=r["seq_length"],
+        lr=1e-4,
+        min_lr=1e-5,
+        warmup_iters=0,
+        decay_iters=1,
+        precision=r["precision"],
+        activation_checkpointing=r["activation_checkpointing"],
+        loss_chunk_tokens=r["loss_chunk_tokens"],
+        tensor_parallel=r["tensor_parallel"],
+        data_parallel=r["data_parallel_mode"],
+        partition_activations=r["partition_activations"],
+    )
+    hf_config = {
+        "vocab_size": r["vocab"],
+        "hidden_size": r["hidden"],
+        "num_hidden_layers": r["layers"],
+        "num_attention_heads": r["heads"],
+        "intermediate_size": r["intermediate"],
+        "rotary_pct": r["rotary_pct"],
+        "max_position_embeddings": r["seq_length"],
+        "use_parallel_residual": True,
+        "tie_word_embeddings": False,
+        "attention_bias": True,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    plan_adds = ("data_parallel", "gpu_name", "gpu_memory_gb", "reserve_gb")
+    return StepLayout(r["size"], settings, hf_config, **{k: r[k] for k in plan_adds})
+
+
 def memory_layouts(config: dict) -> dict[str, StepLayout]:
     """Run name -> its ``StepLayout`` for every GPU run (``gpus_per_node > 0``) of the matrix.
 
     Each rank runs the size's configured micro-batch and gradient accumulation (the original
-    layout); data parallel = GPUs / tensor_parallel; precision, activation checkpointing and the
-    loss chunk as ``config.train_settings_values`` gives the loop.
+    layout; ``config.check_layout``), with the settings ``settings.train_settings`` gives the
+    loop; data parallel = GPUs / tensor_parallel.
     """
-    from ..config import (
-        data_parallel_size,
-        expand_runs,
-        gpu_record,
-        padded_vocab_size,
-        train_settings_values,
-    )
+    from ..config import data_parallel_size, expand_runs, gpu_record
+    from .settings import hf_config, train_settings
 
     layouts = {}
     for name, run in expand_runs(config).items():
-        size = config["sizes"][run.size]
-        cluster = size["cluster"]
-        if not cluster["gpus_per_node"]:
+        if not config["sizes"][run.size]["cluster"]["gpus_per_node"]:
             continue  # CPU layouts are exempt: no device memory to plan
         gpu = gpu_record(config, run.size)
-        settings = train_settings_values(config, run)
         layouts[name] = StepLayout(
             size=run.size,
-            hidden=size["hidden"],
-            layers=size["layers"],
-            heads=size["heads"],
-            vocab=padded_vocab_size(config, run.size),
-            intermediate=config["model"]["mlp_ratio"] * size["hidden"],
-            rotary_pct=config["model"]["rotary_pct"],
-            seq_length=config["model"]["seq_length"],
-            micro_batch=size["micro_batch"],
-            gas=size["gas"],
-            precision=settings["precision"],
-            activation_checkpointing=settings["activation_checkpointing"],
-            loss_chunk_tokens=settings["loss_chunk_tokens"],
-            tensor_parallel=size["tensor_parallel"],
+            settings=train_settings(config, run),
+            hf_config=hf_config(config, run),
             data_parallel=data_parallel_size(config, run.size),
-            data_parallel_mode=settings["data_parallel"],
-            partition_activations=settings["partition_activations"],
             gpu_name=gpu["name"],
             gpu_memory_gb=float(gpu["memory_gb"]),
             reserve_gb=float(config["cluster"]["gpu_memory_reserve_gb"]),
@@ -210,36 +250,20 @@ def _traced_world(layout: StepLayout) -> int:
     """Ranks of the fake process group the step is traced in: the real world size where the
     parallelism is traceable (tensor parallel, FSDP), else 1 (DDP's C++ reducer cannot run on
     fake tensors: data parallelism at tensor parallel 1 under ZeRO-1 is added by rule)."""
-    if layout.tensor_parallel > 1 or (
-        layout.data_parallel_mode == "fsdp" and layout.data_parallel > 1
+    tensor_parallel = layout.settings.tensor_parallel
+    if tensor_parallel > 1 or (
+        layout.settings.data_parallel == "fsdp" and layout.data_parallel > 1
     ):
-        return layout.tensor_parallel * layout.data_parallel
+        return tensor_parallel * layout.data_parallel
     return 1
 
 
-def _step_settings(layout: StepLayout):
-    """``TrainSettings`` of one rank's step: its micro-batch x gas rows, as the loop runs them.
-
-    The LR and other values that change no tensor's size are placeholders.
-    """
-    from .settings import TrainSettings
-
-    data_ranks = _traced_world(layout) // layout.tensor_parallel
-    return TrainSettings(
-        global_batch=layout.micro_batch * layout.gas * data_ranks,
-        micro_batch=layout.micro_batch,
-        seq_length=layout.seq_length,
-        lr=1e-4,
-        min_lr=1e-5,
-        warmup_iters=0,
-        decay_iters=1,
-        precision=layout.precision,
-        activation_checkpointing=layout.activation_checkpointing,
-        loss_chunk_tokens=layout.loss_chunk_tokens,
-        tensor_parallel=layout.tensor_parallel,
-        data_parallel=layout.data_parallel_mode,
-        partition_activations=layout.partition_activations,
-    )
+def _step_settings(layout: StepLayout) -> TrainSettings:
+    """The run's ``TrainSettings`` for one rank of the traced world (``_traced_world``): its
+    micro-batch x gas rows, as the loop runs them (the global batch of the traced data ranks)."""
+    settings = layout.settings
+    data_ranks = _traced_world(layout) // settings.tensor_parallel
+    return replace(settings, global_batch=settings.micro_batch * layout.gas * data_ranks)
 
 
 def _fake_model(layout: StepLayout, layers: int):
@@ -249,7 +273,7 @@ def _fake_model(layout: StepLayout, layers: int):
 
     from .loop import prepare_model
 
-    return prepare_model(layout.hf_config(layers), _step_settings(layout), torch.device("cpu"))
+    return prepare_model(layout.model_config(layers), _step_settings(layout), torch.device("cpu"))
 
 
 @contextlib.contextmanager
@@ -489,7 +513,7 @@ def trace_step_peaks(
     world = _traced_world(layout)
     with (_fake_world if fake else _joined_world)(world) as env:
         par = parallel.build_parallelism(
-            world, layout.tensor_parallel, cpu, layout.data_parallel_mode
+            world, settings.tensor_parallel, cpu, settings.data_parallel
         )  # the device mesh cannot be built under FakeTensorMode
         with FakeTensorMode() if fake else contextlib.nullcontext():
             model = _fake_model(layout, layers)
@@ -497,13 +521,13 @@ def trace_step_peaks(
                 init_gpt_neox_weights(model, weight_seed=1234)
             state = init_train_state(model, settings, env, cpu, par=par)
             optimizer = local_optimizer(state.optimizer)  # ZeRO-1: this rank's AdamW
-            vocab_local = layout.vocab // layout.tensor_parallel
-            rows = layout.micro_batch * layout.gas
+            vocab_local = layout.vocab // settings.tensor_parallel
+            rows = settings.micro_batch * layout.gas
             generator = torch.Generator().manual_seed(0)  # every rank the same rows
             tokens = torch.randint(
-                0, vocab_local, (rows, layout.seq_length + 1), generator=generator
+                0, vocab_local, (rows, settings.seq_length + 1), generator=generator
             )
-            if layout.data_parallel_mode == "fsdp" and world > 1:
+            if settings.data_parallel == "fsdp" and world > 1:
                 tracker = FSDPMemTracker(state.train_module, optimizer)
                 tracker.track_inputs((tokens,))
             else:
@@ -562,8 +586,9 @@ def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, 
     count), each to the least-loaded data rank; a share counts the elements this rank holds (a
     tensor-parallel shard is 1/T of its parameter). (1, 1) without ZeRO-1 over several ranks.
     """
-    if layout.data_parallel <= 1 or layout.data_parallel_mode != "zero1":
+    if layout.data_parallel <= 1 or layout.settings.data_parallel != "zero1":
         return 1.0, 1.0
+    tensor_parallel = layout.settings.tensor_parallel
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .optim import build_param_groups
@@ -574,7 +599,7 @@ def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, 
         names = {id(p): n for n, p in model.named_parameters()}
         split = (
             {n for n, dim in expected_weight_placements(model).items() if dim is not None}
-            if layout.tensor_parallel > 1
+            if tensor_parallel > 1
             else set()
         )
         groups = [
@@ -586,7 +611,7 @@ def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, 
         for numel, name in sorted(group, key=lambda item: -item[0]):
             rank = loads.index(min(loads))
             loads[rank] += numel
-            owned[rank] += numel // layout.tensor_parallel if name in split else numel
+            owned[rank] += numel // tensor_parallel if name in split else numel
     return owned[0] / sum(owned), max(owned) / sum(owned)
 
 
@@ -661,7 +686,7 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
     total = sum(breakdown.values())
     return {
         "size": layout.size,
-        "layout": asdict(layout),
+        "layout": layout.record(),
         "peak_bytes": total,
         "peak_phase": peak_phase,
         "breakdown": breakdown,
@@ -672,7 +697,7 @@ def estimate_layout(layout: StepLayout, *, full_depth: bool = False) -> dict:
             "depth": depth,
             "traced_world_size": _traced_world(layout),
             "tracker": "FSDPMemTracker"
-            if layout.data_parallel_mode == "fsdp" and _traced_world(layout) > 1
+            if layout.settings.data_parallel == "fsdp" and _traced_world(layout) > 1
             else "MemTracker",
             "zero1_optimizer_share": share,
             "ddp_buckets_by_rule": ddp_buckets,
@@ -688,16 +713,23 @@ def _versions() -> dict:
     return {pkg: metadata.version(pkg) for pkg in ("torch", "transformers")}
 
 
-_TRACED_CODE = ("memory.py", "loop.py", "parallel.py", "model.py", "optim.py", "device.py")
-
-
 def _plan_key(layouts: dict[str, StepLayout]) -> str:
+    """The hash of every input of the plan: the train package's code (the traced step is the
+    loop's own, whichever module holds it), the versions, each layout with its full settings."""
+    code = sorted(Path(__file__).parent.glob("*.py"))
     blob = {
         "format": PLAN_FORMAT,
         # The step the estimate traces: any change to it makes a new plan.
-        "code": {name: sha256_file(Path(__file__).with_name(name)) for name in _TRACED_CODE},
+        "code": {path.name: sha256_file(path) for path in code},
         "versions": _versions(),
-        "layouts": {name: asdict(layout) for name, layout in sorted(layouts.items())},
+        "layouts": {
+            name: {
+                "layout": layout.record(),
+                "settings": asdict(layout.settings),
+                "hf_config": layout.hf_config,
+            }
+            for name, layout in sorted(layouts.items())
+        },
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -732,16 +764,20 @@ def memory_plan(config: dict, *, use_cache: bool = True, log=None) -> dict:
         if cached is not None:
             return cached
     layouts = memory_layouts(config)
-    estimates: dict[StepLayout, dict] = {}
+    estimates: dict[str, dict] = {}  # by the layout's record: one trace for equal layouts
     for name, layout in layouts.items():
-        if layout not in estimates:
+        key = json.dumps(layout.record(), sort_keys=True)
+        if key not in estimates:
             if log:
-                log(f"memory plan: tracing {layout.size} ({layout.precision}) for {name}")
-            estimates[layout] = estimate_layout(layout)
+                log(f"memory plan: tracing {layout.size} ({layout.settings.precision}) for {name}")
+            estimates[key] = estimate_layout(layout)
     plan = {
         "format": PLAN_FORMAT,
         "versions": _versions(),
-        "runs": {name: estimates[layout] for name, layout in layouts.items()},
+        "runs": {
+            name: estimates[json.dumps(layout.record(), sort_keys=True)]
+            for name, layout in layouts.items()
+        },
     }
     write_json_atomic(plan_cache_path(config), plan)
     return plan
@@ -782,7 +818,7 @@ def render_memory_table(plan: dict, *, trace_times: bool = False) -> str:
         f"{'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'temp':>7} {'peak':>7} "
         f"{'limit':>7} {'phase':>9} fits" + (" trace s" if trace_times else "")
     )
-    lines = ["peak GPU memory per rank (GiB), traced (train.memory; docs/ARCHITECTURE.md)"]
+    lines = ["peak GPU memory per rank (GiB), traced (train.memory_plan; docs/ARCHITECTURE.md)"]
     lines += [header, "-" * len(header)]
     for name, e in plan["runs"].items():
         lay, b = e["layout"], e["breakdown"]
