@@ -360,6 +360,7 @@ def bench_mini(root: Path) -> None:
     from pythia_suite import config as cfg
     from pythia_suite.data import lens as data_lens
     from pythia_suite.data import order
+    from pythia_suite.data.source import num_samples
     from pythia_suite.data.tokenize import merge_datasets, tokenize_shard, train_tokenizer
 
     repo = Path(__file__).resolve().parents[1]
@@ -380,7 +381,7 @@ def bench_mini(root: Path) -> None:
     seq, batch = config["model"]["seq_length"], config["training"]["global_batch"]
     iters, seed = config["training"]["train_iters"], 1234
     paths = order.build_index_maps(
-        root / "standard_text_document", root / "order", cfg.num_samples(config), seq, seed
+        root / "standard_text_document", root / "order", num_samples(config), seq, seed
     )
     sizes = order.read_sizes(root / "standard_text_document")
     (root / "lens").mkdir(exist_ok=True)

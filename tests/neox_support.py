@@ -46,9 +46,9 @@ def tiny_tokenizer(path: Path, vocab_size: int) -> Path:
 def placeholder_training_data(config: dict, run) -> list[Path]:
     """Empty stand-ins for a run's dataset and index maps (``data.source: raw``) under the
     results tree, named as the rules and GPT-NeoX name them: the stand-in trainer reads none."""
-    from pythia_suite import config as cfg
     from pythia_suite import paths
     from pythia_suite.data.order import index_map_paths
+    from pythia_suite.data.source import num_samples
 
     results = config["paths"]["results"]
     prefix = paths.dataset_prefix(results, run.variant)
@@ -56,7 +56,7 @@ def placeholder_training_data(config: dict, run) -> list[Path]:
     order.mkdir(parents=True, exist_ok=True)
     made = [Path(prefix + ".bin"), Path(prefix + ".idx")]
     made += index_map_paths(
-        prefix, order, cfg.num_samples(config), config["model"]["seq_length"], run.data_seed
+        prefix, order, num_samples(config), config["model"]["seq_length"], run.data_seed
     )
     for path in made:
         path.parent.mkdir(parents=True, exist_ok=True)

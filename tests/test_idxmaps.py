@@ -23,7 +23,7 @@ from pythia_suite.data.idxmaps import IdxmapsError, shard_names, unshard
 from pythia_suite.data.indexed import IndexedDatasetWriter
 from pythia_suite.data.order import GPTNeoXSamples
 from pythia_suite.data.preshuffled import parse_shard_hashes
-from pythia_suite.data.source import training_data
+from pythia_suite.data.source import num_samples, training_data
 from pythia_suite.hashing import sha256_file
 from pythia_suite.provenance import read_record
 
@@ -145,11 +145,11 @@ def test_fetch_verify_unshard_equals_the_original_and_orders_by_the_data_seed(tm
     assert main([*args, "batch", run.name, "--step", "3", "--output", str(out)]) == 0
     gb = config["training"]["global_batch"]
     expected = GPTNeoXSamples(
-        original, tmp_path / "order", cfg.num_samples(config), config["model"]["seq_length"], 1
+        original, tmp_path / "order", num_samples(config), config["model"]["seq_length"], 1
     ).batch(3, gb)
     np.testing.assert_array_equal(np.load(out), expected)
     seed1234 = GPTNeoXSamples(
-        original, tmp_path / "o1234", cfg.num_samples(config), config["model"]["seq_length"], 1234
+        original, tmp_path / "o1234", num_samples(config), config["model"]["seq_length"], 1234
     ).batch(3, gb)
     assert not np.array_equal(expected, seed1234)
 

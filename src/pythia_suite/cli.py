@@ -367,10 +367,11 @@ def cmd_merge_datasets(config: dict, args) -> None:
 
 def cmd_build_order(config: dict, args) -> None:
     from pythia_suite.data.order import build_index_maps
+    from pythia_suite.data.source import num_samples
 
     out = Path(args.output)
     settings = {
-        "num_samples": cfg.num_samples(config),
+        "num_samples": num_samples(config),
         "seq_length": config["model"]["seq_length"],
         "seed": args.seed,
     }
@@ -403,10 +404,11 @@ def cmd_build_lens(config: dict, args) -> None:
     """The data lens of one (variant, data seed) order (data.lens)."""
     from pythia_suite.data import lens
     from pythia_suite.data.order import index_map_paths, read_sizes
+    from pythia_suite.data.source import num_samples
 
     seq_length = config["model"]["seq_length"]
     order = index_map_paths(
-        args.dataset_prefix, args.order, cfg.num_samples(config), seq_length, args.seed
+        args.dataset_prefix, args.order, num_samples(config), seq_length, args.seed
     )
     subsets, codes = None, None
     if args.documents:

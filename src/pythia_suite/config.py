@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.errors import ConfigError
 from pythia_suite.train.layout import LayoutError, accumulation_steps, data_ranks
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
@@ -28,10 +29,6 @@ EFFECTIVE_CONFIG = "config/effective.yaml"
 # Checkpoint resume state per parameter: fp16 weights (2) + fp32 master weights (4) + Adam's
 # two fp32 moments (8) + fp16 gradients (2), as GPT-NeoX/DeepSpeed keep them.
 RESUME_BYTES_PER_PARAM = 16
-
-
-class ConfigError(ValueError):
-    """The config is invalid; the message names the file (when known), the key and the value."""
 
 
 @dataclass(frozen=True)
@@ -643,9 +640,3 @@ def write_effective_config(config: dict, path: str | Path) -> None:
         os.utime(path)
         return
     write_text_atomic(path, text)
-
-
-def num_samples(config: dict) -> int:
-    """Samples GPT-NeoX requests for training: ceil(train_iters x global_batch x 1.005)."""
-    training = config["training"]
-    return math.ceil(training["train_iters"] * training["global_batch"] * 1.005)

@@ -16,9 +16,12 @@ provenance inputs, the token stream and the config values that fix it; and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pythia_suite.errors import ConfigError
 
 __all__ = ["SOURCES", "TrainingData", "check_data_seed", "idxmaps_entry", "training_data"]
 
@@ -93,8 +96,6 @@ class TrainingData:
 def idxmaps_entry(config: Mapping, variant: str) -> Mapping:
     """``data.idxmaps.<variant>``. Raises ``ConfigError`` naming the key when the variant has
     no pre-tokenized set configured (the pythia README publishes only the deduped one)."""
-    from pythia_suite.config import ConfigError
-
     entry = config["data"]["idxmaps"].get(variant)
     if not entry or not (entry.get("repo") or entry.get("path")):
         raise ConfigError(
@@ -110,7 +111,6 @@ def training_data(config: Mapping, run) -> TrainingData:
     Raises ``ConfigError`` naming the key when the source has nothing configured for the run's
     variant (no preshuffled repo, no idxmaps set, no raw shard).
     """
-    from pythia_suite import config as cfg
     from pythia_suite import paths
     from pythia_suite.data.idxmaps import shard_names
 
@@ -120,14 +120,14 @@ def training_data(config: Mapping, run) -> TrainingData:
     common = {
         "source": source,
         "data_seed": run.data_seed,
-        "num_samples": cfg.num_samples(dict(config)),
+        "num_samples": num_samples(config),
         "seq_length": config["model"]["seq_length"],
     }
     fingerprint = {"source": source, "tokenizer": data["tokenizer"], "seed": run.data_seed}
     if source == "preshuffled":
         repo = data["preshuffled"].get(run.variant)
         if not repo:
-            raise cfg.ConfigError(f"data.preshuffled.{run.variant}: no repository configured")
+            raise ConfigError(f"data.preshuffled.{run.variant}: no repository configured")
         return TrainingData(
             dataset_prefix=paths.preshuffled_prefix(results, run.variant),
             order_dir=None,
@@ -169,7 +169,7 @@ def training_data(config: Mapping, run) -> TrainingData:
             **common,
         )
     if not data["raw"]["shards"]:
-        raise cfg.ConfigError("data.raw.shards: data.source is 'raw' but no shard is listed")
+        raise ConfigError("data.raw.shards: data.source is 'raw' but no shard is listed")
     fingerprint["shards"] = data["raw"]["shards"]
     if run.dedup:
         fingerprint["dedup"] = data["dedup"]
@@ -187,8 +187,6 @@ def check_data_seed(config: Mapping, run, backend: str | None = None) -> None:
 
     Raises ``ConfigError`` naming the run and the fix.
     """
-    from pythia_suite.config import ConfigError
-
     if (backend or config["training"]["backend"]) == "neox" and run.data_seed != run.weight_seed:
         raise ConfigError(
             f"run {run.name}: data seed {run.data_seed} differs from weight seed "
@@ -202,3 +200,9 @@ def check_data_seed(config: Mapping, run, backend: str | None = None) -> None:
             f"Pythia's published order, that of data seed {published}; set data.source: "
             "idxmaps (Pythia's tokenized Pile, ordered with any data seed) or raw"
         )
+
+
+def num_samples(config: Mapping) -> int:
+    """Samples GPT-NeoX requests for training: ceil(train_iters x global_batch x 1.005)."""
+    training = config["training"]
+    return math.ceil(training["train_iters"] * training["global_batch"] * 1.005)
