@@ -6,7 +6,8 @@ included) to its last line. Imports are read statically, module level and inside
 since a function-level import still ties two modules together; `if TYPE_CHECKING:` imports are
 left out (they never run). Also lists the modules that read the raw suite config: `config["key"]`
 or `config.get("key")` on a name `config`, for a key of config.yaml's top level (which tells the
-suite's config from a Hugging Face or task config also named `config`). Exits 1 when a limit of issue 20 is broken, so CI could use it.
+suite's config from a Hugging Face or task config also named `config`). Exits 1 when a limit of
+issue 20 is broken, so CI could use it.
 """
 
 from __future__ import annotations
