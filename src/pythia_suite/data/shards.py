@@ -230,6 +230,7 @@ def fetch_shard(
         if dest.exists() and sha256_file(dest) == sha256:
             return sha256
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # Not atomic.atomic_path: a failed download keeps its `.part` on purpose, for resume.
     part = dest.with_name(dest.name + ".part")
     if _is_url(source):
         _download(source, part, timeout)
