@@ -345,7 +345,7 @@ def test_filter_refuses_a_changed_shard_and_reruns_clean(corpus, pipeline, tmp_p
         filter_shard(changed, 0, removals, out, report)
     assert list((tmp_path / "out").iterdir()) == []
     # A killed earlier run left a temporary file: the rerun removes it and writes the output.
-    (tmp_path / "out" / f".{out.name}.tmp-999999").write_bytes(b"partial")
+    (tmp_path / "out" / f".{out.name}.999999.tmp").write_bytes(b"partial")
     filter_shard(paths[0], 0, removals, out, report)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00.json", "00.jsonl.zst"]
     assert out.read_bytes() == (root / "out" / paths[0].name).read_bytes()
