@@ -29,6 +29,7 @@ from pythia_suite.data.dedup import (
     shingles,
 )
 from pythia_suite.data.shards import DataFormatError
+from pythia_suite.hashing import sha256_file
 
 PARAMS = DedupParams()  # 0.87, 5-grams, 128 permutations -> 7 bands x 18 rows
 
@@ -255,6 +256,17 @@ def test_filter_keeps_lines_byte_for_byte(corpus, pipeline):
     )
     assert report["per_set"]["Odd2"]["docs_removed"] == 1
     assert sum(s["docs_removed"] for s in report["per_set"].values()) == len(removed)
+
+
+def test_reports_give_the_sha256_of_the_output_as_written(corpus, pipeline):
+    paths, _ = corpus
+    root, report = pipeline
+    for index, path in enumerate(paths):
+        shard_report = json.loads((root / "work" / "reports" / f"{index:02d}.json").read_text())
+        assert shard_report["output"]["sha256"] == sha256_file(root / "out" / path.name)
+    assert [s["output"]["sha256"] for s in report["shards"]] == [
+        sha256_file(root / "out" / path.name) for path in paths
+    ]
 
 
 def test_report_verification(pipeline):

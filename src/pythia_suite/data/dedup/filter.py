@@ -151,12 +151,11 @@ class _FilterTally:
         self.bytes_out += size
 
 
-def _copy_kept_lines(
-    shard_path: Path, to_remove: set[int], out: Path
-) -> tuple[_FilterTally, str, str]:
+def _copy_kept_lines(shard_path: Path, to_remove: set[int], out: Path) -> tuple[_FilterTally, str]:
     """Copy the lines of the shard not in ``to_remove`` to one zstd frame in ``out``.
 
-    Returns the tally and the sha256 of the shard's bytes as read.
+    Returns the tally and the sha256 of the shard's bytes as read. ``out`` is closed on return,
+    so its hash covers the frame's last bytes, which stay in the file's buffer until then.
 
     Raises:
         FileNotFoundError: ``shard_path`` does not exist.
@@ -174,8 +173,7 @@ def _copy_kept_lines(
                 writer.write(line + b"\n")
         writer.flush(zstandard.FLUSH_FRAME)
         writer.close()
-        out_sha256 = sha256_file(out)
-    return tally, reader.sha256.hexdigest(), out_sha256
+    return tally, reader.sha256.hexdigest()
 
 
 def filter_shard(
@@ -203,7 +201,7 @@ def filter_shard(
     shard_path, removals_path = Path(shard_path), Path(removals_path)
     removals_meta, record, to_remove = _removed_lines(removals_path, shard_index)
     with output_path(out_path) as tmp:
-        tally, shard_sha256, out_sha256 = _copy_kept_lines(shard_path, to_remove, tmp)
+        tally, shard_sha256 = _copy_kept_lines(shard_path, to_remove, tmp)
         if shard_sha256 != record["sha256"] or tally.docs_in != record["num_docs"]:
             raise DedupFileError(
                 shard_path,
@@ -213,6 +211,7 @@ def filter_shard(
             )
         if tally.removed_seen != len(to_remove):
             raise DedupFileError(removals_path, f"removes lines absent from {shard_path}")
+        out_sha256 = sha256_file(tmp)  # closed by _copy_kept_lines: every byte is on disk
 
     report = {
         "kind": "filter_report",
