@@ -24,6 +24,7 @@ from pythia_suite.data.dedup import (
     estimate_jaccard,
     exact_jaccard,
     filter_shard,
+    merge_reports,
     minhash_signatures,
     run_pipeline,
     shingles,
@@ -331,6 +332,23 @@ def test_stages_refuse_bad_intermediate_files(corpus, pipeline, tmp_path):
     with pytest.raises(DedupFileError, match="band 6"):
         cluster([e for e in edges if "band_006" not in e.name], tmp_path / "r.npz")
     assert not (tmp_path / "r.npz").exists()
+
+
+def test_merge_names_a_bad_filter_report_and_writes_nothing(pipeline, tmp_path):
+    root, _ = pipeline
+    good = sorted((root / "work" / "reports").glob("*.json"))[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "filter_report",\n oops}')
+    with pytest.raises(DedupFileError, match=r"bad.json: unreadable filter report: not valid JSON"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    with pytest.raises(DedupFileError, match=r"\(line 2, column 2\)"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    bad.write_text("[]")
+    with pytest.raises(DedupFileError, match="expected a JSON object, found list"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    with pytest.raises(DedupFileError, match="missing.json: unreadable filter report"):
+        merge_reports([good, tmp_path / "missing.json"], tmp_path / "report.json")
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_bands_in_parts_give_the_same_clusters(pipeline, tmp_path):

@@ -232,7 +232,7 @@ def merge_reports(
     pairs, how many have exact shingle Jaccard at/above the threshold. Returns the report.
 
     Raises:
-        DedupFileError: a report is missing, not valid JSON, of the wrong kind, with other
+        DedupFileError: a report is missing, not a JSON object, of the wrong kind, with other
             parameters than the rest, or two reports are of the same shard.
     """
     params, shards, totals, per_set = _sum_filter_reports(report_paths)
