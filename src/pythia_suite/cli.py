@@ -237,79 +237,53 @@ def cmd_fetch_shard(config: dict, args) -> None:
     recorder.write()
 
 
-def _dedup_params(config: dict):
-    from pythia_suite.data.dedup import DedupParams
-
-    d = config["data"]["dedup"]
-    return DedupParams(
-        threshold=d["threshold"],
-        ngram=d["ngram"],
-        num_perm=d["num_perm"],
-        seed=d["seed"],
-        verify_bits=d["verify_bits"],
-        verify_margin=d["verify_margin"],
-    )
-
-
 def cmd_dedup_signatures(config: dict, args) -> None:
-    from pythia_suite.data.dedup import compute_signatures
+    from pythia_suite.data import dedup
 
-    recorder = Recorder(
-        Path(args.output), "dedup-signatures", config["data"]["dedup"], [Path(args.shard)]
-    )
-    compute_signatures(args.shard, int(args.shard_index), args.output, _dedup_params(config))
+    settings = config["data"]["dedup"]
+    recorder = Recorder(Path(args.output), "dedup-signatures", settings, [Path(args.shard)])
+    params = dedup.DedupParams.from_config(settings)
+    dedup.compute_signatures(args.shard, int(args.shard_index), args.output, params)
     recorder.write()
 
 
 def cmd_dedup_buckets(config: dict, args) -> None:
-    from pythia_suite.data.dedup import EXACT_BAND, bucket_band
+    from pythia_suite.data import dedup
 
-    params = _dedup_params(config)
-    groups = config["data"]["dedup"]["band_groups"]
-    group = int(args.band_group)
-    bands = [b for b in range(params.bands) if b % groups == group]
-    if group == 0:
-        bands.append(EXACT_BAND)  # exact duplicates: the whole-text hash, in the first group
-    recorder = Recorder(
-        Path(args.output),
-        "dedup-edges",
-        config["data"]["dedup"],
-        [Path(p) for p in args.signatures],
-    )
-    bucket_band(args.signatures, bands, args.output)
+    settings = config["data"]["dedup"]
+    params = dedup.DedupParams.from_config(settings)
+    bands = dedup.bands_of_group(params.bands, settings["band_groups"], int(args.band_group))
+    inputs = [Path(p) for p in args.signatures]
+    recorder = Recorder(Path(args.output), "dedup-edges", settings, inputs)
+    dedup.bucket_band(args.signatures, bands, args.output)
     recorder.write()
 
 
 def cmd_dedup_cluster(config: dict, args) -> None:
-    from pythia_suite.data.dedup import cluster
+    from pythia_suite.data import dedup
 
-    recorder = Recorder(
-        Path(args.output), "dedup-removals", config["data"]["dedup"], [Path(p) for p in args.edges]
-    )
-    cluster(args.edges, args.output)
+    inputs = [Path(p) for p in args.edges]
+    recorder = Recorder(Path(args.output), "dedup-removals", config["data"]["dedup"], inputs)
+    dedup.cluster(args.edges, args.output)
     recorder.write()
 
 
 def cmd_dedup_filter(config: dict, args) -> None:
-    from pythia_suite.data.dedup import filter_shard
+    from pythia_suite.data import dedup
 
     inputs = [Path(args.shard), Path(args.removals)]
     recorder = Recorder(Path(args.output), "corpus-shard-deduped", config["data"]["dedup"], inputs)
-    filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
+    dedup.filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
     recorder.write()
 
 
 def cmd_dedup_report(config: dict, args) -> None:
-    from pythia_suite.data.dedup import SampleCheck, merge_reports
+    from pythia_suite.data import dedup
 
-    check = SampleCheck(
-        shard_paths={int(Path(p).name.split(".")[0]): p for p in args.shards},
-        removals_path=args.removals,
-        edge_paths=args.edges,
-    )
+    check = dedup.SampleCheck.from_shard_names(args.shards, args.removals, args.edges)
     inputs = [Path(p) for p in (*args.reports, *args.edges)]
     recorder = Recorder(Path(args.output), "dedup-report", config["data"]["dedup"], inputs)
-    merge_reports(args.reports, args.output, sample_check=check)
+    dedup.merge_reports(args.reports, args.output, sample_check=check)
     recorder.write()
 
 
