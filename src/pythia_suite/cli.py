@@ -752,40 +752,13 @@ def cmd_export(config: dict, args) -> None:
     recorder.write()
 
 
-def _repo_id(config: dict, run: cfg.Run) -> str:
-    return f"{config['suite']['hub_org']}/{run.name}"
-
-
-def _hub_api(config: dict):
-    """A Hub client when publish.hub is on, else None."""
-    if not config["publish"]["hub"]:
-        return None
-    from huggingface_hub import HfApi
-
-    return HfApi()
-
-
 def cmd_publish(config: dict, args) -> None:
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import publish_run_step
 
     run = cfg.get_run(config, args.run)
-    receipt = Path(args.receipt)
-    recorder = Recorder(
-        receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    )
-    published = publish.publish_and_verify(
-        args.export,
-        _repo_id(config, run),
-        args.step,
-        receipt,
-        final=args.step == cfg.checkpoint_steps(config)[-1],
-        local_hub=paths.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-        private=config["publish"]["private"],
-    )
+    published = publish_run_step(config, run, args.step, args.export, args.receipt)
     for check in published["verifications"]:
         _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
-    recorder.write()
     _apply_retention(config, run)
 
 
@@ -878,11 +851,12 @@ def cmd_model_card(config: dict, args) -> None:
 def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
     """Put the card on the local hub's main branch beside the final step's files, verified."""
     from pythia_suite import publish
+    from pythia_suite.publish.stage import repo_id
 
     results = _results(config)
     publish.publish_card_locally(
         paths.local_hub(results),
-        _repo_id(config, run),
+        repo_id(config, run),
         paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
         card,
         paths.model_card_receipt(results, run.name),
@@ -1025,23 +999,9 @@ def _pythia_result_files(evals_dir: str | Path) -> list[str]:
 
 def cmd_verify_run(config: dict, args) -> None:
     """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import verify_run_publication
 
-    run = cfg.get_run(config, args.run)
-    results = _results(config)
-    receipts = {
-        f"step{s}": paths.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
-    }
-    card_receipt = Path(paths.model_card_receipt(results, run.name))
-    if config["publish"]["local_hub"] and card_receipt.is_file():
-        receipts["main"] = str(card_receipt)
-    summary = publish.verify_published_run(
-        receipts,
-        _repo_id(config, run),
-        local_hub=paths.local_hub(results) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-    )
-    write_json_atomic(args.output, summary, sort_keys=False)
+    verify_run_publication(config, cfg.get_run(config, args.run), args.output)
 
 
 def cmd_report(config: dict, args) -> None:
