@@ -12,6 +12,8 @@ import pytest
 import zstandard
 
 from pythia_suite import evaluate as ev
+from pythia_suite.evaluate.next_word import _word_counts
+from pythia_suite.evaluate.tasks import _continuation_token_counter
 
 ANCHOR_EVALS = "evals/pythia-v1/pythia-410m"
 
@@ -158,7 +160,7 @@ def test_next_word_items_are_fair_multiple_choice(corpus):
     _, texts = corpus
     items = ev.build_next_word_items(texts, 40, seed=3)
     assert items == ev.build_next_word_items(texts, 40, seed=3)  # fixed before training
-    counts = ev._word_counts(texts)
+    counts = _word_counts(texts)
     golds = set()
     for item in items:
         choices, gold = item["choices"], item["gold"]
@@ -183,7 +185,7 @@ def test_next_word_distractors_cost_the_answers_tokens_and_answers_repeat_at_mos
     shard, texts = corpus
     model_dir = make_tiny_model(tmp_path / "tok", texts, seed=0)
     tokenizer_file = model_dir / "tokenizer.json"
-    count = ev._continuation_token_counter(tokenizer_file)
+    count = _continuation_token_counter(tokenizer_file)
     uncapped = ev.build_next_word_items(texts, 40, seed=3, max_items_per_answer=10**9)
     assert max(_answer_counts(uncapped).values()) > 3  # the synthetic corpus repeats words
     for cap in (1, 3):
