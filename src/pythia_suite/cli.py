@@ -22,9 +22,9 @@ from pythia_suite.atomic import (
     atomic_directory,
     copy_file_atomic,
     write_bytes_atomic,
-    write_json_atomic,
     write_text_atomic,
 )
+from pythia_suite.evaluate.collect import pythia_result_files
 from pythia_suite.provenance import Recorder
 
 # ----------------------------------------------------------------------------- helpers
@@ -572,26 +572,9 @@ def cmd_batch(config: dict, args) -> None:
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
-    from pythia_suite.evaluate import build_local_tasks
+    from pythia_suite.evaluate.stage import build_suite_tasks
 
-    out = Path(args.output)
-    evaluation = config["evaluation"]
-    counts = {
-        "n_docs": evaluation["local_task_docs"],
-        "n_heldout": evaluation["local_heldout_docs"],
-        "n_choice_items": evaluation["local_choice_items"],
-    }
-    with atomic_directory(out) as tmp:
-        build_local_tasks(
-            args.heldout,
-            tmp,
-            seed=1234,
-            max_heldout_chars=2000,
-            tokenizer_file=args.tokenizer,
-            **counts,
-        )
-    inputs = [Path(args.heldout), *([Path(args.tokenizer)] if args.tokenizer else [])]
-    Recorder(out, "eval-tasks", counts, inputs).write()
+    build_suite_tasks(config, args.heldout, args.tokenizer, args.output)
 
 
 # ----------------------------------------------------------------------------- training
@@ -727,40 +710,13 @@ def cmd_export(config: dict, args) -> None:
     recorder.write()
 
 
-def _repo_id(config: dict, run: cfg.Run) -> str:
-    return f"{config['suite']['hub_org']}/{run.name}"
-
-
-def _hub_api(config: dict):
-    """A Hub client when publish.hub is on, else None."""
-    if not config["publish"]["hub"]:
-        return None
-    from huggingface_hub import HfApi
-
-    return HfApi()
-
-
 def cmd_publish(config: dict, args) -> None:
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import publish_run_step
 
     run = cfg.get_run(config, args.run)
-    receipt = Path(args.receipt)
-    recorder = Recorder(
-        receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    )
-    published = publish.publish_and_verify(
-        args.export,
-        _repo_id(config, run),
-        args.step,
-        receipt,
-        final=args.step == cfg.checkpoint_steps(config)[-1],
-        local_hub=paths.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-        private=config["publish"]["private"],
-    )
+    published = publish_run_step(config, run, args.step, args.export, args.receipt)
     for check in published["verifications"]:
         _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
-    recorder.write()
     _apply_retention(config, run)
 
 
@@ -827,7 +783,7 @@ def cmd_model_card(config: dict, args) -> None:
         from pythia_suite.data.lens import data_facts
 
         info["data_facts"] = data_facts(lens_dir)
-    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
+    points = load_eval_points({run.name: pythia_result_files(args.evals)})
     labels = metric_labels(points)  # identical metrics on one row: "acc = acc_norm"
     table: dict[str, dict[str, float]] = {}
     for p in points:
@@ -853,11 +809,12 @@ def cmd_model_card(config: dict, args) -> None:
 def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
     """Put the card on the local hub's main branch beside the final step's files, verified."""
     from pythia_suite import publish
+    from pythia_suite.publish.stage import repo_id
 
     results = _results(config)
     publish.publish_card_locally(
         paths.local_hub(results),
-        _repo_id(config, run),
+        repo_id(config, run),
         paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
         card,
         paths.model_card_receipt(results, run.name),
@@ -867,78 +824,20 @@ def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _eval_tasks(config: dict, shots: int) -> list[str]:
-    """The tasks at `shots`: evaluation.tasks, or evaluation.five_shot_tasks for 5-shot."""
-    evaluation = config["evaluation"]
-    if shots and evaluation["five_shot_tasks"] is not None:
-        return list(evaluation["five_shot_tasks"])
-    return list(evaluation["tasks"])
-
-
-def _eval_task_source(config: dict) -> Path:
-    """What an evaluation's task data comes from: the local tasks built from the held-out shard
-    (their record leads to it), or the marker of lm-eval's prefetched datasets."""
-    results = _results(config)
-    if config["evaluation"]["local_tasks"]:
-        return Path(paths.eval_tasks_dir(results))
-    return Path(paths.eval_datasets_marker(results))
-
-
-def _task_file_hashes(source: Path) -> dict[str, str]:
-    """Each task file an evaluation read, by path, with its sha256 (none: {})."""
-    from pythia_suite.hashing import artifact_files, sha256_file
-
-    if source.is_file():
-        return {str(source): sha256_file(source)}
-    if not source.is_dir():
-        return {}
-    files = artifact_files(source)
-    files.pop("provenance.json", None)
-    return {str(source / rel): sha256_file(path) for rel, path in sorted(files.items())}
-
-
 def cmd_evaluate(config: dict, args) -> None:
-    from pythia_suite.evaluate import evaluate_checkpoints
+    from pythia_suite.evaluate.stage import evaluate_batch
 
     run = cfg.get_run(config, args.run)
     shots = {"zero": 0, "five": 5}[args.shots]
-    steps = cfg.eval_batches(config, shots)[int(args.batch)]
-    if len(steps) != len(args.exports):
-        raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
-    out = Path(args.output)
-    local = config["evaluation"]["local_tasks"]
-    tasks = _eval_task_source(config)
-    recorder = Recorder(
-        out,
-        "eval",
-        config["evaluation"],
-        [*(Path(p) for p in args.exports), *([tasks] if tasks.exists() else [])],
-        extra={"task_files": _task_file_hashes(tasks)},
-    )
-    with atomic_directory(out) as tmp:
-        evaluate_checkpoints(
-            dict(zip(steps, args.exports, strict=True)),
-            _eval_tasks(config, shots),
-            shots,
-            tmp,
-            run.name,
-            batch_size=config["evaluation"]["batch_size"],
-            task_dir=paths.eval_tasks_dir(_results(config)) if local else None,
-            include_defaults=not local,
-            limit=None if local else config["evaluation"]["limit"],
-        )
-    recorder.write()
+    evaluate_batch(config, run, shots, int(args.batch), args.exports, args.output)
 
 
 def cmd_prefetch_eval_datasets(config: dict, args) -> None:
     """Load every configured lm-eval task's dataset once (on a node with network), so that
     compute nodes evaluate offline from the shared datasets cache."""
-    from pythia_suite.evaluate import prefetch_datasets
+    from pythia_suite.evaluate.stage import prefetch_suite_datasets
 
-    os.environ.pop("HF_DATASETS_OFFLINE", None)
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    tasks = sorted(set(_eval_tasks(config, 0)) | set(_eval_tasks(config, 5)))
-    write_json_atomic(args.output, prefetch_datasets(tasks), indent=1)
+    prefetch_suite_datasets(config, args.output)
 
 
 def cmd_compare_reference(config: dict, args) -> None:
@@ -954,25 +853,18 @@ def cmd_compare_reference(config: dict, args) -> None:
 def cmd_evaluate_reference(config: dict, args) -> None:
     """Reference mode: evaluate a published checkpoint (e.g. EleutherAI/pythia-410m at
     step143000) with this stage and compare it with the published result file. Needs the Hub."""
-    from huggingface_hub import snapshot_download
+    from pythia_suite.evaluate.stage import evaluate_reference
 
-    from pythia_suite.evaluate import compare_with_reference, evaluate_checkpoints
-
-    step = int(args.revision.removeprefix("step")) if args.revision.startswith("step") else 0
-    model_dir = snapshot_download(args.model, revision=args.revision)
-    name = args.model.split("/")[-1]
-    written = evaluate_checkpoints(
-        {step: model_dir},
-        _eval_tasks(config, args.shots),
+    comparison = evaluate_reference(
+        config,
+        args.model,
+        args.revision,
         args.shots,
         args.output,
-        name,
-        batch_size=config["evaluation"]["batch_size"],
-        include_defaults=True,
-        device=args.device,
-        offline=False,
+        args.reference,
+        args.tolerance,
+        args.device,
     )
-    comparison = compare_with_reference(written[step], args.reference, args.tolerance)
     print(comparison.summary())
     if not comparison.passed:
         raise SystemExit(1)
@@ -980,43 +872,16 @@ def cmd_evaluate_reference(config: dict, args) -> None:
 
 def cmd_collect_evals(config: dict, args) -> None:
     """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
-    out = Path(args.output)
-    recorder = Recorder(out, "evals", {}, [Path(p) for p in args.batches])
-    with atomic_directory(out) as tmp:
-        for batch in args.batches:
-            for path in Path(batch).rglob("*.json"):
-                if path.name == "provenance.json":
-                    continue
-                dest = tmp / path.parent.name / path.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest)
-    recorder.write()
+    from pythia_suite.evaluate.collect import collect_evals
 
-
-def _pythia_result_files(evals_dir: str | Path) -> list[str]:
-    """A run's result files in Pythia's layout (lm-eval's raw outputs beside them left out)."""
-    return sorted(str(p) for p in Path(evals_dir).rglob("*_step*.json") if ".raw." not in p.name)
+    collect_evals(args.batches, args.output)
 
 
 def cmd_verify_run(config: dict, args) -> None:
     """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import verify_run_publication
 
-    run = cfg.get_run(config, args.run)
-    results = _results(config)
-    receipts = {
-        f"step{s}": paths.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
-    }
-    card_receipt = Path(paths.model_card_receipt(results, run.name))
-    if config["publish"]["local_hub"] and card_receipt.is_file():
-        receipts["main"] = str(card_receipt)
-    summary = publish.verify_published_run(
-        receipts,
-        _repo_id(config, run),
-        local_hub=paths.local_hub(results) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-    )
-    write_json_atomic(args.output, summary, sort_keys=False)
+    verify_run_publication(config, cfg.get_run(config, args.run), args.output)
 
 
 def cmd_report(config: dict, args) -> None:
@@ -1025,9 +890,7 @@ def cmd_report(config: dict, args) -> None:
     results = _results(config)
     runs = _run_table(config)
     steps = cfg.checkpoint_steps(config)
-    eval_jsons = {
-        r["name"]: _pythia_result_files(paths.evals_dir(results, r["name"])) for r in runs
-    }
+    eval_jsons = {r["name"]: pythia_result_files(paths.evals_dir(results, r["name"])) for r in runs}
     trainer_states = {
         r["name"]: [
             str(Path(paths.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
