@@ -76,28 +76,9 @@ def neox_config(config: dict, run: cfg.Run, dataset_prefix: str | None = None) -
         "make_vocab_size_divisible_by": model["make_vocab_size_divisible_by"],
     }
     mode = cfg.precision(config, run)
-    if mode == "fp16":
-        out["fp16"] = {
-            "fp16": True,
-            "enabled": True,
-            "loss_scale": 0,
-            "loss_scale_window": scaler["window"],
-            "initial_scale_power": scaler["initial_scale_power"],
-            "hysteresis": scaler["hysteresis"],
-            "min_loss_scale": scaler["min_scale"],
-        }
-    elif mode == "bf16":
-        # GPT-NeoX v1.0 has no `bf16` key (NeoXArgs(**config) raises TypeError): its
-        # configs/bf16_125M.yml spells bf16 as the fp16 block, type bfloat16, all-reduce in fp32.
-        out["fp16"] = {
-            "enabled": True,
-            "type": "bfloat16",
-            "loss_scale": 0,
-            "loss_scale_window": scaler["window"],
-            "initial_scale_power": scaler["initial_scale_power"],
-            "hysteresis": scaler["hysteresis"],
-            "min_loss_scale": scaler["min_scale"],
-        }
+    if mode in ("fp16", "bf16"):
+        out["fp16"] = _fp16_block(mode, scaler)
+    if mode == "bf16":
         out["fp32_allreduce"] = True
     out = cfg.deep_merge(out, config["neox"])
     out = cfg.deep_merge(out, size.get("neox", {}))
@@ -107,6 +88,26 @@ def neox_config(config: dict, run: cfg.Run, dataset_prefix: str | None = None) -
         for key in ("train-data-paths", "valid-data-paths", "test-data-paths"):
             out[key] = [dataset_prefix]
     return out
+
+
+def _fp16_block(mode: str, scaler: Mapping) -> dict:
+    """GPT-NeoX v1.0's ``fp16`` block for ``mode`` fp16 or bf16, with the loss scaler's settings.
+
+    GPT-NeoX v1.0 has no ``bf16`` key (``NeoXArgs(**config)`` raises TypeError): its
+    configs/bf16_125M.yml spells bf16 as the fp16 block, type bfloat16, all-reduce in fp32.
+    """
+    if mode == "fp16":
+        kind = {"fp16": True, "enabled": True}
+    else:
+        kind = {"enabled": True, "type": "bfloat16"}
+    return {
+        **kind,
+        "loss_scale": 0,
+        "loss_scale_window": scaler["window"],
+        "initial_scale_power": scaler["initial_scale_power"],
+        "hysteresis": scaler["hysteresis"],
+        "min_loss_scale": scaler["min_scale"],
+    }
 
 
 # --- a segment's config from the run's ------------------------------------------------------------
