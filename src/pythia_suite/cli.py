@@ -78,38 +78,25 @@ def cmd_runs(config: dict, args) -> None:
 
 
 def cmd_neox_config(config: dict, args) -> None:
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import neox_config_json
 
-    run = cfg.get_run(config, args.run)
-    prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
-    # Plain JSON (also YAML): DeeperSpeed v1.0's SLURM runner json.loads every config file.
-    sys.stdout.write(neox.neox_json(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+    sys.stdout.write(neox_config_json(config, cfg.get_run(config, args.run), args.dataset_prefix))
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
     """Check that GPT-NeoX v1.0 can launch in this environment (before anything is queued)."""
-    from pythia_suite.train import neox
+    from pythia_suite.neox.doctor import check_environment
 
-    settings = config["training"]["neox"]
-    checks = neox.neox_doctor(
-        args.neox_dir or settings["dir"],
-        args.python or settings["python"],
-        flash_head_dims=neox.flash_head_dims(config),
-    )
-    for check in checks:
-        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-    failed = [check for check in checks if not check.ok]
-    if failed:
-        raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
-    print("GPT-NeoX v1.0 can launch here")
+    check_environment(config, args.neox_dir, args.python)
 
 
 def cmd_neox_index_maps(config: dict, args) -> None:
     """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import run_of_dataset
+    from pythia_suite.neox.index_maps import build_neox_index_maps
 
-    run = neox.run_of_dataset(config, args.variant, args.seed)
-    print(neox.build_neox_index_maps(config, run, args.output))
+    run = run_of_dataset(config, args.variant, args.seed)
+    print(build_neox_index_maps(config, run, args.output))
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -594,9 +581,13 @@ def cmd_train_segment(config: dict, args) -> None:
     inputs = [Path(args.resume_from)] if args.resume_from else []
     inputs += _training_data(config, run).recorded_inputs()
     if config["training"]["backend"] == "neox":
-        from pythia_suite.train import neox
+        from pythia_suite.neox.segment import train_segment_neox
 
-        neox.train_segment_neox(config, run, args.step, args.output, inputs)
+        train_segment_neox(
+            config, run, start_checkpoint=args.resume_from, start_step=start_step,
+            end_step=args.step, out_dir=args.output,
+            state_dir=paths.state_dir(config["paths"]["state"], run.name), inputs=inputs,
+        )  # fmt: skip
         return
     from pythia_suite.train.loop import RunInfo, train_segment
     from pythia_suite.train.settings import TrainSettings

@@ -480,9 +480,9 @@ def _deviations(config: Mapping[str, Any], run) -> list[str]:
     """What the run's trainer changed in Pythia's config (GPT-NeoX backend: neox.run_deviations)."""
     if config["training"]["backend"] != "neox":
         return []
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import run_deviations
 
-    return neox.run_deviations(config, run)
+    return run_deviations(config, run)
 
 
 def card_facts(
