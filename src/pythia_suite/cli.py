@@ -8,7 +8,6 @@ per process. Errors print one line naming the file, key or value, and exit non-z
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -20,8 +19,6 @@ from pythia_suite import config as cfg
 from pythia_suite import paths
 from pythia_suite.atomic import (
     atomic_directory,
-    copy_file_atomic,
-    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -36,12 +33,6 @@ def _results(config: dict) -> str:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _dump_yaml(data) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 def _run_row(config: dict, run: cfg.Run) -> dict:
@@ -117,26 +108,11 @@ def cmd_hf_config(config: dict, args) -> None:
     print(json.dumps(cfg.hf_config(config, run), indent=2))
 
 
-def _human(n: float, unit: str = "") -> str:
-    for suffix in ("", "K", "M", "G", "T", "P", "E"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{suffix}{unit}"
-        n /= 1000
-    return f"{n:.3g}Z{unit}"
-
-
-def _bytes(n: float) -> str:
-    for suffix in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024:
-            return f"{n:.3g} {suffix}"
-        n /= 1024
-    return f"{n:.3g} EiB"
-
-
 def cmd_plan(config: dict, args) -> None:
-    args.mfu_override = args.mfu
-    args.mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
-    rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
+    from pythia_suite import costs
+
+    mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
+    rows = cfg.plan_rows(config, args.gpu_peak_tflops, mfu)
     memory = None
     if args.memory:
         from .train import memory as train_memory
@@ -145,8 +121,8 @@ def cmd_plan(config: dict, args) -> None:
     if args.json:
         print(json.dumps({"runs": rows, "memory": memory} if memory else rows, indent=2))
         return
-    _print_plan_table(rows, args)
-    _print_costs(config, args)
+    options = {"gpu_peak_tflops": args.gpu_peak_tflops, "mfu": mfu, "mfu_override": args.mfu}
+    print(costs.render_plan(config, rows, **options))
     if memory is not None:
         _print_memory_table(memory)
 
@@ -166,32 +142,6 @@ def _print_memory_table(plan: dict) -> None:
 
     print()
     print(render_memory_table(plan))
-
-
-def _print_plan_table(rows: list[dict], args) -> None:
-    from pythia_suite import costs
-
-    print(costs.render_plan_table(rows))
-    print(
-        "device-hours at "
-        + (
-            f"{args.gpu_peak_tflops:g} TFLOP/s peak"
-            if args.gpu_peak_tflops
-            else "each size's cluster.gpu peak ("
-            + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
-            + ")"
-        )
-        + f" and {args.mfu:.0%} MFU unless measured (below)"
-    )
-
-
-def _print_costs(config: dict, args) -> None:
-    """plan's throughput section: measured figures where finished segments have any."""
-    from pythia_suite import costs
-
-    rows = costs.cost_rows(config, mfu=args.mfu_override, measured=costs.measured_rates(config))
-    print()
-    print(costs.render_cost_table(rows))
 
 
 def cmd_status(config: dict, args) -> None:
@@ -219,22 +169,9 @@ def cmd_status(config: dict, args) -> None:
 
 
 def cmd_fetch_shard(config: dict, args) -> None:
-    from pythia_suite.data.shards import fetch_shard
+    from pythia_suite.data.shards import fetch_shard_with_record
 
-    shards = config["data"]["raw"]["shards"]
-    index = int(args.shard)
-    if index >= len(shards):
-        raise cfg.ConfigError(f"data.raw.shards: no shard {args.shard} (there are {len(shards)})")
-    entry = shards[index]
-    source = entry.get("path") or entry["url"]
-    # A local source is the raw root of every provenance chain; a URL is recorded by value.
-    local = [Path(source)] if entry.get("path") else []
-    recorder = Recorder(Path(args.output), "corpus-shard", {"shard": entry}, local)
-    sha = fetch_shard(source, args.output, sha256=entry.get("sha256"))
-    if not entry.get("sha256"):
-        _say(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
-    recorder.extra = {"source": source, "sha256_configured": entry.get("sha256")}
-    recorder.write()
+    fetch_shard_with_record(config, args.shard, args.output, log=_say)
 
 
 def _dedup_params(config: dict):
@@ -314,287 +251,123 @@ def cmd_dedup_report(config: dict, args) -> None:
 
 
 def cmd_train_tokenizer(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import train_tokenizer
+    from pythia_suite.data.tokenize import train_tokenizer_with_record
 
-    tok = config["data"]["tokenizer"]
-    recorder = Recorder(Path(args.output), "tokenizer", tok, [Path(p) for p in args.shards])
-    train_tokenizer(args.shards, tok["vocab_size"], args.output)
-    recorder.write()
+    train_tokenizer_with_record(config["data"]["tokenizer"], args.shards, args.output)
 
 
 def cmd_fetch_tokenizer(config: dict, args) -> None:
     """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
-    tok = config["data"]["tokenizer"]
-    out = Path(args.output)
-    if tok["path"]:
-        copy_file_atomic(tok["path"], out)
-    else:
-        from huggingface_hub import hf_hub_download
+    from pythia_suite.data.tokenize import fetch_tokenizer_with_record
 
-        copy_file_atomic(hf_hub_download(tok["repo"], tok["file"]), out)
-    Recorder(out, "tokenizer", tok).write()
+    fetch_tokenizer_with_record(config["data"]["tokenizer"], args.output)
 
 
 def cmd_tokenize(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import tokenize_shard
+    from pythia_suite.data.tokenize import tokenize_shard_with_record
 
-    recorder = Recorder(
-        Path(args.output_prefix + ".bin"),
-        "tokenized-shard",
+    tokenize_shard_with_record(
         config["data"]["tokenizer"],
-        [Path(args.shard), Path(args.tokenizer)],
-    )
-    stats = tokenize_shard(
         args.shard,
         args.tokenizer,
         args.output_prefix,
         workers=args.workers,
         documents_out=args.documents,
     )
-    recorder.extra = stats
-    recorder.write()
 
 
 def cmd_merge_datasets(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import merge_datasets
+    from pythia_suite.data.tokenize import merge_datasets_with_record
 
-    inputs = [Path(p + ".bin") for p in args.prefixes]  # each .bin's record covers its .idx
-    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", {}, inputs)
-    recorder.extra = merge_datasets(args.prefixes, args.output_prefix)
-    recorder.write()
+    merge_datasets_with_record(args.prefixes, args.output_prefix)
 
 
 def cmd_build_order(config: dict, args) -> None:
-    from pythia_suite.data.order import build_index_maps
+    from pythia_suite.data.order import build_index_maps_with_record
 
-    out = Path(args.output)
-    settings = {
-        "num_samples": cfg.num_samples(config),
-        "seq_length": config["model"]["seq_length"],
-        "seed": args.seed,
-    }
-    recorder = Recorder(out, "index-maps", settings, [Path(args.dataset_prefix + ".bin")])
-    with atomic_directory(out) as tmp:
-        build_index_maps(args.dataset_prefix, tmp, **settings)
-    recorder.write()
+    build_index_maps_with_record(
+        args.dataset_prefix,
+        args.output,
+        num_samples=cfg.num_samples(config),
+        seq_length=config["model"]["seq_length"],
+        seed=args.seed,
+    )
 
 
 def cmd_document_table(config: dict, args) -> None:
     """The document table of a variant's dataset (data.documents), from its shards' tables."""
-    from pythia_suite.data.documents import build_document_table
-    from pythia_suite.data.order import read_sizes
+    from pythia_suite.data.documents import build_document_table_with_record
 
-    out = Path(args.output)
-    inputs = [Path(args.dataset_prefix + ".bin"), *(Path(t) for t in args.tables)]
-    recorder = Recorder(out, "document-table", {}, inputs)
-    with atomic_directory(out) as tmp:
-        recorder.extra = build_document_table(
-            args.tables,
-            range(len(args.tables)),  # in data.raw.shards order: shard id = index
-            read_sizes(args.dataset_prefix),
-            tmp,
-            standard=args.standard,
-        )
-    recorder.write()
+    build_document_table_with_record(
+        args.dataset_prefix, args.tables, args.output, standard=args.standard
+    )
 
 
 def cmd_build_lens(config: dict, args) -> None:
     """The data lens of one (variant, data seed) order (data.lens)."""
-    from pythia_suite.data import lens
-    from pythia_suite.data.order import index_map_paths, read_sizes
+    from pythia_suite.data.run_lens import build_lens_with_record
 
-    seq_length = config["model"]["seq_length"]
-    order = index_map_paths(
-        args.dataset_prefix, args.order, cfg.num_samples(config), seq_length, args.seed
-    )
-    subsets, codes = None, None
-    if args.documents:
-        from pythia_suite.data.documents import DocumentTable
-
-        table = DocumentTable(args.documents)
-        subsets, codes = table.subsets, table.subset
-    out = Path(args.output)
-    meta = {
-        "variant": args.variant,
-        "seed": args.seed,
-        "source": config["data"]["source"],
-        "subsets": subsets,
-        "checkpoint_steps": cfg.checkpoint_steps(config),
-    }
-    inputs = [Path(args.dataset_prefix + ".bin"), Path(args.order)]
-    recorder = Recorder(
-        out, "data-lens", meta, inputs + ([Path(args.documents)] if codes is not None else [])
-    )
-    timings: dict = {}
-    with atomic_directory(out) as tmp:
-        lens.build_lens(
-            read_sizes(args.dataset_prefix),
-            order,
-            tmp,
-            global_batch=config["training"]["global_batch"],
-            train_iters=config["training"]["train_iters"],
-            seq_length=seq_length,
-            meta=meta,
-            subset_codes=codes,
-            num_subsets=len(subsets or [None]),
-            timings=timings,
-        )
-    recorder.extra = {"seconds": timings}
-    recorder.write()
-
-
-def _run_lens(config: dict, run: cfg.Run, data):
-    """A run's lens with its dataset and order (``data``: its ``TrainingData``, with documents)."""
-    from pythia_suite.data.lens import open_run_lens
-    from pythia_suite.data.order import index_map_paths
-
-    results = _results(config)
-    order = index_map_paths(
-        data.dataset_prefix, data.order_dir, data.num_samples, data.seq_length, data.data_seed
-    )
-    return open_run_lens(
-        paths.lens_dir(results, run.variant, run.data_seed),
-        data.dataset_prefix,
-        order,
-        paths.document_table(results, run.variant),
+    build_lens_with_record(
+        config,
+        variant=args.variant,
+        seed=args.seed,
+        dataset_prefix=args.dataset_prefix,
+        order_dir=args.order,
+        documents=args.documents,
+        output=args.output,
     )
 
 
 def cmd_lens(config: dict, args) -> None:
     """What a run's training steps and checkpoints read: documents, subsets, repetition."""
-    from pythia_suite.data import lens
+    from pythia_suite.data.run_lens import lens_answer
 
     run = cfg.get_run(config, args.run)
-    data = _training_data(config, run)
-    if not data.has_documents:  # preshuffled: samples, not documents
-        if args.step is None:
-            raise cfg.ConfigError(f"{run.name}: {lens.NEEDS_DOCUMENT_IDENTITY}")
-        last = config["training"]["train_iters"] - 1
-        if not 0 <= args.step <= last:
-            raise cfg.ConfigError(f"--step {args.step}: training runs steps 0 .. {last}")
-        batch = data.samples().batch(args.step, config["training"]["global_batch"])
-        parts = [lens.split_at_end_of_document(row) for row in batch]
-        if args.json:
-            note = lens.NEEDS_DOCUMENT_IDENTITY
-            print(json.dumps({"run": run.name, "step": args.step, "samples": parts, "note": note}))
-        else:
-            print(lens.format_preshuffled_step(args.step, parts))
-        return
-    opened = _run_lens(config, run, data)
-    if args.step is not None:
-        result = opened.step(args.step)
-        text = lens.format_step(args.step, result) if not args.json else None
-    elif args.checkpoints:
-        result = opened.lens.meta
-        text = lens.format_checkpoints(result) if not args.json else None
-    else:
-        result = opened.document(args.document)
-        info = opened.documents.row(args.document) if opened.documents is not None else None
-        text = lens.format_document(args.document, result, info) if not args.json else None
-    print(json.dumps({"run": run.name, "result": result}) if args.json else text)
+    options = {"document": args.document, "checkpoints": args.checkpoints}
+    print(lens_answer(config, run, step=args.step, **options, as_json=args.json))
 
 
 def cmd_fetch_preshuffled(config: dict, args) -> None:
     """Download Pythia's preshuffled set of a variant, verify it, and merge its shards."""
-    from pythia_suite.data import preshuffled
+    from pythia_suite.data.preshuffled import fetch_preshuffled_with_record
+    from pythia_suite.data.source import preshuffled_repo
 
-    repo = config["data"]["preshuffled"].get(args.variant)
-    if not repo:
-        raise cfg.ConfigError(f"data.preshuffled.{args.variant}: no repository configured")
-    seq_length = config["model"]["seq_length"]
-    out = Path(args.output_prefix)
-    files = preshuffled.fetch_preshuffled(
-        repo,
-        out.parent / "download",
-        config["data"]["preshuffled"]["revision"],
-        seq_length=seq_length,
+    fetch_preshuffled_with_record(
+        preshuffled_repo(config, args.variant),
+        args.output_prefix,
+        revision=config["data"]["preshuffled"]["revision"],
+        seq_length=config["model"]["seq_length"],
     )
-    preshuffled.merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
-    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
-    Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
 def cmd_fetch_idxmaps(config: dict, args) -> None:
     """Fetch one file of a variant's pre-tokenized Pile (resumable), checked against its
     configured sha256; an unknown one is recorded at first use."""
-    from pythia_suite.data import idxmaps
-    from pythia_suite.data.shards import fetch_shard
-    from pythia_suite.data.source import idxmaps_entry
+    from pythia_suite.data.source import fetch_idxmaps_file_with_record
 
-    entry = idxmaps_entry(config, args.variant)
-    if args.name not in idxmaps.shard_names(entry):
-        raise cfg.ConfigError(
-            f"data.idxmaps.{args.variant}: {args.name!r} is not one of its files "
-            f"(stem {entry['stem']!r}, {entry['shards']} shards)"
-        )
-    settings = config["data"]["idxmaps"]
-    source = idxmaps.file_source(entry, args.name, settings["revision"], settings["hub_url"])
-    expected = entry["sha256"].get(args.name)
-    local = [Path(source)] if entry.get("path") else []
-    settings_record = {"file": args.name, "sha256": expected}
-    recorder = Recorder(Path(args.output), "idxmaps-file", settings_record, local)
-    sha = fetch_shard(source, args.output, sha256=expected)
-    if not expected:
-        _say(f"data.idxmaps.{args.variant}.sha256.{args.name}: none; recorded {sha} at first use")
-    recorder.extra = {"source": source, "sha256_configured": expected}
-    recorder.write()
+    fetch_idxmaps_file_with_record(config, args.variant, args.name, args.output, log=_say)
 
 
 def cmd_unshard_idxmaps(config: dict, args) -> None:
     """Unshard a variant's fetched pre-tokenized Pile into its dataset (checked as
     idxmaps.unshard says; the unsharded .bin against data.idxmaps.<variant>.bin_sha256)."""
-    from pythia_suite.data import idxmaps
-    from pythia_suite.data.source import idxmaps_entry
+    from pythia_suite.data.source import unshard_idxmaps_with_record
 
-    entry = idxmaps_entry(config, args.variant)
-    names = idxmaps.shard_names(entry)
-    given = {Path(p).name: Path(p) for p in args.files}
-    missing = [name for name in names if name not in given]
-    if missing:
-        raise cfg.ConfigError(f"data.idxmaps.{args.variant}: file {missing[0]} not given")
-    files = [given[name] for name in names]
-    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", dict(entry), files)
-    recorder.extra = idxmaps.unshard(
-        files[:-1], files[-1], args.output_prefix, bin_sha256=entry.get("bin_sha256")
-    )
-    recorder.extra["bin_sha256_configured"] = entry.get("bin_sha256")
-    recorder.write()
+    unshard_idxmaps_with_record(config, args.variant, args.files, args.output_prefix)
 
 
 def cmd_batch(config: dict, args) -> None:
-    import numpy as np
+    from pythia_suite.data.source import save_batch, step_batch
 
     run = cfg.get_run(config, args.run)
-    last = config["training"]["train_iters"] - 1
-    if not 0 <= args.step <= last:
-        raise cfg.ConfigError(
-            f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
-        )
-    data = _training_data(config, run)
-    needed = [Path(p) for p in data.workflow_inputs()]
-    if args.decode:
-        needed.append(Path(paths.tokenizer(_results(config))))
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{', '.join(missing)}: not built yet; `snakemake {' '.join(missing)}` (with the "
-            "suite's --profile/--configfile) builds them"
-        )
-    samples = data.samples()
-    tokens = samples.batch(args.step, config["training"]["global_batch"])
+    tokens = step_batch(config, run, args.step, decode=bool(args.decode))
     if args.output:
-        out = Path(args.output)
-        buffer = io.BytesIO()
-        np.save(buffer, tokens)
-        write_bytes_atomic(out, buffer.getvalue())
-        _say(f"{out}: step {args.step} of {run.name}: tokens {tokens.shape}")
+        save_batch(args.output, tokens)
+        _say(f"{Path(args.output)}: step {args.step} of {run.name}: tokens {tokens.shape}")
     if args.decode:
-        from tokenizers import Tokenizer
+        from pythia_suite.data.tokenize import decode_rows
 
-        tokenizer = Tokenizer.from_file(paths.tokenizer(_results(config)))
-        for row in tokens[: args.decode]:
-            print(tokenizer.decode(row.tolist(), skip_special_tokens=False))
-            print("-" * 72)
+        print(decode_rows(paths.tokenizer(_results(config)), tokens[: args.decode]))
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
@@ -786,42 +559,17 @@ def cmd_publish(config: dict, args) -> None:
     for check in published["verifications"]:
         _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
     recorder.write()
-    _apply_retention(config, run)
+    from pythia_suite.retention import prune_after_publishing
 
-
-def _retention_paths(config: dict, run: cfg.Run) -> tuple[dict, dict, dict]:
-    """A run's checkpoint, export and receipt paths by step (retention's arguments)."""
-    results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    return (
-        {s: Path(paths.checkpoint_dir(results, run.name, s)) for s in steps},
-        {s: Path(paths.export_dir(results, run.name, s)) for s in steps},
-        {s: Path(paths.receipt(results, run.name, s)) for s in steps},
-    )
-
-
-def _apply_retention(config: dict, run: cfg.Run) -> None:
-    """Prune resume states that training.keep_resume_states lets go (after a verified receipt)."""
-    from pythia_suite import retention
-
-    keep = config["training"]["keep_resume_states"]
-    for decision in retention.apply_retention(*_retention_paths(config, run), keep=keep):
-        if decision.action == "pruned" and decision.reason == retention.SAFE:
-            _say(f"{decision.checkpoint}: resume state pruned ({decision.reason})")
+    prune_after_publishing(config, run, log=_say)
 
 
 def cmd_prune(config: dict, args) -> None:
     """Show (--dry-run) or apply the retention policy to a run's checkpoints."""
-    from pythia_suite import retention
+    from pythia_suite.retention import prune_run
 
     run = cfg.get_run(config, args.run)
-    keep = config["training"]["keep_resume_states"]
-    by_step = _retention_paths(config, run)
-    if args.dry_run:
-        decisions = retention.plan_retention(*by_step, keep=keep)
-    else:
-        decisions = retention.apply_retention(*by_step, keep=keep)
-    for d in decisions:
+    for d in prune_run(config, run, dry_run=args.dry_run):
         print(f"step{d.step:<8} {d.action:<7} {d.reason}")
 
 

@@ -243,3 +243,28 @@ def fetch_shard(
         raise ChecksumError(dest, sha256, actual)
     os.replace(part, dest)
     return actual
+
+
+def fetch_shard_with_record(config: dict, shard: str, output: str | os.PathLike, log) -> None:
+    """Fetch ``data.raw.shards[shard]`` to ``output`` (``fetch_shard``) with its provenance
+    record; an unpinned shard's sha256 is recorded, and said through ``log``, at first use.
+
+    Raises ``ConfigError`` when the config lists no such shard, and what ``fetch_shard`` raises.
+    """
+    from pythia_suite.config import ConfigError
+    from pythia_suite.provenance import Recorder
+
+    shards = config["data"]["raw"]["shards"]
+    index = int(shard)
+    if index >= len(shards):
+        raise ConfigError(f"data.raw.shards: no shard {shard} (there are {len(shards)})")
+    entry = shards[index]
+    source = entry.get("path") or entry["url"]
+    # A local source is the raw root of every provenance chain; a URL is recorded by value.
+    local = [Path(source)] if entry.get("path") else []
+    recorder = Recorder(Path(output), "corpus-shard", {"shard": entry}, local)
+    sha = fetch_shard(source, output, sha256=entry.get("sha256"))
+    if not entry.get("sha256"):
+        log(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": entry.get("sha256")}
+    recorder.write()
