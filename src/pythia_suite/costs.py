@@ -225,6 +225,29 @@ def render_plan_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_plan(
+    config: dict,
+    rows: list[dict],
+    *,
+    gpu_peak_tflops: float | None,
+    mfu: float,
+    mfu_override: float | None,
+) -> str:
+    """The text of `pythia-suite plan`: the size table of `rows` (`config.plan_rows`), the line
+    naming the peak and MFU its device-hours assume, and the throughput section, measured where
+    finished segments have figures (`mfu_override`: plan --mfu, else None)."""
+    peaks = (
+        f"{gpu_peak_tflops:g} TFLOP/s peak"
+        if gpu_peak_tflops
+        else "each size's cluster.gpu peak ("
+        + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
+        + ")"
+    )
+    assumed = f"device-hours at {peaks} and {mfu:.0%} MFU unless measured (below)"
+    costs = cost_rows(config, mfu=mfu_override, measured=measured_rates(config))
+    return "\n".join([render_plan_table(rows), assumed, "", render_cost_table(costs)])
+
+
 _COST_COLUMNS = ("device", "devices", "peak_tflops", "mfu", "tokens_per_s", "device_hours")
 
 
