@@ -20,7 +20,6 @@ from pythia_suite import paths
 from pythia_suite.atomic import (
     atomic_directory,
     write_json_atomic,
-    write_text_atomic,
 )
 from pythia_suite.provenance import Recorder
 
@@ -574,67 +573,11 @@ def cmd_prune(config: dict, args) -> None:
 
 
 def cmd_model_card(config: dict, args) -> None:
-    from pythia_suite.modelcard import card_facts, render_model_card
-    from pythia_suite.report import load_eval_points, metric_labels
+    from pythia_suite.modelcard import write_model_card
 
     run = cfg.get_run(config, args.run)
-    results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    receipts = {
-        f"step{s}": json.loads(Path(paths.receipt(results, run.name, s)).read_text()) for s in steps
-    }
-    from pythia_suite.evaluate import chance_levels
-
-    info = card_facts(
-        config,
-        run.name,
-        receipts,
-        tokenizer_file=paths.tokenizer(results),
-        cache_dir=paths.local_hub(results),
-        dataset_prefix=_training_data(config, run).dataset_prefix,
-        dedup_report=paths.dedup_report(results) if run.dedup else None,
-        chance=chance_levels(paths.eval_tasks_dir(results)),
-    )
-    lens_dir = Path(paths.lens_dir(results, run.variant, run.data_seed))
-    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
-        from pythia_suite.data.lens import data_facts
-
-        info["data_facts"] = data_facts(lens_dir)
-    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
-    labels = metric_labels(points)  # identical metrics on one row: "acc = acc_norm"
-    table: dict[str, dict[str, float]] = {}
-    for p in points:
-        label = labels[(p.shots, p.task, p.metric)]
-        if p.step == steps[-1] and label is not None:
-            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
-            metrics[label] = p.value
-            if p.stderr is not None:
-                metrics[f"{label}_stderr"] = p.stderr
-    out = Path(args.output)
-    write_text_atomic(out, render_model_card(info, table or None))
-    inputs = [Path(args.evals), *(Path(paths.receipt(results, run.name, s)) for s in steps)]
-    inputs.append(Path(_training_data(config, run).dataset_prefix + ".bin"))
-    if run.dedup and Path(paths.dedup_report(results)).exists():
-        inputs.append(Path(paths.dedup_report(results)))
-    if "data_facts" in info:
-        inputs.append(lens_dir)
-    Recorder(out, "model-card", info, inputs).write()
-    if config["publish"]["local_hub"]:
-        _publish_card_locally(config, run, out)
-
-
-def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
-    """Put the card on the local hub's main branch beside the final step's files, verified."""
-    from pythia_suite import publish
-
-    results = _results(config)
-    publish.publish_card_locally(
-        paths.local_hub(results),
-        _repo_id(config, run),
-        paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
-        card,
-        paths.model_card_receipt(results, run.name),
-    )
+    files = _pythia_result_files(args.evals)
+    write_model_card(config, run, evals_dir=args.evals, result_files=files, output=args.output)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -55,14 +55,21 @@ A ``<metric>_stderr`` / ``<metric>_stderr,<filter>`` entry is shown beside its m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pythia_suite import units
+from pythia_suite.jsonfile import read_json
 
-__all__ = ["ModelCardError", "card_facts", "render_model_card", "verification_sentence"]
+__all__ = [
+    "ModelCardError",
+    "card_facts",
+    "final_step_metrics",
+    "render_model_card",
+    "verification_sentence",
+    "write_model_card",
+]
 
 _REQUIRED = (
     "name",
@@ -364,7 +371,7 @@ def _data_facts(
             root = Path(*parts[:-depth]) if len(parts) > depth else None
             manifest = root / "manifest.json" if root is not None else None
             if manifest is not None and manifest.is_file():
-                entry = json.loads(manifest.read_text())["files"].get(
+                entry = read_json(manifest)["files"].get(
                     Path(shard).relative_to(root).as_posix()
                 )
                 if entry:
@@ -512,7 +519,7 @@ def card_facts(
     local_only = config["publish"]["local_hub"] and not config["publish"]["hub"]
     report = None
     if dedup_report and Path(dedup_report).is_file():
-        report = json.loads(Path(dedup_report).read_text(encoding="utf-8"))
+        report = read_json(dedup_report)
     return {
         **_data_facts(config, run, report),
         "epoch_tokens": _dataset_tokens(dataset_prefix),
@@ -547,3 +554,113 @@ def card_facts(
         "cache_dir": cache_dir if local_only else None,
         "offline": bool(local_only),
     }
+
+
+# ----------------------------------------------------------------------------- the card of a run
+
+
+def final_step_metrics(points, final_step: int) -> dict[str, dict[str, float]]:
+    """The card's results table from a run's evaluation points (``report.load_eval_points``):
+    ``{"task (N-shot)": {label: value, "<label>_stderr": stderr}}`` at ``final_step``, identical
+    metrics on one row ("acc = acc_norm", ``report.metric_labels``)."""
+    from pythia_suite.report import metric_labels
+
+    labels = metric_labels(points)
+    table: dict[str, dict[str, float]] = {}
+    for p in points:
+        label = labels[(p.shots, p.task, p.metric)]
+        if p.step == final_step and label is not None:
+            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
+            metrics[label] = p.value
+            if p.stderr is not None:
+                metrics[f"{label}_stderr"] = p.stderr
+    return table
+
+
+def _run_card_facts(config: dict, run, dataset_prefix: str) -> dict[str, Any]:
+    """``card_facts`` of a run from the suite's results tree (receipts of every step, tokenizer,
+    dedup report, chance levels), with its data lens's facts where the lens is built.
+
+    Raises ``FileNotFoundError`` naming a step's missing publish receipt, ``JSONFileError``
+    naming an unreadable one."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+    from pythia_suite.evaluate import chance_levels
+
+    results = config["paths"]["results"]
+    steps = cfg.checkpoint_steps(config)
+    receipts = {f"step{s}": read_json(paths.receipt(results, run.name, s)) for s in steps}
+    info = card_facts(
+        config,
+        run.name,
+        receipts,
+        tokenizer_file=paths.tokenizer(results),
+        cache_dir=paths.local_hub(results),
+        dataset_prefix=dataset_prefix,
+        dedup_report=paths.dedup_report(results) if run.dedup else None,
+        chance=chance_levels(paths.eval_tasks_dir(results)),
+    )
+    lens_dir = Path(paths.lens_dir(results, run.variant, run.data_seed))
+    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
+        from pythia_suite.data.lens import data_facts
+
+        info["data_facts"] = data_facts(lens_dir)
+    return info
+
+
+def _card_inputs(config: dict, run, evals_dir: str, dataset_prefix: str, info: dict) -> list:
+    """What the card is made from, for its provenance record."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+
+    results = config["paths"]["results"]
+    steps = cfg.checkpoint_steps(config)
+    inputs = [Path(evals_dir), *(Path(paths.receipt(results, run.name, s)) for s in steps)]
+    inputs.append(Path(dataset_prefix + ".bin"))
+    if run.dedup and Path(paths.dedup_report(results)).exists():
+        inputs.append(Path(paths.dedup_report(results)))
+    if "data_facts" in info:
+        inputs.append(Path(paths.lens_dir(results, run.variant, run.data_seed)))
+    return inputs
+
+
+def write_model_card(
+    config: dict, run, *, evals_dir: str, result_files: list[str], output: str
+) -> None:
+    """Write a run's model card (``README.md``) to ``output`` with its provenance record: facts
+    from the config and the results tree, the final step's scores from ``result_files`` (the
+    run's results in Pythia's layout under ``evals_dir``). With ``publish.local_hub`` the card
+    is also put on the local hub's ``main`` branch, verified.
+
+    Raises what ``_run_card_facts`` and ``render_model_card`` raise."""
+    from pythia_suite import config as cfg
+    from pythia_suite.atomic import write_text_atomic
+    from pythia_suite.data.source import training_data
+    from pythia_suite.provenance import Recorder
+    from pythia_suite.report import load_eval_points
+
+    dataset_prefix = training_data(config, run).dataset_prefix
+    info = _run_card_facts(config, run, dataset_prefix)
+    points = load_eval_points({run.name: result_files})
+    table = final_step_metrics(points, cfg.checkpoint_steps(config)[-1])
+    out = Path(output)
+    write_text_atomic(out, render_model_card(info, table or None))
+    inputs = _card_inputs(config, run, evals_dir, dataset_prefix, info)
+    Recorder(out, "model-card", info, inputs).write()
+    if config["publish"]["local_hub"]:
+        _publish_card_locally(config, run, info["repo_id"], out)
+
+
+def _publish_card_locally(config: dict, run, repo_id: str, card: Path) -> None:
+    """Put the card on the local hub's main branch beside the final step's files, verified."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths, publish
+
+    results = config["paths"]["results"]
+    publish.publish_card_locally(
+        paths.local_hub(results),
+        repo_id,
+        paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
+        card,
+        paths.model_card_receipt(results, run.name),
+    )
