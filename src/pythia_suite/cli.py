@@ -34,24 +34,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _run_row(config: dict, run: cfg.Run) -> dict:
-    """A plain dict describing a run, for the report and its model card."""
-    total, non_embedding = cfg.parameter_counts(config, run.size)
-    size = config["sizes"][run.size]
-    return {
-        **run.as_dict(),
-        "params": total,
-        "non_embedding_params": non_embedding,
-        "layers": size["layers"],
-        "hidden": size["hidden"],
-        "heads": size["heads"],
-    }
-
-
-def _run_table(config: dict) -> list[dict]:
-    return [_run_row(config, run) for run in cfg.expand_runs(config).values()]
-
-
 def _training_data(config: dict, run: cfg.Run):
     """What the run reads, under every data.source (pythia_suite.data.source)."""
     from pythia_suite.data.source import training_data
@@ -736,38 +718,9 @@ def cmd_verify_run(config: dict, args) -> None:
 
 
 def cmd_report(config: dict, args) -> None:
-    from pythia_suite.report import build_report
+    from pythia_suite.report import write_suite_report
 
-    results = _results(config)
-    runs = _run_table(config)
-    steps = cfg.checkpoint_steps(config)
-    eval_jsons = {
-        r["name"]: _pythia_result_files(paths.evals_dir(results, r["name"])) for r in runs
-    }
-    trainer_states = {
-        r["name"]: [
-            str(Path(paths.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
-            for s in steps
-        ]
-        for r in runs
-    }
-    from pythia_suite.evaluate import chance_levels
-
-    out = Path(args.output)
-    chance = (
-        chance_levels(paths.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
-    )
-    lenses = {}  # the data lens of each order, for the data-composition figure
-    if config["data"]["source"] != "preshuffled":
-        for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
-            lens_dir = Path(paths.lens_dir(results, variant, seed))
-            if (lens_dir / "lens.json").is_file():
-                lenses[f"{variant}, data seed {seed}"] = lens_dir
-    inputs = [Path(paths.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
-    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
-    with atomic_directory(out) as tmp:
-        build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
-    recorder.write()
+    write_suite_report(config, args.output, result_files=_pythia_result_files)
 
 
 def cmd_check_config(config: None, args) -> None:

@@ -371,9 +371,7 @@ def _data_facts(
             root = Path(*parts[:-depth]) if len(parts) > depth else None
             manifest = root / "manifest.json" if root is not None else None
             if manifest is not None and manifest.is_file():
-                entry = read_json(manifest)["files"].get(
-                    Path(shard).relative_to(root).as_posix()
-                )
+                entry = read_json(manifest)["files"].get(Path(shard).relative_to(root).as_posix())
                 if entry:
                     records.append(manifest)
                     for source, n in entry.get("pile_set_names", {}).items():
