@@ -151,8 +151,10 @@ def cmd_status(config: dict, args) -> None:
 
 def cmd_fetch_shard(config: dict, args) -> None:
     from pythia_suite.data.shards import fetch_shard_with_record
+    from pythia_suite.data.source import raw_shard
 
-    fetch_shard_with_record(config, args.shard, args.output, log=_say)
+    index, entry = raw_shard(config, args.shard)
+    fetch_shard_with_record(entry, index, args.output, log=_say)
 
 
 def _dedup_params(config: dict):

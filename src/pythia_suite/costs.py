@@ -22,6 +22,7 @@ from pathlib import Path
 from pythia_suite import config as cfg
 from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 PLAN_FORMAT = "pythia-suite/plan/1"
 
@@ -349,11 +350,11 @@ def read_recorded_plan(results: str) -> dict | None:
     """
     path = paths.plan_record(results)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable plan record: {err}") from None
+    except JSONFileError as err:
+        raise ValueError(f"{path}: unreadable plan record: {err.reason}") from None
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise ValueError(f"{path}: format is not {PLAN_FORMAT!r}")
     data["path"] = path

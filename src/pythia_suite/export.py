@@ -33,6 +33,7 @@ import numpy as np
 from safetensors import safe_open
 
 from pythia_suite.atomic import atomic_directory
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 __all__ = [
     "EOD_TOKEN",
@@ -356,9 +357,9 @@ def hf_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
         if not index.is_file():
             continue
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        except (JSONFileError, KeyError, TypeError, AttributeError) as err:
             raise ExportError(f"{index}: not a weight index ({err})") from None
         for shard in shards:
             if not (model_dir / shard).is_file():

@@ -33,6 +33,7 @@ from typing import Any
 
 from pythia_suite import config as cfg
 from pythia_suite import costs, paths, units
+from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
@@ -152,7 +153,7 @@ def snakemake_incomplete(workdir: str | os.PathLike = ".") -> dict[str, str | No
             except (ValueError, UnicodeDecodeError):
                 continue
             try:
-                job_id = json.loads(Path(dirpath, name).read_text()).get("external_jobid")
+                job_id = read_json(Path(dirpath, name)).get("external_jobid")
             except (OSError, ValueError, AttributeError):
                 job_id = None
             marked[os.path.normpath(target)] = job_id
@@ -320,9 +321,8 @@ def _receipts(path: str) -> tuple[set[int], set[int], list[str]]:
         step = int(match[1])
         published.add(step)
         try:
-            with open(entry.path, encoding="utf-8") as fh:
-                if json.load(fh).get("verified") is True:
-                    verified.add(step)
+            if read_json(entry.path).get("verified") is True:
+                verified.add(step)
         except (OSError, ValueError, AttributeError):
             bad.append(entry.path)
     return published, verified, bad

@@ -245,20 +245,13 @@ def fetch_shard(
     return actual
 
 
-def fetch_shard_with_record(config: dict, shard: str, output: str | os.PathLike, log) -> None:
-    """Fetch ``data.raw.shards[shard]`` to ``output`` (``fetch_shard``) with its provenance
-    record; an unpinned shard's sha256 is recorded, and said through ``log``, at first use.
-
-    Raises ``ConfigError`` when the config lists no such shard, and what ``fetch_shard`` raises.
-    """
-    from pythia_suite.config import ConfigError
+def fetch_shard_with_record(entry: dict, index: int, output: str | os.PathLike, log) -> None:
+    """Fetch the raw shard ``entry`` (``data.raw.shards[index]``: ``path`` or ``url``, maybe
+    ``sha256``) to ``output`` (``fetch_shard``) with its provenance record; an unpinned shard's
+    sha256 is recorded, and said through ``log``, at first use. Raises what ``fetch_shard``
+    raises."""
     from pythia_suite.provenance import Recorder
 
-    shards = config["data"]["raw"]["shards"]
-    index = int(shard)
-    if index >= len(shards):
-        raise ConfigError(f"data.raw.shards: no shard {shard} (there are {len(shards)})")
-    entry = shards[index]
     source = entry.get("path") or entry["url"]
     # A local source is the raw root of every provenance chain; a URL is recorded by value.
     local = [Path(source)] if entry.get("path") else []

@@ -204,6 +204,18 @@ def check_data_seed(config: Mapping, run, backend: str | None = None) -> None:
         )
 
 
+def raw_shard(config: Mapping, shard: str) -> tuple[int, Mapping]:
+    """``data.raw.shards[shard]`` with its index. Raises ``ConfigError`` when there is no such
+    shard."""
+    from pythia_suite.config import ConfigError
+
+    shards = config["data"]["raw"]["shards"]
+    index = int(shard)
+    if index >= len(shards):
+        raise ConfigError(f"data.raw.shards: no shard {shard} (there are {len(shards)})")
+    return index, shards[index]
+
+
 def preshuffled_repo(config: Mapping, variant: str) -> str:
     """``data.preshuffled.<variant>``: the Hub repository of a variant's preshuffled set.
     Raises ``ConfigError`` naming the key when none is configured."""
