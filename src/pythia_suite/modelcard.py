@@ -191,26 +191,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> str:
-    """Return the ``README.md`` of a run's Hub repo: YAML metadata and Pythia-style sections.
-
-    Sections: architecture (hyperparameter table), data, training procedure, checkpoints
-    (branch naming, ``main`` = final step), evaluations (a table when ``results`` is given),
-    quickstart. See the module docstring for the keys read from ``run``.
-
-    Raises:
-        ModelCardError: a required key is missing or ``steps``/``results`` is malformed.
-    """
-    if run.get("batch") is None and run.get("global_batch") is not None:
-        run = {**run, "batch": run["global_batch"]}
-    _check(run)
-    steps = sorted(run["steps"])
-    final = steps[-1]
-    example = next((s for s in steps if s == 3000), steps[len(steps) // 2])
-    tokens = run.get("tokens") or run["train_iters"] * run["batch"] * run["seq_length"]
-    dataset = run["dataset"]
-    repo_id, name = run["repo_id"], run["name"]
-
+def _front_matter(run: Mapping[str, Any]) -> str:
+    """The card's YAML metadata (the dataset listed when it is a Hub dataset)."""
     front = [
         "---",
         "language:",
@@ -224,8 +206,13 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         "- pythia",
     ]
     if run.get("hub_dataset", True):
-        front += ["datasets:", f"- {dataset}"]
+        front += ["datasets:", f"- {run['dataset']}"]
     front.append("---")
+    return "\n".join(front)
+
+
+def _architecture_rows(run: Mapping[str, Any], tokens: int) -> list[tuple[str, Any]]:
+    """The hyperparameter table's rows."""
     arch_rows = [("Layers", run["layers"]), ("Model dimension", run["hidden"])]
     arch_rows += [("Attention heads", run["heads"])]
     if run.get("params") is not None:
@@ -240,12 +227,22 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         arch_rows.append(("Final learning rate", f"{run['min_lr']:.1e}"))
     arch_rows.append(("Training iterations", _human(run["train_iters"])))
     arch_rows.append(("Tokens seen", _human(tokens)))
+    return arch_rows
 
-    data_text = run.get("data_description") or f"{name} was trained on `{dataset}`."
+
+def _data_text(run: Mapping[str, Any]) -> str:
+    """The training data section: the dataset, the tokenizer and the data lens's facts."""
+    data_text = run.get("data_description") or f"{run['name']} was trained on `{run['dataset']}`."
     if run.get("tokenizer"):
         data_text += f" Tokenizer: {run['tokenizer']}."
     if run.get("data_facts"):  # from the run's data lens (pythia_suite.data.lens.data_facts)
         data_text += "\n\n" + "\n".join(f"- {fact}." for fact in run["data_facts"])
+    return data_text
+
+
+def _training_lines(run: Mapping[str, Any], tokens: int) -> list[str]:
+    """The training procedure's bullets: iterations, schedule, optimizer, precision,
+    deviations from Pythia's config, seed."""
     style = run.get("lr_decay_style")
     schedule = "linear warmup"
     if run.get("warmup") is not None:
@@ -269,32 +266,41 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         training.append(f"- Deviation from Pythia's training config: {deviation}.")
     if run.get("seed") is not None:
         training.append(f"- Seed: {run['seed']}.")
+    return training
 
-    evaluation = "No evaluation results are attached to this card yet."
-    if results:
-        rows = _metric_rows(results)
-        header: tuple[str, ...] = ("Task", "Metric", "Value", "Stderr")
-        chance = run.get("chance") or {}
-        if chance:
-            header += ("Chance",)
-            rows = [(*row, _chance_cell(chance, row[0], row[1])) for row in rows]
-        evaluation = (
-            f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
-            "lm-evaluation-harness:\n\n" + _table(header, rows)
+
+def _evaluation_text(run: Mapping[str, Any], results: Mapping[str, Any] | None, final: int) -> str:
+    """The evaluations section: the results table, with chance levels where known."""
+    if not results:
+        return "No evaluation results are attached to this card yet."
+    rows = _metric_rows(results)
+    header: tuple[str, ...] = ("Task", "Metric", "Value", "Stderr")
+    chance = run.get("chance") or {}
+    if chance:
+        header += ("Chance",)
+        rows = [(*row, _chance_cell(chance, row[0], row[1])) for row in rows]
+    evaluation = (
+        f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
+        "lm-evaluation-harness:\n\n" + _table(header, rows)
+    )
+    if chance:
+        evaluation += (
+            "\n\nChance: what guessing scores (a uniform pick among a task's choices); "
+            "— where a task has no such level (exact match, perplexity)."
         )
-        if chance:
-            evaluation += (
-                "\n\nChance: what guessing scores (a uniform pick among a task's choices); "
-                "— where a task has no such level (exact match, perplexity)."
-            )
+    return evaluation
 
-    cache_dir = run.get("cache_dir") or f"./{name}"
+
+def _quickstart(run: Mapping[str, Any], example: int) -> str:
+    """Loading the final checkpoint with transformers and generating from the card's prompt."""
+    repo_id = run["repo_id"]
+    cache_dir = run.get("cache_dir") or f"./{run['name']}"
     offline = (
         'import os\n\nos.environ["HF_HUB_OFFLINE"] = "1"  # the local hub\n'
         if run.get("offline")
         else ""
     )
-    quickstart = f"""```python
+    return f"""```python
 {offline}from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 # main: the final checkpoint; any other step is its branch, e.g. revision="step{example}".
@@ -320,22 +326,42 @@ tokens = model.generate(
 print(tokenizer.decode(tokens[0]))
 ```"""
 
+
+def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> str:
+    """Return the ``README.md`` of a run's Hub repo: YAML metadata and Pythia-style sections.
+
+    Sections: architecture (hyperparameter table), data, training procedure, checkpoints
+    (branch naming, ``main`` = final step), evaluations (a table when ``results`` is given),
+    quickstart. See the module docstring for the keys read from ``run``.
+
+    Raises:
+        ModelCardError: a required key is missing or ``steps``/``results`` is malformed.
+    """
+    if run.get("batch") is None and run.get("global_batch") is not None:
+        run = {**run, "batch": run["global_batch"]}
+    _check(run)
+    steps = sorted(run["steps"])
+    final = steps[-1]
+    example = next((s for s in steps if s == 3000), steps[len(steps) // 2])
+    tokens = run.get("tokens") or run["train_iters"] * run["batch"] * run["seq_length"]
+    repo_id, name = run["repo_id"], run["name"]
+    architecture = _table(("Hyperparameter", "Value"), _architecture_rows(run, tokens))
     sections = [
-        "\n".join(front),
+        _front_matter(run),
         f"# {name}",
         f"{name} is the {run['size']} model of a rebuilt Pythia Scaling Suite "
         f"({run['variant']} data), trained to study how language models develop over training. "
         f"Every checkpoint is published as a branch of `{repo_id}`." + _scale_text(run, tokens),
-        "## Architecture\n\n" + _table(("Hyperparameter", "Value"), arch_rows),
-        "## Training data\n\n" + data_text,
-        "## Training procedure\n\n" + "\n".join(training),
+        "## Architecture\n\n" + architecture,
+        "## Training data\n\n" + _data_text(run),
+        "## Training procedure\n\n" + "\n".join(_training_lines(run, tokens)),
         "## Checkpoints\n\n"
         f"Checkpoint `step{{N}}` holds the weights after N iterations, on the branch of that "
         f"name: {_step_ranges(steps)}. `step0` is the initialisation. Branch `main` is the "
         f"final checkpoint, `step{final}`."
         + (f" {run['verification']}" if run.get("verification") else ""),
-        "## Evaluations\n\n" + evaluation,
-        "## Quickstart\n\n" + quickstart,
+        "## Evaluations\n\n" + _evaluation_text(run, results, final),
+        "## Quickstart\n\n" + _quickstart(run, example),
     ]
     return "\n\n".join(sections) + "\n"
 
