@@ -495,17 +495,10 @@ def cmd_await_segment(config: dict, args) -> None:
 
 
 def cmd_export(config: dict, args) -> None:
-    from pythia_suite.export import export_checkpoint
+    from pythia_suite.export import export_checkpoint_with_record
 
-    out = Path(args.output)
-    recorder = Recorder(
-        out,
-        "export",
-        {"dtype": config["publish"]["dtype"]},
-        [Path(args.checkpoint), Path(args.tokenizer)],
-    )
-    export_checkpoint(args.checkpoint, args.tokenizer, out, dtype=config["publish"]["dtype"])
-    recorder.write()
+    dtype = config["publish"]["dtype"]
+    export_checkpoint_with_record(args.checkpoint, args.tokenizer, args.output, dtype)
 
 
 def _repo_id(config: dict, run: cfg.Run) -> str:

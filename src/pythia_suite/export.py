@@ -398,3 +398,17 @@ def load_hf_weights(model_dir: str | os.PathLike[str], framework: str = "np") ->
                 raise ExportError(f"{path}: tensor {key!r} is also in another shard")
             tensors[key] = tensor
     return tensors
+
+
+def export_checkpoint_with_record(
+    checkpoint_dir: str, tokenizer_json: str, out_dir: str, dtype: str
+) -> None:
+    """``export_checkpoint`` with the export's provenance record (``publish.dtype``, the
+    checkpoint and the tokenizer)."""
+    from pythia_suite.provenance import Recorder
+
+    out = Path(out_dir)
+    inputs = [Path(checkpoint_dir), Path(tokenizer_json)]
+    recorder = Recorder(out, "export", {"dtype": dtype}, inputs)
+    export_checkpoint(checkpoint_dir, tokenizer_json, out, dtype=dtype)
+    recorder.write()
