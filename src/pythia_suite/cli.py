@@ -745,6 +745,188 @@ def cmd_verify(config: dict, args) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+def _arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
+    """One argument of a subcommand: `add_argument`'s flags and options."""
+    return flags, options
+
+
+def _one_of(*arguments: tuple) -> list:
+    """Arguments of which exactly one must be given (a required mutually exclusive group)."""
+    return list(arguments)
+
+
+RUN = _arg("run")
+OUTPUT = _arg("--output", required=True)
+
+# Every subcommand: (name, handler, help, its arguments in order).
+# fmt: off
+COMMANDS = [
+    ("runs", cmd_runs, "list the runs of the matrix", []),
+    ("check-config", cmd_check_config,
+     "check config files (overlays deep-merged in order): the first error in one line", [
+        _arg("files", nargs="+", metavar="FILE"),
+    ]),
+    ("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run", [
+        RUN, _arg("--dataset-prefix", help="data path written into the config"),
+    ]),
+    ("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here", [
+        _arg("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)"),
+        _arg("--python", help="its environment's Python (default: training.neox.python)"),
+    ]),
+    ("neox-index-maps", cmd_neox_index_maps,
+     "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)", [
+        _arg("--variant", required=True),
+        _arg("--seed", type=int, required=True, help="the data seed"),
+        _arg("--output", required=True, help="the directory to build"),
+    ]),
+    ("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON", [RUN]),
+    ("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run", [
+        _arg("--gpu-peak-tflops", type=float, help="override the per-device FLOP peak "
+            "(default: each size's cluster.gpu peak_tflops)"),
+        _arg("--mfu", type=float,
+            help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"),
+        _arg("--json", action="store_true"),
+        _arg("--memory", action="store_true",
+            help="also the peak GPU memory per rank of every GPU run (traced once, cached)"),
+        _arg("--retrace", action="store_true",
+            help="with --memory: trace again, ignoring the cache"),
+    ]),
+    ("check-memory", cmd_check_memory,
+     "refuse (exit 1) when a run's layout does not fit its GPU's memory; CPU runs exempt", []),
+    ("status", cmd_status, "where each run stands, from finished artifacts (no lock)", [
+        _arg("runs", nargs="*", metavar="RUN", help="runs to show (default: all)"),
+        _arg("--json", action="store_true", help="machine-readable status"),
+        _arg("--watch", type=float, metavar="N", help="refresh every N seconds"),
+        _arg("--html", action="store_true", help="also write the progress page"),
+        _arg("--html-path", help="where (default: results/status/index.html)"),
+        _arg("--no-slurm", action="store_true", help="do not ask squeue/sacct"),
+    ]),
+    ("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard", [
+        _arg("shard", help="index into data.raw.shards, e.g. 00"), OUTPUT,
+    ]),
+    ("dedup-signatures", cmd_dedup_signatures, "MinHash band hashes of one shard", [
+        _arg("shard"), _arg("--shard-index", required=True), OUTPUT,
+    ]),
+    ("dedup-buckets", cmd_dedup_buckets, "candidate duplicate pairs of a group of bands", [
+        _arg("signatures", nargs="+"), _arg("--band-group", required=True), OUTPUT,
+    ]),
+    ("dedup-cluster", cmd_dedup_cluster, "duplicate clusters -> documents to remove", [
+        _arg("edges", nargs="+"), OUTPUT,
+    ]),
+    ("dedup-filter", cmd_dedup_filter, "write one shard without its duplicates", [
+        _arg("shard"), _arg("--shard-index", required=True), _arg("--removals", required=True),
+        OUTPUT, _arg("--report", required=True),
+    ]),
+    ("dedup-report", cmd_dedup_report, "merge per-shard dedup reports, check a sample", [
+        _arg("--reports", nargs="+", required=True), _arg("--shards", nargs="+", required=True),
+        _arg("--removals", required=True), _arg("--edges", nargs="+", required=True), OUTPUT,
+    ]),
+    ("train-tokenizer", cmd_train_tokenizer, "train a BPE with GPT-NeoX-20B's specials", [
+        _arg("shards", nargs="+"), OUTPUT,
+    ]),
+    ("fetch-tokenizer", cmd_fetch_tokenizer, "copy or download the configured tokenizer", [OUTPUT]),
+    ("tokenize", cmd_tokenize, "tokenize one shard into a Megatron mmap dataset", [
+        _arg("shard"), _arg("--tokenizer", required=True), _arg("--output-prefix", required=True),
+        _arg("--workers", type=int),
+        _arg("--documents", help="also write the shard's document table (.documents.npz)"),
+    ]),
+    ("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order", [
+        _arg("prefixes", nargs="+"), _arg("--output-prefix", required=True),
+    ]),
+    ("build-order", cmd_build_order, "GPT-NeoX v1.0 index maps (the sample order)", [
+        _arg("--dataset-prefix", required=True), _arg("--seed", type=int, required=True), OUTPUT,
+    ]),
+    ("document-table", cmd_document_table, "a dataset's document table (shard, subset)", [
+        _arg("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order"),
+        _arg("--dataset-prefix", required=True),
+        _arg("--standard", help="deduped: the standard table, to join on document text"), OUTPUT,
+    ]),
+    ("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order", [
+        _arg("--variant", required=True), _arg("--dataset-prefix", required=True),
+        _arg("--order", required=True, help="the order's directory of index maps"),
+        _arg("--documents", help="the dataset's document table (subset labels)"),
+        _arg("--seed", type=int, required=True), OUTPUT,
+    ]),
+    ("lens", cmd_lens, "which documents a run's steps and checkpoints read", [
+        RUN,
+        _one_of(
+            _arg("--step", type=int, help="the documents of each sample of step N"),
+            _arg("--checkpoints", action="store_true", help="the cumulative table"),
+            _arg("--document", type=int, metavar="ID", help="every step holding it"),
+        ),
+        _arg("--json", action="store_true"),
+    ]),
+    ("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset", [
+        _arg("variant"), _arg("--output-prefix", required=True),
+    ]),
+    ("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file", [
+        _arg("variant"), _arg("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx"),
+        OUTPUT,
+    ]),
+    ("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant", [
+        _arg("variant"), _arg("--files", nargs="+", required=True, help="its shards and .idx"),
+        _arg("--output-prefix", required=True),
+    ]),
+    ("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run", [
+        RUN, _arg("--step", type=int, required=True),
+        _arg("--output", help="write the batch as .npy"),
+        _arg("--decode", type=int, nargs="?", const=1, default=0, metavar="N",
+            help="print the first N sequences as text"),
+    ]),
+    ("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text", [
+        _arg("heldout"),
+        _arg("--tokenizer", help="tokenizer.json: next-word distractors match token counts"),
+        OUTPUT,
+    ]),
+    ("train-segment", cmd_train_segment, "train one checkpoint segment of a run", [
+        RUN, _arg("--step", type=int, required=True, help="the checkpoint step to produce"),
+        _arg("--resume-from", help="the previous checkpoint (default: from the schedule)"), OUTPUT,
+    ]),
+    ("await-segment", cmd_await_segment, "wait for another job training the segment", [
+        RUN, _arg("--step", type=int, required=True, help="the checkpoint step of the segment"),
+        _arg("--timeout", type=float, help="seconds to wait at most (default: no limit)"),
+    ]),
+    ("export", cmd_export, "a checkpoint as a Hugging Face model directory", [
+        _arg("checkpoint"), _arg("--tokenizer", required=True), OUTPUT,
+    ]),
+    ("publish", cmd_publish, "publish one step to its branch and verify it", [
+        RUN, _arg("--step", type=int, required=True), _arg("--export", required=True),
+        _arg("--receipt", required=True),
+    ]),
+    ("prune", cmd_prune, "prune resume states as training.keep_resume_states says", [
+        RUN, _arg("--dry-run", action="store_true", help="only show what the policy does"),
+    ]),
+    ("model-card", cmd_model_card, "render a run's model card", [
+        RUN, _arg("--evals", required=True), OUTPUT,
+    ]),
+    ("verify-run", cmd_verify_run, "check a run's receipts and branch uniqueness", [RUN, OUTPUT]),
+    ("evaluate", cmd_evaluate, "lm-eval on a batch of a run's checkpoints", [
+        RUN, _arg("--shots", choices=["zero", "five"], required=True),
+        _arg("--batch", required=True), _arg("--exports", nargs="+", required=True), OUTPUT,
+    ]),
+    ("prefetch-eval-datasets", cmd_prefetch_eval_datasets, "download lm-eval datasets", [OUTPUT]),
+    ("compare-reference", cmd_compare_reference, "compare results with a reference file", [
+        _arg("ours"), _arg("reference"), _arg("--tolerance", type=float, default=0.02),
+    ]),
+    ("evaluate-reference", cmd_evaluate_reference,
+     "evaluate a published checkpoint and compare it with its published results", [
+        _arg("model", help="a Hub repo, e.g. EleutherAI/pythia-410m"),
+        _arg("--revision", default="main", help="e.g. step143000"),
+        _arg("--shots", type=int, default=0),
+        _arg("--reference", required=True, help="Pythia's result file for that step"),
+        _arg("--tolerance", type=float, default=0.02), _arg("--device", default="cuda"), OUTPUT,
+    ]),
+    ("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout", [
+        RUN, _arg("batches", nargs="+"), OUTPUT,
+    ]),
+    ("report", cmd_report, "plots, tables and the data-order check over all runs", [OUTPUT]),
+    ("verify", cmd_verify, "walk the provenance chain from an artifact to the raw data", [
+        _arg("target"),
+    ]),
+]
+# fmt: on
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pythia-suite", description="Rebuild the Pythia Scaling Suite from one config."
@@ -757,222 +939,17 @@ def build_parser() -> argparse.ArgumentParser:
         "suite last started here used, <results>/config/effective.yaml, else config.yaml)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name, func, help_text):
+    for name, func, help_text, arguments in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
-        return p
-
-    add("runs", cmd_runs, "list the runs of the matrix")
-    p = add(
-        "check-config",
-        cmd_check_config,
-        "check config files (overlays deep-merged in order): the first error in one line",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p = add("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run")
-    p.add_argument("run")
-    p.add_argument("--dataset-prefix", help="data path written into the config")
-    p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
-    p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
-    p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
-    p = add(
-        "neox-index-maps",
-        cmd_neox_index_maps,
-        "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)",
-    )
-    p.add_argument("--variant", required=True)
-    p.add_argument("--seed", type=int, required=True, help="the data seed")
-    p.add_argument("--output", required=True, help="the directory to build")
-    p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
-    p.add_argument("run")
-    p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
-    p.add_argument(
-        "--gpu-peak-tflops",
-        type=float,
-        default=None,
-        help="override the per-device FLOP peak (default: each size's cluster.gpu peak_tflops)",
-    )
-    p.add_argument(
-        "--mfu", type=float, help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--memory",
-        action="store_true",
-        help="also the peak GPU memory per rank of every GPU run (traced once, cached)",
-    )
-    p.add_argument(
-        "--retrace", action="store_true", help="with --memory: trace again, ignoring the cache"
-    )
-    p = add(
-        "check-memory",
-        cmd_check_memory,
-        "refuse (exit 1) when a run's layout does not fit its GPU's memory; CPU runs exempt",
-    )
-    p = add("status", cmd_status, "where each run stands, from finished artifacts (no lock)")
-    p.add_argument("runs", nargs="*", metavar="RUN", help="runs to show (default: all)")
-    p.add_argument("--json", action="store_true", help="machine-readable status")
-    p.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds")
-    p.add_argument("--html", action="store_true", help="also write the progress page")
-    p.add_argument("--html-path", help="where (default: results/status/index.html)")
-    p.add_argument("--no-slurm", action="store_true", help="do not ask squeue/sacct")
-
-    p = add("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard")
-    p.add_argument("shard", help="index into data.raw.shards, e.g. 00")
-    p.add_argument("--output", required=True)
-    p = add("dedup-signatures", cmd_dedup_signatures, "MinHash band hashes of one shard")
-    p.add_argument("shard")
-    p.add_argument("--shard-index", required=True)
-    p.add_argument("--output", required=True)
-    p = add("dedup-buckets", cmd_dedup_buckets, "candidate duplicate pairs of a group of bands")
-    p.add_argument("signatures", nargs="+")
-    p.add_argument("--band-group", required=True)
-    p.add_argument("--output", required=True)
-    p = add("dedup-cluster", cmd_dedup_cluster, "duplicate clusters -> documents to remove")
-    p.add_argument("edges", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("dedup-filter", cmd_dedup_filter, "write one shard without its duplicates")
-    p.add_argument("shard")
-    p.add_argument("--shard-index", required=True)
-    p.add_argument("--removals", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--report", required=True)
-    p = add("dedup-report", cmd_dedup_report, "merge per-shard dedup reports, check a sample")
-    p.add_argument("--reports", nargs="+", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
-    p.add_argument("--removals", required=True)
-    p.add_argument("--edges", nargs="+", required=True)
-    p.add_argument("--output", required=True)
-    p = add("train-tokenizer", cmd_train_tokenizer, "train a BPE with GPT-NeoX-20B's specials")
-    p.add_argument("shards", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("fetch-tokenizer", cmd_fetch_tokenizer, "copy or download the configured tokenizer")
-    p.add_argument("--output", required=True)
-    p = add("tokenize", cmd_tokenize, "tokenize one shard into a Megatron mmap dataset")
-    p.add_argument("shard")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--output-prefix", required=True)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--documents", help="also write the shard's document table (.documents.npz)")
-    p = add("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order")
-    p.add_argument("prefixes", nargs="+")
-    p.add_argument("--output-prefix", required=True)
-    p = add("build-order", cmd_build_order, "GPT-NeoX v1.0 index maps (the sample order)")
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--output", required=True)
-    p = add("document-table", cmd_document_table, "a dataset's document table (shard, subset)")
-    p.add_argument("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order")
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--standard", help="deduped: the standard table, to join on document text")
-    p.add_argument("--output", required=True)
-    p = add("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order")
-    p.add_argument("--variant", required=True)
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--order", required=True, help="the order's directory of index maps")
-    p.add_argument("--documents", help="the dataset's document table (subset labels)")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--output", required=True)
-    p = add("lens", cmd_lens, "which documents a run's steps and checkpoints read")
-    p.add_argument("run")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, help="the documents of each sample of step N")
-    which.add_argument("--checkpoints", action="store_true", help="the cumulative table")
-    which.add_argument("--document", type=int, metavar="ID", help="every step holding it")
-    p.add_argument("--json", action="store_true")
-    p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
-    p.add_argument("variant")
-    p.add_argument("--output-prefix", required=True)
-    p = add("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file")
-    p.add_argument("variant")
-    p.add_argument("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx")
-    p.add_argument("--output", required=True)
-    p = add("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant")
-    p.add_argument("variant")
-    p.add_argument("--files", nargs="+", required=True, help="its shards and .idx")
-    p.add_argument("--output-prefix", required=True)
-    p = add("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--output", help="write the batch as .npy")
-    p.add_argument(
-        "--decode",
-        type=int,
-        nargs="?",
-        const=1,
-        default=0,
-        metavar="N",
-        help="print the first N sequences as text",
-    )
-    p = add("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text")
-    p.add_argument("heldout")
-    p.add_argument("--tokenizer", help="tokenizer.json: next-word distractors match token counts")
-    p.add_argument("--output", required=True)
-
-    p = add("train-segment", cmd_train_segment, "train one checkpoint segment of a run")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True, help="the checkpoint step to produce")
-    p.add_argument("--resume-from", help="the previous checkpoint (default: from the schedule)")
-    p.add_argument("--output", required=True)
-
-    p = add("await-segment", cmd_await_segment, "wait for another job training the segment")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True, help="the checkpoint step of the segment")
-    p.add_argument("--timeout", type=float, help="seconds to wait at most (default: no limit)")
-
-    p = add("export", cmd_export, "a checkpoint as a Hugging Face model directory")
-    p.add_argument("checkpoint")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--output", required=True)
-    p = add("publish", cmd_publish, "publish one step to its branch and verify it")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--export", required=True)
-    p.add_argument("--receipt", required=True)
-    p = add("prune", cmd_prune, "prune resume states as training.keep_resume_states says")
-    p.add_argument("run")
-    p.add_argument("--dry-run", action="store_true", help="only show what the policy does")
-    p = add("model-card", cmd_model_card, "render a run's model card")
-    p.add_argument("run")
-    p.add_argument("--evals", required=True)
-    p.add_argument("--output", required=True)
-    p = add("verify-run", cmd_verify_run, "check a run's receipts and branch uniqueness")
-    p.add_argument("run")
-    p.add_argument("--output", required=True)
-
-    p = add("evaluate", cmd_evaluate, "lm-eval on a batch of a run's checkpoints")
-    p.add_argument("run")
-    p.add_argument("--shots", choices=["zero", "five"], required=True)
-    p.add_argument("--batch", required=True)
-    p.add_argument("--exports", nargs="+", required=True)
-    p.add_argument("--output", required=True)
-    p = add("prefetch-eval-datasets", cmd_prefetch_eval_datasets, "download lm-eval datasets")
-    p.add_argument("--output", required=True)
-    p = add("compare-reference", cmd_compare_reference, "compare results with a reference file")
-    p.add_argument("ours")
-    p.add_argument("reference")
-    p.add_argument("--tolerance", type=float, default=0.02)
-    p = add(
-        "evaluate-reference",
-        cmd_evaluate_reference,
-        "evaluate a published checkpoint and compare it with its published results",
-    )
-    p.add_argument("model", help="a Hub repo, e.g. EleutherAI/pythia-410m")
-    p.add_argument("--revision", default="main", help="e.g. step143000")
-    p.add_argument("--shots", type=int, default=0)
-    p.add_argument("--reference", required=True, help="Pythia's result file for that step")
-    p.add_argument("--tolerance", type=float, default=0.02)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--output", required=True)
-    p = add("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout")
-    p.add_argument("run")
-    p.add_argument("batches", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("report", cmd_report, "plots, tables and the data-order check over all runs")
-    p.add_argument("--output", required=True)
-    p = add("verify", cmd_verify, "walk the provenance chain from an artifact to the raw data")
-    p.add_argument("target")
+        for argument in arguments:
+            if isinstance(argument, list):  # _one_of
+                group = p.add_mutually_exclusive_group(required=True)
+                for flags, options in argument:
+                    group.add_argument(*flags, **options)
+            else:
+                flags, options = argument
+                p.add_argument(*flags, **options)
     return parser
 
 
