@@ -962,6 +962,13 @@ def _config_files(args) -> list:
     return found
 
 
+# Commands whose output is their answer: no "done in" line follows it.
+_ANSWERS = set(
+    "runs check-config neox-config neox-doctor hf-config plan status check-memory verify "
+    "compare-reference lens".split()
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
@@ -971,19 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pythia-suite {args.command}: error: {err}", file=sys.stderr)
         return 1
-    if args.command not in (
-        "runs",
-        "check-config",
-        "neox-config",
-        "neox-doctor",
-        "hf-config",
-        "plan",
-        "status",
-        "check-memory",
-        "verify",
-        "compare-reference",
-        "lens",
-    ):
+    if args.command not in _ANSWERS:
         _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
     return 0
 
