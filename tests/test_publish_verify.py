@@ -207,7 +207,8 @@ def test_publish_stage_publishes_each_step_and_verify_run_reads_the_receipts(
     fails the check naming the file, line and column."""
     from pythia_suite import config as cfg
     from pythia_suite import paths
-    from pythia_suite.publish.stage import publish_run_step, repo_id, verify_run_publication
+    from pythia_suite.config import repo_id
+    from pythia_suite.publish.stage import publish_run_step, verify_run_publication
 
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(SUITE_OVERLAY + f"paths: {{results: {tmp_path / 'results'}}}\n")

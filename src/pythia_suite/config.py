@@ -178,10 +178,8 @@ def _defaults_filling(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def check_config(config: dict, source: str = "config") -> None:
-    """Checks a schema cannot express. Raises ConfigError naming the key and the values."""
-    training = config["training"]
-    training.setdefault("lr_decay_iters", training["train_iters"])
+def _check_matrix(config: dict, source: str) -> None:
+    """Every size, variant and seed the matrix names is defined."""
     for i, entry in enumerate(config["matrix"]):
         for field, table in (("sizes", "sizes"), ("variants", "variants"), ("seeds", "seeds")):
             for name in entry[field]:
@@ -190,50 +188,55 @@ def check_config(config: dict, source: str = "config") -> None:
                         f"{source}: matrix[{i}].{field}: {name!r} is not defined under "
                         f"'{table}' (defined: {', '.join(config[table])})"
                     )
-    used_sizes = {size for entry in config["matrix"] for size in entry["sizes"]}
-    for name, size in config["sizes"].items():
-        if name not in used_sizes:
-            continue
-        key = f"sizes.{name}"
-        if size["hidden"] % size["heads"]:
-            raise ConfigError(
-                f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
-                f"{size['heads']}"
-            )
-        check_layout(config, name, source)
-        tp = size["tensor_parallel"]
-        gpus_per_node = size["cluster"]["gpus_per_node"]
-        if gpus_per_node and gpus_per_node % tp:
-            raise ConfigError(
-                f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
-                f"{gpus_per_node}: a tensor-parallel group must sit within one node"
-            )
-        if size["heads"] % tp:
-            raise ConfigError(
-                f"{source}: {key}.heads: {size['heads']} heads do not split over "
-                f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
-            )
-        if tp > 1 and training.get("data_parallel") == "fsdp":
-            raise ConfigError(
-                f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
-                f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
-            )
-        if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
-            # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
-            # it too); refused here so that no segment job is queued for it.
-            raise ConfigError(
-                f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
-                f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
-            )
-        if size["min_lr"] > size["lr"]:
-            raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
-        precision = size["precision"]
-        if isinstance(precision, dict):
-            for variant in precision:
-                if variant not in config["variants"]:
-                    raise ConfigError(
-                        f"{source}: {key}.precision: variant {variant!r} is not defined"
-                    )
+
+
+def _check_size(config: dict, name: str, source: str) -> None:
+    """A size the matrix uses: its shape, layout, tensor parallelism, learning rates and
+    precision table."""
+    training = config["training"]
+    size = config["sizes"][name]
+    key = f"sizes.{name}"
+    if size["hidden"] % size["heads"]:
+        raise ConfigError(
+            f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads {size['heads']}"
+        )
+    check_layout(config, name, source)
+    tp = size["tensor_parallel"]
+    gpus_per_node = size["cluster"]["gpus_per_node"]
+    if gpus_per_node and gpus_per_node % tp:
+        raise ConfigError(
+            f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
+            f"{gpus_per_node}: a tensor-parallel group must sit within one node"
+        )
+    if size["heads"] % tp:
+        raise ConfigError(
+            f"{source}: {key}.heads: {size['heads']} heads do not split over "
+            f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
+        )
+    if tp > 1 and training.get("data_parallel") == "fsdp":
+        raise ConfigError(
+            f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
+            f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
+        )
+    if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
+        # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
+        # it too); refused here so that no segment job is queued for it.
+        raise ConfigError(
+            f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
+            f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
+        )
+    if size["min_lr"] > size["lr"]:
+        raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
+    precision = size["precision"]
+    if isinstance(precision, dict):
+        for variant in precision:
+            if variant not in config["variants"]:
+                raise ConfigError(f"{source}: {key}.precision: variant {variant!r} is not defined")
+
+
+def _check_steps(config: dict, source: str) -> None:
+    """Checkpoint and evaluation steps lie within training; evaluated steps are checkpoints."""
+    training = config["training"]
     iters = training["train_iters"]
     for key, steps in (
         ("training.checkpoints.extra", training["checkpoints"]["extra"]),
@@ -253,6 +256,18 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: evaluation.{key}: step {missing[0]} is not a checkpoint step "
                 "(training.checkpoints)"
             )
+
+
+def check_config(config: dict, source: str = "config") -> None:
+    """Checks a schema cannot express. Raises ConfigError naming the key and the values."""
+    training = config["training"]
+    training.setdefault("lr_decay_iters", training["train_iters"])
+    _check_matrix(config, source)
+    used_sizes = {size for entry in config["matrix"] for size in entry["sizes"]}
+    for name in config["sizes"]:
+        if name in used_sizes:
+            _check_size(config, name, source)
+    _check_steps(config, source)
     _check_training_data(config, source)
     if config["evaluation"]["local_tasks"] and not config["data"]["raw"]["heldout"]:
         raise ConfigError(
@@ -306,6 +321,11 @@ def get_run(config: dict, name: str) -> Run:
     if name not in runs:
         raise ConfigError(f"no run named {name!r} in the matrix (runs: {', '.join(runs)})")
     return runs[name]
+
+
+def repo_id(config: dict, run: Run) -> str:
+    """The run's repo on the Hub (and the local hub): ``{suite.hub_org}/{run}``."""
+    return f"{config['suite']['hub_org']}/{run.name}"
 
 
 def checkpoint_steps(config: dict) -> list[int]:

@@ -516,3 +516,19 @@ def fingerprint_steps(
     if last_step < first_step:
         raise ValueError(f"last_step {last_step} < first_step {first_step}")
     return fingerprint(samples.batch(s, global_batch) for s in range(first_step, last_step))
+
+
+def build_index_maps_with_record(
+    dataset_prefix: str, output: str | os.PathLike, *, num_samples: int, seq_length: int, seed: int
+) -> None:
+    """``build_index_maps`` of ``dataset_prefix`` into the directory ``output`` (complete or
+    absent), with its provenance record."""
+    from pythia_suite.atomic import atomic_directory
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output)
+    settings = {"num_samples": num_samples, "seq_length": seq_length, "seed": seed}
+    recorder = Recorder(out, "index-maps", settings, [Path(dataset_prefix + ".bin")])
+    with atomic_directory(out) as tmp:
+        build_index_maps(dataset_prefix, tmp, **settings)
+    recorder.write()

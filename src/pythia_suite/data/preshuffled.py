@@ -358,3 +358,19 @@ class PreshuffledSamples(SampleBatches):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.dataset[i].astype(np.int64)
+
+
+def fetch_preshuffled_with_record(
+    repo: str, output_prefix: str, *, revision: str, seq_length: int
+) -> None:
+    """Download Pythia's preshuffled set ``repo`` at ``revision`` beside ``output_prefix``,
+    verify it, merge its shards into ``output_prefix``.{bin,idx} and write its provenance
+    record. Raises what ``fetch_preshuffled`` and ``merge_preshuffled`` raise."""
+    from pythia_suite.atomic import copy_file_atomic
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output_prefix)
+    files = fetch_preshuffled(repo, out.parent / "download", revision, seq_length=seq_length)
+    merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
+    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
+    Recorder(Path(output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()

@@ -17,11 +17,6 @@ from pythia_suite.publish.receipts import publish_and_verify
 from pythia_suite.publish.verify import verify_published_run
 
 
-def repo_id(config: dict, run: cfg.Run) -> str:
-    """The run's repo on the Hub (and the local hub): ``{suite.hub_org}/{run}``."""
-    return f"{config['suite']['hub_org']}/{run.name}"
-
-
 def hub_api(config: dict) -> Any | None:
     """A Hub client when publish.hub is on, else None."""
     if not config["publish"]["hub"]:
@@ -47,7 +42,7 @@ def publish_run_step(
     recorder = Recorder(receipt, "publish-receipt", {"publish": config["publish"]}, [Path(export)])
     published = publish_and_verify(
         export,
-        repo_id(config, run),
+        cfg.repo_id(config, run),
         step,
         receipt,
         final=step == cfg.checkpoint_steps(config)[-1],
@@ -71,7 +66,7 @@ def verify_run_publication(config: dict, run: cfg.Run, output: str | Path) -> di
     if config["publish"]["local_hub"] and card_receipt.is_file():
         receipts["main"] = str(card_receipt)
     summary = verify_published_run(
-        receipts, repo_id(config, run), local_hub=_local_hub(config), hub_api=hub_api(config)
+        receipts, cfg.repo_id(config, run), local_hub=_local_hub(config), hub_api=hub_api(config)
     )
     write_json_atomic(output, summary, sort_keys=False)
     return summary
