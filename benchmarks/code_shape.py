@@ -4,7 +4,10 @@ Issue 20's figures, rerunnable: `python benchmarks/code_shape.py [--top N] [--js
 Counts physical lines (as `wc -l` does). A function's length runs from its `def` (decorators
 included) to its last line. Imports are read statically, module level and inside functions alike,
 since a function-level import still ties two modules together; `if TYPE_CHECKING:` imports are
-left out (they never run). Exits 1 when a limit of issue 20 is broken, so CI could use it.
+left out (they never run). Also lists the modules that read the raw suite config: `config["key"]`
+or `config.get("key")` on a name `config`, for a key of config.yaml's top level (which tells the
+suite's config from a Hugging Face or task config also named `config`). Exits 1 when a limit of
+issue 20 is broken, so CI could use it.
 """
 
 from __future__ import annotations
@@ -115,6 +118,36 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def suite_config_keys() -> set[str]:
+    """config.yaml's top-level keys (read as text: this script needs no YAML parser)."""
+    lines = (ROOT / "config.yaml").read_text().splitlines()
+    return {line.split(":")[0] for line in lines if line[:1].isalpha() and ":" in line}
+
+
+def config_keys(tree: ast.AST) -> set[str]:
+    """Top-level keys of the raw config a module reads: `config["key"]` or `config.get("key")`."""
+    keys = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "config"
+            and isinstance(node.slice, ast.Constant)
+        ):
+            keys.add(str(node.slice.value))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "config"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            keys.add(str(node.args[0].value))
+    return keys
+
+
 def measure() -> dict:
     paths = sorted(PACKAGE.rglob("*.py"))
     trees = {p: ast.parse(p.read_text(), filename=str(p)) for p in paths}
@@ -144,6 +177,11 @@ def measure() -> dict:
         "functions": sorted(funcs, key=lambda item: -item[1]),
         "long_functions": long_functions,
         "cycles": cycles(graph),
+        "config_readers": {
+            module_name(p): sorted(keys)
+            for p, tree in trees.items()
+            if (keys := config_keys(tree) & suite_config_keys())
+        },
     }
 
 
@@ -168,6 +206,9 @@ def main() -> int:
         count = len(shape["long_functions"])
         print(f"\nfunctions over {FUNCTION_LIMIT} lines (parser tables exempt): {count}")
         print(f"import cycles: {shape['cycles'] or 'none'}")
+        print("\nmodules reading the raw config (its top-level keys):")
+        for name, keys in shape["config_readers"].items():
+            print(f"  {name}: {', '.join(keys)}")
     over = [m for m, n in shape["sizes"].items() if n > MODULE_LIMIT]
     cli = shape["sizes"].get("pythia_suite.cli", 0)
     broken = bool(over or shape["long_functions"] or shape["cycles"] or cli >= CLI_LIMIT)

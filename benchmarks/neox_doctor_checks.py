@@ -29,13 +29,14 @@ def show(title: str, checks) -> None:
 
 def main() -> int:
     from pythia_suite import config as cfg
-    from pythia_suite.train import neox
+    from pythia_suite.neox import doctor
+    from pythia_suite.neox.config import flash_head_dims
 
     if not UPSTREAM.is_dir():
         print(f"{UPSTREAM} not found", file=sys.stderr)
         return 2
     config = cfg.load_config([REPO / "config.yaml"])
-    flash = neox.flash_head_dims(config)
+    flash = flash_head_dims(config)
     with tempfile.TemporaryDirectory(prefix="neox-doctor-") as tmp:
         checkout = Path(tmp) / "gpt-neox"
         shutil.copytree(UPSTREAM, checkout)
@@ -56,8 +57,8 @@ def main() -> int:
         pythons = [sys.executable, *map(str, sorted(Path("/root/.pyenv/versions").glob(
             "3.8*/bin/python3.8")))]  # fmt: skip
         for python in pythons:
-            checks = neox.neox_doctor(checkout, python, flash_head_dims=flash,
-                                      git_head=lambda p: neox.NEOX_V1_COMMIT)  # fmt: skip
+            checks = doctor.neox_doctor(checkout, python, flash_head_dims=flash,
+                                      git_head=lambda p: doctor.NEOX_V1_COMMIT)  # fmt: skip
             show(f"real probe, {python} (commit check told v1.0):", checks)
         print()
 
@@ -73,15 +74,15 @@ def main() -> int:
         print("fakes: one broken piece at a time (the last line of each run):")
         cases = t.test_doctor_stops_at_the_first_missing_piece.pytestmark[0].args[1]
         for probe, head, _, _ in cases:
-            last = t._doctor(root, probe, neox.NEOX_V1_COMMIT if head is None else head)[-1]
+            last = t._doctor(root, probe, doctor.NEOX_V1_COMMIT if head is None else head)[-1]
             print(f"  {'ok  ' if last.ok else 'FAIL'}  {last.name}: {last.detail}")
         last = t._doctor(root, flash={"1b": 256})[-1]
         print(f"  {'ok  ' if last.ok else 'FAIL'}  {last.name}: {last.detail}")
         slow = Path(tmp) / "python"
         slow.write_text("#!/bin/sh\nsleep 30\n")
         slow.chmod(0o755)
-        neox.PROBE_TIMEOUT_S = 1
-        last = neox.neox_doctor(root, str(slow), git_head=lambda p: neox.NEOX_V1_COMMIT)[-1]
+        doctor.PROBE_TIMEOUT_S = 1
+        last = doctor.neox_doctor(root, str(slow), git_head=lambda p: doctor.NEOX_V1_COMMIT)[-1]
         print(f"  {'ok  ' if last.ok else 'FAIL'}  {last.name}: {last.detail}")
     return 0
 

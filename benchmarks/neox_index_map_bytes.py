@@ -22,6 +22,7 @@ import importlib
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,20 @@ def written(before: dict, after: dict) -> int:
     return sum(stat[0] for path, stat in after.items() if before.get(path) != stat)
 
 
+def load_neox():
+    """The neox functions of the package under measure, as one namespace: the modules of the
+    ``pythia_suite.neox`` package (issue 20 on), or the one module ``pythia_suite.train.neox``
+    of a package from before."""
+    try:
+        importlib.import_module("pythia_suite.neox.config")
+    except ModuleNotFoundError:
+        return importlib.import_module("pythia_suite.train.neox")
+    names = {}
+    for part in ("config", "launch", "convert", "index_maps", "segment"):
+        names.update(vars(importlib.import_module(f"pythia_suite.neox.{part}")))
+    return types.SimpleNamespace(**names)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO / "src")
@@ -55,7 +70,7 @@ def main() -> int:
     sys.path.insert(0, str(args.src.resolve()))
     cfg = importlib.import_module("pythia_suite.config")
     paths = importlib.import_module("pythia_suite.paths")
-    neox = importlib.import_module("pythia_suite.train.neox")
+    neox = load_neox()
     from pythia_suite.data.indexed import IndexedDatasetWriter
 
     with tempfile.TemporaryDirectory(prefix="neox-map-bytes-") as tmp:

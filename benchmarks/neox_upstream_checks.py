@@ -22,6 +22,7 @@ import copy
 import importlib
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,20 @@ def converter(cfg, neox, us) -> None:
         )
 
 
+def load_neox():
+    """The neox functions of the package under measure, as one namespace: the modules of the
+    ``pythia_suite.neox`` package (issue 20 on), or the one module ``pythia_suite.train.neox``
+    of a package from before."""
+    try:
+        importlib.import_module("pythia_suite.neox.config")
+    except ModuleNotFoundError:
+        return importlib.import_module("pythia_suite.train.neox")
+    names = {}
+    for part in ("config", "launch", "convert", "index_maps", "segment"):
+        names.update(vars(importlib.import_module(f"pythia_suite.neox.{part}")))
+    return types.SimpleNamespace(**names)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO / "src")
@@ -148,8 +163,8 @@ def main() -> int:
     for name in [m for m in sys.modules if m.startswith("pythia_suite")]:
         del sys.modules[name]
     cfg = importlib.import_module("pythia_suite.config")
-    neox = importlib.import_module("pythia_suite.train.neox")
-    print(f"package: {Path(neox.__file__).parents[2]}, config: {CONFIG}")
+    neox = load_neox()
+    print(f"package: {Path(cfg.__file__).parents[1]}, config: {CONFIG}")
     import upstream_support as us
 
     parser_and_keys(cfg, neox, us)

@@ -29,6 +29,7 @@ import torch
 
 from pythia_suite import evaluate as ev
 from pythia_suite.data.tokenize import load_tokenizer
+from pythia_suite.evaluate.tasks import _continuation_token_counter
 from pythia_suite.train.model import build_model, init_gpt_neox_weights
 
 
@@ -81,7 +82,7 @@ def main() -> None:
     tokenizer = load_tokenizer(tokenizer_file)
     args.items = args.items or manifest["counts"][ev.NEXT_WORD_TASK]
     texts = ev.heldout_texts(manifest["source"])
-    count = ev._continuation_token_counter(tokenizer_file)
+    count = _continuation_token_counter(tokenizer_file)
     item_sets = {
         "capped (the suite's)": ev.build_next_word_items(
             texts, args.items, manifest["seed"], token_count=count

@@ -99,3 +99,14 @@ def test_read_json_names_the_file_line_and_column(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "absent.json")
     assert read_json(tmp_path / "absent.json", missing=None) is None
+
+
+def test_a_caller_keeps_its_error_type_and_the_readers_message(tmp_path):
+    from pythia_suite.train.checkpoint import CheckpointError, read_trainer_state
+
+    (tmp_path / "trainer_state.json").write_text("[1, 2,")
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json: not valid JSON: .*line 1"):
+        read_trainer_state(tmp_path)
+    (tmp_path / "trainer_state.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json: expected a JSON object"):
+        read_trainer_state(tmp_path)

@@ -11,6 +11,7 @@ import yaml
 from conftest import PYTHIA_ANCHORS, require_anchor
 
 from pythia_suite import config as cfg
+from pythia_suite.neox.config import neox_config
 from pythia_suite.train import settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def test_eval_schedule_is_pythias(suite):
 def test_neox_config_equals_original_training_config(suite, run_name):
     require_anchor("models")
     run = cfg.get_run(suite, run_name)
-    ours = normalise(cfg.neox_config(suite, run))
+    ours = normalise(neox_config(suite, run))
     original = normalise(apply_errata(run, read_original(original_config_path(run))))
     for key in SITE_KEYS:
         original.pop(key, None)
@@ -118,7 +119,7 @@ def test_small_sizes_match_their_original_configs(suite, size):
     config = copy.deepcopy(suite)
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
     run = cfg.get_run(config, f"pythia-{size}")
-    ours = normalise(cfg.neox_config(config, run))
+    ours = normalise(neox_config(config, run))
     original = normalise(read_original(ORIGINALS / size.upper() / f"pythia-{size}.yml"))
     for key in SITE_KEYS | {"launcher", "deepspeed-slurm"}:
         original.pop(key, None)
@@ -170,7 +171,7 @@ def test_polypythia_seeds_are_a_config_change(suite):
     assert list(runs) == ["pythia-410m-seed3", "pythia-160m-data-seed1", "pythia-160m-weight-seed2"]
     assert runs["pythia-160m-data-seed1"].data_seed == 1
     assert runs["pythia-160m-data-seed1"].weight_seed == 1234
-    assert cfg.neox_config(config, runs["pythia-160m-weight-seed2"])["seed"] == 2
+    assert neox_config(config, runs["pythia-160m-weight-seed2"])["seed"] == 2
 
 
 def test_precision_per_variant_encodes_erratum_3(suite):
@@ -187,13 +188,13 @@ def test_activation_checkpointing_has_one_source_the_sizes_neox_config(suite, mi
         run = cfg.get_run(suite, name)
         values = settings.train_settings(suite, run)
         assert values.activation_checkpointing is True
-        assert cfg.neox_config(suite, run)["checkpoint-activations"] is True
+        assert neox_config(suite, run)["checkpoint-activations"] is True
     # An overlay that turns it off for a size turns it off for both backends.
     overlay = copy.deepcopy(suite)
     overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = False
     run = cfg.get_run(overlay, "pythia-70m")
     assert settings.train_settings(overlay, run).activation_checkpointing is False
-    assert cfg.neox_config(overlay, run)["checkpoint-activations"] is False
+    assert neox_config(overlay, run)["checkpoint-activations"] is False
     # A null removes the key: GPT-NeoX's default, off.
     overlay["sizes"]["70m"]["neox"]["checkpoint-activations"] = None
     assert settings.activation_checkpointing(overlay, "70m") is False

@@ -24,11 +24,13 @@ from pythia_suite.data.dedup import (
     estimate_jaccard,
     exact_jaccard,
     filter_shard,
+    merge_reports,
     minhash_signatures,
     run_pipeline,
     shingles,
 )
 from pythia_suite.data.shards import DataFormatError
+from pythia_suite.hashing import sha256_file
 
 PARAMS = DedupParams()  # 0.87, 5-grams, 128 permutations -> 7 bands x 18 rows
 
@@ -257,6 +259,17 @@ def test_filter_keeps_lines_byte_for_byte(corpus, pipeline):
     assert sum(s["docs_removed"] for s in report["per_set"].values()) == len(removed)
 
 
+def test_reports_give_the_sha256_of_the_output_as_written(corpus, pipeline):
+    paths, _ = corpus
+    root, report = pipeline
+    for index, path in enumerate(paths):
+        shard_report = json.loads((root / "work" / "reports" / f"{index:02d}.json").read_text())
+        assert shard_report["output"]["sha256"] == sha256_file(root / "out" / path.name)
+    assert [s["output"]["sha256"] for s in report["shards"]] == [
+        sha256_file(root / "out" / path.name) for path in paths
+    ]
+
+
 def test_report_verification(pipeline):
     _, report = pipeline
     check = report["verification"]
@@ -321,6 +334,23 @@ def test_stages_refuse_bad_intermediate_files(corpus, pipeline, tmp_path):
     assert not (tmp_path / "r.npz").exists()
 
 
+def test_merge_names_a_bad_filter_report_and_writes_nothing(pipeline, tmp_path):
+    root, _ = pipeline
+    good = sorted((root / "work" / "reports").glob("*.json"))[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "filter_report",\n oops}')
+    with pytest.raises(DedupFileError, match=r"bad.json: unreadable filter report: not valid JSON"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    with pytest.raises(DedupFileError, match=r"\(line 2, column 2\)"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    bad.write_text("[]")
+    with pytest.raises(DedupFileError, match="expected a JSON object, found list"):
+        merge_reports([good, bad], tmp_path / "report.json")
+    with pytest.raises(DedupFileError, match="missing.json: unreadable filter report"):
+        merge_reports([good, tmp_path / "missing.json"], tmp_path / "report.json")
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_bands_in_parts_give_the_same_clusters(pipeline, tmp_path):
     root, _ = pipeline
     sigs = sorted((root / "work" / "signatures").glob("*.npz"))
@@ -345,7 +375,7 @@ def test_filter_refuses_a_changed_shard_and_reruns_clean(corpus, pipeline, tmp_p
         filter_shard(changed, 0, removals, out, report)
     assert list((tmp_path / "out").iterdir()) == []
     # A killed earlier run left a temporary file: the rerun removes it and writes the output.
-    (tmp_path / "out" / f".{out.name}.tmp-999999").write_bytes(b"partial")
+    (tmp_path / "out" / f".{out.name}.999999.tmp").write_bytes(b"partial")
     filter_shard(paths[0], 0, removals, out, report)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00.json", "00.jsonl.zst"]
     assert out.read_bytes() == (root / "out" / paths[0].name).read_bytes()

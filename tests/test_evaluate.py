@@ -6,12 +6,15 @@ import copy
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from pythia_suite import evaluate as ev
+from pythia_suite.evaluate.next_word import _word_counts
+from pythia_suite.evaluate.tasks import _continuation_token_counter
 
 ANCHOR_EVALS = "evals/pythia-v1/pythia-410m"
 
@@ -158,7 +161,7 @@ def test_next_word_items_are_fair_multiple_choice(corpus):
     _, texts = corpus
     items = ev.build_next_word_items(texts, 40, seed=3)
     assert items == ev.build_next_word_items(texts, 40, seed=3)  # fixed before training
-    counts = ev._word_counts(texts)
+    counts = _word_counts(texts)
     golds = set()
     for item in items:
         choices, gold = item["choices"], item["gold"]
@@ -183,7 +186,7 @@ def test_next_word_distractors_cost_the_answers_tokens_and_answers_repeat_at_mos
     shard, texts = corpus
     model_dir = make_tiny_model(tmp_path / "tok", texts, seed=0)
     tokenizer_file = model_dir / "tokenizer.json"
-    count = ev._continuation_token_counter(tokenizer_file)
+    count = _continuation_token_counter(tokenizer_file)
     uncapped = ev.build_next_word_items(texts, 40, seed=3, max_items_per_answer=10**9)
     assert max(_answer_counts(uncapped).values()) > 3  # the synthetic corpus repeats words
     for cap in (1, 3):
@@ -370,3 +373,51 @@ def test_five_shot_uses_the_fewshot_pool_and_five_shot_dir(corpus, task_dir, tmp
     raw = json.loads(path.with_suffix(".raw.json").read_text())
     assert raw["n-shot"]["mini_lambada"] == 5
     assert raw["configs"]["mini_lambada"]["fewshot_split"] == "train"
+
+
+# --- the CLI's stage: local tasks from the config, collecting a run's batches ---------------
+
+
+def test_build_suite_tasks_uses_the_configured_counts_and_records_them(corpus, tmp_path):
+    from pythia_suite.evaluate.stage import build_suite_tasks
+
+    shard, _ = corpus
+    evaluation = {"local_task_docs": 12, "local_heldout_docs": 6, "local_choice_items": 20}
+    out = tmp_path / "eval_tasks"
+    build_suite_tasks({"evaluation": evaluation}, shard, None, out)
+    by_hand = tmp_path / "by_hand"
+    by_hand.mkdir()
+    ev.build_local_tasks(
+        shard, by_hand, 12, 1234, max_heldout_chars=2000, n_heldout=6, n_choice_items=20
+    )
+    built = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.json"}
+    assert built == {p.name: p.read_bytes() for p in by_hand.iterdir()}
+    record = json.loads((out / "provenance.json").read_text())
+    assert str(shard) in json.dumps(record["inputs"])
+    assert record["config"]["values"] == {"n_docs": 12, "n_heldout": 6, "n_choice_items": 20}
+
+
+def test_collect_evals_gathers_batches_in_pythia_layout(evaluated, tmp_path):
+    from pythia_suite.evaluate.collect import collect_evals, pythia_result_files
+    from pythia_suite.provenance import Recorder
+
+    out, _ = evaluated
+    batch = tmp_path / "batch0"
+    shutil.copytree(out, batch)
+    Recorder(batch, "eval", {}, []).write()  # the batch's own record: not collected
+    collected = tmp_path / "evals" / "mini-a"
+    collect_evals([batch], collected)
+    names = sorted(p.relative_to(collected).as_posix() for p in collected.rglob("*.json"))
+    assert names == [
+        "provenance.json",
+        "zero-shot/mini-a_step0.json",
+        "zero-shot/mini-a_step0.raw.json",
+        "zero-shot/mini-a_step4.json",
+        "zero-shot/mini-a_step4.raw.json",
+    ]
+    record = json.loads((collected / "provenance.json").read_text())
+    assert [i["path"] for i in record["inputs"]] == [str(batch)]
+    assert pythia_result_files(collected) == [
+        str(collected / "zero-shot/mini-a_step0.json"),
+        str(collected / "zero-shot/mini-a_step4.json"),
+    ]

@@ -12,7 +12,37 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pythia_suite.train import neox
+from pythia_suite.neox import NeoXError, doctor
+from pythia_suite.neox.config import (
+    NeoXSegment,
+    flash_head_dims,
+    neox_index_maps_dir,
+    run_neox_config,
+    segment_config,
+    slots_per_node,
+    write_segment_config,
+)
+from pythia_suite.neox.convert import convert_neox_checkpoint, neox_convert_command
+from pythia_suite.neox.doctor import (
+    FLASH_KERNEL,
+    FUSED_KERNELS,
+    NEOX_V1_COMMIT,
+    PINNED_TORCH,
+    SUPPORTED_PYTHON,
+    arch_supported,
+    neox_doctor,
+)
+from pythia_suite.neox.index_maps import preshuffled_index_maps
+from pythia_suite.neox.launch import (
+    current_job_nodelist,
+    hostfile_lines,
+    neox_launch_command,
+    point_latest_at,
+    run_neox_segment,
+    segment_hosts,
+    write_hostfile,
+)
+from pythia_suite.slurm import expand_nodelist, hostnames_from_nodelist
 
 # --- node lists and hostfiles ---------------------------------------------------------------
 
@@ -28,17 +58,17 @@ from pythia_suite.train import neox
     ],
 )
 def test_expand_nodelist(nodelist, hosts):
-    assert neox.expand_nodelist(nodelist) == hosts
+    assert expand_nodelist(nodelist) == hosts
 
 
 @pytest.mark.parametrize("bad", ["", "n[2-1]", "n[a-b]", "n[1-2", "n1-2]", ",", "n[[1]]"])
 def test_expand_nodelist_rejects_bad_lists_naming_them(bad):
     with pytest.raises(ValueError, match="node list"):
-        neox.expand_nodelist(bad)
+        expand_nodelist(bad)
 
 
 def test_hostnames_from_nodelist_falls_back_without_scontrol():
-    hosts = neox.hostnames_from_nodelist("gpu[1-3]", scontrol="/nonexistent/scontrol")
+    hosts = hostnames_from_nodelist("gpu[1-3]", scontrol="/nonexistent/scontrol")
     assert hosts == ["gpu1", "gpu2", "gpu3"]
 
 
@@ -47,18 +77,18 @@ def test_hostnames_from_nodelist_uses_scontrol(tmp_path):
     fake.write_text("#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && printf 'zz9\\nzz1\\n'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     # SLURM's answer wins over the Python parser (it knows syntax we do not).
-    assert neox.hostnames_from_nodelist("n[1-2]", scontrol=str(fake)) == ["zz9", "zz1"]
+    assert hostnames_from_nodelist("n[1-2]", scontrol=str(fake)) == ["zz9", "zz1"]
 
 
 def test_current_job_nodelist_prefers_env_and_needs_a_job():
-    assert neox.current_job_nodelist({"SLURM_JOB_NODELIST": "n[1-2]"}) == "n[1-2]"
-    with pytest.raises(neox.NeoXError, match="not inside a SLURM job"):
-        neox.current_job_nodelist({})
+    assert current_job_nodelist({"SLURM_JOB_NODELIST": "n[1-2]"}) == "n[1-2]"
+    with pytest.raises(NeoXError, match="not inside a SLURM job"):
+        current_job_nodelist({})
 
 
 def test_hostfile_lines_and_file(tmp_path):
-    assert neox.hostfile_lines(["n1", "n2"], 8) == ["n1 slots=8", "n2 slots=8"]
-    path = neox.write_hostfile(tmp_path / "hostfile", ["gpu01"], 4)
+    assert hostfile_lines(["n1", "n2"], 8) == ["n1 slots=8", "n2 slots=8"]
+    path = write_hostfile(tmp_path / "hostfile", ["gpu01"], 4)
     assert path.read_text() == "gpu01 slots=4\n"
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left
 
@@ -70,7 +100,7 @@ def test_hostfile_lines_and_file(tmp_path):
 )  # fmt: skip
 def test_hostfile_lines_rejects(hosts, gpus, message):
     with pytest.raises(ValueError, match=message):
-        neox.hostfile_lines(hosts, gpus)
+        hostfile_lines(hosts, gpus)
 
 
 # --- segment configs ------------------------------------------------------------------------
@@ -93,7 +123,7 @@ def _base_config() -> dict:
 
 
 def test_segment_config_keys():
-    cfg = neox.segment_config(
+    cfg = segment_config(
         _base_config(), save_dir="/ck/run", load_dir="/ck/run", start_step=512, end_step=1000,
         train_data_paths=["/data/pile_text_document"], vocab_file="/tok/tokenizer.json",
     )  # fmt: skip
@@ -112,7 +142,7 @@ def test_segment_config_keys():
 
 
 def test_segment_config_off_schedule_end_step_is_saved():
-    cfg = neox.segment_config(
+    cfg = segment_config(
         _base_config(), save_dir="s", load_dir="s", start_step=1000, end_step=1500,
         train_data_paths=["d"],
     )  # fmt: skip
@@ -121,7 +151,7 @@ def test_segment_config_off_schedule_end_step_is_saved():
 
 def test_segment_config_from_step0_does_not_load():
     base = {**_base_config(), "load": "/old/checkpoints"}
-    cfg = neox.segment_config(
+    cfg = segment_config(
         base, save_dir="s", load_dir="s", start_step=0, end_step=1, train_data_paths=["d"]
     )
     assert "load" not in cfg
@@ -130,7 +160,7 @@ def test_segment_config_from_step0_does_not_load():
 def test_segment_config_pins_lr_decay_and_replaces_underscore_spellings():
     base = {k.replace("-", "_"): v for k, v in _base_config().items()}
     del base["lr_decay_iters"]
-    cfg = neox.segment_config(
+    cfg = segment_config(
         base, save_dir="s", load_dir="s", start_step=0, end_step=10, train_data_paths=["d"],
         overrides={"log_dir": "/logs"},
     )  # fmt: skip
@@ -145,7 +175,7 @@ def test_segment_config_pins_lr_decay_and_replaces_underscore_spellings():
 @pytest.mark.parametrize(("start", "end"), [(5, 5), (10, 5), (-1, 5), (0, 143001)])
 def test_segment_config_rejects_steps_outside_the_run(start, end):
     with pytest.raises(ValueError, match="train-iters"):
-        neox.segment_config(
+        segment_config(
             _base_config(), save_dir="s", load_dir="s", start_step=start, end_step=end,
             train_data_paths=["d"],
         )  # fmt: skip
@@ -155,13 +185,13 @@ def test_segment_config_needs_train_iters():
     base = _base_config()
     del base["train-iters"]
     with pytest.raises(ValueError, match="'train-iters'"):
-        neox.segment_config(
+        segment_config(
             base, save_dir="s", load_dir="s", start_step=0, end_step=1, train_data_paths=["d"]
         )
 
 
 def test_write_segment_config_round_trips_through_yaml(tmp_path):
-    out = neox.write_segment_config(
+    out = write_segment_config(
         _base_config(), tmp_path / "seg" / "segment.yml", save_dir=tmp_path / "ck",
         load_dir=tmp_path / "ck", start_step=1, end_step=2, train_data_paths=[tmp_path / "d"],
     )  # fmt: skip
@@ -176,7 +206,7 @@ def test_write_segment_config_round_trips_through_yaml(tmp_path):
 
 def test_segment_config_of_a_published_pythia_config(anchor):
     base = yaml.safe_load(anchor("models/410M/pythia-410m.yml").read_text())
-    cfg = neox.segment_config(
+    cfg = segment_config(
         base, save_dir="s", load_dir="s", start_step=143000 - 1000, end_step=143000,
         train_data_paths=["d"],
     )  # fmt: skip
@@ -189,7 +219,7 @@ def test_segment_config_of_a_published_pythia_config(anchor):
 
 
 def test_neox_launch_command(tmp_path):
-    launch = neox.neox_launch_command(
+    launch = neox_launch_command(
         tmp_path / "gpt-neox", [tmp_path / "seg.yml"], hostnames=["gpu07", "gpu08"],
         hostfile=tmp_path / "hostfile", master_port=29512, python="/env/bin/python",
     )  # fmt: skip
@@ -210,13 +240,13 @@ def test_neox_launch_command(tmp_path):
 
 def test_neox_launch_command_needs_configs_and_hosts(tmp_path):
     with pytest.raises(ValueError, match="config"):
-        neox.neox_launch_command(tmp_path, [], hostnames=["a"], hostfile="h")
+        neox_launch_command(tmp_path, [], hostnames=["a"], hostfile="h")
     with pytest.raises(ValueError, match="host"):
-        neox.neox_launch_command(tmp_path, ["c.yml"], hostnames=[], hostfile="h")
+        neox_launch_command(tmp_path, ["c.yml"], hostnames=[], hostfile="h")
 
 
 def test_neox_convert_command(tmp_path):
-    argv = neox.neox_convert_command(
+    argv = neox_convert_command(
         tmp_path / "neox", tmp_path / "ck/global_step1000", tmp_path / "c.yml", tmp_path / "hf"
     )
     assert argv == [
@@ -277,7 +307,7 @@ def test_convert_neox_checkpoint_runs_the_converter(tmp_path, fake_neox, monkeyp
     (step / "configs").mkdir(parents=True)
     cfg = step / "configs" / "pythia.yml"
     cfg.write_text("{}")
-    out = neox.convert_neox_checkpoint(
+    out = convert_neox_checkpoint(
         fake_neox, step, cfg, tmp_path / "hf" / "step1000", python=sys.executable
     )
     assert out == tmp_path / "hf" / "step1000"
@@ -300,8 +330,8 @@ def test_convert_neox_checkpoint_failure_leaves_nothing(tmp_path, fake_neox, mon
     step = tmp_path / "global_step1"
     step.mkdir()
     (tmp_path / "c.yml").write_text("{}")
-    with pytest.raises(neox.NeoXError, match=message):
-        neox.convert_neox_checkpoint(
+    with pytest.raises(NeoXError, match=message):
+        convert_neox_checkpoint(
             fake_neox, step, tmp_path / "c.yml", tmp_path / "hf" / "out", python=sys.executable
         )
     assert list((tmp_path / "hf").iterdir()) == []
@@ -309,14 +339,14 @@ def test_convert_neox_checkpoint_failure_leaves_nothing(tmp_path, fake_neox, mon
 
 def test_convert_neox_checkpoint_names_missing_inputs(tmp_path, fake_neox):
     with pytest.raises(FileNotFoundError, match="checkpoint"):
-        neox.convert_neox_checkpoint(fake_neox, tmp_path / "nope", tmp_path / "c", tmp_path / "o")
+        convert_neox_checkpoint(fake_neox, tmp_path / "nope", tmp_path / "c", tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="converter"):
-        neox.convert_neox_checkpoint(tmp_path, tmp_path, tmp_path / "c", tmp_path / "o")
+        convert_neox_checkpoint(tmp_path, tmp_path, tmp_path / "c", tmp_path / "o")
 
 
 def _segment(tmp_path, start, end):
     save = tmp_path / "ck"
-    return save, neox.write_segment_config(
+    return save, write_segment_config(
         _base_config(), tmp_path / f"seg{end}.yml", save_dir=save, load_dir=save,
         start_step=start, end_step=end, train_data_paths=["d"],
     )  # fmt: skip
@@ -329,7 +359,7 @@ def test_run_neox_segment(tmp_path, fake_neox, monkeypatch):
     (save / "global_step1000").mkdir(parents=True)
     (save / "global_step3000").mkdir()
     (save / "latest").write_text("global_step3000")  # left by a later segment: must not be used
-    out = neox.run_neox_segment(
+    out = run_neox_segment(
         fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, slots_per_node=8,
         work_dir=tmp_path / "work", nodelist="gpu[01-02]", python=sys.executable,
     )  # fmt: skip
@@ -345,7 +375,7 @@ def test_run_neox_segment(tmp_path, fake_neox, monkeypatch):
 def test_run_neox_segment_fails_without_start_checkpoint(tmp_path, fake_neox):
     save, cfg = _segment(tmp_path, 1000, 2000)
     with pytest.raises(FileNotFoundError, match="step 1000"):
-        neox.run_neox_segment(
+        run_neox_segment(
             fake_neox, cfg, save_dir=save, start_step=1000, end_step=2000, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1",
         )  # fmt: skip
@@ -355,8 +385,8 @@ def test_run_neox_segment_reports_a_missing_checkpoint(tmp_path, fake_neox, monk
     monkeypatch.setenv("FAKE_RECORD", str(tmp_path / "record.json"))
     monkeypatch.setenv("FAKE_NO_SAVE", "1")
     save, cfg = _segment(tmp_path, 0, 1)
-    with pytest.raises(neox.NeoXError, match="global_step1"):
-        neox.run_neox_segment(
+    with pytest.raises(NeoXError, match="global_step1"):
+        run_neox_segment(
             fake_neox, cfg, save_dir=save, start_step=0, end_step=1, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1", python=sys.executable,
         )  # fmt: skip
@@ -365,8 +395,8 @@ def test_run_neox_segment_reports_a_missing_checkpoint(tmp_path, fake_neox, monk
 def test_run_neox_segment_reports_failure_with_log(tmp_path, fake_neox):
     (fake_neox / "deepy.py").write_text("import sys\nprint('CUDA out of memory')\nsys.exit(3)\n")
     save, cfg = _segment(tmp_path, 0, 1)
-    with pytest.raises(neox.NeoXError, match="(?s)exit code 3.*CUDA out of memory"):
-        neox.run_neox_segment(
+    with pytest.raises(NeoXError, match="(?s)exit code 3.*CUDA out of memory"):
+        run_neox_segment(
             fake_neox, cfg, save_dir=save, start_step=0, end_step=1, slots_per_node=1,
             work_dir=tmp_path / "w", nodelist="n1", python=sys.executable,
         )  # fmt: skip
@@ -380,7 +410,7 @@ def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
     conda = [d for d in spec["dependencies"] if isinstance(d, str)]
     pips = [d for d in spec["dependencies"] if isinstance(d, dict)][0]["pip"]
     # GPT-NeoX: the v1.0 commit in the header, the script and the doctor.
-    assert f"NEOX_COMMIT={neox.NEOX_V1_COMMIT}" in script and neox.NEOX_V1_COMMIT in text
+    assert f"NEOX_COMMIT={NEOX_V1_COMMIT}" in script and NEOX_V1_COMMIT in text
     # DeeperSpeed: installed by the script at tag v1.0's commit, which the header names, beside
     # the commit v1.0's requirements.txt pins (and why that one cannot launch with slurm).
     deeperspeed = "7069d10d2c9abac50576c84cb7e45910fafa218c"
@@ -390,8 +420,8 @@ def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
     assert "FLASH_ATTN=0.2.2" in script and "flash-attn==0.2.2" in text
     assert "fused_kernels/setup.py install" in script
     # torch and Python: what the doctor checks is what the env installs.
-    assert f"pytorch={neox.PINNED_TORCH}" in conda
-    assert "python=3.8" in conda and (3, 8) in neox.SUPPORTED_PYTHON
+    assert f"pytorch={PINNED_TORCH}" in conda
+    assert "python=3.8" in conda and (3, 8) in SUPPORTED_PYTHON
     # v1.0's requirements/requirements.txt, verbatim (wandb left out: logging only).
     # mpi4py 3.0.3 (v1.0's pin) from conda with an MPI: pip would need an MPI compiler.
     assert "mpi4py=3.0.3" in conda and "mpich" in conda and not any("mpi4py" in p for p in pips)
@@ -405,7 +435,7 @@ def test_gpt_neox_env_and_post_deploy_agree_on_every_pin():
 def test_hostnames_from_nodelist_with_real_scontrol():
     if os.system("scontrol show hostnames n[1-2] >/dev/null 2>&1") != 0:
         pytest.skip("scontrol cannot run here (no slurm.conf)")
-    assert neox.hostnames_from_nodelist("n[1-2]") == ["n1", "n2"]
+    assert hostnames_from_nodelist("n[1-2]") == ["n1", "n2"]
 
 
 # --- one config for neox-config and the segments ----------------------------------------------
@@ -447,15 +477,15 @@ def test_segment_config_differs_from_the_original_only_in_paths_segment_end_and_
 
     anchor("models")  # the original configs: skip locally without ../shared, fail under CI
     run = cfg.get_run(suite_config, run_name)
-    segment = neox.NeoXSegment(
+    segment = NeoXSegment(
         save_dir=tmp_path / "ck", start_step=1000, end_step=2000,
         data_prefix=str(tmp_path / "data" / "document"), vocab_file=str(tmp_path / "tok.json"),
         nodes=suite_config["sizes"][run.size]["cluster"]["nodes"],
     )  # fmt: skip
-    ours = test_config.normalise(neox.run_neox_config(suite_config, run, segment=segment))
+    ours = test_config.normalise(run_neox_config(suite_config, run, segment=segment))
     original = _original(run)
     # The same function gives `neox-config RUN`: the segment is that plus the segment keys.
-    whole = test_config.normalise(neox.run_neox_config(suite_config, run))
+    whole = test_config.normalise(run_neox_config(suite_config, run))
     assert {k: v for k, v in ours.items() if k not in SEGMENT_KEYS} == {
         k: v for k, v in whole.items() if k not in SEGMENT_KEYS
     }
@@ -480,10 +510,10 @@ def test_one_node_segments_take_ranks_from_the_local_launcher(suite_config, tmp_
     from pythia_suite import config as cfg
 
     run = cfg.get_run(suite_config, "pythia-70m")
-    one = neox.NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=1)
-    two = neox.NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=2)
-    assert neox.run_neox_config(suite_config, run, segment=one)["deepspeed_slurm"] is False
-    assert neox.run_neox_config(suite_config, run, segment=two)["deepspeed_slurm"] is True
+    one = NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=1)
+    two = NeoXSegment(tmp_path, 0, 1, "d", "v", nodes=2)
+    assert run_neox_config(suite_config, run, segment=one)["deepspeed_slurm"] is False
+    assert run_neox_config(suite_config, run, segment=two)["deepspeed_slurm"] is True
 
 
 def test_a_run_whose_data_and_weight_seeds_differ_is_refused_naming_it(suite_config):
@@ -498,8 +528,8 @@ def test_a_run_whose_data_and_weight_seeds_differ_is_refused_naming_it(suite_con
     runs = cfg.expand_runs(config)
     for name in ("pythia-160m-data-seed1", "pythia-160m-weight-seed2"):
         with pytest.raises(cfg.ConfigError, match=f"run {name}: data seed .* weight seed"):
-            neox.run_neox_config(config, runs[name])
-    assert neox.run_neox_config(config, runs["pythia-160m-seed3"])["seed"] == 3
+            run_neox_config(config, runs[name])
+    assert run_neox_config(config, runs["pythia-160m-seed3"])["seed"] == 3
 
 
 def test_neox_config_command_refuses_a_data_seed_run(tmp_path, capsys):
@@ -520,16 +550,16 @@ def test_neox_config_command_refuses_a_data_seed_run(tmp_path, capsys):
 def test_slots_per_node_is_gpus_or_cpu_ranks(suite_config):
     import copy
 
-    assert neox.slots_per_node(suite_config, "410m") == 8
+    assert slots_per_node(suite_config, "410m") == 8
     config = copy.deepcopy(suite_config)
     config["sizes"]["410m"]["cluster"]["gpus_per_node"] = 0
     config["cluster"]["cpu_ranks_per_node"] = 2
-    assert neox.slots_per_node(config, "410m") == 2
+    assert slots_per_node(config, "410m") == 2
 
 
 def test_segment_hosts_outside_slurm_is_this_machine():
-    assert neox.segment_hosts(environ={}) == ["localhost"]
-    assert neox.segment_hosts(environ={"SLURM_JOB_NODELIST": "n[1-2]"}) == ["n1", "n2"]
+    assert segment_hosts(environ={}) == ["localhost"]
+    assert segment_hosts(environ={"SLURM_JOB_NODELIST": "n[1-2]"}) == ["n1", "n2"]
 
 
 # --- the preshuffled set through hand-built index maps, read as GPT-NeoX reads it ---------------
@@ -573,7 +603,7 @@ def test_hand_built_index_maps_give_gpt_neox_the_batch_viewers_samples(tmp_path)
     prefix = tmp_path / "pre" / "document"
     _write_items(prefix, items)
     requested = {"train_0": 40, "valid_0": 12, "test_0": 3}
-    local = neox.preshuffled_index_maps(
+    local = preshuffled_index_maps(
         prefix, tmp_path / "neox" / "data", seq_length=16, seed=1234, requested=requested,
         min_items=32,
     )  # fmt: skip
@@ -596,9 +626,9 @@ def test_hand_built_index_maps_refuse_a_set_that_is_not_preshuffled(tmp_path):
     prefix = tmp_path / "document"
     _write_items(prefix, [np.arange(17), np.arange(17)])
     with pytest.raises(ValueError, match=r"document.idx: item 0 has 17 tokens.*33"):
-        neox.preshuffled_index_maps(prefix, tmp_path / "o", seq_length=32, seed=1, requested={})
+        preshuffled_index_maps(prefix, tmp_path / "o", seq_length=32, seed=1, requested={})
     with pytest.raises(ValueError, match="2 items, but training reads 8"):
-        neox.preshuffled_index_maps(
+        preshuffled_index_maps(
             prefix, tmp_path / "o", seq_length=16, seed=1, requested={}, min_items=8
         )
 
@@ -612,7 +642,7 @@ GOOD_PROBE = {
     "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "capability": [8, 0]}],
     "deepspeed": {"ok": True, "version": "0.3.15+7069d10", "git_hash": "7069d10"},
     "megatron": {"ok": True, "version": None},
-    "kernels": {name: {"ok": True} for name in (*neox.FUSED_KERNELS, neox.FLASH_KERNEL)},
+    "kernels": {name: {"ok": True} for name in (*FUSED_KERNELS, FLASH_KERNEL)},
     "converter": {"ok": True},
 }
 SETUP_PY = 'cc_flag.append("arch=compute_80,code=sm_80")\nnvcc = ["arch=compute_70,code=sm_70"]\n'
@@ -628,13 +658,13 @@ def checkout(tmp_path):
     return root
 
 
-def _doctor(root, probe=GOOD_PROBE, head=neox.NEOX_V1_COMMIT, flash=FLASH_SIZES):
+def _doctor(root, probe=GOOD_PROBE, head=NEOX_V1_COMMIT, flash=FLASH_SIZES):
     def git_head(path):
         if isinstance(head, Exception):
             raise head
         return head
 
-    return neox.neox_doctor(root, "/env/bin/python", git_head=git_head,
+    return neox_doctor(root, "/env/bin/python", git_head=git_head,
                             probe=lambda p, r: probe, flash_head_dims=flash)  # fmt: skip
 
 
@@ -665,7 +695,7 @@ A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVID
     ("probe", "head", "name", "message"),
     [
         (GOOD_PROBE, "0" * 40, "pinned commit", "expected 71df4d5017f9"),
-        (GOOD_PROBE, neox.NeoXError("not a git repository"), "pinned commit", "not a git"),
+        (GOOD_PROBE, NeoXError("not a git repository"), "pinned commit", "not a git"),
         (_with(python=[3, 12, 3]), None, "Python", "Python 3.12.3; v1.0 needs 3.8 or 3.9"),
         (_with(torch={"ok": False, "error": "ModuleNotFoundError: No module named 'torch'"}),
          None, "torch", "not importable: ModuleNotFoundError"),
@@ -694,7 +724,7 @@ A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVID
         (_with(torch={**GOOD_PROBE["torch"], "arch_list": [*TORCH_CU116, "sm_90"]}, gpus=H100),
          None, "GPU architecture",
          "H100 sm_90; kernels built for sm_70, sm_80 (no kernel"),
-        (_with(kernels={n: {"ok": True} for n in neox.FUSED_KERNELS}), None,
+        (_with(kernels={n: {"ok": True} for n in FUSED_KERNELS}), None,
          "flash-attn kernel", "not importable: not probed (flash-attn==0.2.2"),
         # An A10 runs the fused kernels, but not flash-attn's backward at head dim 80/128.
         (_with(gpus=A10), None, "flash-attn limits",
@@ -708,7 +738,7 @@ A10, V100, H100 = _gpu("NVIDIA A10", 8, 6), _gpu("Tesla V100", 7, 0), _gpu("NVID
     ],
 )  # fmt: skip
 def test_doctor_stops_at_the_first_missing_piece(checkout, probe, head, name, message):
-    checks = _doctor(checkout, probe, neox.NEOX_V1_COMMIT if head is None else head)
+    checks = _doctor(checkout, probe, NEOX_V1_COMMIT if head is None else head)
     assert all(c.ok for c in checks[:-1])
     assert (checks[-1].name, checks[-1].ok) == (name, False)
     assert message in checks[-1].detail
@@ -728,14 +758,14 @@ def test_doctor_says_in_one_line_when_the_probe_does_not_answer(checkout, tmp_pa
     slow = tmp_path / "python"
     slow.write_text("#!/bin/sh\nsleep 30\n")
     slow.chmod(0o755)
-    monkeypatch.setattr(neox, "PROBE_TIMEOUT_S", 1)
-    checks = neox.neox_doctor(checkout, str(slow), git_head=lambda p: neox.NEOX_V1_COMMIT)
+    monkeypatch.setattr(doctor, "PROBE_TIMEOUT_S", 1)
+    checks = neox_doctor(checkout, str(slow), git_head=lambda p: NEOX_V1_COMMIT)
     assert (checks[-1].name, checks[-1].ok) == ("Python", False)
     assert checks[-1].detail == f"{slow} did not finish the probe in 1 s"
 
 
 def test_the_suites_flash_sizes_are_within_flash_attns_limits(suite_config):
-    dims = neox.flash_head_dims(suite_config)
+    dims = flash_head_dims(suite_config)
     assert "1b" not in dims  # global attention (config.yaml): head dim 256
     assert dims == {"70m": 64, "160m": 64, "410m": 64, "1.4b": 128, "2.8b": 80, "6.9b": 128,
                     "12b": 128}  # fmt: skip
@@ -750,9 +780,9 @@ def test_doctor_without_a_checkout(tmp_path):
 
 def test_doctor_probe_failure_names_the_python(checkout):
     def broken(python, root):
-        raise neox.NeoXError(f"cannot run {python}: No such file or directory")
+        raise NeoXError(f"cannot run {python}: No such file or directory")
 
-    checks = neox.neox_doctor(checkout, "/nope/python", git_head=lambda p: neox.NEOX_V1_COMMIT,
+    checks = neox_doctor(checkout, "/nope/python", git_head=lambda p: NEOX_V1_COMMIT,
                               probe=broken)  # fmt: skip
     assert (checks[-1].name, checks[-1].ok) == ("Python", False)
     assert "/nope/python" in checks[-1].detail
@@ -764,7 +794,7 @@ def test_doctor_probe_failure_names_the_python(checkout):
      ((6, 1), False), ((9, 0), False)],
 )  # fmt: skip
 def test_kernel_binary_compatibility(capability, ok):
-    assert neox.arch_supported(capability, [(7, 0), (8, 0)]) is ok
+    assert arch_supported(capability, [(7, 0), (8, 0)]) is ok
 
 
 def test_doctor_command_on_this_machine_says_what_is_missing_without_traceback(tmp_path):
@@ -820,7 +850,7 @@ def test_neox_segments_train_convert_and_export_the_model_the_trainer_wrote(tmp_
     placeholder_training_data(config, run)
     args = [a for f in files for a in ("--config", f)]
     # Rule neox_index_maps: the data prefix and maps, once per dataset (segments write none).
-    maps = neox.neox_index_maps_dir(config, run.variant, run.data_seed)
+    maps = neox_index_maps_dir(config, run.variant, run.data_seed)
     assert main([*args, "neox-index-maps", "--variant", run.variant, "--seed",
                  str(run.data_seed), "--output", maps]) == 0  # fmt: skip
     before = {p: p.stat().st_mtime_ns for p in Path(maps).iterdir()}
@@ -888,7 +918,7 @@ def test_a_pruned_neox_start_checkpoint_is_named(tmp_path):
     save = tmp_path / "ck"
     save.mkdir()
     with pytest.raises(FileNotFoundError, match="global_step1000 .*retention"):
-        neox.point_latest_at(save, 1000)
+        point_latest_at(save, 1000)
 
 
 def test_sharded_converter_output_is_read_and_a_missing_shard_named(tmp_path):

@@ -20,7 +20,23 @@ import upstream_support as us
 import yaml
 
 from pythia_suite import config as cfg
-from pythia_suite.train import neox
+from pythia_suite.neox.config import (
+    NeoXSegment,
+    check_neox_supported,
+    neox_json,
+    run_deviations,
+    run_neox_config,
+    segment_config,
+    slots_per_node,
+    write_run_segment_config,
+)
+from pythia_suite.neox.convert import (
+    convert_neox_checkpoint,
+    neox_convert_command,
+    neox_step_files,
+    neox_step_missing,
+)
+from pythia_suite.neox.launch import latest_step, point_latest_at, write_hostfile
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_RUNS = [
@@ -38,18 +54,18 @@ def suite_config() -> dict:
 def _segment(config: dict, run, tmp_path: Path, nodes: int | None = None, port: int = 29500):
     """The segment config a job of ``run`` writes (the suite's own writer), at full size."""
     nodes = config["sizes"][run.size]["cluster"]["nodes"] if nodes is None else nodes
-    segment = neox.NeoXSegment(
+    segment = NeoXSegment(
         save_dir=tmp_path / "ck", start_step=1000, end_step=2000,
         data_prefix=str(tmp_path / "data" / "document"), vocab_file=str(tmp_path / "tok.json"),
         nodes=nodes, master_port=port,
     )  # fmt: skip
     path = tmp_path / "step2000" / "segment.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path, neox.write_run_segment_config(config, run, segment, path)
+    return path, write_run_segment_config(config, run, segment, path)
 
 
 def _launch(config_path: Path, hosts: list[str], slots: int, tmp_path: Path, monkeypatch):
-    hostfile = neox.write_hostfile(tmp_path / "hostfile", hosts, slots)
+    hostfile = write_hostfile(tmp_path / "hostfile", hosts, slots)
     env = {"DLTS_HOSTFILE": str(hostfile), "MASTER_ADDR": hosts[0]}
     return us.run_deeperspeed_main(us.deepy_main_args([config_path], env), monkeypatch)
 
@@ -65,7 +81,7 @@ def test_every_runs_segment_config_passes_deeperspeeds_slurm_runner(
     path, written = _segment(suite_config, run, tmp_path)
     nodes = suite_config["sizes"][run.size]["cluster"]["nodes"]
     hosts = [f"gpu{i:02d}" for i in range(nodes)]
-    cmd = _launch(path, hosts, neox.slots_per_node(suite_config, run.size), tmp_path, monkeypatch)
+    cmd = _launch(path, hosts, slots_per_node(suite_config, run.size), tmp_path, monkeypatch)
     # SlurmRunner.get_cmd: one srun over every slot of the allocation, running train.py.
     assert cmd[:3] == ["srun", "-n", str(nodes * 8)] and cmd[3].startswith("--export=ALL")
     assert cmd[4:7] == [sys.executable, "-u", "train.py"]
@@ -99,7 +115,7 @@ def test_one_node_cannot_launch_with_deeperspeed_v1_and_the_workflow_refuses_it(
     config = copy.deepcopy(suite_config)
     config["sizes"]["70m"]["cluster"]["nodes"] = 1
     with pytest.raises(cfg.ConfigError, match="run pythia-70m: 1 node.*runner.py"):
-        neox.check_neox_supported(config, [run])
+        check_neox_supported(config, [run])
 
 
 def test_the_configured_master_port_reaches_deeperspeeds_runner(suite_config, tmp_path,
@@ -108,18 +124,18 @@ def test_the_configured_master_port_reaches_deeperspeeds_runner(suite_config, tm
     run = cfg.get_run(suite_config, "pythia-70m")
     path, _ = _segment(suite_config, run, tmp_path, port=29512)
     runner = us.deeperspeed_runner()
-    hostfile = neox.write_hostfile(tmp_path / "hostfile", ["gpu01", "gpu02"], 8)
+    hostfile = write_hostfile(tmp_path / "hostfile", ["gpu01", "gpu02"], 8)
     args = us.deepy_main_args([path], {"DLTS_HOSTFILE": str(hostfile), "MASTER_ADDR": "gpu01"})
     assert runner.parse_args(args).master_port == 29512
 
 
 def test_json_floats_read_back_as_floats_in_both_readers():
-    text = neox.neox_json({"a": 1e-08, "b": 1e20, "c": 0.5, "d": [2.5e-05, True, None], "e": "x"})
+    text = neox_json({"a": 1e-08, "b": 1e20, "c": 0.5, "d": [2.5e-05, True, None], "e": "x"})
     assert '"a": 1.0e-08' in text and '"b": 1.0e+20' in text
     assert json.loads(text) == yaml.safe_load(text) == yaml.load(text, Loader=yaml.FullLoader)
     assert isinstance(yaml.safe_load(text)["a"], float)
     with pytest.raises(ValueError, match="'x.y'"):
-        neox.neox_json({"x": {"y": float("nan")}})
+        neox_json({"x": {"y": float("nan")}})
 
 
 # --- the keys v1.0 accepts --------------------------------------------------------------------
@@ -132,7 +148,7 @@ def _neox_args(config: dict):
 @pytest.mark.parametrize("run_name", SUITE_RUNS)
 def test_every_key_the_backend_writes_is_a_v1_neoxargs_field(suite_config, run_name, tmp_path):
     run = cfg.get_run(suite_config, run_name)
-    whole = neox.run_neox_config(suite_config, run)
+    whole = run_neox_config(suite_config, run)
     _, segment = _segment(suite_config, run, tmp_path)
     for config in (whole, segment):
         _neox_args(config)  # NeoXArgs(**config) raises TypeError for an unknown key
@@ -141,7 +157,7 @@ def test_every_key_the_backend_writes_is_a_v1_neoxargs_field(suite_config, run_n
 
 def test_v1_refuses_the_old_bf16_spelling_and_reads_ours(suite_config):
     run = cfg.get_run(suite_config, "pythia-1b")
-    config = neox.run_neox_config(suite_config, run)
+    config = run_neox_config(suite_config, run)
     assert config["fp16"]["type"] == "bfloat16" and "bf16" not in config
     old = {**config, "bf16": {"enabled": True}}
     with pytest.raises(TypeError, match="unexpected keyword argument 'bf16'"):
@@ -167,12 +183,12 @@ def _reduced_checkpoint(suite_config: dict, size: str, root: Path):
     config = copy.deepcopy(suite_config)
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
     run = cfg.expand_runs(config)[f"pythia-{size}"]
-    neox_cfg = neox.run_neox_config(config, run)
+    neox_cfg = run_neox_config(config, run)
     neox_cfg.update({"hidden-size": 64, "num-attention-heads": 8, "num-layers": 2,
                      "seq-length": 64, "max-position-embeddings": 64,
                      "vocab-file": str(tiny_tokenizer(root / "tokenizer.json", 300))})  # fmt: skip
     config_file = root / "segment.json"
-    config_file.write_text(neox.neox_json(neox_cfg))
+    config_file.write_text(neox_json(neox_cfg))
     model = standin.tiny_model(neox_cfg, standin.padded_vocab(neox_cfg), 7)
     standin.save_neox_checkpoint(model, neox_cfg, root / "ck" / "global_step7", 7, data_parallel=2)
     return config_file, neox_cfg, model
@@ -205,7 +221,7 @@ def test_v1_converter_turns_each_layout_into_the_saved_model(suite_config, size,
     assert neox_cfg["model-parallel-size"] == {"70m": 1, "6.9b": 2, "12b": 4, "14m": 1}[size]
     assert neox_cfg["pipe-parallel-size"] == (0 if size == "14m" else 1)
     checkout, python = us.upstream_converter_checkout(tmp_path / "neox")
-    out = neox.convert_neox_checkpoint(
+    out = convert_neox_checkpoint(
         checkout, tmp_path / "ck" / "global_step7", config_file, tmp_path / "hf",
         python=str(python), log_path=tmp_path / "convert.log",
     )  # fmt: skip
@@ -222,7 +238,7 @@ def test_unpatched_v1_converter_doubles_the_row_parallel_biases_at_tp2(suite_con
 
     config_file, _, model = _reduced_checkpoint(suite_config, "6.9b", tmp_path)
     checkout, python = us.upstream_converter_checkout(tmp_path / "neox", patched=False)
-    out = neox.convert_neox_checkpoint(
+    out = convert_neox_checkpoint(
         checkout, tmp_path / "ck" / "global_step7", config_file, tmp_path / "hf",
         python=str(python),
     )  # fmt: skip
@@ -242,7 +258,7 @@ def test_v1_converter_alone_cannot_read_the_sequential_layout(suite_config, tmp_
     step = tmp_path / "ck" / "global_step7"
     assert not list(step.glob("layer_*")) and (step / "mp_rank_00_model_states.pt").is_file()
     checkout, python = us.upstream_converter_checkout(tmp_path / "neox")
-    argv = neox.neox_convert_command(checkout, step, config_file, tmp_path / "hf",
+    argv = neox_convert_command(checkout, step, config_file, tmp_path / "hf",
                                      python=str(python))  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode != 0 and "layer_00-model_00-model_states.pt" in proc.stderr
@@ -312,7 +328,7 @@ def test_a_save_leaves_the_files_deeperspeed_names(suite_config, size, dp, tmp_p
     standin = _standin()
     config = copy.deepcopy(suite_config)
     config["matrix"] = [{"sizes": [size], "variants": ["standard"], "seeds": ["default"]}]
-    neox_cfg = neox.run_neox_config(config, cfg.expand_runs(config)[f"pythia-{size}"])
+    neox_cfg = run_neox_config(config, cfg.expand_runs(config)[f"pythia-{size}"])
     neox_cfg.update({"hidden-size": 64, "num-attention-heads": 8, "num-layers": 2,
                      "vocab-file": str(_tokenizer(tmp_path))})  # fmt: skip
     layers = neox_cfg["num-layers"]
@@ -321,21 +337,19 @@ def test_a_save_leaves_the_files_deeperspeed_names(suite_config, size, dp, tmp_p
     specs = [0, *range(2, layers + 2), layers + 3, layers + 4]
     zero = neox_cfg["zero_optimization"]["stage"]
     upstream = us.deeperspeed_step_files(neox_cfg["model-parallel-size"], dp, specs, zero, pipe)
-    assert set(neox.neox_step_files(neox_cfg, dp)) == upstream
+    assert set(neox_step_files(neox_cfg, dp)) == upstream
     model = standin.tiny_model(neox_cfg, standin.padded_vocab(neox_cfg), 3)
     standin.save_neox_checkpoint(model, neox_cfg, tmp_path / "global_step3", 3, data_parallel=dp)
     assert {p.name for p in (tmp_path / "global_step3").iterdir()} == upstream
     (tmp_path / "latest").write_text("global_step3")
-    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == []
+    assert neox_step_missing(tmp_path, 3, neox_cfg, dp) == []
     # A save killed before `latest` was written, or a rank's file missing, is incomplete.
     (tmp_path / "latest").write_text("global_step1")
-    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == [
-        "latest (names global_step1, not >= 3)"
-    ]
+    assert neox_step_missing(tmp_path, 3, neox_cfg, dp) == ["latest (names global_step1, not >= 3)"]
     (tmp_path / "latest").write_text("global_step3")
     last = sorted(upstream)[-1]
     (tmp_path / "global_step3" / last).unlink()
-    assert neox.neox_step_missing(tmp_path, 3, neox_cfg, dp) == [last]
+    assert neox_step_missing(tmp_path, 3, neox_cfg, dp) == [last]
 
 
 def _tokenizer(root: Path) -> Path:
@@ -368,8 +382,8 @@ def test_latest_is_written_and_read_as_deeperspeed_does(tmp_path):
     assert written == "global_step7"
     ours = tmp_path / "ours"
     (ours / "global_step7").mkdir(parents=True)
-    neox.point_latest_at(ours, 7)
-    assert (ours / "latest").read_text() == written and neox.latest_step(save) == 7
+    point_latest_at(ours, 7)
+    assert (ours / "latest").read_text() == written and latest_step(save) == 7
 
 
 def types_namespace(**attrs):
@@ -389,10 +403,10 @@ def test_every_segment_end_is_a_save_step_and_is_saved_before_the_exit(suite_con
                                "NeoXArgs.calculate_derived",
                                "if self.checkpoint_factor or self.extra_save_iters:")  # fmt: skip
     run = cfg.get_run(suite_config, "pythia-410m")
-    whole = neox.run_neox_config(suite_config, run)
+    whole = run_neox_config(suite_config, run)
     steps = cfg.checkpoint_steps(suite_config)
     for start, end in zip(steps[:-1], steps[1:], strict=True):  # every segment (0, 1] ...
-        config = neox.segment_config(whole, save_dir="s", load_dir="s", start_step=start,
+        config = segment_config(whole, save_dir="s", load_dir="s", start_step=start,
                                      end_step=end, train_data_paths=["d"])  # fmt: skip
         fake = types_namespace(
             checkpoint_factor=config["checkpoint-factor"], train_iters=config["train-iters"],
@@ -418,7 +432,7 @@ def test_every_segment_end_is_a_save_step_and_is_saved_before_the_exit(suite_con
 def test_hostfiles_read_as_deeperspeed_reads_them(tmp_path):
     standin = _standin()
     runner = us.deeperspeed_runner()
-    path = neox.write_hostfile(tmp_path / "hostfile", ["gpu01", "gpu02", "gpu10"], 8)
+    path = write_hostfile(tmp_path / "hostfile", ["gpu01", "gpu02", "gpu10"], 8)
     upstream = runner.fetch_hostfile(str(path))
     assert dict(upstream) == standin.read_hostfile(str(path)) == {
         "gpu01": 8, "gpu02": 8, "gpu10": 8,
@@ -435,11 +449,11 @@ def test_1b_deviation_is_recorded_for_the_model_card(suite_config):
     config = copy.deepcopy(suite_config)
     config["training"]["backend"] = "neox"
     for name in ("pythia-1b", "pythia-1b-deduped"):
-        (deviation,) = neox.run_deviations(config, cfg.get_run(config, name))
+        (deviation,) = run_deviations(config, cfg.get_run(config, name))
         assert "attention global instead of Pythia's flash (head dimension 256 > " in deviation
         card = render_model_card(card_facts(config, name, {}))
         assert f"- Deviation from Pythia's training config: {deviation}." in card
-    assert neox.run_deviations(config, cfg.get_run(config, "pythia-1.4b")) == []
+    assert run_deviations(config, cfg.get_run(config, "pythia-1.4b")) == []
     assert card_facts(suite_config, "pythia-1b", {})["deviations"] == []  # pytorch backend
 
 
@@ -457,6 +471,6 @@ def test_unsupported_neox_runs_are_refused_naming_them(suite_config, change, mes
 
     config = copy.deepcopy(suite_config)
     config["sizes"] = deep_merge(config["sizes"], change)
-    neox.check_neox_supported(suite_config, cfg.expand_runs(suite_config).values())
+    check_neox_supported(suite_config, cfg.expand_runs(suite_config).values())
     with pytest.raises(cfg.ConfigError, match=message):
-        neox.check_neox_supported(config, cfg.expand_runs(config).values())
+        check_neox_supported(config, cfg.expand_runs(config).values())

@@ -179,3 +179,64 @@ def test_card_on_main_gets_its_own_verified_receipt(tmp_path: Path) -> None:
     )
     assert receipt["verified"] and "README.md" in receipt["files"]
     verify_published_run(receipts, REPO, local_hub=tmp_path / "hub")
+
+
+# ----------------------------------------------------------------------------- the CLI's stage
+
+SUITE_OVERLAY = """\
+suite: {name: pythia, hub_org: pythia-suite-test}
+matrix:
+  - {sizes: [tiny], variants: [standard], seeds: [default]}
+training: {train_iters: 8, lr_decay_iters: 8, warmup: 0.1, global_batch: 4,
+           checkpoints: {factor: 4, extra: [0]}, early_group_max_step: 0}
+sizes:
+  tiny:
+    {layers: 2, hidden: 32, heads: 2, lr: 3.0e-3, min_lr: 3.0e-4, micro_batch: 4, gas: 1,
+     tensor_parallel: 1, init_method: small_init, output_layer_init_method: wang_init,
+     precision: fp32, cluster: {nodes: 1, gpus_per_node: 0}}
+publish: {hub: false, local_hub: true}
+evaluation: {tasks: [], local_tasks: false, zero_shot_steps: [], five_shot_steps: []}
+"""
+
+
+def test_publish_stage_publishes_each_step_and_verify_run_reads_the_receipts(
+    tmp_path: Path,
+) -> None:
+    """`pythia-suite publish` and `verify-run`'s logic (publish.stage) on a 3-checkpoint run:
+    each receipt recorded with its provenance, then the whole run checked; a broken receipt
+    fails the check naming the file, line and column."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+    from pythia_suite.config import repo_id
+    from pythia_suite.publish.stage import publish_run_step, verify_run_publication
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(SUITE_OVERLAY + f"paths: {{results: {tmp_path / 'results'}}}\n")
+    config = cfg.load_config([Path(__file__).parents[1] / "config.yaml", overlay])
+    run = cfg.get_run(config, "pythia-tiny")
+    results = config["paths"]["results"]
+    assert repo_id(config, run) == "pythia-suite-test/pythia-tiny"
+    steps = cfg.checkpoint_steps(config)
+    assert steps == [0, 4, 8]
+    for step in steps:
+        export = write_export(Path(paths.export_dir(results, run.name, step)), step)
+        receipt = Path(paths.receipt(results, run.name, step))
+        published = publish_run_step(config, run, step, export, receipt)
+        branches = [c["branch"] for c in published["verifications"]]
+        assert branches == ([f"step{step}", "main"] if step == 8 else [f"step{step}"])
+        assert published["verified"] is True
+        assert json.loads(receipt.read_text()) == published
+        assert Path(f"{receipt}.provenance.json").is_file()
+
+    summary = verify_run_publication(config, run, tmp_path / "run_done.json")
+    assert json.loads((tmp_path / "run_done.json").read_text()) == summary
+    assert summary["branches"] == ["step0", "step4", "step8", "main"]
+    assert summary["repo_id"] == "pythia-suite-test/pythia-tiny"
+
+    broken = Path(paths.receipt(results, run.name, 4))
+    broken.write_text('{"files": {},\n  oops}')
+    with pytest.raises(VerificationError, match="not JSON") as err:
+        verify_run_publication(config, run, tmp_path / "run_done2.json")
+    [problem] = err.value.problems
+    assert problem.startswith(f"{broken}: not valid JSON: ") and "(line 2, column 3)" in problem
+    assert not (tmp_path / "run_done2.json").exists()

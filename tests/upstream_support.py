@@ -214,7 +214,7 @@ def transformers4_site() -> Path:
 
 
 def upstream_converter_checkout(root: Path, *, patched: bool = True) -> tuple[Path, Path]:
-    """A directory laid out as a GPT-NeoX checkout for ``neox.convert_neox_checkpoint``:
+    """A directory laid out as a GPT-NeoX checkout for ``neox.convert.convert_neox_checkpoint``:
     ``tools/convert_to_hf.py`` is v1.0's file (patched by ``envs/gpt-neox.post-deploy.sh
     --patch-converter`` as a deployment patches it, unless ``patched`` is false), and a
     ``python`` that runs it under transformers 4.24 with v1.0's real ``megatron.tokenizer``

@@ -13,38 +13,70 @@ from pathlib import Path
 from typing import Any
 
 
+class PendingFiles:
+    """Temporary siblings of final files, committed (renamed in order) or discarded as a whole.
+
+    For streaming writers whose life spans several calls (a dataset writer's `add_item` ...
+    `finalize`); a single block reads better with `atomic_path` / `atomic_paths`. Put the file
+    that marks the set complete last (a dataset's `.idx` after its `.bin`): a crash between two
+    renames then leaves no complete-looking set. Creates the directories.
+    """
+
+    def __init__(self, *paths: str | os.PathLike, tmp_stem: str | os.PathLike | None = None):
+        """Temporary names are `.NAME.PID.tmp`; with `tmp_stem` (a prefix such as
+        `data/set`), each is `.set.PID.tmp` + the final's suffix, so a reader that opens
+        `PREFIX.bin` / `PREFIX.idx` can open the temporary set by `self.tmp_prefix`."""
+        self.finals = [Path(p) for p in paths]
+        if tmp_stem is None:
+            self.tmp_prefix = None
+            self.tmps = [f.with_name(f".{f.name}.{os.getpid()}.tmp") for f in self.finals]
+        else:
+            stem = Path(tmp_stem)
+            self.tmp_prefix = stem.with_name(f".{stem.name}.{os.getpid()}.tmp")
+            self.tmps = [Path(f"{self.tmp_prefix}{f.suffix}") for f in self.finals]
+        for final in self.finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> None:
+        """Rename every temporary file over its final name, in order; on error discard the rest."""
+        try:
+            for tmp, final in zip(self.tmps, self.finals, strict=True):
+                os.replace(tmp, final)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the temporary files that exist (the finals are left as they were)."""
+        for tmp in self.tmps:
+            tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary sibling of `path` (`.NAME.PID.tmp`) to write, renamed to `path` on success.
 
-    For writers that stream into a file of their own (numpy memmaps, zstd frames, a dataset's
-    `.bin`). Creates the directory. On any error, inside the block or in the rename, the
-    temporary file is removed and the error re-raised, so `path` is never left half-written.
+    For writers that stream into a file of their own (numpy arrays, zstd frames, downloads).
+    Creates the directory. On any error, inside the block or in the rename, the temporary file
+    is removed and the error re-raised, so `path` is never left half-written.
     """
     with atomic_paths(path) as (tmp,):
         yield tmp
 
 
 @contextmanager
-def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
-    """Temporary siblings for several files written together, renamed in the order given.
-
-    Put the file that marks the set complete last (a dataset's `.idx` after its `.bin`): a crash
-    between two renames then leaves no complete-looking set. On any error every temporary file
-    is removed and the error re-raised.
-    """
-    finals = [Path(p) for p in paths]
-    tmps = [f.with_name(f".{f.name}.{os.getpid()}.tmp") for f in finals]
-    for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
+def atomic_paths(
+    *paths: str | os.PathLike, tmp_stem: str | os.PathLike | None = None
+) -> Iterator[list[Path]]:
+    """Temporary siblings for several files written together, renamed in the order given on
+    success, all removed on error (see `PendingFiles`, which also explains `tmp_stem`)."""
+    pending = PendingFiles(*paths, tmp_stem=tmp_stem)
     try:
-        yield tmps
-        for tmp, final in zip(tmps, finals, strict=True):
-            os.replace(tmp, final)
+        yield pending.tmps
     except BaseException:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+        pending.discard()
         raise
+    pending.commit()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:

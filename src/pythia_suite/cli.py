@@ -8,23 +8,14 @@ per process. Errors print one line naming the file, key or value, and exit non-z
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from pythia_suite import config as cfg
 from pythia_suite import paths
-from pythia_suite.atomic import (
-    atomic_directory,
-    copy_file_atomic,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from pythia_suite.evaluate.collect import pythia_result_files
 from pythia_suite.provenance import Recorder
 
 # ----------------------------------------------------------------------------- helpers
@@ -36,30 +27,6 @@ def _results(config: dict) -> str:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _dump_yaml(data) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-
-
-def _run_row(config: dict, run: cfg.Run) -> dict:
-    """A plain dict describing a run, for the report and its model card."""
-    total, non_embedding = cfg.parameter_counts(config, run.size)
-    size = config["sizes"][run.size]
-    return {
-        **run.as_dict(),
-        "params": total,
-        "non_embedding_params": non_embedding,
-        "layers": size["layers"],
-        "hidden": size["hidden"],
-        "heads": size["heads"],
-    }
-
-
-def _run_table(config: dict) -> list[dict]:
-    return [_run_row(config, run) for run in cfg.expand_runs(config).values()]
 
 
 def _training_data(config: dict, run: cfg.Run):
@@ -78,38 +45,25 @@ def cmd_runs(config: dict, args) -> None:
 
 
 def cmd_neox_config(config: dict, args) -> None:
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import neox_config_json
 
-    run = cfg.get_run(config, args.run)
-    prefix = args.dataset_prefix or neox.neox_data_prefix_path(config, run)
-    # Plain JSON (also YAML): DeeperSpeed v1.0's SLURM runner json.loads every config file.
-    sys.stdout.write(neox.neox_json(neox.run_neox_config(config, run, dataset_prefix=prefix)))
+    sys.stdout.write(neox_config_json(config, cfg.get_run(config, args.run), args.dataset_prefix))
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
     """Check that GPT-NeoX v1.0 can launch in this environment (before anything is queued)."""
-    from pythia_suite.train import neox
+    from pythia_suite.neox.doctor import check_environment
 
-    settings = config["training"]["neox"]
-    checks = neox.neox_doctor(
-        args.neox_dir or settings["dir"],
-        args.python or settings["python"],
-        flash_head_dims=neox.flash_head_dims(config),
-    )
-    for check in checks:
-        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-    failed = [check for check in checks if not check.ok]
-    if failed:
-        raise RuntimeError(f"GPT-NeoX cannot launch here: {failed[0].name}: {failed[0].detail}")
-    print("GPT-NeoX v1.0 can launch here")
+    check_environment(config, args.neox_dir, args.python)
 
 
 def cmd_neox_index_maps(config: dict, args) -> None:
     """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import run_of_dataset
+    from pythia_suite.neox.index_maps import build_neox_index_maps
 
-    run = neox.run_of_dataset(config, args.variant, args.seed)
-    print(neox.build_neox_index_maps(config, run, args.output))
+    run = run_of_dataset(config, args.variant, args.seed)
+    print(build_neox_index_maps(config, run, args.output))
 
 
 def cmd_hf_config(config: dict, args) -> None:
@@ -118,26 +72,11 @@ def cmd_hf_config(config: dict, args) -> None:
     print(json.dumps(hf_config(config, cfg.get_run(config, args.run)), indent=2))
 
 
-def _human(n: float, unit: str = "") -> str:
-    for suffix in ("", "K", "M", "G", "T", "P", "E"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{suffix}{unit}"
-        n /= 1000
-    return f"{n:.3g}Z{unit}"
-
-
-def _bytes(n: float) -> str:
-    for suffix in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024:
-            return f"{n:.3g} {suffix}"
-        n /= 1024
-    return f"{n:.3g} EiB"
-
-
 def cmd_plan(config: dict, args) -> None:
-    args.mfu_override = args.mfu
-    args.mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
-    rows = cfg.plan_rows(config, args.gpu_peak_tflops, args.mfu)
+    from pythia_suite import costs
+
+    mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
+    rows = cfg.plan_rows(config, args.gpu_peak_tflops, mfu)
     memory = None
     if args.memory:
         from .train import memory_plan as train_memory
@@ -146,8 +85,8 @@ def cmd_plan(config: dict, args) -> None:
     if args.json:
         print(json.dumps({"runs": rows, "memory": memory} if memory else rows, indent=2))
         return
-    _print_plan_table(rows, args)
-    _print_costs(config, args)
+    options = {"gpu_peak_tflops": args.gpu_peak_tflops, "mfu": mfu, "mfu_override": args.mfu}
+    print(costs.render_plan(config, rows, **options))
     if memory is not None:
         _print_memory_table(memory)
 
@@ -167,32 +106,6 @@ def _print_memory_table(plan: dict) -> None:
 
     print()
     print(render_memory_table(plan))
-
-
-def _print_plan_table(rows: list[dict], args) -> None:
-    from pythia_suite import costs
-
-    print(costs.render_plan_table(rows))
-    print(
-        "device-hours at "
-        + (
-            f"{args.gpu_peak_tflops:g} TFLOP/s peak"
-            if args.gpu_peak_tflops
-            else "each size's cluster.gpu peak ("
-            + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
-            + ")"
-        )
-        + f" and {args.mfu:.0%} MFU unless measured (below)"
-    )
-
-
-def _print_costs(config: dict, args) -> None:
-    """plan's throughput section: measured figures where finished segments have any."""
-    from pythia_suite import costs
-
-    rows = costs.cost_rows(config, mfu=args.mfu_override, measured=costs.measured_rates(config))
-    print()
-    print(costs.render_cost_table(rows))
 
 
 def cmd_status(config: dict, args) -> None:
@@ -220,407 +133,188 @@ def cmd_status(config: dict, args) -> None:
 
 
 def cmd_fetch_shard(config: dict, args) -> None:
-    from pythia_suite.data.shards import fetch_shard
+    from pythia_suite.data.shards import fetch_shard_with_record
+    from pythia_suite.data.source import raw_shard
 
-    shards = config["data"]["raw"]["shards"]
-    index = int(args.shard)
-    if index >= len(shards):
-        raise cfg.ConfigError(f"data.raw.shards: no shard {args.shard} (there are {len(shards)})")
-    entry = shards[index]
-    source = entry.get("path") or entry["url"]
-    # A local source is the raw root of every provenance chain; a URL is recorded by value.
-    local = [Path(source)] if entry.get("path") else []
-    recorder = Recorder(Path(args.output), "corpus-shard", {"shard": entry}, local)
-    sha = fetch_shard(source, args.output, sha256=entry.get("sha256"))
-    if not entry.get("sha256"):
-        _say(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
-    recorder.extra = {"source": source, "sha256_configured": entry.get("sha256")}
-    recorder.write()
-
-
-def _dedup_params(config: dict):
-    from pythia_suite.data.dedup import DedupParams
-
-    d = config["data"]["dedup"]
-    return DedupParams(
-        threshold=d["threshold"],
-        ngram=d["ngram"],
-        num_perm=d["num_perm"],
-        seed=d["seed"],
-        verify_bits=d["verify_bits"],
-        verify_margin=d["verify_margin"],
-    )
+    index, entry = raw_shard(config, args.shard)
+    fetch_shard_with_record(entry, index, args.output, log=_say)
 
 
 def cmd_dedup_signatures(config: dict, args) -> None:
-    from pythia_suite.data.dedup import compute_signatures
+    from pythia_suite.data import dedup
 
-    recorder = Recorder(
-        Path(args.output), "dedup-signatures", config["data"]["dedup"], [Path(args.shard)]
-    )
-    compute_signatures(args.shard, int(args.shard_index), args.output, _dedup_params(config))
+    settings = config["data"]["dedup"]
+    recorder = Recorder(Path(args.output), "dedup-signatures", settings, [Path(args.shard)])
+    params = dedup.DedupParams.from_config(settings)
+    dedup.compute_signatures(args.shard, int(args.shard_index), args.output, params)
     recorder.write()
 
 
 def cmd_dedup_buckets(config: dict, args) -> None:
-    from pythia_suite.data.dedup import EXACT_BAND, bucket_band
+    from pythia_suite.data import dedup
 
-    params = _dedup_params(config)
-    groups = config["data"]["dedup"]["band_groups"]
-    group = int(args.band_group)
-    bands = [b for b in range(params.bands) if b % groups == group]
-    if group == 0:
-        bands.append(EXACT_BAND)  # exact duplicates: the whole-text hash, in the first group
-    recorder = Recorder(
-        Path(args.output),
-        "dedup-edges",
-        config["data"]["dedup"],
-        [Path(p) for p in args.signatures],
-    )
-    bucket_band(args.signatures, bands, args.output)
+    settings = config["data"]["dedup"]
+    params = dedup.DedupParams.from_config(settings)
+    bands = dedup.bands_of_group(params.bands, settings["band_groups"], int(args.band_group))
+    inputs = [Path(p) for p in args.signatures]
+    recorder = Recorder(Path(args.output), "dedup-edges", settings, inputs)
+    dedup.bucket_band(args.signatures, bands, args.output)
     recorder.write()
 
 
 def cmd_dedup_cluster(config: dict, args) -> None:
-    from pythia_suite.data.dedup import cluster
+    from pythia_suite.data import dedup
 
-    recorder = Recorder(
-        Path(args.output), "dedup-removals", config["data"]["dedup"], [Path(p) for p in args.edges]
-    )
-    cluster(args.edges, args.output)
+    inputs = [Path(p) for p in args.edges]
+    recorder = Recorder(Path(args.output), "dedup-removals", config["data"]["dedup"], inputs)
+    dedup.cluster(args.edges, args.output)
     recorder.write()
 
 
 def cmd_dedup_filter(config: dict, args) -> None:
-    from pythia_suite.data.dedup import filter_shard
+    from pythia_suite.data import dedup
 
     inputs = [Path(args.shard), Path(args.removals)]
     recorder = Recorder(Path(args.output), "corpus-shard-deduped", config["data"]["dedup"], inputs)
-    filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
+    dedup.filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
     recorder.write()
 
 
 def cmd_dedup_report(config: dict, args) -> None:
-    from pythia_suite.data.dedup import SampleCheck, merge_reports
+    from pythia_suite.data import dedup
 
-    check = SampleCheck(
-        shard_paths={int(Path(p).name.split(".")[0]): p for p in args.shards},
-        removals_path=args.removals,
-        edge_paths=args.edges,
-    )
+    check = dedup.SampleCheck.from_shard_names(args.shards, args.removals, args.edges)
     inputs = [Path(p) for p in (*args.reports, *args.edges)]
     recorder = Recorder(Path(args.output), "dedup-report", config["data"]["dedup"], inputs)
-    merge_reports(args.reports, args.output, sample_check=check)
+    dedup.merge_reports(args.reports, args.output, sample_check=check)
     recorder.write()
 
 
 def cmd_train_tokenizer(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import train_tokenizer
+    from pythia_suite.data.tokenize import train_tokenizer_with_record
 
-    tok = config["data"]["tokenizer"]
-    recorder = Recorder(Path(args.output), "tokenizer", tok, [Path(p) for p in args.shards])
-    train_tokenizer(args.shards, tok["vocab_size"], args.output)
-    recorder.write()
+    train_tokenizer_with_record(config["data"]["tokenizer"], args.shards, args.output)
 
 
 def cmd_fetch_tokenizer(config: dict, args) -> None:
     """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
-    tok = config["data"]["tokenizer"]
-    out = Path(args.output)
-    if tok["path"]:
-        copy_file_atomic(tok["path"], out)
-    else:
-        from huggingface_hub import hf_hub_download
+    from pythia_suite.data.tokenize import fetch_tokenizer_with_record
 
-        copy_file_atomic(hf_hub_download(tok["repo"], tok["file"]), out)
-    Recorder(out, "tokenizer", tok).write()
+    fetch_tokenizer_with_record(config["data"]["tokenizer"], args.output)
 
 
 def cmd_tokenize(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import tokenize_shard
+    from pythia_suite.data.tokenize import tokenize_shard_with_record
 
-    recorder = Recorder(
-        Path(args.output_prefix + ".bin"),
-        "tokenized-shard",
+    tokenize_shard_with_record(
         config["data"]["tokenizer"],
-        [Path(args.shard), Path(args.tokenizer)],
-    )
-    stats = tokenize_shard(
         args.shard,
         args.tokenizer,
         args.output_prefix,
         workers=args.workers,
         documents_out=args.documents,
     )
-    recorder.extra = stats
-    recorder.write()
 
 
 def cmd_merge_datasets(config: dict, args) -> None:
-    from pythia_suite.data.tokenize import merge_datasets
+    from pythia_suite.data.tokenize import merge_datasets_with_record
 
-    inputs = [Path(p + ".bin") for p in args.prefixes]  # each .bin's record covers its .idx
-    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", {}, inputs)
-    recorder.extra = merge_datasets(args.prefixes, args.output_prefix)
-    recorder.write()
+    merge_datasets_with_record(args.prefixes, args.output_prefix)
 
 
 def cmd_build_order(config: dict, args) -> None:
-    from pythia_suite.data.order import build_index_maps
+    from pythia_suite.data.order import build_index_maps_with_record
     from pythia_suite.data.source import num_samples
 
-    out = Path(args.output)
-    settings = {
-        "num_samples": num_samples(config),
-        "seq_length": config["model"]["seq_length"],
-        "seed": args.seed,
-    }
-    recorder = Recorder(out, "index-maps", settings, [Path(args.dataset_prefix + ".bin")])
-    with atomic_directory(out) as tmp:
-        build_index_maps(args.dataset_prefix, tmp, **settings)
-    recorder.write()
+    build_index_maps_with_record(
+        args.dataset_prefix,
+        args.output,
+        num_samples=num_samples(config),
+        seq_length=config["model"]["seq_length"],
+        seed=args.seed,
+    )
 
 
 def cmd_document_table(config: dict, args) -> None:
     """The document table of a variant's dataset (data.documents), from its shards' tables."""
-    from pythia_suite.data.documents import build_document_table
-    from pythia_suite.data.order import read_sizes
+    from pythia_suite.data.documents import build_document_table_with_record
 
-    out = Path(args.output)
-    inputs = [Path(args.dataset_prefix + ".bin"), *(Path(t) for t in args.tables)]
-    recorder = Recorder(out, "document-table", {}, inputs)
-    with atomic_directory(out) as tmp:
-        recorder.extra = build_document_table(
-            args.tables,
-            range(len(args.tables)),  # in data.raw.shards order: shard id = index
-            read_sizes(args.dataset_prefix),
-            tmp,
-            standard=args.standard,
-        )
-    recorder.write()
+    build_document_table_with_record(
+        args.dataset_prefix, args.tables, args.output, standard=args.standard
+    )
 
 
 def cmd_build_lens(config: dict, args) -> None:
     """The data lens of one (variant, data seed) order (data.lens)."""
-    from pythia_suite.data import lens
-    from pythia_suite.data.order import index_map_paths, read_sizes
-    from pythia_suite.data.source import num_samples
+    from pythia_suite.data.run_lens import build_lens_with_record
 
-    seq_length = config["model"]["seq_length"]
-    order = index_map_paths(
-        args.dataset_prefix, args.order, num_samples(config), seq_length, args.seed
-    )
-    subsets, codes = None, None
-    if args.documents:
-        from pythia_suite.data.documents import DocumentTable
-
-        table = DocumentTable(args.documents)
-        subsets, codes = table.subsets, table.subset
-    out = Path(args.output)
-    meta = {
-        "variant": args.variant,
-        "seed": args.seed,
-        "source": config["data"]["source"],
-        "subsets": subsets,
-        "checkpoint_steps": cfg.checkpoint_steps(config),
-    }
-    inputs = [Path(args.dataset_prefix + ".bin"), Path(args.order)]
-    recorder = Recorder(
-        out, "data-lens", meta, inputs + ([Path(args.documents)] if codes is not None else [])
-    )
-    timings: dict = {}
-    with atomic_directory(out) as tmp:
-        lens.build_lens(
-            read_sizes(args.dataset_prefix),
-            order,
-            tmp,
-            global_batch=config["training"]["global_batch"],
-            train_iters=config["training"]["train_iters"],
-            seq_length=seq_length,
-            meta=meta,
-            subset_codes=codes,
-            num_subsets=len(subsets or [None]),
-            timings=timings,
-        )
-    recorder.extra = {"seconds": timings}
-    recorder.write()
-
-
-def _run_lens(config: dict, run: cfg.Run, data):
-    """A run's lens with its dataset and order (``data``: its ``TrainingData``, with documents)."""
-    from pythia_suite.data.lens import open_run_lens
-    from pythia_suite.data.order import index_map_paths
-
-    results = _results(config)
-    order = index_map_paths(
-        data.dataset_prefix, data.order_dir, data.num_samples, data.seq_length, data.data_seed
-    )
-    return open_run_lens(
-        paths.lens_dir(results, run.variant, run.data_seed),
-        data.dataset_prefix,
-        order,
-        paths.document_table(results, run.variant),
+    build_lens_with_record(
+        config,
+        variant=args.variant,
+        seed=args.seed,
+        dataset_prefix=args.dataset_prefix,
+        order_dir=args.order,
+        documents=args.documents,
+        output=args.output,
     )
 
 
 def cmd_lens(config: dict, args) -> None:
     """What a run's training steps and checkpoints read: documents, subsets, repetition."""
-    from pythia_suite.data import lens
+    from pythia_suite.data.run_lens import lens_answer
 
     run = cfg.get_run(config, args.run)
-    data = _training_data(config, run)
-    if not data.has_documents:  # preshuffled: samples, not documents
-        if args.step is None:
-            raise cfg.ConfigError(f"{run.name}: {lens.NEEDS_DOCUMENT_IDENTITY}")
-        last = config["training"]["train_iters"] - 1
-        if not 0 <= args.step <= last:
-            raise cfg.ConfigError(f"--step {args.step}: training runs steps 0 .. {last}")
-        batch = data.samples().batch(args.step, config["training"]["global_batch"])
-        parts = [lens.split_at_end_of_document(row) for row in batch]
-        if args.json:
-            note = lens.NEEDS_DOCUMENT_IDENTITY
-            print(json.dumps({"run": run.name, "step": args.step, "samples": parts, "note": note}))
-        else:
-            print(lens.format_preshuffled_step(args.step, parts))
-        return
-    opened = _run_lens(config, run, data)
-    if args.step is not None:
-        result = opened.step(args.step)
-        text = lens.format_step(args.step, result) if not args.json else None
-    elif args.checkpoints:
-        result = opened.lens.meta
-        text = lens.format_checkpoints(result) if not args.json else None
-    else:
-        result = opened.document(args.document)
-        info = opened.documents.row(args.document) if opened.documents is not None else None
-        text = lens.format_document(args.document, result, info) if not args.json else None
-    print(json.dumps({"run": run.name, "result": result}) if args.json else text)
+    options = {"document": args.document, "checkpoints": args.checkpoints}
+    print(lens_answer(config, run, step=args.step, **options, as_json=args.json))
 
 
 def cmd_fetch_preshuffled(config: dict, args) -> None:
     """Download Pythia's preshuffled set of a variant, verify it, and merge its shards."""
-    from pythia_suite.data import preshuffled
+    from pythia_suite.data.preshuffled import fetch_preshuffled_with_record
+    from pythia_suite.data.source import preshuffled_repo
 
-    repo = config["data"]["preshuffled"].get(args.variant)
-    if not repo:
-        raise cfg.ConfigError(f"data.preshuffled.{args.variant}: no repository configured")
-    seq_length = config["model"]["seq_length"]
-    out = Path(args.output_prefix)
-    files = preshuffled.fetch_preshuffled(
-        repo,
-        out.parent / "download",
-        config["data"]["preshuffled"]["revision"],
-        seq_length=seq_length,
+    fetch_preshuffled_with_record(
+        preshuffled_repo(config, args.variant),
+        args.output_prefix,
+        revision=config["data"]["preshuffled"]["revision"],
+        seq_length=config["model"]["seq_length"],
     )
-    preshuffled.merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
-    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
-    Recorder(Path(args.output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()
 
 
 def cmd_fetch_idxmaps(config: dict, args) -> None:
     """Fetch one file of a variant's pre-tokenized Pile (resumable), checked against its
     configured sha256; an unknown one is recorded at first use."""
-    from pythia_suite.data import idxmaps
-    from pythia_suite.data.shards import fetch_shard
-    from pythia_suite.data.source import idxmaps_entry
+    from pythia_suite.data.source import fetch_idxmaps_file_with_record
 
-    entry = idxmaps_entry(config, args.variant)
-    if args.name not in idxmaps.shard_names(entry):
-        raise cfg.ConfigError(
-            f"data.idxmaps.{args.variant}: {args.name!r} is not one of its files "
-            f"(stem {entry['stem']!r}, {entry['shards']} shards)"
-        )
-    settings = config["data"]["idxmaps"]
-    source = idxmaps.file_source(entry, args.name, settings["revision"], settings["hub_url"])
-    expected = entry["sha256"].get(args.name)
-    local = [Path(source)] if entry.get("path") else []
-    settings_record = {"file": args.name, "sha256": expected}
-    recorder = Recorder(Path(args.output), "idxmaps-file", settings_record, local)
-    sha = fetch_shard(source, args.output, sha256=expected)
-    if not expected:
-        _say(f"data.idxmaps.{args.variant}.sha256.{args.name}: none; recorded {sha} at first use")
-    recorder.extra = {"source": source, "sha256_configured": expected}
-    recorder.write()
+    fetch_idxmaps_file_with_record(config, args.variant, args.name, args.output, log=_say)
 
 
 def cmd_unshard_idxmaps(config: dict, args) -> None:
     """Unshard a variant's fetched pre-tokenized Pile into its dataset (checked as
     idxmaps.unshard says; the unsharded .bin against data.idxmaps.<variant>.bin_sha256)."""
-    from pythia_suite.data import idxmaps
-    from pythia_suite.data.source import idxmaps_entry
+    from pythia_suite.data.source import unshard_idxmaps_with_record
 
-    entry = idxmaps_entry(config, args.variant)
-    names = idxmaps.shard_names(entry)
-    given = {Path(p).name: Path(p) for p in args.files}
-    missing = [name for name in names if name not in given]
-    if missing:
-        raise cfg.ConfigError(f"data.idxmaps.{args.variant}: file {missing[0]} not given")
-    files = [given[name] for name in names]
-    recorder = Recorder(Path(args.output_prefix + ".bin"), "dataset", dict(entry), files)
-    recorder.extra = idxmaps.unshard(
-        files[:-1], files[-1], args.output_prefix, bin_sha256=entry.get("bin_sha256")
-    )
-    recorder.extra["bin_sha256_configured"] = entry.get("bin_sha256")
-    recorder.write()
+    unshard_idxmaps_with_record(config, args.variant, args.files, args.output_prefix)
 
 
 def cmd_batch(config: dict, args) -> None:
-    import numpy as np
+    from pythia_suite.data.source import save_batch, step_batch
 
     run = cfg.get_run(config, args.run)
-    last = config["training"]["train_iters"] - 1
-    if not 0 <= args.step <= last:
-        raise cfg.ConfigError(
-            f"--step {args.step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
-        )
-    data = _training_data(config, run)
-    needed = [Path(p) for p in data.workflow_inputs()]
-    if args.decode:
-        needed.append(Path(paths.tokenizer(_results(config))))
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{', '.join(missing)}: not built yet; `snakemake {' '.join(missing)}` (with the "
-            "suite's --profile/--configfile) builds them"
-        )
-    samples = data.samples()
-    tokens = samples.batch(args.step, config["training"]["global_batch"])
+    tokens = step_batch(config, run, args.step, decode=bool(args.decode))
     if args.output:
-        out = Path(args.output)
-        buffer = io.BytesIO()
-        np.save(buffer, tokens)
-        write_bytes_atomic(out, buffer.getvalue())
-        _say(f"{out}: step {args.step} of {run.name}: tokens {tokens.shape}")
+        save_batch(args.output, tokens)
+        _say(f"{Path(args.output)}: step {args.step} of {run.name}: tokens {tokens.shape}")
     if args.decode:
-        from tokenizers import Tokenizer
+        from pythia_suite.data.tokenize import decode_rows
 
-        tokenizer = Tokenizer.from_file(paths.tokenizer(_results(config)))
-        for row in tokens[: args.decode]:
-            print(tokenizer.decode(row.tolist(), skip_special_tokens=False))
-            print("-" * 72)
+        print(decode_rows(paths.tokenizer(_results(config)), tokens[: args.decode]))
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
-    from pythia_suite.evaluate import build_local_tasks
+    from pythia_suite.evaluate.stage import build_suite_tasks
 
-    out = Path(args.output)
-    evaluation = config["evaluation"]
-    counts = {
-        "n_docs": evaluation["local_task_docs"],
-        "n_heldout": evaluation["local_heldout_docs"],
-        "n_choice_items": evaluation["local_choice_items"],
-    }
-    with atomic_directory(out) as tmp:
-        build_local_tasks(
-            args.heldout,
-            tmp,
-            seed=1234,
-            max_heldout_chars=2000,
-            tokenizer_file=args.tokenizer,
-            **counts,
-        )
-    inputs = [Path(args.heldout), *([Path(args.tokenizer)] if args.tokenizer else [])]
-    Recorder(out, "eval-tasks", counts, inputs).write()
+    build_suite_tasks(config, args.heldout, args.tokenizer, args.output)
 
 
 # ----------------------------------------------------------------------------- training
@@ -643,231 +337,58 @@ def cmd_await_segment(config: dict, args) -> None:
 
 
 def cmd_export(config: dict, args) -> None:
-    from pythia_suite.export import export_checkpoint
+    from pythia_suite.export import export_checkpoint_with_record
 
-    out = Path(args.output)
-    recorder = Recorder(
-        out,
-        "export",
-        {"dtype": config["publish"]["dtype"]},
-        [Path(args.checkpoint), Path(args.tokenizer)],
-    )
-    export_checkpoint(args.checkpoint, args.tokenizer, out, dtype=config["publish"]["dtype"])
-    recorder.write()
-
-
-def _repo_id(config: dict, run: cfg.Run) -> str:
-    return f"{config['suite']['hub_org']}/{run.name}"
-
-
-def _hub_api(config: dict):
-    """A Hub client when publish.hub is on, else None."""
-    if not config["publish"]["hub"]:
-        return None
-    from huggingface_hub import HfApi
-
-    return HfApi()
+    dtype = config["publish"]["dtype"]
+    export_checkpoint_with_record(args.checkpoint, args.tokenizer, args.output, dtype)
 
 
 def cmd_publish(config: dict, args) -> None:
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import publish_run_step
 
     run = cfg.get_run(config, args.run)
-    receipt = Path(args.receipt)
-    recorder = Recorder(
-        receipt, "publish-receipt", {"publish": config["publish"]}, [Path(args.export)]
-    )
-    published = publish.publish_and_verify(
-        args.export,
-        _repo_id(config, run),
-        args.step,
-        receipt,
-        final=args.step == cfg.checkpoint_steps(config)[-1],
-        local_hub=paths.local_hub(_results(config)) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-        private=config["publish"]["private"],
-    )
+    published = publish_run_step(config, run, args.step, args.export, args.receipt)
     for check in published["verifications"]:
         _say(f"{check['where']} {check['branch']}: {check['files_compared']} files compared")
-    recorder.write()
-    _apply_retention(config, run)
+    from pythia_suite.retention import prune_after_publishing
 
-
-def _retention_paths(config: dict, run: cfg.Run) -> tuple[dict, dict, dict]:
-    """A run's checkpoint, export and receipt paths by step (retention's arguments)."""
-    results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    return (
-        {s: Path(paths.checkpoint_dir(results, run.name, s)) for s in steps},
-        {s: Path(paths.export_dir(results, run.name, s)) for s in steps},
-        {s: Path(paths.receipt(results, run.name, s)) for s in steps},
-    )
-
-
-def _apply_retention(config: dict, run: cfg.Run) -> None:
-    """Prune resume states that training.keep_resume_states lets go (after a verified receipt)."""
-    from pythia_suite import retention
-
-    keep = config["training"]["keep_resume_states"]
-    for decision in retention.apply_retention(*_retention_paths(config, run), keep=keep):
-        if decision.action == "pruned" and decision.reason == retention.SAFE:
-            _say(f"{decision.checkpoint}: resume state pruned ({decision.reason})")
+    prune_after_publishing(config, run, log=_say)
 
 
 def cmd_prune(config: dict, args) -> None:
     """Show (--dry-run) or apply the retention policy to a run's checkpoints."""
-    from pythia_suite import retention
+    from pythia_suite.retention import prune_run
 
     run = cfg.get_run(config, args.run)
-    keep = config["training"]["keep_resume_states"]
-    by_step = _retention_paths(config, run)
-    if args.dry_run:
-        decisions = retention.plan_retention(*by_step, keep=keep)
-    else:
-        decisions = retention.apply_retention(*by_step, keep=keep)
-    for d in decisions:
+    for d in prune_run(config, run, dry_run=args.dry_run):
         print(f"step{d.step:<8} {d.action:<7} {d.reason}")
 
 
 def cmd_model_card(config: dict, args) -> None:
-    from pythia_suite.modelcard import card_facts, render_model_card
-    from pythia_suite.report import load_eval_points, metric_labels
+    from pythia_suite.modelcard import write_model_card
 
     run = cfg.get_run(config, args.run)
-    results = _results(config)
-    steps = cfg.checkpoint_steps(config)
-    receipts = {
-        f"step{s}": json.loads(Path(paths.receipt(results, run.name, s)).read_text()) for s in steps
-    }
-    from pythia_suite.evaluate import chance_levels
-
-    info = card_facts(
-        config,
-        run.name,
-        receipts,
-        tokenizer_file=paths.tokenizer(results),
-        cache_dir=paths.local_hub(results),
-        dataset_prefix=_training_data(config, run).dataset_prefix,
-        dedup_report=paths.dedup_report(results) if run.dedup else None,
-        chance=chance_levels(paths.eval_tasks_dir(results)),
-    )
-    lens_dir = Path(paths.lens_dir(results, run.variant, run.data_seed))
-    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
-        from pythia_suite.data.lens import data_facts
-
-        info["data_facts"] = data_facts(lens_dir)
-    points = load_eval_points({run.name: _pythia_result_files(args.evals)})
-    labels = metric_labels(points)  # identical metrics on one row: "acc = acc_norm"
-    table: dict[str, dict[str, float]] = {}
-    for p in points:
-        label = labels[(p.shots, p.task, p.metric)]
-        if p.step == steps[-1] and label is not None:
-            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
-            metrics[label] = p.value
-            if p.stderr is not None:
-                metrics[f"{label}_stderr"] = p.stderr
-    out = Path(args.output)
-    write_text_atomic(out, render_model_card(info, table or None))
-    inputs = [Path(args.evals), *(Path(paths.receipt(results, run.name, s)) for s in steps)]
-    inputs.append(Path(_training_data(config, run).dataset_prefix + ".bin"))
-    if run.dedup and Path(paths.dedup_report(results)).exists():
-        inputs.append(Path(paths.dedup_report(results)))
-    if "data_facts" in info:
-        inputs.append(lens_dir)
-    Recorder(out, "model-card", info, inputs).write()
-    if config["publish"]["local_hub"]:
-        _publish_card_locally(config, run, out)
-
-
-def _publish_card_locally(config: dict, run: cfg.Run, card: Path) -> None:
-    """Put the card on the local hub's main branch beside the final step's files, verified."""
-    from pythia_suite import publish
-
-    results = _results(config)
-    publish.publish_card_locally(
-        paths.local_hub(results),
-        _repo_id(config, run),
-        paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
-        card,
-        paths.model_card_receipt(results, run.name),
-    )
+    files = pythia_result_files(args.evals)
+    write_model_card(config, run, evals_dir=args.evals, result_files=files, output=args.output)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _eval_tasks(config: dict, shots: int) -> list[str]:
-    """The tasks at `shots`: evaluation.tasks, or evaluation.five_shot_tasks for 5-shot."""
-    evaluation = config["evaluation"]
-    if shots and evaluation["five_shot_tasks"] is not None:
-        return list(evaluation["five_shot_tasks"])
-    return list(evaluation["tasks"])
-
-
-def _eval_task_source(config: dict) -> Path:
-    """What an evaluation's task data comes from: the local tasks built from the held-out shard
-    (their record leads to it), or the marker of lm-eval's prefetched datasets."""
-    results = _results(config)
-    if config["evaluation"]["local_tasks"]:
-        return Path(paths.eval_tasks_dir(results))
-    return Path(paths.eval_datasets_marker(results))
-
-
-def _task_file_hashes(source: Path) -> dict[str, str]:
-    """Each task file an evaluation read, by path, with its sha256 (none: {})."""
-    from pythia_suite.hashing import artifact_files, sha256_file
-
-    if source.is_file():
-        return {str(source): sha256_file(source)}
-    if not source.is_dir():
-        return {}
-    files = artifact_files(source)
-    files.pop("provenance.json", None)
-    return {str(source / rel): sha256_file(path) for rel, path in sorted(files.items())}
-
-
 def cmd_evaluate(config: dict, args) -> None:
-    from pythia_suite.evaluate import evaluate_checkpoints
+    from pythia_suite.evaluate.stage import evaluate_batch
 
     run = cfg.get_run(config, args.run)
     shots = {"zero": 0, "five": 5}[args.shots]
-    steps = cfg.eval_batches(config, shots)[int(args.batch)]
-    if len(steps) != len(args.exports):
-        raise ValueError(f"batch {args.batch} has steps {steps} but {len(args.exports)} exports")
-    out = Path(args.output)
-    local = config["evaluation"]["local_tasks"]
-    tasks = _eval_task_source(config)
-    recorder = Recorder(
-        out,
-        "eval",
-        config["evaluation"],
-        [*(Path(p) for p in args.exports), *([tasks] if tasks.exists() else [])],
-        extra={"task_files": _task_file_hashes(tasks)},
-    )
-    with atomic_directory(out) as tmp:
-        evaluate_checkpoints(
-            dict(zip(steps, args.exports, strict=True)),
-            _eval_tasks(config, shots),
-            shots,
-            tmp,
-            run.name,
-            batch_size=config["evaluation"]["batch_size"],
-            task_dir=paths.eval_tasks_dir(_results(config)) if local else None,
-            include_defaults=not local,
-            limit=None if local else config["evaluation"]["limit"],
-        )
-    recorder.write()
+    evaluate_batch(config, run, shots, int(args.batch), args.exports, args.output)
 
 
 def cmd_prefetch_eval_datasets(config: dict, args) -> None:
     """Load every configured lm-eval task's dataset once (on a node with network), so that
     compute nodes evaluate offline from the shared datasets cache."""
-    from pythia_suite.evaluate import prefetch_datasets
+    from pythia_suite.evaluate.stage import prefetch_suite_datasets
 
-    os.environ.pop("HF_DATASETS_OFFLINE", None)
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    tasks = sorted(set(_eval_tasks(config, 0)) | set(_eval_tasks(config, 5)))
-    write_json_atomic(args.output, prefetch_datasets(tasks), indent=1)
+    prefetch_suite_datasets(config, args.output)
 
 
 def cmd_compare_reference(config: dict, args) -> None:
@@ -883,25 +404,18 @@ def cmd_compare_reference(config: dict, args) -> None:
 def cmd_evaluate_reference(config: dict, args) -> None:
     """Reference mode: evaluate a published checkpoint (e.g. EleutherAI/pythia-410m at
     step143000) with this stage and compare it with the published result file. Needs the Hub."""
-    from huggingface_hub import snapshot_download
+    from pythia_suite.evaluate.stage import evaluate_reference
 
-    from pythia_suite.evaluate import compare_with_reference, evaluate_checkpoints
-
-    step = int(args.revision.removeprefix("step")) if args.revision.startswith("step") else 0
-    model_dir = snapshot_download(args.model, revision=args.revision)
-    name = args.model.split("/")[-1]
-    written = evaluate_checkpoints(
-        {step: model_dir},
-        _eval_tasks(config, args.shots),
+    comparison = evaluate_reference(
+        config,
+        args.model,
+        args.revision,
         args.shots,
         args.output,
-        name,
-        batch_size=config["evaluation"]["batch_size"],
-        include_defaults=True,
-        device=args.device,
-        offline=False,
+        args.reference,
+        args.tolerance,
+        args.device,
     )
-    comparison = compare_with_reference(written[step], args.reference, args.tolerance)
     print(comparison.summary())
     if not comparison.passed:
         raise SystemExit(1)
@@ -909,78 +423,22 @@ def cmd_evaluate_reference(config: dict, args) -> None:
 
 def cmd_collect_evals(config: dict, args) -> None:
     """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
-    out = Path(args.output)
-    recorder = Recorder(out, "evals", {}, [Path(p) for p in args.batches])
-    with atomic_directory(out) as tmp:
-        for batch in args.batches:
-            for path in Path(batch).rglob("*.json"):
-                if path.name == "provenance.json":
-                    continue
-                dest = tmp / path.parent.name / path.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest)
-    recorder.write()
+    from pythia_suite.evaluate.collect import collect_evals
 
-
-def _pythia_result_files(evals_dir: str | Path) -> list[str]:
-    """A run's result files in Pythia's layout (lm-eval's raw outputs beside them left out)."""
-    return sorted(str(p) for p in Path(evals_dir).rglob("*_step*.json") if ".raw." not in p.name)
+    collect_evals(args.batches, args.output)
 
 
 def cmd_verify_run(config: dict, args) -> None:
     """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
-    from pythia_suite import publish
+    from pythia_suite.publish.stage import verify_run_publication
 
-    run = cfg.get_run(config, args.run)
-    results = _results(config)
-    receipts = {
-        f"step{s}": paths.receipt(results, run.name, s) for s in cfg.checkpoint_steps(config)
-    }
-    card_receipt = Path(paths.model_card_receipt(results, run.name))
-    if config["publish"]["local_hub"] and card_receipt.is_file():
-        receipts["main"] = str(card_receipt)
-    summary = publish.verify_published_run(
-        receipts,
-        _repo_id(config, run),
-        local_hub=paths.local_hub(results) if config["publish"]["local_hub"] else None,
-        hub_api=_hub_api(config),
-    )
-    write_json_atomic(args.output, summary, sort_keys=False)
+    verify_run_publication(config, cfg.get_run(config, args.run), args.output)
 
 
 def cmd_report(config: dict, args) -> None:
-    from pythia_suite.report import build_report
+    from pythia_suite.report import write_suite_report
 
-    results = _results(config)
-    runs = _run_table(config)
-    steps = cfg.checkpoint_steps(config)
-    eval_jsons = {
-        r["name"]: _pythia_result_files(paths.evals_dir(results, r["name"])) for r in runs
-    }
-    trainer_states = {
-        r["name"]: [
-            str(Path(paths.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
-            for s in steps
-        ]
-        for r in runs
-    }
-    from pythia_suite.evaluate import chance_levels
-
-    out = Path(args.output)
-    chance = (
-        chance_levels(paths.eval_tasks_dir(results)) if config["evaluation"]["local_tasks"] else {}
-    )
-    lenses = {}  # the data lens of each order, for the data-composition figure
-    if config["data"]["source"] != "preshuffled":
-        for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
-            lens_dir = Path(paths.lens_dir(results, variant, seed))
-            if (lens_dir / "lens.json").is_file():
-                lenses[f"{variant}, data seed {seed}"] = lens_dir
-    inputs = [Path(paths.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
-    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
-    with atomic_directory(out) as tmp:
-        build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
-    recorder.write()
+    write_suite_report(config, args.output, result_files=pythia_result_files)
 
 
 def cmd_check_config(config: None, args) -> None:
@@ -1010,6 +468,188 @@ def cmd_verify(config: dict, args) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+def _arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
+    """One argument of a subcommand: `add_argument`'s flags and options."""
+    return flags, options
+
+
+def _one_of(*arguments: tuple) -> list:
+    """Arguments of which exactly one must be given (a required mutually exclusive group)."""
+    return list(arguments)
+
+
+RUN = _arg("run")
+OUTPUT = _arg("--output", required=True)
+
+# Every subcommand: (name, handler, help, its arguments in order).
+# fmt: off
+COMMANDS = [
+    ("runs", cmd_runs, "list the runs of the matrix", []),
+    ("check-config", cmd_check_config,
+     "check config files (overlays deep-merged in order): the first error in one line", [
+        _arg("files", nargs="+", metavar="FILE"),
+    ]),
+    ("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run", [
+        RUN, _arg("--dataset-prefix", help="data path written into the config"),
+    ]),
+    ("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here", [
+        _arg("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)"),
+        _arg("--python", help="its environment's Python (default: training.neox.python)"),
+    ]),
+    ("neox-index-maps", cmd_neox_index_maps,
+     "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)", [
+        _arg("--variant", required=True),
+        _arg("--seed", type=int, required=True, help="the data seed"),
+        _arg("--output", required=True, help="the directory to build"),
+    ]),
+    ("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON", [RUN]),
+    ("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run", [
+        _arg("--gpu-peak-tflops", type=float, help="override the per-device FLOP peak "
+            "(default: each size's cluster.gpu peak_tflops)"),
+        _arg("--mfu", type=float,
+            help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"),
+        _arg("--json", action="store_true"),
+        _arg("--memory", action="store_true",
+            help="also the peak GPU memory per rank of every GPU run (traced once, cached)"),
+        _arg("--retrace", action="store_true",
+            help="with --memory: trace again, ignoring the cache"),
+    ]),
+    ("check-memory", cmd_check_memory,
+     "refuse (exit 1) when a run's layout does not fit its GPU's memory; CPU runs exempt", []),
+    ("status", cmd_status, "where each run stands, from finished artifacts (no lock)", [
+        _arg("runs", nargs="*", metavar="RUN", help="runs to show (default: all)"),
+        _arg("--json", action="store_true", help="machine-readable status"),
+        _arg("--watch", type=float, metavar="N", help="refresh every N seconds"),
+        _arg("--html", action="store_true", help="also write the progress page"),
+        _arg("--html-path", help="where (default: results/status/index.html)"),
+        _arg("--no-slurm", action="store_true", help="do not ask squeue/sacct"),
+    ]),
+    ("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard", [
+        _arg("shard", help="index into data.raw.shards, e.g. 00"), OUTPUT,
+    ]),
+    ("dedup-signatures", cmd_dedup_signatures, "MinHash band hashes of one shard", [
+        _arg("shard"), _arg("--shard-index", required=True), OUTPUT,
+    ]),
+    ("dedup-buckets", cmd_dedup_buckets, "candidate duplicate pairs of a group of bands", [
+        _arg("signatures", nargs="+"), _arg("--band-group", required=True), OUTPUT,
+    ]),
+    ("dedup-cluster", cmd_dedup_cluster, "duplicate clusters -> documents to remove", [
+        _arg("edges", nargs="+"), OUTPUT,
+    ]),
+    ("dedup-filter", cmd_dedup_filter, "write one shard without its duplicates", [
+        _arg("shard"), _arg("--shard-index", required=True), _arg("--removals", required=True),
+        OUTPUT, _arg("--report", required=True),
+    ]),
+    ("dedup-report", cmd_dedup_report, "merge per-shard dedup reports, check a sample", [
+        _arg("--reports", nargs="+", required=True), _arg("--shards", nargs="+", required=True),
+        _arg("--removals", required=True), _arg("--edges", nargs="+", required=True), OUTPUT,
+    ]),
+    ("train-tokenizer", cmd_train_tokenizer, "train a BPE with GPT-NeoX-20B's specials", [
+        _arg("shards", nargs="+"), OUTPUT,
+    ]),
+    ("fetch-tokenizer", cmd_fetch_tokenizer, "copy or download the configured tokenizer", [OUTPUT]),
+    ("tokenize", cmd_tokenize, "tokenize one shard into a Megatron mmap dataset", [
+        _arg("shard"), _arg("--tokenizer", required=True), _arg("--output-prefix", required=True),
+        _arg("--workers", type=int),
+        _arg("--documents", help="also write the shard's document table (.documents.npz)"),
+    ]),
+    ("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order", [
+        _arg("prefixes", nargs="+"), _arg("--output-prefix", required=True),
+    ]),
+    ("build-order", cmd_build_order, "GPT-NeoX v1.0 index maps (the sample order)", [
+        _arg("--dataset-prefix", required=True), _arg("--seed", type=int, required=True), OUTPUT,
+    ]),
+    ("document-table", cmd_document_table, "a dataset's document table (shard, subset)", [
+        _arg("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order"),
+        _arg("--dataset-prefix", required=True),
+        _arg("--standard", help="deduped: the standard table, to join on document text"), OUTPUT,
+    ]),
+    ("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order", [
+        _arg("--variant", required=True), _arg("--dataset-prefix", required=True),
+        _arg("--order", required=True, help="the order's directory of index maps"),
+        _arg("--documents", help="the dataset's document table (subset labels)"),
+        _arg("--seed", type=int, required=True), OUTPUT,
+    ]),
+    ("lens", cmd_lens, "which documents a run's steps and checkpoints read", [
+        RUN,
+        _one_of(
+            _arg("--step", type=int, help="the documents of each sample of step N"),
+            _arg("--checkpoints", action="store_true", help="the cumulative table"),
+            _arg("--document", type=int, metavar="ID", help="every step holding it"),
+        ),
+        _arg("--json", action="store_true"),
+    ]),
+    ("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset", [
+        _arg("variant"), _arg("--output-prefix", required=True),
+    ]),
+    ("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file", [
+        _arg("variant"), _arg("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx"),
+        OUTPUT,
+    ]),
+    ("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant", [
+        _arg("variant"), _arg("--files", nargs="+", required=True, help="its shards and .idx"),
+        _arg("--output-prefix", required=True),
+    ]),
+    ("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run", [
+        RUN, _arg("--step", type=int, required=True),
+        _arg("--output", help="write the batch as .npy"),
+        _arg("--decode", type=int, nargs="?", const=1, default=0, metavar="N",
+            help="print the first N sequences as text"),
+    ]),
+    ("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text", [
+        _arg("heldout"),
+        _arg("--tokenizer", help="tokenizer.json: next-word distractors match token counts"),
+        OUTPUT,
+    ]),
+    ("train-segment", cmd_train_segment, "train one checkpoint segment of a run", [
+        RUN, _arg("--step", type=int, required=True, help="the checkpoint step to produce"),
+        _arg("--resume-from", help="the previous checkpoint (default: from the schedule)"), OUTPUT,
+    ]),
+    ("await-segment", cmd_await_segment, "wait for another job training the segment", [
+        RUN, _arg("--step", type=int, required=True, help="the checkpoint step of the segment"),
+        _arg("--timeout", type=float, help="seconds to wait at most (default: no limit)"),
+    ]),
+    ("export", cmd_export, "a checkpoint as a Hugging Face model directory", [
+        _arg("checkpoint"), _arg("--tokenizer", required=True), OUTPUT,
+    ]),
+    ("publish", cmd_publish, "publish one step to its branch and verify it", [
+        RUN, _arg("--step", type=int, required=True), _arg("--export", required=True),
+        _arg("--receipt", required=True),
+    ]),
+    ("prune", cmd_prune, "prune resume states as training.keep_resume_states says", [
+        RUN, _arg("--dry-run", action="store_true", help="only show what the policy does"),
+    ]),
+    ("model-card", cmd_model_card, "render a run's model card", [
+        RUN, _arg("--evals", required=True), OUTPUT,
+    ]),
+    ("verify-run", cmd_verify_run, "check a run's receipts and branch uniqueness", [RUN, OUTPUT]),
+    ("evaluate", cmd_evaluate, "lm-eval on a batch of a run's checkpoints", [
+        RUN, _arg("--shots", choices=["zero", "five"], required=True),
+        _arg("--batch", required=True), _arg("--exports", nargs="+", required=True), OUTPUT,
+    ]),
+    ("prefetch-eval-datasets", cmd_prefetch_eval_datasets, "download lm-eval datasets", [OUTPUT]),
+    ("compare-reference", cmd_compare_reference, "compare results with a reference file", [
+        _arg("ours"), _arg("reference"), _arg("--tolerance", type=float, default=0.02),
+    ]),
+    ("evaluate-reference", cmd_evaluate_reference,
+     "evaluate a published checkpoint and compare it with its published results", [
+        _arg("model", help="a Hub repo, e.g. EleutherAI/pythia-410m"),
+        _arg("--revision", default="main", help="e.g. step143000"),
+        _arg("--shots", type=int, default=0),
+        _arg("--reference", required=True, help="Pythia's result file for that step"),
+        _arg("--tolerance", type=float, default=0.02), _arg("--device", default="cuda"), OUTPUT,
+    ]),
+    ("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout", [
+        RUN, _arg("batches", nargs="+"), OUTPUT,
+    ]),
+    ("report", cmd_report, "plots, tables and the data-order check over all runs", [OUTPUT]),
+    ("verify", cmd_verify, "walk the provenance chain from an artifact to the raw data", [
+        _arg("target"),
+    ]),
+]
+# fmt: on
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pythia-suite", description="Rebuild the Pythia Scaling Suite from one config."
@@ -1022,222 +662,17 @@ def build_parser() -> argparse.ArgumentParser:
         "suite last started here used, <results>/config/effective.yaml, else config.yaml)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name, func, help_text):
+    for name, func, help_text, arguments in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
-        return p
-
-    add("runs", cmd_runs, "list the runs of the matrix")
-    p = add(
-        "check-config",
-        cmd_check_config,
-        "check config files (overlays deep-merged in order): the first error in one line",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p = add("neox-config", cmd_neox_config, "print the GPT-NeoX training config of a run")
-    p.add_argument("run")
-    p.add_argument("--dataset-prefix", help="data path written into the config")
-    p = add("neox-doctor", cmd_neox_doctor, "check that GPT-NeoX v1.0 can launch here")
-    p.add_argument("--neox-dir", help="GPT-NeoX checkout (default: training.neox.dir)")
-    p.add_argument("--python", help="its environment's Python (default: training.neox.python)")
-    p = add(
-        "neox-index-maps",
-        cmd_neox_index_maps,
-        "build a dataset's GPT-NeoX data prefix and index maps (rule neox_index_maps)",
-    )
-    p.add_argument("--variant", required=True)
-    p.add_argument("--seed", type=int, required=True, help="the data seed")
-    p.add_argument("--output", required=True, help="the directory to build")
-    p = add("hf-config", cmd_hf_config, "print the transformers GPTNeoXConfig of a run as JSON")
-    p.add_argument("run")
-    p = add("plan", cmd_plan, "parameters, tokens, FLOPs, storage and GPU-hours of every run")
-    p.add_argument(
-        "--gpu-peak-tflops",
-        type=float,
-        default=None,
-        help="override the per-device FLOP peak (default: each size's cluster.gpu peak_tflops)",
-    )
-    p.add_argument(
-        "--mfu", type=float, help="model FLOPs utilisation (0-1; default cluster.assumed_mfu)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--memory",
-        action="store_true",
-        help="also the peak GPU memory per rank of every GPU run (traced once, cached)",
-    )
-    p.add_argument(
-        "--retrace", action="store_true", help="with --memory: trace again, ignoring the cache"
-    )
-    p = add(
-        "check-memory",
-        cmd_check_memory,
-        "refuse (exit 1) when a run's layout does not fit its GPU's memory; CPU runs exempt",
-    )
-    p = add("status", cmd_status, "where each run stands, from finished artifacts (no lock)")
-    p.add_argument("runs", nargs="*", metavar="RUN", help="runs to show (default: all)")
-    p.add_argument("--json", action="store_true", help="machine-readable status")
-    p.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds")
-    p.add_argument("--html", action="store_true", help="also write the progress page")
-    p.add_argument("--html-path", help="where (default: results/status/index.html)")
-    p.add_argument("--no-slurm", action="store_true", help="do not ask squeue/sacct")
-
-    p = add("fetch-shard", cmd_fetch_shard, "fetch and verify one configured Pile shard")
-    p.add_argument("shard", help="index into data.raw.shards, e.g. 00")
-    p.add_argument("--output", required=True)
-    p = add("dedup-signatures", cmd_dedup_signatures, "MinHash band hashes of one shard")
-    p.add_argument("shard")
-    p.add_argument("--shard-index", required=True)
-    p.add_argument("--output", required=True)
-    p = add("dedup-buckets", cmd_dedup_buckets, "candidate duplicate pairs of a group of bands")
-    p.add_argument("signatures", nargs="+")
-    p.add_argument("--band-group", required=True)
-    p.add_argument("--output", required=True)
-    p = add("dedup-cluster", cmd_dedup_cluster, "duplicate clusters -> documents to remove")
-    p.add_argument("edges", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("dedup-filter", cmd_dedup_filter, "write one shard without its duplicates")
-    p.add_argument("shard")
-    p.add_argument("--shard-index", required=True)
-    p.add_argument("--removals", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--report", required=True)
-    p = add("dedup-report", cmd_dedup_report, "merge per-shard dedup reports, check a sample")
-    p.add_argument("--reports", nargs="+", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
-    p.add_argument("--removals", required=True)
-    p.add_argument("--edges", nargs="+", required=True)
-    p.add_argument("--output", required=True)
-    p = add("train-tokenizer", cmd_train_tokenizer, "train a BPE with GPT-NeoX-20B's specials")
-    p.add_argument("shards", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("fetch-tokenizer", cmd_fetch_tokenizer, "copy or download the configured tokenizer")
-    p.add_argument("--output", required=True)
-    p = add("tokenize", cmd_tokenize, "tokenize one shard into a Megatron mmap dataset")
-    p.add_argument("shard")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--output-prefix", required=True)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--documents", help="also write the shard's document table (.documents.npz)")
-    p = add("merge-datasets", cmd_merge_datasets, "concatenate mmap datasets in order")
-    p.add_argument("prefixes", nargs="+")
-    p.add_argument("--output-prefix", required=True)
-    p = add("build-order", cmd_build_order, "GPT-NeoX v1.0 index maps (the sample order)")
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--output", required=True)
-    p = add("document-table", cmd_document_table, "a dataset's document table (shard, subset)")
-    p.add_argument("tables", nargs="+", help="the shards' .documents.npz, in data.raw.shards order")
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--standard", help="deduped: the standard table, to join on document text")
-    p.add_argument("--output", required=True)
-    p = add("build-lens", cmd_build_lens, "the data lens of one (variant, data seed) order")
-    p.add_argument("--variant", required=True)
-    p.add_argument("--dataset-prefix", required=True)
-    p.add_argument("--order", required=True, help="the order's directory of index maps")
-    p.add_argument("--documents", help="the dataset's document table (subset labels)")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--output", required=True)
-    p = add("lens", cmd_lens, "which documents a run's steps and checkpoints read")
-    p.add_argument("run")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, help="the documents of each sample of step N")
-    which.add_argument("--checkpoints", action="store_true", help="the cumulative table")
-    which.add_argument("--document", type=int, metavar="ID", help="every step holding it")
-    p.add_argument("--json", action="store_true")
-    p = add("fetch-preshuffled", cmd_fetch_preshuffled, "fetch and merge a preshuffled dataset")
-    p.add_argument("variant")
-    p.add_argument("--output-prefix", required=True)
-    p = add("fetch-idxmaps", cmd_fetch_idxmaps, "fetch and verify one pre-tokenized Pile file")
-    p.add_argument("variant")
-    p.add_argument("name", help="one of its files: STEM-NNNNN-of-LLLLL.bin or STEM.idx")
-    p.add_argument("--output", required=True)
-    p = add("unshard-idxmaps", cmd_unshard_idxmaps, "unshard the pre-tokenized Pile of a variant")
-    p.add_argument("variant")
-    p.add_argument("--files", nargs="+", required=True, help="its shards and .idx")
-    p.add_argument("--output-prefix", required=True)
-    p = add("batch", cmd_batch, "the (B, seq+1) token ids of one training step of a run")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--output", help="write the batch as .npy")
-    p.add_argument(
-        "--decode",
-        type=int,
-        nargs="?",
-        const=1,
-        default=0,
-        metavar="N",
-        help="print the first N sequences as text",
-    )
-    p = add("build-eval-tasks", cmd_build_eval_tasks, "local lm-eval tasks from held-out text")
-    p.add_argument("heldout")
-    p.add_argument("--tokenizer", help="tokenizer.json: next-word distractors match token counts")
-    p.add_argument("--output", required=True)
-
-    p = add("train-segment", cmd_train_segment, "train one checkpoint segment of a run")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True, help="the checkpoint step to produce")
-    p.add_argument("--resume-from", help="the previous checkpoint (default: from the schedule)")
-    p.add_argument("--output", required=True)
-
-    p = add("await-segment", cmd_await_segment, "wait for another job training the segment")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True, help="the checkpoint step of the segment")
-    p.add_argument("--timeout", type=float, help="seconds to wait at most (default: no limit)")
-
-    p = add("export", cmd_export, "a checkpoint as a Hugging Face model directory")
-    p.add_argument("checkpoint")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--output", required=True)
-    p = add("publish", cmd_publish, "publish one step to its branch and verify it")
-    p.add_argument("run")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--export", required=True)
-    p.add_argument("--receipt", required=True)
-    p = add("prune", cmd_prune, "prune resume states as training.keep_resume_states says")
-    p.add_argument("run")
-    p.add_argument("--dry-run", action="store_true", help="only show what the policy does")
-    p = add("model-card", cmd_model_card, "render a run's model card")
-    p.add_argument("run")
-    p.add_argument("--evals", required=True)
-    p.add_argument("--output", required=True)
-    p = add("verify-run", cmd_verify_run, "check a run's receipts and branch uniqueness")
-    p.add_argument("run")
-    p.add_argument("--output", required=True)
-
-    p = add("evaluate", cmd_evaluate, "lm-eval on a batch of a run's checkpoints")
-    p.add_argument("run")
-    p.add_argument("--shots", choices=["zero", "five"], required=True)
-    p.add_argument("--batch", required=True)
-    p.add_argument("--exports", nargs="+", required=True)
-    p.add_argument("--output", required=True)
-    p = add("prefetch-eval-datasets", cmd_prefetch_eval_datasets, "download lm-eval datasets")
-    p.add_argument("--output", required=True)
-    p = add("compare-reference", cmd_compare_reference, "compare results with a reference file")
-    p.add_argument("ours")
-    p.add_argument("reference")
-    p.add_argument("--tolerance", type=float, default=0.02)
-    p = add(
-        "evaluate-reference",
-        cmd_evaluate_reference,
-        "evaluate a published checkpoint and compare it with its published results",
-    )
-    p.add_argument("model", help="a Hub repo, e.g. EleutherAI/pythia-410m")
-    p.add_argument("--revision", default="main", help="e.g. step143000")
-    p.add_argument("--shots", type=int, default=0)
-    p.add_argument("--reference", required=True, help="Pythia's result file for that step")
-    p.add_argument("--tolerance", type=float, default=0.02)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--output", required=True)
-    p = add("collect-evals", cmd_collect_evals, "a run's evaluations in Pythia's layout")
-    p.add_argument("run")
-    p.add_argument("batches", nargs="+")
-    p.add_argument("--output", required=True)
-    p = add("report", cmd_report, "plots, tables and the data-order check over all runs")
-    p.add_argument("--output", required=True)
-    p = add("verify", cmd_verify, "walk the provenance chain from an artifact to the raw data")
-    p.add_argument("target")
+        for argument in arguments:
+            if isinstance(argument, list):  # _one_of
+                group = p.add_mutually_exclusive_group(required=True)
+                for flags, options in argument:
+                    group.add_argument(*flags, **options)
+            else:
+                flags, options = argument
+                p.add_argument(*flags, **options)
     return parser
 
 
@@ -1250,6 +685,13 @@ def _config_files(args) -> list:
     return found
 
 
+# Commands whose output is their answer: no "done in" line follows it.
+_ANSWERS = set(
+    "runs check-config neox-config neox-doctor hf-config plan status check-memory verify "
+    "compare-reference lens".split()
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
@@ -1259,19 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pythia-suite {args.command}: error: {err}", file=sys.stderr)
         return 1
-    if args.command not in (
-        "runs",
-        "check-config",
-        "neox-config",
-        "neox-doctor",
-        "hf-config",
-        "plan",
-        "status",
-        "check-memory",
-        "verify",
-        "compare-reference",
-        "lens",
-    ):
+    if args.command not in _ANSWERS:
         _say(f"pythia-suite {args.command}: done in {time.time() - started:.1f} s")
     return 0
 

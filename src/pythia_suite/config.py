@@ -176,10 +176,8 @@ def _defaults_filling(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def check_config(config: dict, source: str = "config") -> None:
-    """Checks a schema cannot express. Raises ConfigError naming the key and the values."""
-    training = config["training"]
-    training.setdefault("lr_decay_iters", training["train_iters"])
+def _check_matrix(config: dict, source: str) -> None:
+    """Every size, variant and seed the matrix names is defined."""
     for i, entry in enumerate(config["matrix"]):
         for field, table in (("sizes", "sizes"), ("variants", "variants"), ("seeds", "seeds")):
             for name in entry[field]:
@@ -188,50 +186,55 @@ def check_config(config: dict, source: str = "config") -> None:
                         f"{source}: matrix[{i}].{field}: {name!r} is not defined under "
                         f"'{table}' (defined: {', '.join(config[table])})"
                     )
-    used_sizes = {size for entry in config["matrix"] for size in entry["sizes"]}
-    for name, size in config["sizes"].items():
-        if name not in used_sizes:
-            continue
-        key = f"sizes.{name}"
-        if size["hidden"] % size["heads"]:
-            raise ConfigError(
-                f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads "
-                f"{size['heads']}"
-            )
-        check_layout(config, name, source)
-        tp = size["tensor_parallel"]
-        gpus_per_node = size["cluster"]["gpus_per_node"]
-        if gpus_per_node and gpus_per_node % tp:
-            raise ConfigError(
-                f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
-                f"{gpus_per_node}: a tensor-parallel group must sit within one node"
-            )
-        if size["heads"] % tp:
-            raise ConfigError(
-                f"{source}: {key}.heads: {size['heads']} heads do not split over "
-                f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
-            )
-        if tp > 1 and training.get("data_parallel") == "fsdp":
-            raise ConfigError(
-                f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
-                f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
-            )
-        if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
-            # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
-            # it too); refused here so that no segment job is queued for it.
-            raise ConfigError(
-                f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
-                f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
-            )
-        if size["min_lr"] > size["lr"]:
-            raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
-        precision = size["precision"]
-        if isinstance(precision, dict):
-            for variant in precision:
-                if variant not in config["variants"]:
-                    raise ConfigError(
-                        f"{source}: {key}.precision: variant {variant!r} is not defined"
-                    )
+
+
+def _check_size(config: dict, name: str, source: str) -> None:
+    """A size the matrix uses: its shape, layout, tensor parallelism, learning rates and
+    precision table."""
+    training = config["training"]
+    size = config["sizes"][name]
+    key = f"sizes.{name}"
+    if size["hidden"] % size["heads"]:
+        raise ConfigError(
+            f"{source}: {key}.hidden: {size['hidden']} is not divisible by heads {size['heads']}"
+        )
+    check_layout(config, name, source)
+    tp = size["tensor_parallel"]
+    gpus_per_node = size["cluster"]["gpus_per_node"]
+    if gpus_per_node and gpus_per_node % tp:
+        raise ConfigError(
+            f"{source}: {key}.tensor_parallel: {tp} does not divide gpus_per_node "
+            f"{gpus_per_node}: a tensor-parallel group must sit within one node"
+        )
+    if size["heads"] % tp:
+        raise ConfigError(
+            f"{source}: {key}.heads: {size['heads']} heads do not split over "
+            f"tensor_parallel {tp} (each tensor-parallel rank holds whole heads)"
+        )
+    if tp > 1 and training.get("data_parallel") == "fsdp":
+        raise ConfigError(
+            f"{source}: training.data_parallel: 'fsdp' is offered at tensor_parallel 1 only, "
+            f"but {key}.tensor_parallel is {tp}; use 'zero1' (Pythia's ZeRO stage 1)"
+        )
+    if tp > 1 and training.get("compile_layers") and training.get("backend") != "neox":
+        # torch 2.13's compiled layers crash in DTensor's backward (TrainSettings refuses
+        # it too); refused here so that no segment job is queued for it.
+        raise ConfigError(
+            f"{source}: training.compile_layers: true is offered at tensor_parallel 1 only, "
+            f"but {key}.tensor_parallel is {tp}; set training.compile_layers: false"
+        )
+    if size["min_lr"] > size["lr"]:
+        raise ConfigError(f"{source}: {key}.min_lr: {size['min_lr']} exceeds lr {size['lr']}")
+    precision = size["precision"]
+    if isinstance(precision, dict):
+        for variant in precision:
+            if variant not in config["variants"]:
+                raise ConfigError(f"{source}: {key}.precision: variant {variant!r} is not defined")
+
+
+def _check_steps(config: dict, source: str) -> None:
+    """Checkpoint and evaluation steps lie within training; evaluated steps are checkpoints."""
+    training = config["training"]
     iters = training["train_iters"]
     for key, steps in (
         ("training.checkpoints.extra", training["checkpoints"]["extra"]),
@@ -251,6 +254,18 @@ def check_config(config: dict, source: str = "config") -> None:
                 f"{source}: evaluation.{key}: step {missing[0]} is not a checkpoint step "
                 "(training.checkpoints)"
             )
+
+
+def check_config(config: dict, source: str = "config") -> None:
+    """Checks a schema cannot express. Raises ConfigError naming the key and the values."""
+    training = config["training"]
+    training.setdefault("lr_decay_iters", training["train_iters"])
+    _check_matrix(config, source)
+    used_sizes = {size for entry in config["matrix"] for size in entry["sizes"]}
+    for name in config["sizes"]:
+        if name in used_sizes:
+            _check_size(config, name, source)
+    _check_steps(config, source)
     _check_training_data(config, source)
     if config["evaluation"]["local_tasks"] and not config["data"]["raw"]["heldout"]:
         raise ConfigError(
@@ -304,6 +319,11 @@ def get_run(config: dict, name: str) -> Run:
     if name not in runs:
         raise ConfigError(f"no run named {name!r} in the matrix (runs: {', '.join(runs)})")
     return runs[name]
+
+
+def repo_id(config: dict, run: Run) -> str:
+    """The run's repo on the Hub (and the local hub): ``{suite.hub_org}/{run}``."""
+    return f"{config['suite']['hub_org']}/{run.name}"
 
 
 def checkpoint_steps(config: dict) -> list[int]:
@@ -452,92 +472,6 @@ def _check_training_data(config: dict, source: str) -> None:
             check_data_seed(config, run)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
-
-
-# ----------------------------------------------------------------------------- derived configs
-
-
-# NeoX key spellings: GPT-NeoX accepts '-' and '_' alike; these are the 70m config's.
-def neox_config(config: dict, run: Run, dataset_prefix: str | None = None) -> dict:
-    """The GPT-NeoX v1.0 training config of a run, key for key like Pythia's originals.
-
-    Keys a size's original config spells differently are normalised to the 70m config's
-    spelling; site paths (data, tokenizer) come from `dataset_prefix` and the config.
-    """
-    size = config["sizes"][run.size]
-    model = config["model"]
-    training = config["training"]
-    scaler = training["loss_scaler"]
-    out: dict[str, Any] = {
-        "model-parallel-size": size["tensor_parallel"],
-        "num-layers": size["layers"],
-        "hidden-size": size["hidden"],
-        "num-attention-heads": size["heads"],
-        "seq-length": model["seq_length"],
-        "max-position-embeddings": model["seq_length"],
-        "pos-emb": model["pos_emb"],
-        "rotary-pct": model["rotary_pct"],
-        "no-weight-tying": not model["tie_embeddings"],
-        "gpt-j-residual": model["parallel_residual"],
-        "attention-config": [[["flash"], size["layers"]]],
-        "init_method": size["init_method"],
-        "output_layer_init_method": size["output_layer_init_method"],
-        "optimizer": {
-            "type": "Adam",
-            "params": {
-                "lr": size["lr"],
-                "betas": [training["adam"]["beta1"], training["adam"]["beta2"]],
-                "eps": training["adam"]["eps"],
-            },
-        },
-        "min_lr": size["min_lr"],
-        "train_micro_batch_size_per_gpu": size["micro_batch"],
-        "gradient_accumulation_steps": size["gas"],
-        "gradient_clipping": training["gradient_clipping"],
-        "weight-decay": training["weight_decay"],
-        "hidden-dropout": model["dropout"],
-        "attention-dropout": model["dropout"],
-        "train-iters": training["train_iters"],
-        "lr-decay-iters": training["lr_decay_iters"],
-        "lr-decay-style": training["lr_decay_style"],
-        "warmup": training["warmup"],
-        "checkpoint-factor": training["checkpoints"]["factor"],
-        "extra-save-iters": sorted(training["checkpoints"]["extra"]),
-        "seed": run.weight_seed,
-        "make_vocab_size_divisible_by": model["make_vocab_size_divisible_by"],
-    }
-    mode = precision(config, run)
-    if mode == "fp16":
-        out["fp16"] = {
-            "fp16": True,
-            "enabled": True,
-            "loss_scale": 0,
-            "loss_scale_window": scaler["window"],
-            "initial_scale_power": scaler["initial_scale_power"],
-            "hysteresis": scaler["hysteresis"],
-            "min_loss_scale": scaler["min_scale"],
-        }
-    elif mode == "bf16":
-        # GPT-NeoX v1.0 has no `bf16` key (NeoXArgs(**config) raises TypeError): its
-        # configs/bf16_125M.yml spells bf16 as the fp16 block, type bfloat16, all-reduce in fp32.
-        out["fp16"] = {
-            "enabled": True,
-            "type": "bfloat16",
-            "loss_scale": 0,
-            "loss_scale_window": scaler["window"],
-            "initial_scale_power": scaler["initial_scale_power"],
-            "hysteresis": scaler["hysteresis"],
-            "min_loss_scale": scaler["min_scale"],
-        }
-        out["fp32_allreduce"] = True
-    out = deep_merge(out, config["neox"])
-    out = deep_merge(out, size.get("neox", {}))
-    # A null in a size's `neox` removes the key: that size's original relied on the default.
-    out = {key: value for key, value in out.items() if value is not None}
-    if dataset_prefix:
-        for key in ("train-data-paths", "valid-data-paths", "test-data-paths"):
-            out[key] = [dataset_prefix]
-    return out
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -22,6 +22,7 @@ from pathlib import Path
 from pythia_suite import config as cfg
 from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
+from pythia_suite.jsonfile import JSONFileError, read_json
 from pythia_suite.train.summary import SEGMENT_SUMMARY_NAME, read_summary
 
 PLAN_FORMAT = "pythia-suite/plan/1"
@@ -224,6 +225,29 @@ def render_plan_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_plan(
+    config: dict,
+    rows: list[dict],
+    *,
+    gpu_peak_tflops: float | None,
+    mfu: float,
+    mfu_override: float | None,
+) -> str:
+    """The text of `pythia-suite plan`: the size table of `rows` (`config.plan_rows`), the line
+    naming the peak and MFU its device-hours assume, and the throughput section, measured where
+    finished segments have figures (`mfu_override`: plan --mfu, else None)."""
+    peaks = (
+        f"{gpu_peak_tflops:g} TFLOP/s peak"
+        if gpu_peak_tflops
+        else "each size's cluster.gpu peak ("
+        + ", ".join(sorted({f"{r['gpu']} {r['peak_tflops']:g} TFLOP/s" for r in rows}))
+        + ")"
+    )
+    assumed = f"device-hours at {peaks} and {mfu:.0%} MFU unless measured (below)"
+    costs = cost_rows(config, mfu=mfu_override, measured=measured_rates(config))
+    return "\n".join([render_plan_table(rows), assumed, "", render_cost_table(costs)])
+
+
 _COST_COLUMNS = ("device", "devices", "peak_tflops", "mfu", "tokens_per_s", "device_hours")
 
 
@@ -325,11 +349,11 @@ def read_recorded_plan(results: str) -> dict | None:
     """
     path = paths.plan_record(results)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable plan record: {err}") from None
+    except JSONFileError as err:
+        raise ValueError(f"{path}: unreadable plan record: {err.reason}") from None
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise ValueError(f"{path}: format is not {PLAN_FORMAT!r}")
     data["path"] = path

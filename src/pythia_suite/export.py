@@ -33,6 +33,7 @@ import numpy as np
 from safetensors import safe_open
 
 from pythia_suite.atomic import atomic_directory
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 __all__ = [
     "EOD_TOKEN",
@@ -356,9 +357,9 @@ def hf_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
         if not index.is_file():
             continue
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        except (JSONFileError, KeyError, TypeError, AttributeError) as err:
             raise ExportError(f"{index}: not a weight index ({err})") from None
         for shard in shards:
             if not (model_dir / shard).is_file():
@@ -397,3 +398,17 @@ def load_hf_weights(model_dir: str | os.PathLike[str], framework: str = "np") ->
                 raise ExportError(f"{path}: tensor {key!r} is also in another shard")
             tensors[key] = tensor
     return tensors
+
+
+def export_checkpoint_with_record(
+    checkpoint_dir: str, tokenizer_json: str, out_dir: str, dtype: str
+) -> None:
+    """``export_checkpoint`` with the export's provenance record (``publish.dtype``, the
+    checkpoint and the tokenizer)."""
+    from pythia_suite.provenance import Recorder
+
+    out = Path(out_dir)
+    inputs = [Path(checkpoint_dir), Path(tokenizer_json)]
+    recorder = Recorder(out, "export", {"dtype": dtype}, inputs)
+    export_checkpoint(checkpoint_dir, tokenizer_json, out, dtype=dtype)
+    recorder.write()

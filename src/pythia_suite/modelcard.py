@@ -55,14 +55,21 @@ A ``<metric>_stderr`` / ``<metric>_stderr,<filter>`` entry is shown beside its m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pythia_suite import units
+from pythia_suite.jsonfile import read_json
 
-__all__ = ["ModelCardError", "card_facts", "render_model_card", "verification_sentence"]
+__all__ = [
+    "ModelCardError",
+    "card_facts",
+    "final_step_metrics",
+    "render_model_card",
+    "verification_sentence",
+    "write_model_card",
+]
 
 _REQUIRED = (
     "name",
@@ -184,26 +191,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> str:
-    """Return the ``README.md`` of a run's Hub repo: YAML metadata and Pythia-style sections.
-
-    Sections: architecture (hyperparameter table), data, training procedure, checkpoints
-    (branch naming, ``main`` = final step), evaluations (a table when ``results`` is given),
-    quickstart. See the module docstring for the keys read from ``run``.
-
-    Raises:
-        ModelCardError: a required key is missing or ``steps``/``results`` is malformed.
-    """
-    if run.get("batch") is None and run.get("global_batch") is not None:
-        run = {**run, "batch": run["global_batch"]}
-    _check(run)
-    steps = sorted(run["steps"])
-    final = steps[-1]
-    example = next((s for s in steps if s == 3000), steps[len(steps) // 2])
-    tokens = run.get("tokens") or run["train_iters"] * run["batch"] * run["seq_length"]
-    dataset = run["dataset"]
-    repo_id, name = run["repo_id"], run["name"]
-
+def _front_matter(run: Mapping[str, Any]) -> str:
+    """The card's YAML metadata (the dataset listed when it is a Hub dataset)."""
     front = [
         "---",
         "language:",
@@ -217,8 +206,13 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         "- pythia",
     ]
     if run.get("hub_dataset", True):
-        front += ["datasets:", f"- {dataset}"]
+        front += ["datasets:", f"- {run['dataset']}"]
     front.append("---")
+    return "\n".join(front)
+
+
+def _architecture_rows(run: Mapping[str, Any], tokens: int) -> list[tuple[str, Any]]:
+    """The hyperparameter table's rows."""
     arch_rows = [("Layers", run["layers"]), ("Model dimension", run["hidden"])]
     arch_rows += [("Attention heads", run["heads"])]
     if run.get("params") is not None:
@@ -233,12 +227,22 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         arch_rows.append(("Final learning rate", f"{run['min_lr']:.1e}"))
     arch_rows.append(("Training iterations", _human(run["train_iters"])))
     arch_rows.append(("Tokens seen", _human(tokens)))
+    return arch_rows
 
-    data_text = run.get("data_description") or f"{name} was trained on `{dataset}`."
+
+def _data_text(run: Mapping[str, Any]) -> str:
+    """The training data section: the dataset, the tokenizer and the data lens's facts."""
+    data_text = run.get("data_description") or f"{run['name']} was trained on `{run['dataset']}`."
     if run.get("tokenizer"):
         data_text += f" Tokenizer: {run['tokenizer']}."
     if run.get("data_facts"):  # from the run's data lens (pythia_suite.data.lens.data_facts)
         data_text += "\n\n" + "\n".join(f"- {fact}." for fact in run["data_facts"])
+    return data_text
+
+
+def _training_lines(run: Mapping[str, Any], tokens: int) -> list[str]:
+    """The training procedure's bullets: iterations, schedule, optimizer, precision,
+    deviations from Pythia's config, seed."""
     style = run.get("lr_decay_style")
     schedule = "linear warmup"
     if run.get("warmup") is not None:
@@ -262,32 +266,41 @@ def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None 
         training.append(f"- Deviation from Pythia's training config: {deviation}.")
     if run.get("seed") is not None:
         training.append(f"- Seed: {run['seed']}.")
+    return training
 
-    evaluation = "No evaluation results are attached to this card yet."
-    if results:
-        rows = _metric_rows(results)
-        header: tuple[str, ...] = ("Task", "Metric", "Value", "Stderr")
-        chance = run.get("chance") or {}
-        if chance:
-            header += ("Chance",)
-            rows = [(*row, _chance_cell(chance, row[0], row[1])) for row in rows]
-        evaluation = (
-            f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
-            "lm-evaluation-harness:\n\n" + _table(header, rows)
+
+def _evaluation_text(run: Mapping[str, Any], results: Mapping[str, Any] | None, final: int) -> str:
+    """The evaluations section: the results table, with chance levels where known."""
+    if not results:
+        return "No evaluation results are attached to this card yet."
+    rows = _metric_rows(results)
+    header: tuple[str, ...] = ("Task", "Metric", "Value", "Stderr")
+    chance = run.get("chance") or {}
+    if chance:
+        header += ("Chance",)
+        rows = [(*row, _chance_cell(chance, row[0], row[1])) for row in rows]
+    evaluation = (
+        f"{run.get('results_label') or f'Results of the final checkpoint (`step{final}`)'}, "
+        "lm-evaluation-harness:\n\n" + _table(header, rows)
+    )
+    if chance:
+        evaluation += (
+            "\n\nChance: what guessing scores (a uniform pick among a task's choices); "
+            "— where a task has no such level (exact match, perplexity)."
         )
-        if chance:
-            evaluation += (
-                "\n\nChance: what guessing scores (a uniform pick among a task's choices); "
-                "— where a task has no such level (exact match, perplexity)."
-            )
+    return evaluation
 
-    cache_dir = run.get("cache_dir") or f"./{name}"
+
+def _quickstart(run: Mapping[str, Any], example: int) -> str:
+    """Loading the final checkpoint with transformers and generating from the card's prompt."""
+    repo_id = run["repo_id"]
+    cache_dir = run.get("cache_dir") or f"./{run['name']}"
     offline = (
         'import os\n\nos.environ["HF_HUB_OFFLINE"] = "1"  # the local hub\n'
         if run.get("offline")
         else ""
     )
-    quickstart = f"""```python
+    return f"""```python
 {offline}from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 # main: the final checkpoint; any other step is its branch, e.g. revision="step{example}".
@@ -313,22 +326,42 @@ tokens = model.generate(
 print(tokenizer.decode(tokens[0]))
 ```"""
 
+
+def render_model_card(run: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> str:
+    """Return the ``README.md`` of a run's Hub repo: YAML metadata and Pythia-style sections.
+
+    Sections: architecture (hyperparameter table), data, training procedure, checkpoints
+    (branch naming, ``main`` = final step), evaluations (a table when ``results`` is given),
+    quickstart. See the module docstring for the keys read from ``run``.
+
+    Raises:
+        ModelCardError: a required key is missing or ``steps``/``results`` is malformed.
+    """
+    if run.get("batch") is None and run.get("global_batch") is not None:
+        run = {**run, "batch": run["global_batch"]}
+    _check(run)
+    steps = sorted(run["steps"])
+    final = steps[-1]
+    example = next((s for s in steps if s == 3000), steps[len(steps) // 2])
+    tokens = run.get("tokens") or run["train_iters"] * run["batch"] * run["seq_length"]
+    repo_id, name = run["repo_id"], run["name"]
+    architecture = _table(("Hyperparameter", "Value"), _architecture_rows(run, tokens))
     sections = [
-        "\n".join(front),
+        _front_matter(run),
         f"# {name}",
         f"{name} is the {run['size']} model of a rebuilt Pythia Scaling Suite "
         f"({run['variant']} data), trained to study how language models develop over training. "
         f"Every checkpoint is published as a branch of `{repo_id}`." + _scale_text(run, tokens),
-        "## Architecture\n\n" + _table(("Hyperparameter", "Value"), arch_rows),
-        "## Training data\n\n" + data_text,
-        "## Training procedure\n\n" + "\n".join(training),
+        "## Architecture\n\n" + architecture,
+        "## Training data\n\n" + _data_text(run),
+        "## Training procedure\n\n" + "\n".join(_training_lines(run, tokens)),
         "## Checkpoints\n\n"
         f"Checkpoint `step{{N}}` holds the weights after N iterations, on the branch of that "
         f"name: {_step_ranges(steps)}. `step0` is the initialisation. Branch `main` is the "
         f"final checkpoint, `step{final}`."
         + (f" {run['verification']}" if run.get("verification") else ""),
-        "## Evaluations\n\n" + evaluation,
-        "## Quickstart\n\n" + quickstart,
+        "## Evaluations\n\n" + _evaluation_text(run, results, final),
+        "## Quickstart\n\n" + _quickstart(run, example),
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -364,9 +397,7 @@ def _data_facts(
             root = Path(*parts[:-depth]) if len(parts) > depth else None
             manifest = root / "manifest.json" if root is not None else None
             if manifest is not None and manifest.is_file():
-                entry = json.loads(manifest.read_text())["files"].get(
-                    Path(shard).relative_to(root).as_posix()
-                )
+                entry = read_json(manifest)["files"].get(Path(shard).relative_to(root).as_posix())
                 if entry:
                     records.append(manifest)
                     for source, n in entry.get("pile_set_names", {}).items():
@@ -480,9 +511,9 @@ def _deviations(config: Mapping[str, Any], run) -> list[str]:
     """What the run's trainer changed in Pythia's config (GPT-NeoX backend: neox.run_deviations)."""
     if config["training"]["backend"] != "neox":
         return []
-    from pythia_suite.train import neox
+    from pythia_suite.neox.config import run_deviations
 
-    return neox.run_deviations(config, run)
+    return run_deviations(config, run)
 
 
 def card_facts(
@@ -512,14 +543,14 @@ def card_facts(
     local_only = config["publish"]["local_hub"] and not config["publish"]["hub"]
     report = None
     if dedup_report and Path(dedup_report).is_file():
-        report = json.loads(Path(dedup_report).read_text(encoding="utf-8"))
+        report = read_json(dedup_report)
     return {
         **_data_facts(config, run, report),
         "epoch_tokens": _dataset_tokens(dataset_prefix),
         "published_dtype": config["publish"]["dtype"],
         "chance": dict(chance or {}),
         "name": run.name,
-        "repo_id": f"{config['suite']['hub_org']}/{run.name}",
+        "repo_id": cfg.repo_id(config, run),
         "size": run.size,
         "variant": run.variant,
         "params": total,
@@ -547,3 +578,113 @@ def card_facts(
         "cache_dir": cache_dir if local_only else None,
         "offline": bool(local_only),
     }
+
+
+# ----------------------------------------------------------------------------- the card of a run
+
+
+def final_step_metrics(points, final_step: int) -> dict[str, dict[str, float]]:
+    """The card's results table from a run's evaluation points (``report.load_eval_points``):
+    ``{"task (N-shot)": {label: value, "<label>_stderr": stderr}}`` at ``final_step``, identical
+    metrics on one row ("acc = acc_norm", ``report.metric_labels``)."""
+    from pythia_suite.report import metric_labels
+
+    labels = metric_labels(points)
+    table: dict[str, dict[str, float]] = {}
+    for p in points:
+        label = labels[(p.shots, p.task, p.metric)]
+        if p.step == final_step and label is not None:
+            metrics = table.setdefault(f"{p.task} ({p.shots}-shot)", {})
+            metrics[label] = p.value
+            if p.stderr is not None:
+                metrics[f"{label}_stderr"] = p.stderr
+    return table
+
+
+def _run_card_facts(config: dict, run, dataset_prefix: str) -> dict[str, Any]:
+    """``card_facts`` of a run from the suite's results tree (receipts of every step, tokenizer,
+    dedup report, chance levels), with its data lens's facts where the lens is built.
+
+    Raises ``FileNotFoundError`` naming a step's missing publish receipt, ``JSONFileError``
+    naming an unreadable one."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+    from pythia_suite.evaluate import chance_levels
+
+    results = config["paths"]["results"]
+    steps = cfg.checkpoint_steps(config)
+    receipts = {f"step{s}": read_json(paths.receipt(results, run.name, s)) for s in steps}
+    info = card_facts(
+        config,
+        run.name,
+        receipts,
+        tokenizer_file=paths.tokenizer(results),
+        cache_dir=paths.local_hub(results),
+        dataset_prefix=dataset_prefix,
+        dedup_report=paths.dedup_report(results) if run.dedup else None,
+        chance=chance_levels(paths.eval_tasks_dir(results)),
+    )
+    lens_dir = Path(paths.lens_dir(results, run.variant, run.data_seed))
+    if config["data"]["source"] != "preshuffled" and (lens_dir / "lens.json").is_file():
+        from pythia_suite.data.lens import data_facts
+
+        info["data_facts"] = data_facts(lens_dir)
+    return info
+
+
+def _card_inputs(config: dict, run, evals_dir: str, dataset_prefix: str, info: dict) -> list:
+    """What the card is made from, for its provenance record."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+
+    results = config["paths"]["results"]
+    steps = cfg.checkpoint_steps(config)
+    inputs = [Path(evals_dir), *(Path(paths.receipt(results, run.name, s)) for s in steps)]
+    inputs.append(Path(dataset_prefix + ".bin"))
+    if run.dedup and Path(paths.dedup_report(results)).exists():
+        inputs.append(Path(paths.dedup_report(results)))
+    if "data_facts" in info:
+        inputs.append(Path(paths.lens_dir(results, run.variant, run.data_seed)))
+    return inputs
+
+
+def write_model_card(
+    config: dict, run, *, evals_dir: str, result_files: list[str], output: str
+) -> None:
+    """Write a run's model card (``README.md``) to ``output`` with its provenance record: facts
+    from the config and the results tree, the final step's scores from ``result_files`` (the
+    run's results in Pythia's layout under ``evals_dir``). With ``publish.local_hub`` the card
+    is also put on the local hub's ``main`` branch, verified.
+
+    Raises what ``_run_card_facts`` and ``render_model_card`` raise."""
+    from pythia_suite import config as cfg
+    from pythia_suite.atomic import write_text_atomic
+    from pythia_suite.data.source import training_data
+    from pythia_suite.provenance import Recorder
+    from pythia_suite.report import load_eval_points
+
+    dataset_prefix = training_data(config, run).dataset_prefix
+    info = _run_card_facts(config, run, dataset_prefix)
+    points = load_eval_points({run.name: result_files})
+    table = final_step_metrics(points, cfg.checkpoint_steps(config)[-1])
+    out = Path(output)
+    write_text_atomic(out, render_model_card(info, table or None))
+    inputs = _card_inputs(config, run, evals_dir, dataset_prefix, info)
+    Recorder(out, "model-card", info, inputs).write()
+    if config["publish"]["local_hub"]:
+        _publish_card_locally(config, run, info["repo_id"], out)
+
+
+def _publish_card_locally(config: dict, run, repo_id: str, card: Path) -> None:
+    """Put the card on the local hub's main branch beside the final step's files, verified."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths, publish
+
+    results = config["paths"]["results"]
+    publish.publish_card_locally(
+        paths.local_hub(results),
+        repo_id,
+        paths.export_dir(results, run.name, cfg.checkpoint_steps(config)[-1]),
+        card,
+        paths.model_card_receipt(results, run.name),
+    )

@@ -26,6 +26,7 @@ from typing import Any
 
 from pythia_suite.atomic import write_json_atomic
 from pythia_suite.hashing import artifact_files, sha256_file
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 RECORD_NAME = "provenance.json"
 PRUNED_NAME = "pruned.json"  # written by pythia_suite.retention
@@ -88,9 +89,9 @@ def _pruned_hashes(directory: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        removed = json.loads(path.read_text(encoding="utf-8"))["removed"]
+        removed = read_json(path)["removed"]
         return {rel: entry["sha256"] for rel, entry in removed.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (JSONFileError, KeyError, TypeError, AttributeError) as err:
         raise ProvenanceError(f"{path}: unreadable retention marker: {err!r}") from None
 
 
@@ -187,7 +188,7 @@ def _input_entry(path: Path) -> dict[str, Any]:
     """An input's hash: taken from its own record when it has one (checked by verify)."""
     own = record_path(path)
     if own.exists():
-        sha = json.loads(own.read_text(encoding="utf-8"))["sha256"]
+        sha = read_json(own)["sha256"]
         return {"path": str(path), "sha256": sha, "record": str(own)}
     return {"path": str(path), "sha256": content_hash(path), "record": None}
 
@@ -196,11 +197,11 @@ def read_record(artifact: str | os.PathLike) -> dict:
     """The record of `artifact`. Raises ProvenanceError when it has none or it is unreadable."""
     path = record_path(artifact)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError as err:
         raise ProvenanceError(f"{artifact}: no provenance record ({path})") from err
-    except json.JSONDecodeError as err:
-        raise ProvenanceError(f"{path}: provenance record is not valid JSON: {err}") from err
+    except JSONFileError as err:
+        raise ProvenanceError(f"{path}: provenance record: {err.reason}") from err
 
 
 @dataclass

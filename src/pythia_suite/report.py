@@ -1,6 +1,7 @@
 """The suite's report: evaluation curves, loss curves, final results, data-order check, spikes.
 
-Everything comes in explicitly (no config reading):
+:func:`build_report` takes everything explicitly (no config reading; :func:`write_suite_report`
+gathers it from the config and the results tree):
 
 - ``runs``: a table of dicts, one per run: ``name``, ``size`` (``"70m"``), ``variant``
   (``"standard"`` | ``"deduped"``), ``params`` (int), optionally ``data_seed`` (runs are grouped
@@ -33,6 +34,7 @@ from typing import Any
 
 from pythia_suite import units
 from pythia_suite.atomic import write_bytes_atomic, write_text_atomic
+from pythia_suite.jsonfile import read_json
 
 __all__ = [
     "EvalPoint",
@@ -110,7 +112,7 @@ def load_eval_points(eval_jsons: Mapping[str, Iterable[str | os.PathLike]]) -> l
             match = _STEP_FILE.search(path.name)
             if not match:
                 raise ValueError(f"{path}: file name does not end in _step<N>.json")
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_json(path)
             try:
                 results, shots = doc["results"], int(doc["config"]["num_fewshot"])
             except (KeyError, TypeError):
@@ -192,7 +194,7 @@ def read_training_log(run: str, trainer_states: Iterable[str | os.PathLike]) -> 
     """
     log = TrainingLog(run)
     for path in sorted(map(Path, trainer_states)):
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path)
         if isinstance(state, list):
             state = {"losses": state}
         if "history" in state:
@@ -820,3 +822,75 @@ def _report_markdown(
         "## Figures\n\n" + ("\n".join(figures) if figures else "None."),
     ]
     return "\n\n".join(s.rstrip() for s in sections) + "\n"
+
+
+# ----------------------------------------------------------------------------- the suite's report
+
+
+def run_table(config: dict) -> list[dict]:
+    """The runs table ``build_report`` reads: each run's dict with its parameter counts and
+    shape."""
+    from pythia_suite import config as cfg
+
+    rows = []
+    for run in cfg.expand_runs(config).values():
+        total, non_embedding = cfg.parameter_counts(config, run.size)
+        size = config["sizes"][run.size]
+        rows.append(
+            {
+                **run.as_dict(),
+                "params": total,
+                "non_embedding_params": non_embedding,
+                "layers": size["layers"],
+                "hidden": size["hidden"],
+                "heads": size["heads"],
+            }
+        )
+    return rows
+
+
+def _built_lenses(config: dict, runs: list[dict]) -> dict[str, Path]:
+    """The data lens of each order the runs read, where built (for the data-composition figure);
+    none for the preshuffled source."""
+    from pythia_suite import paths
+
+    lenses = {}
+    if config["data"]["source"] != "preshuffled":
+        for variant, seed in sorted({(r["variant"], r["data_seed"]) for r in runs}):
+            lens_dir = Path(paths.lens_dir(config["paths"]["results"], variant, seed))
+            if (lens_dir / "lens.json").is_file():
+                lenses[f"{variant}, data seed {seed}"] = lens_dir
+    return lenses
+
+
+def write_suite_report(config: dict, output: str, result_files) -> None:
+    """The suite's report (``build_report``) in the directory ``output`` (complete or absent),
+    with its provenance record, from every run's evaluations (``result_files(evals_dir)``: the
+    result files in Pythia's layout), trainer states and data lenses, and the local tasks'
+    chance levels. Raises what ``build_report`` raises."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+    from pythia_suite.atomic import atomic_directory
+    from pythia_suite.evaluate import chance_levels
+    from pythia_suite.provenance import Recorder
+
+    results = config["paths"]["results"]
+    runs = run_table(config)
+    steps = cfg.checkpoint_steps(config)
+    eval_jsons = {r["name"]: result_files(paths.evals_dir(results, r["name"])) for r in runs}
+    trainer_states = {
+        r["name"]: [
+            str(Path(paths.checkpoint_dir(results, r["name"], s)) / "trainer_state.json")
+            for s in steps
+        ]
+        for r in runs
+    }
+    out = Path(output)
+    local_tasks = config["evaluation"]["local_tasks"]
+    chance = chance_levels(paths.eval_tasks_dir(results)) if local_tasks else {}
+    lenses = _built_lenses(config, runs)
+    inputs = [Path(paths.evals_dir(results, r["name"])) for r in runs] + list(lenses.values())
+    recorder = Recorder(out, "report", {"runs": [r["name"] for r in runs]}, inputs)
+    with atomic_directory(out) as tmp:
+        build_report(runs, eval_jsons, trainer_states, tmp, chance, lenses)
+    recorder.write()

@@ -29,7 +29,6 @@ is restored as well, for checkpoints made outside Snakemake.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from pythia_suite.atomic import write_json_atomic
 from pythia_suite.hashing import sha256_file
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 __all__ = [
     "PRUNED_NAME",
@@ -81,8 +81,8 @@ class Decision:
 def _read_json(path: Path) -> dict | None:
     """The JSON object at ``path``, or None when it is absent or unreadable (not yet written)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json(path, missing=None)
+    except JSONFileError:
         return None
 
 
@@ -260,3 +260,35 @@ def resume_bytes(checkpoint: str | os.PathLike) -> int:
 
 def _write_record(path: Path, data: dict) -> None:
     write_json_atomic(path, data, indent=1, fsync=True)
+
+
+def run_paths_by_step(config: dict, run) -> tuple[dict, dict, dict]:
+    """A run's checkpoint, export and receipt paths by step (the policy's arguments)."""
+    from pythia_suite import config as cfg
+    from pythia_suite import paths
+
+    results = config["paths"]["results"]
+    steps = cfg.checkpoint_steps(config)
+    return (
+        {s: Path(paths.checkpoint_dir(results, run.name, s)) for s in steps},
+        {s: Path(paths.export_dir(results, run.name, s)) for s in steps},
+        {s: Path(paths.receipt(results, run.name, s)) for s in steps},
+    )
+
+
+def prune_run(config: dict, run, *, dry_run: bool) -> list[Decision]:
+    """The policy's decisions for a run's checkpoints (``training.keep_resume_states``),
+    applied unless ``dry_run``."""
+    keep = config["training"]["keep_resume_states"]
+    by_step = run_paths_by_step(config, run)
+    if dry_run:
+        return plan_retention(*by_step, keep=keep)
+    return apply_retention(*by_step, keep=keep)
+
+
+def prune_after_publishing(config: dict, run, log) -> None:
+    """Prune the resume states that ``training.keep_resume_states`` lets go (after a verified
+    receipt), saying each through ``log``."""
+    for decision in prune_run(config, run, dry_run=False):
+        if decision.action == "pruned" and decision.reason == SAFE:
+            log(f"{decision.checkpoint}: resume state pruned ({decision.reason})")

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pythia_suite.jsonfile import JSONFileError, read_json
+
 __all__ = [
     "ACTIVE_STATES",
     "SEGMENT_RULE",
@@ -312,8 +314,8 @@ def checkpoint_complete(out_dir: Path | str, step: int) -> bool:
     """
     out_dir = Path(out_dir)
     try:
-        state = json.loads((out_dir / "trainer_state.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        state = read_json(out_dir / "trainer_state.json")
+    except (FileNotFoundError, JSONFileError):
         return False
     return state.get("step") == step and (out_dir / "provenance.json").is_file()
 

@@ -19,7 +19,6 @@ provenance record is there (written last) and no Snakemake incomplete marker nam
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import re
@@ -33,6 +32,7 @@ from typing import Any
 
 from pythia_suite import config as cfg
 from pythia_suite import costs, paths, units
+from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.train.summary import read_summary
 
@@ -153,7 +153,7 @@ def snakemake_incomplete(workdir: str | os.PathLike = ".") -> dict[str, str | No
             except (ValueError, UnicodeDecodeError):
                 continue
             try:
-                job_id = json.loads(Path(dirpath, name).read_text()).get("external_jobid")
+                job_id = read_json(Path(dirpath, name)).get("external_jobid")
             except (OSError, ValueError, AttributeError):
                 job_id = None
             marked[os.path.normpath(target)] = job_id
@@ -300,9 +300,8 @@ def _receipts(path: str) -> tuple[set[int], set[int], list[str]]:
         step = int(match[1])
         published.add(step)
         try:
-            with open(entry.path, encoding="utf-8") as fh:
-                if json.load(fh).get("verified") is True:
-                    verified.add(step)
+            if read_json(entry.path).get("verified") is True:
+                verified.add(step)
         except (OSError, ValueError, AttributeError):
             bad.append(entry.path)
     return published, verified, bad
@@ -549,37 +548,8 @@ def _eta(status: RunStatus, summaries: list[dict], config: dict) -> float | None
     return (status.final_step - status.last_step) * wall / steps
 
 
-def collect_status(
-    config: dict,
-    runs: Iterable[str] | None = None,
-    *,
-    workdir: str | os.PathLike = ".",
-    ask_slurm: bool = True,
-    run_command: Runner = subprocess.run,
-) -> SuiteStatus:
-    """The status of the suite (or of the named runs). Raises ConfigError on an unknown run."""
-    results = config["paths"]["results"]
-    if not os.path.isabs(results):
-        results = os.path.normpath(os.path.join(workdir, results))
-        config = dict(config, paths=dict(config["paths"], results=results))
-    all_runs = cfg.expand_runs(config)
-    chosen = [cfg.get_run(config, name) for name in runs] if runs else list(all_runs.values())
-    steps = cfg.checkpoint_steps(config)
-    eval_plan = {
-        "zero": set(config["evaluation"]["zero_shot_steps"]),
-        "five": set(config["evaluation"]["five_shot_steps"]),
-    }
-    eval_steps = eval_plan["zero"] | eval_plan["five"]
-    marked = {
-        os.path.normpath(os.path.join(workdir, t)): j
-        for t, j in snakemake_incomplete(workdir).items()
-    }
-    recorded = costs.read_recorded_plan(results)
-    slurm = (
-        slurm_view([r.name for r in chosen], workdir, run_command, all_runs)
-        if ask_slurm
-        else SlurmView(False, "SLURM not asked (--no-slurm)")
-    )
+def _sacct_lookup(slurm: SlurmView, run_command: Runner) -> Callable[[str], str | None]:
+    """sacct's state of a job, asked once per job, and only while SLURM answers."""
     sacct_cache: dict[str, str | None] = {}
 
     def sacct(job_id: str) -> str | None:
@@ -589,62 +559,100 @@ def collect_status(
             sacct_cache[job_id] = _sacct_state(job_id, run_command)
         return sacct_cache[job_id]
 
-    out_runs, problems = [], []
-    for run in chosen:
-        status = RunStatus(run.name, run.size, run.variant, len(steps), final_step=steps[-1])
-        ckpt_root = os.path.dirname(paths.checkpoint_dir(results, run.name, 0))
-        trained = _step_dirs(ckpt_root) & set(steps)
-        trained = {
-            s
-            for s in trained
-            if os.path.normpath(paths.checkpoint_dir(results, run.name, s)) not in marked
-        }
-        exported = _step_dirs(os.path.dirname(paths.export_dir(results, run.name, 0)))
-        exported &= set(steps)
-        published, verified, bad = _receipts(os.path.dirname(paths.receipt(results, run.name, 0)))
-        evals = _eval_steps(results, run.name)
-        status.trained, status.exported = len(trained), len(exported & set(steps))
-        status.published, status.verified = len(published), len(verified)
-        status.eval_planned = len(eval_steps)
-        status.evaluated = sum(
-            1
-            for s in eval_steps
-            if all(s in evals[shots] for shots in eval_plan if s in eval_plan[shots])
-        )
-        status.eval_steps = {shots: sorted(v) for shots, v in evals.items()}
-        # The last step of the unbroken chain: segments train in order from step0.
-        chain = [s for s in steps if s in trained]
-        status.last_step = max(chain) if chain else None
-        summaries = []
-        for step in sorted(trained):
-            path = paths.segment_summary(results, run.name, step)
-            try:
-                summary = read_summary(path)
-            except ValueError as err:
-                problems.append(
-                    Problem("bad-record", "train_segment", run.name, path, None, str(err))
-                )
-                continue
-            if summary is not None:
-                summaries.append(summary)
-        for path in bad:
-            problems.append(Problem("bad-record", "publish", run.name, path, None, "unreadable"))
-        _measure(status, summaries)
-        status.eta_s = _eta(status, summaries, config)
-        if recorded and run.name in recorded["runs"]:
-            predicted = recorded["runs"][run.name]["device_hours"]
-            status.predicted_device_hours = predicted
-            done = sum(s["end_step"] - s.get("start_step", s["end_step"]) for s in summaries)
-            status.predicted_to_here = predicted * done / steps[-1] if steps[-1] else None
-        finished = _finished_targets(config, run.name, trained, exported, published, evals)
-        run_problems = _problems_of_run(config, run, finished, marked, sacct, workdir)
-        for p in run_problems:
-            if p.rule == "train_segment" and p.error and _NAN_ABORT.search(p.error):
-                status.nan_aborts.append(f"{p.target}: {p.error}")
-        problems.extend(run_problems)
-        out_runs.append(status)
-    # Failures of rules outside the runs' table (data preparation, report...) or not yet
-    # matched: from the newest Snakemake log, while their outputs are still missing.
+    return sacct
+
+
+def _count_artifacts(
+    status: RunStatus, results: str, run, steps: list[int], eval_plan: dict, marked: dict
+) -> tuple[set, set, set, dict, list]:
+    """Fill the run's counts (trained, exported, published, verified, evaluated, last step of
+    the unbroken chain) from its finished artifacts; a checkpoint Snakemake marks incomplete
+    does not count. Returns (trained, exported, published, evals, unreadable receipts)."""
+    eval_steps = eval_plan["zero"] | eval_plan["five"]
+    ckpt_root = os.path.dirname(paths.checkpoint_dir(results, run.name, 0))
+    trained = _step_dirs(ckpt_root) & set(steps)
+    trained = {
+        s
+        for s in trained
+        if os.path.normpath(paths.checkpoint_dir(results, run.name, s)) not in marked
+    }
+    exported = _step_dirs(os.path.dirname(paths.export_dir(results, run.name, 0)))
+    exported &= set(steps)
+    published, verified, bad = _receipts(os.path.dirname(paths.receipt(results, run.name, 0)))
+    evals = _eval_steps(results, run.name)
+    status.trained, status.exported = len(trained), len(exported & set(steps))
+    status.published, status.verified = len(published), len(verified)
+    status.eval_planned = len(eval_steps)
+    status.evaluated = sum(
+        1
+        for s in eval_steps
+        if all(s in evals[shots] for shots in eval_plan if s in eval_plan[shots])
+    )
+    status.eval_steps = {shots: sorted(v) for shots, v in evals.items()}
+    # The last step of the unbroken chain: segments train in order from step0.
+    chain = [s for s in steps if s in trained]
+    status.last_step = max(chain) if chain else None
+    return trained, exported, published, evals, bad
+
+
+def _segment_summaries(results: str, run, trained: set, problems: list) -> list[dict]:
+    """The segment summaries of the run's trained checkpoints; an unreadable one becomes a
+    bad-record problem (reported, not raised)."""
+    summaries = []
+    for step in sorted(trained):
+        path = paths.segment_summary(results, run.name, step)
+        try:
+            summary = read_summary(path)
+        except ValueError as err:
+            problems.append(Problem("bad-record", "train_segment", run.name, path, None, str(err)))
+            continue
+        if summary is not None:
+            summaries.append(summary)
+    return summaries
+
+
+def _compare_with_plan(
+    status: RunStatus, recorded: dict | None, summaries: list[dict], steps: list[int]
+) -> None:
+    """The run's recorded prediction of device-hours, in total and to the step trained."""
+    if recorded and status.run in recorded["runs"]:
+        predicted = recorded["runs"][status.run]["device_hours"]
+        status.predicted_device_hours = predicted
+        done = sum(s["end_step"] - s.get("start_step", s["end_step"]) for s in summaries)
+        status.predicted_to_here = predicted * done / steps[-1] if steps[-1] else None
+
+
+def _run_status(
+    config: dict, run, context: dict, problems: list, sacct: Callable[[str], str | None]
+) -> RunStatus:
+    """One run's status from its artifacts, records and logs; its problems are appended to
+    ``problems``. ``context``: what ``collect_status`` reads once for every run."""
+    results, steps, workdir = context["results"], context["steps"], context["workdir"]
+    marked = context["marked"]
+    status = RunStatus(run.name, run.size, run.variant, len(steps), final_step=steps[-1])
+    trained, exported, published, evals, bad = _count_artifacts(
+        status, results, run, steps, context["eval_plan"], marked
+    )
+    summaries = _segment_summaries(results, run, trained, problems)
+    for path in bad:
+        problems.append(Problem("bad-record", "publish", run.name, path, None, "unreadable"))
+    _measure(status, summaries)
+    status.eta_s = _eta(status, summaries, config)
+    _compare_with_plan(status, context["recorded"], summaries, steps)
+    finished = _finished_targets(config, run.name, trained, exported, published, evals)
+    run_problems = _problems_of_run(config, run, finished, marked, sacct, workdir)
+    for p in run_problems:
+        if p.rule == "train_segment" and p.error and _NAN_ABORT.search(p.error):
+            status.nan_aborts.append(f"{p.target}: {p.error}")
+    problems.extend(run_problems)
+    return status
+
+
+def _snakemake_log_problems(
+    workdir: str | os.PathLike, problems: list[Problem], chosen: list, all_runs: dict
+) -> None:
+    """Failures of rules outside the runs' table (data preparation, report...) or not yet
+    matched: from the newest Snakemake log, while their outputs are still missing."""
     listed = {os.path.normpath(p.target) for p in problems}
     for failure in snakemake_log_failures(workdir):
         outputs = [os.path.normpath(os.path.join(workdir, o)) for o in failure["outputs"]]
@@ -666,11 +674,52 @@ def collect_status(
             )
         )
         listed.update(outputs)
+
+
+def collect_status(
+    config: dict,
+    runs: Iterable[str] | None = None,
+    *,
+    workdir: str | os.PathLike = ".",
+    ask_slurm: bool = True,
+    run_command: Runner = subprocess.run,
+) -> SuiteStatus:
+    """The status of the suite (or of the named runs). Raises ConfigError on an unknown run."""
+    results = config["paths"]["results"]
+    if not os.path.isabs(results):
+        results = os.path.normpath(os.path.join(workdir, results))
+        config = dict(config, paths=dict(config["paths"], results=results))
+    all_runs = cfg.expand_runs(config)
+    chosen = [cfg.get_run(config, name) for name in runs] if runs else list(all_runs.values())
+    context = {
+        "results": results,
+        "steps": cfg.checkpoint_steps(config),
+        "workdir": workdir,
+        "eval_plan": {
+            "zero": set(config["evaluation"]["zero_shot_steps"]),
+            "five": set(config["evaluation"]["five_shot_steps"]),
+        },
+        "marked": {
+            os.path.normpath(os.path.join(workdir, t)): j
+            for t, j in snakemake_incomplete(workdir).items()
+        },
+        "recorded": costs.read_recorded_plan(results),
+    }
+    slurm = (
+        slurm_view([r.name for r in chosen], workdir, run_command, all_runs)
+        if ask_slurm
+        else SlurmView(False, "SLURM not asked (--no-slurm)")
+    )
+    sacct = _sacct_lookup(slurm, run_command)
+    problems: list[Problem] = []
+    out_runs = [_run_status(config, run, context, problems, sacct) for run in chosen]
+    _snakemake_log_problems(workdir, problems, chosen, all_runs)
     running = {j["job_id"]: j["state"] for j in slurm.jobs}
     for p in problems:
         if p.job_id and p.job_id in running:
             p.slurm_state = running[p.job_id]
             p.kind = "running"
+    recorded = context["recorded"]
     return SuiteStatus(
         generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         results=results,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
 from pythia_suite.evaluate import chance_levels
+from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.report import merge_identical_metrics
 from pythia_suite.status import TABLE_COLUMNS, SuiteStatus, table_rows
@@ -160,7 +160,7 @@ def eval_series(results: str, runs: list[str]) -> dict[tuple[int, str, str], dic
                 if not match or path.name.endswith(".raw.json"):
                     continue
                 try:
-                    doc = json.loads(path.read_text(encoding="utf-8"))
+                    doc = read_json(path)
                     shots = int(doc["config"]["num_fewshot"])
                     items = doc["results"].items()
                 except (OSError, ValueError, KeyError, TypeError):
@@ -173,11 +173,10 @@ def eval_series(results: str, runs: list[str]) -> dict[tuple[int, str, str], dic
     return series
 
 
-def render_page(status: SuiteStatus) -> str:
-    """The progress page as one HTML string."""
+def _page_head(status: SuiteStatus) -> list[str]:
+    """The page's head, title and the paragraph saying where its figures come from."""
     esc = html.escape
-    rows = table_rows(status)
-    parts = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -193,16 +192,28 @@ def render_page(status: SuiteStatus) -> str:
             else "No prediction recorded (results/plan.json)."
         )
         + " Device-hours = allocated devices x segment wall time.</p>",
+    ]
+
+
+def _runs_table(status: SuiteStatus) -> list[str]:
+    """The runs table (the rows of `status`'s text table), finished runs marked."""
+    esc = html.escape
+    parts = [
         "<h2>Runs</h2>",
         "<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in TABLE_COLUMNS),
         "</tr></thead><tbody>",
     ]
-    for r, row in zip(status.runs, rows, strict=True):
+    for r, row in zip(status.runs, table_rows(status), strict=True):
         cls = ' class="done"' if r.last_step == r.final_step else ""
         parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
     parts.append("</tbody></table>")
+    return parts
 
-    parts.append("<h2>Failed or incomplete jobs</h2>")
+
+def _problems_section(status: SuiteStatus) -> list[str]:
+    """Failed or incomplete jobs with their logs and errors, then what SLURM says."""
+    esc = html.escape
+    parts = ["<h2>Failed or incomplete jobs</h2>"]
     if status.problems:
         parts.append("<ul>")
         for p in status.problems:
@@ -229,8 +240,12 @@ def render_page(status: SuiteStatus) -> str:
         parts.append("</ul>")
     else:
         parts.append("<p>SLURM: no running or pending jobs of the suite.</p>")
+    return parts
 
-    lines = run_lines([(r.run, r.size, r.variant) for r in status.runs])
+
+def _training_section(status: SuiteStatus, lines) -> list[str]:
+    """Charts of each segment's last loss and tokens/s, per run."""
+    esc = html.escape
     loss = {r.run: [(s["end_step"], s["loss_last"]) for s in r.segments] for r in status.runs}
     speed = {r.run: [(s["end_step"], s["tokens_per_s"]) for s in r.segments] for r in status.runs}
     charts = [
@@ -243,7 +258,7 @@ def render_page(status: SuiteStatus) -> str:
             chart_svg("tokens/s per segment", speed, lines, ylabel="tokens/s"),
         ),
     ]
-    parts.append("<h2>Training so far</h2>")
+    parts = ["<h2>Training so far</h2>"]
     if any(c for _, c in charts):
         parts.append('<div class="charts">')
         parts.extend(
@@ -252,40 +267,58 @@ def render_page(status: SuiteStatus) -> str:
         parts.append("</div>")
     else:
         parts.append("<p>No segment summaries yet.</p>")
+    return parts
 
-    parts.append("<h2>Evaluations so far</h2>")
-    parts.append(
+
+def _evaluations_section(status: SuiteStatus, lines) -> list[str]:
+    """A chart per evaluated (shots, task, metric), chance marked; metrics still 0 everywhere
+    are listed, not plotted."""
+    esc = html.escape
+    parts = [
+        "<h2>Evaluations so far</h2>",
         "<p>Colour: model size; solid: the Pile, dashed: deduplicated; dotted: chance, where "
-        "the task has one. x: step (0, then log-spaced).</p>"
-    )
+        "the task has one. x: step (0, then log-spaced).</p>",
+    ]
     series = eval_series(status.results, [r.run for r in status.runs])
     chance = chance_levels(paths.eval_tasks_dir(status.results))
     flat = []
-    if series:
-        parts.append('<div class="charts">')
-        for (shots, task, metric), by_run in merge_identical_metrics(series).items():
-            title = f"{task} {metric} ({shots}-shot)"
-            if never_leaves_zero(by_run):
-                flat.append(title)
-                continue
-            chart = chart_svg(
-                title,
-                dict(sorted(by_run.items())),
-                lines,
-                ylabel=metric,
-                chance=chance.get(task, {}).get(metric.split(" = ")[0]),
-            )
-            parts.append(f"<figure>{chart}<figcaption>{esc(title)}</figcaption></figure>")
-        parts.append("</div>")
-        if flat:
-            parts.append(
-                "<p>0 at every step evaluated so far, in every run (not plotted): "
-                + ", ".join(esc(t) for t in flat)
-                + ".</p>"
-            )
-    else:
-        parts.append("<p>No checkpoint evaluated yet.</p>")
-    parts.append("</body></html>\n")
+    if not series:
+        return [*parts, "<p>No checkpoint evaluated yet.</p>"]
+    parts.append('<div class="charts">')
+    for (shots, task, metric), by_run in merge_identical_metrics(series).items():
+        title = f"{task} {metric} ({shots}-shot)"
+        if never_leaves_zero(by_run):
+            flat.append(title)
+            continue
+        chart = chart_svg(
+            title,
+            dict(sorted(by_run.items())),
+            lines,
+            ylabel=metric,
+            chance=chance.get(task, {}).get(metric.split(" = ")[0]),
+        )
+        parts.append(f"<figure>{chart}<figcaption>{esc(title)}</figcaption></figure>")
+    parts.append("</div>")
+    if flat:
+        parts.append(
+            "<p>0 at every step evaluated so far, in every run (not plotted): "
+            + ", ".join(esc(t) for t in flat)
+            + ".</p>"
+        )
+    return parts
+
+
+def render_page(status: SuiteStatus) -> str:
+    """The progress page as one HTML string."""
+    lines = run_lines([(r.run, r.size, r.variant) for r in status.runs])
+    parts = [
+        *_page_head(status),
+        *_runs_table(status),
+        *_problems_section(status),
+        *_training_section(status, lines),
+        *_evaluations_section(status, lines),
+        "</body></html>\n",
+    ]
     return "\n".join(parts)
 
 

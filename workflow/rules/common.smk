@@ -11,7 +11,7 @@ from pythia_suite import paths
 from pythia_suite import notify as suite_notify
 from pythia_suite.data import idxmaps as suite_idxmaps
 from pythia_suite.data import source as suite_source
-from pythia_suite.train import neox as suite_neox
+from pythia_suite.neox import config as suite_neox
 
 RESULTS = config["paths"]["results"]
 STATE = config["paths"]["state"]

@@ -1,12 +1,12 @@
 # Training: step0 is the initial weights; each later checkpoint is one segment job that resumes
 # from the previous checkpoint. In-progress resume state lives under paths.state, outside the
 # declared outputs (Snakemake deletes a failed job's outputs). Under training.backend: neox the
-# same rules run GPT-NeoX (pythia_suite.train.neox): no launch prefix, one deepy.py per job.
+# same rules run GPT-NeoX (pythia_suite.neox): no launch prefix, one deepy.py per job.
 
 
 rule neox_index_maps:
     # GPT-NeoX only: the data prefix and every index map its segments ask for, built once per
-    # dataset and data seed (segment jobs write none; pythia_suite.train.neox).
+    # dataset and data seed (segment jobs write none; pythia_suite.neox.index_maps).
     input:
         neox_index_maps_data,
     output:

@@ -198,3 +198,26 @@ class DocumentTable:
         if self.standard_id is not None:
             out["standard_id"] = int(self.standard_id[document])
         return out
+
+
+def build_document_table_with_record(
+    dataset_prefix: str, tables: Sequence[str], output: str | os.PathLike, *, standard: str | None
+) -> None:
+    """The document table of a variant's dataset (``data.documents``) from its shards'
+    ``tables``, in the directory ``output`` (complete or absent), with its provenance record."""
+    from pythia_suite.atomic import atomic_directory
+    from pythia_suite.data.order import read_sizes
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output)
+    inputs = [Path(dataset_prefix + ".bin"), *(Path(t) for t in tables)]
+    recorder = Recorder(out, "document-table", {}, inputs)
+    with atomic_directory(out) as tmp:
+        recorder.extra = build_document_table(
+            tables,
+            range(len(tables)),  # in data.raw.shards order: shard id = index
+            read_sizes(dataset_prefix),
+            tmp,
+            standard=standard,
+        )
+    recorder.write()

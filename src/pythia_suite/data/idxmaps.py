@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pythia_suite.atomic import atomic_paths
 from pythia_suite.data.indexed import IndexedDataset, IndexFormatError
 from pythia_suite.hashing import sha256_file
 
@@ -85,10 +86,9 @@ def unshard(
         raise IdxmapsError(f"{idx}: no shards given")
     _check_shard_sizes(shards)
     out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp_prefix = out_prefix.with_name(f".{out_prefix.name}.tmp{os.getpid()}")
-    tmp_bin, tmp_idx = Path(f"{tmp_prefix}.bin"), Path(f"{tmp_prefix}.idx")
-    try:
+    out_files = (Path(f"{out_prefix}.bin"), Path(f"{out_prefix}.idx"))
+    with atomic_paths(*out_files, tmp_stem=out_prefix) as (tmp_bin, tmp_idx):
+        tmp_prefix = tmp_bin.with_suffix("")
         with open(tmp_bin, "wb") as out:
             for shard in shards:
                 with open(shard, "rb") as src:
@@ -108,9 +108,4 @@ def unshard(
                 f"{out_prefix}.bin: sha256 of the unsharded file is {actual}, expected "
                 f"{bin_sha256} (nothing written)"
             )
-        os.replace(tmp_bin, f"{out_prefix}.bin")
-        os.replace(tmp_idx, f"{out_prefix}.idx")
-    finally:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
     return {"bin_sha256": actual, **stats}

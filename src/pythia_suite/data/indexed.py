@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pythia_suite.atomic import PendingFiles
+
 __all__ = [
     "DTYPE_CODES",
     "IndexFormatError",
@@ -114,9 +116,9 @@ class IndexedDatasetWriter:
         self._info = np.iinfo(self.dtype)
         self._bin_path = data_file_path(prefix)
         self._idx_path = index_file_path(prefix)
-        self._tmp_bin = self._bin_path.with_name(self._bin_path.name + ".tmp")
-        self._tmp_idx = self._idx_path.with_name(self._idx_path.name + ".tmp")
-        self._bin_path.parent.mkdir(parents=True, exist_ok=True)
+        # .bin renamed first: the .idx marks the pair complete.
+        self._pending = PendingFiles(self._bin_path, self._idx_path)
+        self._tmp_bin, self._tmp_idx = self._pending.tmps
         self._bin = open(self._tmp_bin, "wb")
         self._sizes = array("q")  # compact even for hundreds of millions of items
         self._doc_idx = array("q", [0])
@@ -228,8 +230,7 @@ class IndexedDatasetWriter:
             idx.write(doc_idx.astype("<i8").tobytes())
         # A stale .idx from an earlier run must not describe the new .bin while we rename.
         self._idx_path.unlink(missing_ok=True)
-        os.replace(self._tmp_bin, self._bin_path)
-        os.replace(self._tmp_idx, self._idx_path)
+        self._pending.commit()
         self._closed = True
 
     def abort(self) -> None:
@@ -237,8 +238,7 @@ class IndexedDatasetWriter:
         if self._closed:
             return
         self._bin.close()
-        self._tmp_bin.unlink(missing_ok=True)
-        self._tmp_idx.unlink(missing_ok=True)
+        self._pending.discard()
         self._closed = True
 
 

@@ -48,18 +48,12 @@ __all__ = [
     "STEP_COLUMNS",
     "LensError",
     "LensArrays",
-    "RunLens",
     "build_lens",
     "checkpoint_table",
     "compute_lens",
     "data_facts",
     "document_view",
-    "format_checkpoints",
-    "format_document",
-    "format_preshuffled_step",
-    "format_step",
     "load_lens",
-    "open_run_lens",
     "sample_pieces",
     "split_at_end_of_document",
     "step_view",
@@ -732,128 +726,3 @@ def build_lens(
         np.save(out_dir / f"{name}.npy", array)
         del array
     return _write_summary(out_dir, meta, global_batch, train_iters, seq_length)
-
-
-# --------------------------------------------------------------------------------------------
-# A run's lens, opened and printed (the `pythia-suite lens` command)
-# --------------------------------------------------------------------------------------------
-
-NEEDS_DOCUMENT_IDENTITY = (
-    "document identity and repetition need the run's index maps: set data.source to idxmaps or "
-    "raw (the preshuffled set holds samples, not documents)"
-)
-
-
-@dataclass
-class RunLens:
-    """Everything the queries of one run read, memory-mapped."""
-
-    lens: LensFiles
-    sizes: np.ndarray
-    doc_idx: np.ndarray
-    sample_idx: np.ndarray
-    shuffle_idx: np.ndarray
-    documents: object | None  # data.documents.DocumentTable, raw source only
-
-    def step(self, step: int) -> list[dict]:
-        return step_view(
-            self.lens, step, self.sizes, self.doc_idx, self.sample_idx, self.shuffle_idx,
-            self.documents,
-        )  # fmt: skip
-
-    def document(self, document: int) -> list[dict]:
-        return document_view(self.lens, document, self.sizes, self.sample_idx)
-
-
-def open_run_lens(
-    lens_dir: str | os.PathLike,
-    dataset_prefix: str | os.PathLike,
-    order_paths,
-    documents_dir: str | os.PathLike | None = None,
-) -> RunLens:
-    """Open a run's lens with its dataset sizes, index maps and (raw) document table.
-
-    Raises ``FileNotFoundError`` naming what is missing."""
-    from pythia_suite.data.documents import DocumentTable
-    from pythia_suite.data.order import read_sizes
-
-    lens = load_lens(lens_dir)
-    for path in order_paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: index map missing (build the run's order first)")
-    doc_idx, sample_idx, shuffle_idx = (open_for_queries(p) for p in order_paths)
-    documents = None
-    if documents_dir is not None and (Path(documents_dir) / "table.json").is_file():
-        documents = DocumentTable(documents_dir)
-    return RunLens(lens, read_sizes(dataset_prefix), doc_idx, sample_idx, shuffle_idx, documents)
-
-
-def format_step(step: int, samples: list[dict]) -> str:
-    """The text of ``lens RUN --step N``: one block per sample, one line per document piece."""
-    lines = [f"step {step}: {len(samples)} samples"]
-    for sample in samples:
-        lines.append(f"sample {sample['sample']} (order sample {sample['order_sample']}):")
-        for p in sample["pieces"]:
-            where = ""
-            if "shard" in p:
-                where = f" shard {p['shard']:02d} record {p['record']} [{p['subset']}]"
-                if "standard_id" in p:
-                    where += f" standard id {p['standard_id']}"
-            first = p["first_step"]
-            lines.append(
-                f"  document {p['document']}{where}: tokens {p['begin']}..{p['end']} "
-                f"({p['tokens']}), occurrence {p['occurrence']}, first seen at step {first}"
-            )
-    return "\n".join(lines)
-
-
-def format_preshuffled_step(step: int, samples: list[list[dict]]) -> str:
-    """The text of ``lens RUN --step N`` for a preshuffled run (documents split at EOD)."""
-    lines = [
-        f"step {step}: {len(samples)} samples (preshuffled: documents split at end-of-document)"
-    ]
-    for row, parts in enumerate(samples):
-        spans = ", ".join(f"{p['tokens']}{'' if p['ends_document'] else '+'}" for p in parts)
-        lines.append(f"sample {row}: {len(parts)} documents, tokens {spans}")
-    lines.append(f"note: {NEEDS_DOCUMENT_IDENTITY}")
-    return "\n".join(lines)
-
-
-def format_checkpoints(meta: dict) -> str:
-    """The text of ``lens RUN --checkpoints``: the cumulative table."""
-    subsets = meta.get("subsets") or []
-    lines = [
-        f"data seed {meta.get('seed')}, {meta['epochs']} epoch(s) in doc_idx, "
-        f"{meta['num_documents']:,} documents; first step holding a repeated document: "
-        f"{meta['first_repeated_step']}"
-    ]
-    if not subsets:
-        lines.append("no Pile subset labels in this dataset (tokenized release)")
-    header = f"{'step':>8} {'documents':>12} {'tokens':>16} {'repeated':>9}"
-    if subsets:
-        header += "  top subsets (share of tokens)"
-    lines.append(header)
-    for row in meta["checkpoints"]:
-        line = (
-            f"{row['step']:>8} {row['unique_documents']:>12,} {row['tokens']:>16,} "
-            f"{row['repeated_share']:>9.2%}"
-        )
-        if subsets and row["tokens"]:
-            shares = sorted(zip(row["subset_tokens"], subsets, strict=True), reverse=True)[:3]
-            line += "  " + ", ".join(f"{n} {t / row['tokens']:.1%}" for t, n in shares)
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def format_document(document: int, hits: list[dict], info: dict | None = None) -> str:
-    """The text of ``lens RUN --document ID``: every step holding the document."""
-    where = ""
-    if info:
-        where = f" (shard {info['shard']:02d} record {info['record']}, {info['subset']})"
-    lines = [f"document {document}{where}: {len(hits)} pieces in training"]
-    for h in hits:
-        lines.append(
-            f"  step {h['step']} sample {h['row']}: tokens {h['begin']}..{h['end']}, "
-            f"occurrence {h['occurrence']} (doc_idx position {h['position']})"
-        )
-    return "\n".join(lines)

@@ -58,6 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pythia_suite.atomic import atomic_paths
 from pythia_suite.data.indexed import IndexedDataset
 
 __all__ = [
@@ -306,17 +307,17 @@ def build_index_maps(
     # Same steps and RNG order as GPT-NeoX; each array is saved and dropped as soon as possible
     # so that at most doc_idx + sample_idx (or sample_idx + shuffle_idx) are alive at once.
     rng = np.random.RandomState(seed=seed)
-    doc_idx = build_doc_idx(len(sizes), epochs, rng)
-    sample_idx = build_sample_idx(sizes, doc_idx, seq_length, epochs, tokens_per_epoch)
-    tmp_doc = _save_tmp(paths.doc_idx, doc_idx)
-    del doc_idx
-    tmp_sample = _save_tmp(paths.sample_idx, sample_idx)
-    shuffle_idx = build_shuffle_idx(sample_idx.shape[0] - 1, rng)
-    del sample_idx
-    tmp_shuffle = _save_tmp(paths.shuffle_idx, shuffle_idx)
-    del shuffle_idx
-    for tmp, final in zip((tmp_doc, tmp_sample, tmp_shuffle), paths, strict=True):
-        os.replace(tmp, final)
+    with atomic_paths(paths.doc_idx, paths.sample_idx, paths.shuffle_idx) as tmps:
+        tmp_doc, tmp_sample, tmp_shuffle = tmps
+        doc_idx = build_doc_idx(len(sizes), epochs, rng)
+        sample_idx = build_sample_idx(sizes, doc_idx, seq_length, epochs, tokens_per_epoch)
+        _save_npy(tmp_doc, doc_idx)
+        del doc_idx
+        _save_npy(tmp_sample, sample_idx)
+        shuffle_idx = build_shuffle_idx(sample_idx.shape[0] - 1, rng)
+        del sample_idx
+        _save_npy(tmp_shuffle, shuffle_idx)
+        del shuffle_idx
     return paths
 
 
@@ -345,16 +346,10 @@ def _cache_problem(paths: IndexMapPaths, expected: dict[str, tuple]) -> str | No
     return None
 
 
-def _save_tmp(final: Path, array: np.ndarray) -> Path:
-    """Save ``array`` as ``.npy`` beside ``final`` under a temporary name; return that name."""
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=True)  # GPT-NeoX passes allow_pickle=True; no effect
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` to ``path`` exactly (through a handle: no suffix added)."""
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=True)  # GPT-NeoX passes allow_pickle=True; no effect
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,3 +516,19 @@ def fingerprint_steps(
     if last_step < first_step:
         raise ValueError(f"last_step {last_step} < first_step {first_step}")
     return fingerprint(samples.batch(s, global_batch) for s in range(first_step, last_step))
+
+
+def build_index_maps_with_record(
+    dataset_prefix: str, output: str | os.PathLike, *, num_samples: int, seq_length: int, seed: int
+) -> None:
+    """``build_index_maps`` of ``dataset_prefix`` into the directory ``output`` (complete or
+    absent), with its provenance record."""
+    from pythia_suite.atomic import atomic_directory
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output)
+    settings = {"num_samples": num_samples, "seq_length": seq_length, "seed": seed}
+    recorder = Recorder(out, "index-maps", settings, [Path(dataset_prefix + ".bin")])
+    with atomic_directory(out) as tmp:
+        build_index_maps(dataset_prefix, tmp, **settings)
+    recorder.write()

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pythia_suite.atomic import atomic_path, atomic_paths
 from pythia_suite.data.indexed import (
     DTYPE_CODES,
     HEADER_SIZE,
@@ -272,24 +273,15 @@ def merge_preshuffled(
         raise PreshuffledError(f"{idx_path}: no shards given")
     verify_preshuffled(PreshuffledFiles(idx_path, shards), seq_length=seq_length)
     out_prefix = Path(out_prefix) if out_prefix is not None else idx_path.with_suffix("")
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_bin, out_idx = Path(f"{out_prefix}.bin"), Path(f"{out_prefix}.idx")
-    tmp_bin = out_bin.with_name(f".{out_bin.name}.tmp{os.getpid()}")
-    tmp_idx = out_idx.with_name(f".{out_idx.name}.tmp{os.getpid()}")
     same_idx = out_idx.exists() and os.path.samefile(out_idx, idx_path)
-    try:
-        with open(tmp_bin, "wb") as out:
+    with atomic_paths(*([out_bin] if same_idx else [out_bin, out_idx])) as tmps:
+        with open(tmps[0], "wb") as out:
             for shard in shards:
                 with open(shard, "rb") as src:
                     shutil.copyfileobj(src, out, _COPY_BUFFER)
         if not same_idx:
-            shutil.copyfile(idx_path, tmp_idx)
-        os.replace(tmp_bin, out_bin)
-        if not same_idx:
-            os.replace(tmp_idx, out_idx)
-    finally:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
+            shutil.copyfile(idx_path, tmps[1])
     return out_prefix
 
 
@@ -314,13 +306,11 @@ def shard_preshuffled(
     with open(f"{prefix}.bin", "rb") as src:
         for i in range(last + 1):
             path = out_dir / f"{prefix.name}-{i:05d}-of-{last:05d}.bin"
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as out:
+            with atomic_path(path) as tmp, open(tmp, "wb") as out:
                 remaining = shard_bytes
                 while remaining and (block := src.read(min(remaining, _COPY_BUFFER))):
                     out.write(block)
                     remaining -= len(block)
-            os.replace(tmp, path)
             shards.append(path)
     idx = out_dir / f"{prefix.name}.idx"
     if not (idx.exists() and os.path.samefile(idx, f"{prefix}.idx")):
@@ -368,3 +358,19 @@ class PreshuffledSamples(SampleBatches):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.dataset[i].astype(np.int64)
+
+
+def fetch_preshuffled_with_record(
+    repo: str, output_prefix: str, *, revision: str, seq_length: int
+) -> None:
+    """Download Pythia's preshuffled set ``repo`` at ``revision`` beside ``output_prefix``,
+    verify it, merge its shards into ``output_prefix``.{bin,idx} and write its provenance
+    record. Raises what ``fetch_preshuffled`` and ``merge_preshuffled`` raise."""
+    from pythia_suite.atomic import copy_file_atomic
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output_prefix)
+    files = fetch_preshuffled(repo, out.parent / "download", revision, seq_length=seq_length)
+    merge_preshuffled(files.shards, files.idx, out, seq_length=seq_length)
+    copy_file_atomic(files.idx, out.with_name(out.name + ".idx"))  # after the .bin it indexes
+    Recorder(Path(output_prefix + ".bin"), "preshuffled", {"repo": repo}).write()

@@ -230,6 +230,7 @@ def fetch_shard(
         if dest.exists() and sha256_file(dest) == sha256:
             return sha256
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # Not atomic.atomic_path: a failed download keeps its `.part` on purpose, for resume.
     part = dest.with_name(dest.name + ".part")
     if _is_url(source):
         _download(source, part, timeout)
@@ -243,3 +244,21 @@ def fetch_shard(
         raise ChecksumError(dest, sha256, actual)
     os.replace(part, dest)
     return actual
+
+
+def fetch_shard_with_record(entry: dict, index: int, output: str | os.PathLike, log) -> None:
+    """Fetch the raw shard ``entry`` (``data.raw.shards[index]``: ``path`` or ``url``, maybe
+    ``sha256``) to ``output`` (``fetch_shard``) with its provenance record; an unpinned shard's
+    sha256 is recorded, and said through ``log``, at first use. Raises what ``fetch_shard``
+    raises."""
+    from pythia_suite.provenance import Recorder
+
+    source = entry.get("path") or entry["url"]
+    # A local source is the raw root of every provenance chain; a URL is recorded by value.
+    local = [Path(source)] if entry.get("path") else []
+    recorder = Recorder(Path(output), "corpus-shard", {"shard": entry}, local)
+    sha = fetch_shard(source, output, sha256=entry.get("sha256"))
+    if not entry.get("sha256"):
+        log(f"data.raw.shards[{index}]: no sha256 configured; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": entry.get("sha256")}
+    recorder.write()

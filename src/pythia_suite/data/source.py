@@ -202,6 +202,122 @@ def check_data_seed(config: Mapping, run, backend: str | None = None) -> None:
         )
 
 
+def raw_shard(config: Mapping, shard: str) -> tuple[int, Mapping]:
+    """``data.raw.shards[shard]`` with its index. Raises ``ConfigError`` when there is no such
+    shard."""
+    shards = config["data"]["raw"]["shards"]
+    index = int(shard)
+    if index >= len(shards):
+        raise ConfigError(f"data.raw.shards: no shard {shard} (there are {len(shards)})")
+    return index, shards[index]
+
+
+def preshuffled_repo(config: Mapping, variant: str) -> str:
+    """``data.preshuffled.<variant>``: the Hub repository of a variant's preshuffled set.
+    Raises ``ConfigError`` naming the key when none is configured."""
+    repo = config["data"]["preshuffled"].get(variant)
+    if not repo:
+        raise ConfigError(f"data.preshuffled.{variant}: no repository configured")
+    return repo
+
+
+def fetch_idxmaps_file_with_record(
+    config: Mapping, variant: str, name: str, output: str, log
+) -> None:
+    """Fetch one file of a variant's pre-tokenized Pile (resumable) to ``output``, checked
+    against its configured sha256 (an unknown one is recorded at first use and said through
+    ``log``), with its provenance record.
+
+    Raises ``ConfigError`` naming the key when ``name`` is not one of the variant's files, and
+    what ``data.shards.fetch_shard`` raises."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.data.shards import fetch_shard
+    from pythia_suite.provenance import Recorder
+
+    entry = idxmaps_entry(config, variant)
+    if name not in idxmaps.shard_names(entry):
+        raise ConfigError(
+            f"data.idxmaps.{variant}: {name!r} is not one of its files "
+            f"(stem {entry['stem']!r}, {entry['shards']} shards)"
+        )
+    settings = config["data"]["idxmaps"]
+    source = idxmaps.file_source(entry, name, settings["revision"], settings["hub_url"])
+    expected = entry["sha256"].get(name)
+    local = [Path(source)] if entry.get("path") else []
+    settings_record = {"file": name, "sha256": expected}
+    recorder = Recorder(Path(output), "idxmaps-file", settings_record, local)
+    sha = fetch_shard(source, output, sha256=expected)
+    if not expected:
+        log(f"data.idxmaps.{variant}.sha256.{name}: none; recorded {sha} at first use")
+    recorder.extra = {"source": source, "sha256_configured": expected}
+    recorder.write()
+
+
+def unshard_idxmaps_with_record(
+    config: Mapping, variant: str, files: list[str], output_prefix: str
+) -> None:
+    """Unshard a variant's fetched pre-tokenized Pile ``files`` into the dataset
+    ``output_prefix`` (checked as ``idxmaps.unshard`` says; the unsharded .bin against
+    ``data.idxmaps.<variant>.bin_sha256``), with its provenance record.
+
+    Raises ``ConfigError`` naming the first of the variant's files not given."""
+    from pythia_suite.data import idxmaps
+    from pythia_suite.provenance import Recorder
+
+    entry = idxmaps_entry(config, variant)
+    names = idxmaps.shard_names(entry)
+    given = {Path(p).name: Path(p) for p in files}
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ConfigError(f"data.idxmaps.{variant}: file {missing[0]} not given")
+    ordered = [given[name] for name in names]
+    recorder = Recorder(Path(output_prefix + ".bin"), "dataset", dict(entry), ordered)
+    recorder.extra = idxmaps.unshard(
+        ordered[:-1], ordered[-1], output_prefix, bin_sha256=entry.get("bin_sha256")
+    )
+    recorder.extra["bin_sha256_configured"] = entry.get("bin_sha256")
+    recorder.write()
+
+
+def step_batch(config: Mapping, run, step: int, *, decode: bool):
+    """The token rows (``global_batch x (seq_length + 1)``) that ``run`` trains on at ``step``.
+
+    Raises ``ConfigError`` for a step outside training, ``FileNotFoundError`` naming the
+    inputs not built yet (the tokenizer too when ``decode``), with the command that builds them.
+    """
+    from pythia_suite import paths
+
+    last = config["training"]["train_iters"] - 1
+    if not 0 <= step <= last:
+        raise ConfigError(
+            f"--step {step}: training.train_iters is {last + 1}, so steps run 0 .. {last}"
+        )
+    data = training_data(config, run)
+    needed = [Path(p) for p in data.workflow_inputs()]
+    if decode:
+        needed.append(Path(paths.tokenizer(config["paths"]["results"])))
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)}: not built yet; `snakemake {' '.join(missing)}` (with the "
+            "suite's --profile/--configfile) builds them"
+        )
+    return data.samples().batch(step, config["training"]["global_batch"])
+
+
+def save_batch(output: str, tokens) -> None:
+    """Write a step's token rows to ``output`` as one ``.npy`` array (complete or absent)."""
+    import io
+
+    import numpy as np
+
+    from pythia_suite.atomic import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    np.save(buffer, tokens)
+    write_bytes_atomic(Path(output), buffer.getvalue())
+
+
 def num_samples(config: Mapping) -> int:
     """Samples GPT-NeoX requests for training: ceil(train_iters x global_batch x 1.005)."""
     training = config["training"]

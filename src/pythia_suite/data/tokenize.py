@@ -360,3 +360,72 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], out_prefix: str | os.P
         "documents": sum(len(ds.doc_idx) - 1 for ds in datasets),
         "tokens": sum(ds.num_tokens for ds in datasets),
     }
+
+
+def train_tokenizer_with_record(
+    settings: dict, shards: Sequence[str | os.PathLike], output: str | os.PathLike
+) -> None:
+    """Train the BPE tokenizer of ``settings`` (``data.tokenizer``) on ``shards`` to ``output``,
+    with its provenance record."""
+    from pythia_suite.provenance import Recorder
+
+    recorder = Recorder(Path(output), "tokenizer", settings, [Path(p) for p in shards])
+    train_tokenizer(shards, settings["vocab_size"], output)
+    recorder.write()
+
+
+def fetch_tokenizer_with_record(settings: dict, output: str | os.PathLike) -> None:
+    """Copy ``data.tokenizer.path``, or download ``data.tokenizer.file`` from
+    ``data.tokenizer.repo``, to ``output`` with its provenance record."""
+    from pythia_suite.atomic import copy_file_atomic
+    from pythia_suite.provenance import Recorder
+
+    out = Path(output)
+    if settings["path"]:
+        copy_file_atomic(settings["path"], out)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        copy_file_atomic(hf_hub_download(settings["repo"], settings["file"]), out)
+    Recorder(out, "tokenizer", settings).write()
+
+
+def tokenize_shard_with_record(
+    settings: dict,
+    shard: str,
+    tokenizer: str,
+    output_prefix: str,
+    *,
+    workers: int | None,
+    documents_out: str | None,
+) -> None:
+    """``tokenize_shard`` with the record of ``output_prefix``.bin (its statistics included);
+    ``settings`` is ``data.tokenizer``."""
+    from pythia_suite.provenance import Recorder
+
+    recorder = Recorder(
+        Path(output_prefix + ".bin"), "tokenized-shard", settings, [Path(shard), Path(tokenizer)]
+    )
+    recorder.extra = tokenize_shard(
+        shard, tokenizer, output_prefix, workers=workers, documents_out=documents_out
+    )
+    recorder.write()
+
+
+def merge_datasets_with_record(prefixes: Sequence[str], output_prefix: str) -> None:
+    """``merge_datasets`` with the record of ``output_prefix``.bin."""
+    from pythia_suite.provenance import Recorder
+
+    inputs = [Path(p + ".bin") for p in prefixes]  # each .bin's record covers its .idx
+    recorder = Recorder(Path(output_prefix + ".bin"), "dataset", {}, inputs)
+    recorder.extra = merge_datasets(prefixes, output_prefix)
+    recorder.write()
+
+
+def decode_rows(tokenizer_file: str, rows) -> str:
+    """``rows`` of token ids decoded with the tokenizer, each followed by a rule of dashes."""
+    tokenizer = Tokenizer.from_file(os.fspath(tokenizer_file))
+    lines = []
+    for row in rows:
+        lines += [tokenizer.decode(row.tolist(), skip_special_tokens=False), "-" * 72]
+    return "\n".join(lines)

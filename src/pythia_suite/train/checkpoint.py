@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ..jsonfile import JSONFileError, read_json
 from .distributed import DistributedEnv
 
 __all__ = [
@@ -206,11 +207,11 @@ def read_trainer_state(state_dir: Path) -> dict:
     """
     path = Path(state_dir) / _STATE_FILE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path, kind=dict)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: not a complete training checkpoint") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except JSONFileError as err:
+        raise CheckpointError(str(err)) from None
     if state.get("format") != TRAINER_STATE_FORMAT:
         raise CheckpointError(
             f"{path}: key 'format' is {state.get('format')!r}, expected {TRAINER_STATE_FORMAT!r}"
@@ -220,9 +221,11 @@ def read_trainer_state(state_dir: Path) -> dict:
 
 def _check_hf_config(path: Path, hf_config: dict) -> None:
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = read_json(path, kind=dict)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
+    except JSONFileError as err:
+        raise CheckpointError(str(err)) from None
     expected = json.loads(json.dumps(hf_config))  # same JSON types as the stored copy
     for key in sorted(stored.keys() | expected.keys()):
         if stored.get(key) != expected.get(key):

@@ -1118,7 +1118,7 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
 
 
 def segment_summary(seg: Segment, state: TrainState, hosts: list[str]) -> dict:
-    """The segment's summary record (``paths.SEGMENT_SUMMARY_NAME``), exactly its keys.
+    """The segment's summary record (``summary.SEGMENT_SUMMARY_NAME``), exactly its keys.
 
     Counts the whole segment ``(start_step, end_step]``, attempts before a resume included.
     ``flops_per_token``: ``config.transformer_flops_per_token`` (attention included, no

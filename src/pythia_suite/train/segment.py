@@ -42,9 +42,13 @@ def train_run_segment(
     inputs = [Path(resume_from)] if resume_from else []
     inputs += training_data(config, run).recorded_inputs()
     if config["training"]["backend"] == "neox":
-        from pythia_suite.train import neox
+        from pythia_suite.neox.segment import train_segment_neox
 
-        neox.train_segment_neox(config, run, step, output, inputs)
+        train_segment_neox(
+            config, run, start_checkpoint=resume_from, start_step=start_step,
+            end_step=step, out_dir=output,
+            state_dir=paths.state_dir(config["paths"]["state"], run.name), inputs=inputs,
+        )  # fmt: skip
         return
     state = _train_pytorch(config, run, start_step, step, output, resume_from, inputs)
     if state is not None:
