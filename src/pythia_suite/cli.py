@@ -11,12 +11,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from pythia_suite import config as cfg
-from pythia_suite import paths
 from pythia_suite.evaluate.collect import pythia_result_files
-from pythia_suite.provenance import Recorder
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -29,14 +26,12 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _training_data(config: dict, run: cfg.Run):
-    """What the run reads, under every data.source (pythia_suite.data.source)."""
-    from pythia_suite.data.source import training_data
-
-    return training_data(config, run)
+def _dedup(config: dict) -> dict:
+    return config["data"]["dedup"]
 
 
 # ----------------------------------------------------------------------------- suite commands
+# Each command's help is its row in COMMANDS; what it does is the stage function it calls.
 
 
 def cmd_runs(config: dict, args) -> None:
@@ -51,14 +46,12 @@ def cmd_neox_config(config: dict, args) -> None:
 
 
 def cmd_neox_doctor(config: dict, args) -> None:
-    """Check that GPT-NeoX v1.0 can launch in this environment (before anything is queued)."""
     from pythia_suite.neox.doctor import check_environment
 
     check_environment(config, args.neox_dir, args.python)
 
 
 def cmd_neox_index_maps(config: dict, args) -> None:
-    """Rule neox_index_maps: a dataset's GPT-NeoX data prefix and index maps, built once."""
     from pythia_suite.neox.config import run_of_dataset
     from pythia_suite.neox.index_maps import build_neox_index_maps
 
@@ -73,60 +66,24 @@ def cmd_hf_config(config: dict, args) -> None:
 
 
 def cmd_plan(config: dict, args) -> None:
-    from pythia_suite import costs
+    from pythia_suite.costs import plan_command
 
-    mfu = config["cluster"]["assumed_mfu"] if args.mfu is None else args.mfu
-    rows = cfg.plan_rows(config, args.gpu_peak_tflops, mfu)
-    memory = None
-    if args.memory:
-        from .train import memory_plan as train_memory
-
-        memory = train_memory.memory_plan(config, use_cache=not args.retrace, log=_say)
-    if args.json:
-        print(json.dumps({"runs": rows, "memory": memory} if memory else rows, indent=2))
-        return
-    options = {"gpu_peak_tflops": args.gpu_peak_tflops, "mfu": mfu, "mfu_override": args.mfu}
-    print(costs.render_plan(config, rows, **options))
-    if memory is not None:
-        _print_memory_table(memory)
+    options = {"gpu_peak_tflops": args.gpu_peak_tflops, "mfu": args.mfu, "as_json": args.json}
+    print(plan_command(config, **options, memory=args.memory, retrace=args.retrace, log=_say))
 
 
 def cmd_check_memory(config: dict, args) -> None:
-    from .train import memory_plan as train_memory
+    from .train.memory_plan import check_memory_plan  # MemoryDoesNotFitError: a RuntimeError
 
-    try:
-        plan = train_memory.check_memory_plan(config, log=_say)
-    except train_memory.MemoryDoesNotFitError as err:
-        raise RuntimeError(str(err)) from err
+    plan = check_memory_plan(config, log=_say)
     print(f"memory plan: {len(plan['runs'])} GPU runs fit (CPU runs exempt)")
 
 
-def _print_memory_table(plan: dict) -> None:
-    from .train.memory_plan import render_memory_table
-
-    print()
-    print(render_memory_table(plan))
-
-
 def cmd_status(config: dict, args) -> None:
-    """Where the suite stands, from finished artifacts (pythia_suite.status); no lock taken."""
-    from pythia_suite import status as suite_status
+    from pythia_suite.status_page import show_status
 
-    while True:
-        state = suite_status.collect_status(config, args.runs, ask_slurm=not args.no_slurm)
-        if args.html:
-            from pythia_suite.status_page import write_page
-
-            _say(f"progress page: {write_page(state, args.html_path)}")
-        if args.json:
-            print(json.dumps(state.as_dict(), indent=1))
-        else:
-            if args.watch:
-                print("\033[H\033[2J", end="")
-            print(suite_status.render_text(state), end="", flush=True)
-        if not args.watch:
-            return
-        time.sleep(args.watch)
+    page = {"write_html": args.html, "html_path": args.html_path, "watch": args.watch}
+    show_status(config, args.runs, ask_slurm=not args.no_slurm, as_json=args.json, **page, log=_say)
 
 
 # ----------------------------------------------------------------------------- data commands
@@ -141,53 +98,37 @@ def cmd_fetch_shard(config: dict, args) -> None:
 
 
 def cmd_dedup_signatures(config: dict, args) -> None:
-    from pythia_suite.data import dedup
+    from pythia_suite.data.dedup import stage
 
-    settings = config["data"]["dedup"]
-    recorder = Recorder(Path(args.output), "dedup-signatures", settings, [Path(args.shard)])
-    params = dedup.DedupParams.from_config(settings)
-    dedup.compute_signatures(args.shard, int(args.shard_index), args.output, params)
-    recorder.write()
+    stage.signatures_with_record(_dedup(config), args.shard, int(args.shard_index), args.output)
 
 
 def cmd_dedup_buckets(config: dict, args) -> None:
-    from pythia_suite.data import dedup
+    from pythia_suite.data.dedup import stage
 
-    settings = config["data"]["dedup"]
-    params = dedup.DedupParams.from_config(settings)
-    bands = dedup.bands_of_group(params.bands, settings["band_groups"], int(args.band_group))
-    inputs = [Path(p) for p in args.signatures]
-    recorder = Recorder(Path(args.output), "dedup-edges", settings, inputs)
-    dedup.bucket_band(args.signatures, bands, args.output)
-    recorder.write()
+    stage.buckets_with_record(_dedup(config), args.signatures, int(args.band_group), args.output)
 
 
 def cmd_dedup_cluster(config: dict, args) -> None:
-    from pythia_suite.data import dedup
+    from pythia_suite.data.dedup import stage
 
-    inputs = [Path(p) for p in args.edges]
-    recorder = Recorder(Path(args.output), "dedup-removals", config["data"]["dedup"], inputs)
-    dedup.cluster(args.edges, args.output)
-    recorder.write()
+    stage.cluster_with_record(_dedup(config), args.edges, args.output)
 
 
 def cmd_dedup_filter(config: dict, args) -> None:
-    from pythia_suite.data import dedup
+    from pythia_suite.data.dedup import stage
 
-    inputs = [Path(args.shard), Path(args.removals)]
-    recorder = Recorder(Path(args.output), "corpus-shard-deduped", config["data"]["dedup"], inputs)
-    dedup.filter_shard(args.shard, int(args.shard_index), args.removals, args.output, args.report)
-    recorder.write()
+    index = int(args.shard_index)
+    stage.filter_with_record(
+        _dedup(config), args.shard, index, args.removals, args.output, args.report
+    )
 
 
 def cmd_dedup_report(config: dict, args) -> None:
-    from pythia_suite.data import dedup
+    from pythia_suite.data.dedup import stage
 
-    check = dedup.SampleCheck.from_shard_names(args.shards, args.removals, args.edges)
-    inputs = [Path(p) for p in (*args.reports, *args.edges)]
-    recorder = Recorder(Path(args.output), "dedup-report", config["data"]["dedup"], inputs)
-    dedup.merge_reports(args.reports, args.output, sample_check=check)
-    recorder.write()
+    files = (args.reports, args.shards, args.removals, args.edges)
+    stage.report_with_record(_dedup(config), *files, args.output)
 
 
 def cmd_train_tokenizer(config: dict, args) -> None:
@@ -197,7 +138,6 @@ def cmd_train_tokenizer(config: dict, args) -> None:
 
 
 def cmd_fetch_tokenizer(config: dict, args) -> None:
-    """Copy data.tokenizer.path, or download data.tokenizer.file from data.tokenizer.repo."""
     from pythia_suite.data.tokenize import fetch_tokenizer_with_record
 
     fetch_tokenizer_with_record(config["data"]["tokenizer"], args.output)
@@ -206,14 +146,9 @@ def cmd_fetch_tokenizer(config: dict, args) -> None:
 def cmd_tokenize(config: dict, args) -> None:
     from pythia_suite.data.tokenize import tokenize_shard_with_record
 
-    tokenize_shard_with_record(
-        config["data"]["tokenizer"],
-        args.shard,
-        args.tokenizer,
-        args.output_prefix,
-        workers=args.workers,
-        documents_out=args.documents,
-    )
+    files = (args.shard, args.tokenizer, args.output_prefix)
+    options = {"workers": args.workers, "documents_out": args.documents}
+    tokenize_shard_with_record(config["data"]["tokenizer"], *files, **options)
 
 
 def cmd_merge_datasets(config: dict, args) -> None:
@@ -226,41 +161,26 @@ def cmd_build_order(config: dict, args) -> None:
     from pythia_suite.data.order import build_index_maps_with_record
     from pythia_suite.data.source import num_samples
 
-    build_index_maps_with_record(
-        args.dataset_prefix,
-        args.output,
-        num_samples=num_samples(config),
-        seq_length=config["model"]["seq_length"],
-        seed=args.seed,
-    )
+    sizes = {"num_samples": num_samples(config), "seq_length": config["model"]["seq_length"]}
+    build_index_maps_with_record(args.dataset_prefix, args.output, **sizes, seed=args.seed)
 
 
 def cmd_document_table(config: dict, args) -> None:
-    """The document table of a variant's dataset (data.documents), from its shards' tables."""
     from pythia_suite.data.documents import build_document_table_with_record
 
-    build_document_table_with_record(
-        args.dataset_prefix, args.tables, args.output, standard=args.standard
-    )
+    files = (args.dataset_prefix, args.tables, args.output)
+    build_document_table_with_record(*files, standard=args.standard)
 
 
 def cmd_build_lens(config: dict, args) -> None:
-    """The data lens of one (variant, data seed) order (data.lens)."""
     from pythia_suite.data.run_lens import build_lens_with_record
 
-    build_lens_with_record(
-        config,
-        variant=args.variant,
-        seed=args.seed,
-        dataset_prefix=args.dataset_prefix,
-        order_dir=args.order,
-        documents=args.documents,
-        output=args.output,
-    )
+    order = {"variant": args.variant, "seed": args.seed, "order_dir": args.order}
+    files = {"dataset_prefix": args.dataset_prefix, "documents": args.documents}
+    build_lens_with_record(config, **order, **files, output=args.output)
 
 
 def cmd_lens(config: dict, args) -> None:
-    """What a run's training steps and checkpoints read: documents, subsets, repetition."""
     from pythia_suite.data.run_lens import lens_answer
 
     run = cfg.get_run(config, args.run)
@@ -269,46 +189,32 @@ def cmd_lens(config: dict, args) -> None:
 
 
 def cmd_fetch_preshuffled(config: dict, args) -> None:
-    """Download Pythia's preshuffled set of a variant, verify it, and merge its shards."""
     from pythia_suite.data.preshuffled import fetch_preshuffled_with_record
     from pythia_suite.data.source import preshuffled_repo
 
-    fetch_preshuffled_with_record(
-        preshuffled_repo(config, args.variant),
-        args.output_prefix,
-        revision=config["data"]["preshuffled"]["revision"],
-        seq_length=config["model"]["seq_length"],
-    )
+    repo = preshuffled_repo(config, args.variant)
+    revision, seq = config["data"]["preshuffled"]["revision"], config["model"]["seq_length"]
+    fetch_preshuffled_with_record(repo, args.output_prefix, revision=revision, seq_length=seq)
 
 
 def cmd_fetch_idxmaps(config: dict, args) -> None:
-    """Fetch one file of a variant's pre-tokenized Pile (resumable), checked against its
-    configured sha256; an unknown one is recorded at first use."""
     from pythia_suite.data.source import fetch_idxmaps_file_with_record
 
     fetch_idxmaps_file_with_record(config, args.variant, args.name, args.output, log=_say)
 
 
 def cmd_unshard_idxmaps(config: dict, args) -> None:
-    """Unshard a variant's fetched pre-tokenized Pile into its dataset (checked as
-    idxmaps.unshard says; the unsharded .bin against data.idxmaps.<variant>.bin_sha256)."""
     from pythia_suite.data.source import unshard_idxmaps_with_record
 
     unshard_idxmaps_with_record(config, args.variant, args.files, args.output_prefix)
 
 
 def cmd_batch(config: dict, args) -> None:
-    from pythia_suite.data.source import save_batch, step_batch
+    from pythia_suite.data.source import batch_command
 
     run = cfg.get_run(config, args.run)
-    tokens = step_batch(config, run, args.step, decode=bool(args.decode))
-    if args.output:
-        save_batch(args.output, tokens)
-        _say(f"{Path(args.output)}: step {args.step} of {run.name}: tokens {tokens.shape}")
-    if args.decode:
-        from pythia_suite.data.tokenize import decode_rows
-
-        print(decode_rows(paths.tokenizer(_results(config)), tokens[: args.decode]))
+    if text := batch_command(config, run, args.step, args.output, args.decode, log=_say):
+        print(text)
 
 
 def cmd_build_eval_tasks(config: dict, args) -> None:
@@ -356,7 +262,6 @@ def cmd_publish(config: dict, args) -> None:
 
 
 def cmd_prune(config: dict, args) -> None:
-    """Show (--dry-run) or apply the retention policy to a run's checkpoints."""
     from pythia_suite.retention import prune_run
 
     run = cfg.get_run(config, args.run)
@@ -384,52 +289,38 @@ def cmd_evaluate(config: dict, args) -> None:
 
 
 def cmd_prefetch_eval_datasets(config: dict, args) -> None:
-    """Load every configured lm-eval task's dataset once (on a node with network), so that
-    compute nodes evaluate offline from the shared datasets cache."""
     from pythia_suite.evaluate.stage import prefetch_suite_datasets
 
     prefetch_suite_datasets(config, args.output)
 
 
 def cmd_compare_reference(config: dict, args) -> None:
-    """Compare a result file with a reference (e.g. Pythia's own) metric by metric."""
     from pythia_suite.evaluate import compare_with_reference
 
-    comparison = compare_with_reference(args.ours, args.reference, args.tolerance)
-    print(comparison.summary())
-    if not comparison.passed:
-        raise SystemExit(1)
+    _print_comparison(compare_with_reference(args.ours, args.reference, args.tolerance))
 
 
 def cmd_evaluate_reference(config: dict, args) -> None:
-    """Reference mode: evaluate a published checkpoint (e.g. EleutherAI/pythia-410m at
-    step143000) with this stage and compare it with the published result file. Needs the Hub."""
     from pythia_suite.evaluate.stage import evaluate_reference
 
-    comparison = evaluate_reference(
-        config,
-        args.model,
-        args.revision,
-        args.shots,
-        args.output,
-        args.reference,
-        args.tolerance,
-        args.device,
-    )
+    checkpoint = (args.model, args.revision, args.shots, args.output, args.reference)
+    _print_comparison(evaluate_reference(config, *checkpoint, args.tolerance, args.device))
+
+
+def _print_comparison(comparison) -> None:
+    """A reference comparison's summary; exit 1 unless every metric is within tolerance."""
     print(comparison.summary())
     if not comparison.passed:
         raise SystemExit(1)
 
 
 def cmd_collect_evals(config: dict, args) -> None:
-    """Gather a run's batch outputs into Pythia's layout: <run>/{zero,five}-shot/*_step<N>.json."""
     from pythia_suite.evaluate.collect import collect_evals
 
     collect_evals(args.batches, args.output)
 
 
 def cmd_verify_run(config: dict, args) -> None:
-    """The whole run's publication, checked without re-hashing (publish.verify_published_run)."""
     from pythia_suite.publish.stage import verify_run_publication
 
     verify_run_publication(config, cfg.get_run(config, args.run), args.output)
@@ -442,7 +333,6 @@ def cmd_report(config: dict, args) -> None:
 
 
 def cmd_check_config(config: None, args) -> None:
-    """Read, merge and check config files as the workflow does, naming the first error."""
     merged = cfg.load_config(args.files)
     runs = cfg.expand_runs(merged)
     print(
@@ -455,14 +345,9 @@ def cmd_verify(config: dict, args) -> None:
     from pythia_suite.provenance import verify
 
     result = verify(args.target)
-    for path in result.checked:
-        print(f"ok    {path}")
-    for root in result.roots:
-        print(f"root  {root}")
+    print(result.report())
     if not result.ok:
-        print(f"BREAK {result.break_}")
         raise SystemExit(1)
-    print(f"chain intact: {len(result.checked)} records, {len(result.roots)} raw inputs")
 
 
 # ----------------------------------------------------------------------------- parser

@@ -358,3 +358,36 @@ def read_recorded_plan(results: str) -> dict | None:
         raise ValueError(f"{path}: format is not {PLAN_FORMAT!r}")
     data["path"] = path
     return data
+
+
+def plan_command(
+    config: dict,
+    *,
+    gpu_peak_tflops: float | None,
+    mfu: float | None,
+    memory: bool,
+    retrace: bool,
+    as_json: bool,
+    log=None,
+) -> str:
+    """The output of `pythia-suite plan`: the size and throughput sections (`render_plan`), and
+    with `memory` the memory plan's table (traced once, cached; `retrace` ignores the cache);
+    `as_json` gives the rows (and the memory plan) as JSON instead."""
+    from pythia_suite import config as cfg
+
+    assumed = config["cluster"]["assumed_mfu"] if mfu is None else mfu
+    rows = cfg.plan_rows(config, gpu_peak_tflops, assumed)
+    plan = None
+    if memory:
+        from pythia_suite.train.memory_plan import memory_plan
+
+        plan = memory_plan(config, use_cache=not retrace, log=log)
+    if as_json:
+        return json.dumps({"runs": rows, "memory": plan} if plan else rows, indent=2)
+    options = {"gpu_peak_tflops": gpu_peak_tflops, "mfu": assumed, "mfu_override": mfu}
+    text = render_plan(config, rows, **options)
+    if plan is not None:
+        from pythia_suite.train.memory_plan import render_memory_table
+
+        text += "\n\n" + render_memory_table(plan)
+    return text

@@ -214,6 +214,15 @@ class Verification:
     def ok(self) -> bool:
         return self.break_ is None
 
+    def report(self) -> str:
+        """`pythia-suite verify`'s lines: each record checked, each root, then the verdict."""
+        lines = [f"ok    {path}" for path in self.checked] + [f"root  {r}" for r in self.roots]
+        if self.ok:
+            lines.append(f"chain intact: {len(self.checked)} records, {len(self.roots)} raw inputs")
+        else:
+            lines.append(f"BREAK {self.break_}")
+        return "\n".join(lines)
+
 
 def verify(target: str | os.PathLike) -> Verification:
     """Walk the chain from `target` back to its raw inputs, recomputing every hash.

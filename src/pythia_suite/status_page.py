@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import os
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,13 @@ from pythia_suite.evaluate import chance_levels
 from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.report import merge_identical_metrics
-from pythia_suite.status import TABLE_COLUMNS, SuiteStatus, table_rows
+from pythia_suite.status import (
+    TABLE_COLUMNS,
+    SuiteStatus,
+    collect_status,
+    render_text,
+    table_rows,
+)
 
 _RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
 
@@ -327,3 +335,31 @@ def write_page(status: SuiteStatus, path: str | os.PathLike | None = None) -> Pa
     path = Path(path or paths.status_page(status.results))
     write_text_atomic(path, render_page(status))
     return path
+
+
+def show_status(
+    config: dict,
+    runs: list[str],
+    *,
+    ask_slurm: bool,
+    as_json: bool,
+    write_html: bool,
+    html_path: str | None,
+    watch: float | None,
+    log,
+) -> None:
+    """`pythia-suite status`: the text (or JSON) status on stdout, with `write_html` the page
+    (its path said through `log`); with `watch`, again every `watch` seconds until interrupted."""
+    while True:
+        state = collect_status(config, runs, ask_slurm=ask_slurm)
+        if write_html:
+            log(f"progress page: {write_page(state, html_path)}")
+        if as_json:
+            print(json.dumps(state.as_dict(), indent=1))
+        else:
+            if watch:
+                print("\033[H\033[2J", end="")
+            print(render_text(state), end="", flush=True)
+        if not watch:
+            return
+        time.sleep(watch)

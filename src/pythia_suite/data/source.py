@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pythia_suite import paths
 from pythia_suite.errors import ConfigError
 
 __all__ = ["SOURCES", "TrainingData", "check_data_seed", "idxmaps_entry", "training_data"]
@@ -111,7 +112,6 @@ def training_data(config: Mapping, run) -> TrainingData:
     Raises ``ConfigError`` naming the key when the source has nothing configured for the run's
     variant (no preshuffled repo, no idxmaps set, no raw shard).
     """
-    from pythia_suite import paths
     from pythia_suite.data.idxmaps import shard_names
 
     data = config["data"]
@@ -322,3 +322,17 @@ def num_samples(config: Mapping) -> int:
     """Samples GPT-NeoX requests for training: ceil(train_iters x global_batch x 1.005)."""
     training = config["training"]
     return math.ceil(training["train_iters"] * training["global_batch"] * 1.005)
+
+
+def batch_command(config: Mapping, run, step: int, output: str | None, decode: int, log) -> str:
+    """`pythia-suite batch`: the step's rows saved to `output` (said through `log`) when given,
+    and the text of the first `decode` rows (empty when `decode` is 0)."""
+    tokens = step_batch(config, run, step, decode=bool(decode))
+    if output:
+        save_batch(output, tokens)
+        log(f"{Path(output)}: step {step} of {run.name}: tokens {tokens.shape}")
+    if not decode:
+        return ""
+    from pythia_suite.data.tokenize import decode_rows
+
+    return decode_rows(paths.tokenizer(config["paths"]["results"]), tokens[:decode])
