@@ -7,8 +7,10 @@ Runs `snakemake --profile profiles/slurm -n all` from the repository root and
 the cases take turns (bare, bare, suite, bare, bare, suite, ...) so that a change in the
 machine's load reaches all of them. It prints every timing, the best wall time and the peak
 resident memory (ru_maxrss of the child) per case, the number of jobs planned, and the
-machine's load (os.getloadavg, the number of CPUs) before and after. Goal (issue 20): the
-suite's dry run <= 1.2x the bare one with the same executor, and <= 1 GB.
+machine's load (os.getloadavg, nproc) before and after. CPU time (user + system of the
+child and its children) is printed beside wall time: it moves less with the load of a
+shared machine. Goal (issue 20): the suite's dry run <= 1.2x the bare one with the same
+executor, and <= 1 GB.
 """
 
 from __future__ import annotations
@@ -27,20 +29,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, jobs planned) of one child process."""
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB, jobs planned) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    out, _ = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    jobs = re.search(r"^total\s+(\d+)", out, re.M)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, rss, int(jobs.group(1)) if jobs else -1
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+    jobs = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, int(jobs.group(1)) if jobs else -1
 
 
 def main() -> None:
@@ -66,7 +65,9 @@ def main() -> None:
             ),
         ]
         load_before = os.getloadavg()
-        timings: dict[str, list[tuple[float, float, int]]] = {label: [] for label, _, _ in cases}
+        timings: dict[str, list[tuple[float, float, float, int]]] = {
+            label: [] for label, _, _ in cases
+        }
         for _ in range(args.repeat):
             for label, cmd, cwd in cases:
                 # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure
@@ -78,20 +79,27 @@ def main() -> None:
                     text=True,
                     check=True,
                 )
-                wall, rss, jobs = map(float, probe.stdout.split())
-                timings[label].append((wall, rss, int(jobs)))
+                wall, cpu, rss, jobs = map(float, probe.stdout.split())
+                timings[label].append((wall, cpu, rss, int(jobs)))
         load_after = os.getloadavg()
-    print(f"{'case':<42} {'jobs':>6} {'wall s (each run)':>24} {'best s':>7} {'peak MiB':>9}")
-    rows = []
-    for label, runs in timings.items():
-        wall, rss, jobs = min(runs)
-        each = " ".join(f"{w:.1f}" for w, _, _ in runs)
-        print(f"{label:<42} {jobs:>6} {each:>24} {wall:>7.1f} {rss:>9.0f}")
-        rows.append((wall, rss))
-    (bare_wall, bare_rss), (wall, rss) = rows[1], rows[2]
     print(
-        f"\nratio suite/bare (same executor, best of {args.repeat}): time {wall / bare_wall:.2f}x, "
-        f"memory {rss / bare_rss:.2f}x (goal <= 1.2x and <= 1024 MiB)"
+        f"{'case':<38} {'jobs':>5} {'wall s (each run)':>18} {'best':>5} "
+        f"{'CPU s (each run)':>17} {'best':>5} {'peak MiB':>8}"
+    )
+    best = []
+    for label, runs in timings.items():
+        walls, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        rss, jobs = max(r[2] for r in runs), runs[0][3]
+        print(
+            f"{label:<38} {jobs:>5} {' '.join(f'{w:.1f}' for w in walls):>18} {min(walls):>5.1f} "
+            f"{' '.join(f'{c:.1f}' for c in cpus):>17} {min(cpus):>5.1f} {rss:>8.0f}"
+        )
+        best.append((min(walls), min(cpus), rss))
+    (bare_wall, bare_cpu, bare_rss), (wall, cpu, rss) = best[1], best[2]
+    print(
+        f"\nratio suite/bare (same executor, best of {args.repeat}): wall time "
+        f"{wall / bare_wall:.2f}x, CPU time {cpu / bare_cpu:.2f}x, memory {rss / bare_rss:.2f}x "
+        f"(goal: wall <= 1.2x, <= 1024 MiB)"
     )
     print(
         "load average (1, 5, 15 min) before: "
@@ -104,7 +112,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
-        wall, rss, jobs = measure(sys.argv[2:], Path.cwd())
-        print(wall, rss, jobs)
+        print(*measure(sys.argv[2:], Path.cwd()))
     else:
         main()
