@@ -3,9 +3,14 @@
     python benchmarks/dryrun.py [--repeat 3]
 
 Runs `snakemake --profile profiles/slurm -n all` from the repository root and
-`snakemake -n` on benchmarks/bare_dryrun/Snakefile, each as a child process, and reports the
-best wall time and the peak resident memory (ru_maxrss of the child) over the repeats, with
-the number of jobs planned. Goal: the suite's dry run <= 1.5x the bare one and <= 1 GB.
+`snakemake -n` on benchmarks/bare_dryrun/Snakefile, each as a child process, in one call:
+the cases take turns (bare, bare, suite, bare, bare, suite, ...) so that a change in the
+machine's load reaches all of them. It prints every timing, the best wall time and the peak
+resident memory (ru_maxrss of the child) per case, the number of jobs planned, and the
+machine's load (os.getloadavg, nproc) before and after. CPU time (user + system of the
+child and its children) is printed beside wall time: it moves less with the load of a
+shared machine. Goal (issue 20): the suite's dry run <= 1.2x the bare one with the same
+executor, and <= 1 GB.
 """
 
 from __future__ import annotations
@@ -24,20 +29,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, jobs planned) of one child process."""
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB, jobs planned) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    out, _ = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    jobs = re.search(r"^total\s+(\d+)", out, re.M)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, rss, int(jobs.group(1)) if jobs else -1
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+    jobs = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, int(jobs.group(1)) if jobs else -1
 
 
 def main() -> None:
@@ -45,7 +47,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     snakemake = shutil.which("snakemake") or sys.exit("snakemake not on PATH")
-    rows = []
     with tempfile.TemporaryDirectory() as bare_dir:
         shutil.copy(REPO / "benchmarks" / "bare_dryrun" / "Snakefile", bare_dir)
         # The bare one runs with the same executor and default resources as the suite's
@@ -63,9 +64,12 @@ def main() -> None:
                 REPO,
             ),
         ]
-        for label, cmd, cwd in cases:
-            best = None
-            for _ in range(args.repeat):
+        load_before = os.getloadavg()
+        timings: dict[str, list[tuple[float, float, float, int]]] = {
+            label: [] for label, _, _ in cases
+        }
+        for _ in range(args.repeat):
+            for label, cmd, cwd in cases:
                 # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure
                 # each case in a fresh interpreter so the peaks do not mix.
                 probe = subprocess.run(
@@ -75,23 +79,39 @@ def main() -> None:
                     text=True,
                     check=True,
                 )
-                wall, rss, jobs = map(float, probe.stdout.split())
-                if best is None or wall < best[0]:
-                    best = (wall, rss, int(jobs))
-            rows.append((label, *best))
-    print(f"{'case':<42} {'jobs':>6} {'wall s':>8} {'peak MiB':>9}")
-    for label, wall, rss, jobs in rows:
-        print(f"{label:<42} {jobs:>6} {wall:>8.1f} {rss:>9.0f}")
-    (_, bare_wall, bare_rss, _), (_, wall, rss, _) = rows[1], rows[2]
+                wall, cpu, rss, jobs = map(float, probe.stdout.split())
+                timings[label].append((wall, cpu, rss, int(jobs)))
+        load_after = os.getloadavg()
     print(
-        f"\nratio suite/bare: time {wall / bare_wall:.2f}x, memory {rss / bare_rss:.2f}x "
-        f"(goal <= 1.5x and <= 1024 MiB)"
+        f"{'case':<38} {'jobs':>5} {'wall s (each run)':>18} {'best':>5} "
+        f"{'CPU s (each run)':>17} {'best':>5} {'peak MiB':>8}"
+    )
+    best = []
+    for label, runs in timings.items():
+        walls, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        rss, jobs = max(r[2] for r in runs), runs[0][3]
+        print(
+            f"{label:<38} {jobs:>5} {' '.join(f'{w:.1f}' for w in walls):>18} {min(walls):>5.1f} "
+            f"{' '.join(f'{c:.1f}' for c in cpus):>17} {min(cpus):>5.1f} {rss:>8.0f}"
+        )
+        best.append((min(walls), min(cpus), rss))
+    (bare_wall, bare_cpu, bare_rss), (wall, cpu, rss) = best[1], best[2]
+    print(
+        f"\nratio suite/bare (same executor, best of {args.repeat}): wall time "
+        f"{wall / bare_wall:.2f}x, CPU time {cpu / bare_cpu:.2f}x, memory {rss / bare_rss:.2f}x "
+        f"(goal: wall <= 1.2x, <= 1024 MiB)"
+    )
+    print(
+        "load average (1, 5, 15 min) before: "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after: "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+        + f"; nproc: {len(os.sched_getaffinity(0))}"
     )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
-        wall, rss, jobs = measure(sys.argv[2:], Path.cwd())
-        print(wall, rss, jobs)
+        print(*measure(sys.argv[2:], Path.cwd()))
     else:
         main()

@@ -38,3 +38,15 @@ def require_anchor(relative: str | os.PathLike = "") -> Path:
 def anchor() -> Callable[..., Path]:
     """`anchor("utils/20B_tokenizer.json")`: a path under the Pythia anchors, or skip/fail."""
     return require_anchor
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test, restored after: the thread count of the rank
+    processes, so a reduction sums in the same order there and here, bit for bit."""
+    import torch  # here, not at the top: most test modules never import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -49,7 +49,8 @@ def make_tiny_model(model_dir: Path, texts: list[str], seed: int) -> Path:
     """A GPTNeoX of a few thousand parameters with a byte-level BPE trained on ``texts``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from train_support import tiny_gpt_neox_config
+    from transformers import GPTNeoXForCausalLM
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,17 +76,8 @@ def make_tiny_model(model_dir: Path, texts: list[str], seed: int) -> Path:
         )
     )
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=320,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        rotary_pct=0.25,
-        bos_token_id=0,
-        eos_token_id=0,
-        tie_word_embeddings=False,
+    config = tiny_gpt_neox_config(
+        vocab_size=320, num_attention_heads=2, intermediate_size=64, max_position_embeddings=256
     )
     GPTNeoXForCausalLM(config).save_pretrained(model_dir)
     return model_dir

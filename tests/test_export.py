@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers import decoders as tk_decoders
+from train_support import PYTHIA_70M_SHAPE, tiny_gpt_neox_config
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from pythia_suite.export import (
@@ -36,17 +37,8 @@ TEXT = "The quick brown fox jumps over the lazy dog.\n  Indented,   spaced; digi
 
 def tiny_config(vocab_size: int, rotary_pct: float = 0.5) -> GPTNeoXConfig:
     # rotary_pct 0.5 (not Pythia's 0.25, which is also transformers' default) proves it is read.
-    return GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        rotary_pct=rotary_pct,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        max_position_embeddings=64,
-    )
+    # eos_token_id: transformers' default (2), which the export must replace by the EOD id.
+    return tiny_gpt_neox_config(vocab_size=vocab_size, rotary_pct=rotary_pct, eos_token_id=2)
 
 
 def write_checkpoint(
@@ -145,15 +137,7 @@ def test_config_has_pythia_fields(exported: Path) -> None:
 def test_pythia_70m_config_matches_published_fields() -> None:
     """A transformers-5 dict of pythia-70m's config yields the published config.json values."""
     hf = GPTNeoXConfig(
-        vocab_size=50304,
-        hidden_size=512,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        intermediate_size=2048,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        max_position_embeddings=2048,
+        **PYTHIA_70M_SHAPE, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False
     ).to_dict()
     assert hf["eos_token_id"] == 2 and "rotary_pct" not in hf  # why the fields are explicit
     config = pythia_config(hf, eod_token_id=0, dtype="float16")

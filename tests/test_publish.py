@@ -263,7 +263,8 @@ def real_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     import torch
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from train_support import tiny_gpt_neox_config
+    from transformers import GPTNeoXForCausalLM
 
     from pythia_suite.export import export_checkpoint
 
@@ -273,13 +274,14 @@ def real_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"])
     tok.train_from_iterator(["hello local hub world " * 50], trainer)
     tok.save(str(root / "tokenizer.json"))
-    config = GPTNeoXConfig(
+    config = tiny_gpt_neox_config(
         vocab_size=320,
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=32,
+        eos_token_id=2,  # transformers' default, which the export replaces by the EOD id
     )
     exports = {}
     for step in (0, 1, 2):

@@ -22,13 +22,7 @@ from pythia_suite.train import checkpoint as ckpt
 from pythia_suite.train.loop import NonFiniteLossError, batch_fingerprint, train_segment
 from pythia_suite.train.optim import lr_at
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _segment(tmp_path, start, a, b, settings=None, samples=None, **kw):

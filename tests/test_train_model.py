@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from train_support import TINY_CONFIG
+from train_support import PYTHIA_70M_SHAPE, TINY_CONFIG, tiny_gpt_neox_config
 
 from pythia_suite.train.model import (
     build_model,
@@ -79,14 +79,14 @@ def test_weight_seed_alone_decides_the_weights():
 
 def test_hf_names_round_trip_and_load_with_transformers(tmp_path):
     from safetensors.torch import save_file
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     model = build_model(TINY_CONFIG)
     init_gpt_neox_weights(model, weight_seed=3)
     tensors = hf_state_dict(model)
     assert "embed_out.weight" in tensors and "lm_head.weight" not in tensors
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    GPTNeoXConfig(**TINY_CONFIG).save_pretrained(tmp_path)
+    tiny_gpt_neox_config().save_pretrained(tmp_path)
     loaded = GPTNeoXForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     other = build_model(TINY_CONFIG)
@@ -106,17 +106,8 @@ def test_load_rejects_wrong_shapes_and_keys():
 
 
 def test_pythia_70m_parameter_count():
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
-    config = dict(
-        TINY_CONFIG,
-        vocab_size=50304,
-        hidden_size=512,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        intermediate_size=2048,
-        max_position_embeddings=2048,
-    )
     with torch.device("meta"):
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**config))
+        model = GPTNeoXForCausalLM(tiny_gpt_neox_config(**PYTHIA_70M_SHAPE))
     assert count_parameters(model) == 70_426_624

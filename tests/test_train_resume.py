@@ -15,13 +15,7 @@ END = 8
 SETTINGS = {"state_interval": 3}  # snapshots after steps 3 and 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Same thread count as the rank processes: the same summation order, bit for bit.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _run_here(segment: dict, **settings) -> tuple[dict, str]:

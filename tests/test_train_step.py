@@ -28,12 +28,7 @@ SINGLE = DistributedEnv(0, 1, 0, "127.0.0.1", 0, "single")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _segment(root, end, settings, samples=None, log=None, **kw):

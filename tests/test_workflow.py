@@ -35,11 +35,28 @@ def test_full_suite_dry_run_plans_every_segment_export_upload_and_eval():
     assert counts["run_done"] == 16 and counts["report"] == 1
 
 
-def test_one_step_target_plans_only_that_chain():
-    target = "results/runs/pythia-410m-deduped/published/step3000.json"
-    result = snakemake(target, "--profile", "profiles/slurm", "-n", "--quiet", "rules")
+ONE_STEP = "results/runs/pythia-410m-deduped/published/step3000.json"
+
+
+@pytest.fixture(scope="module")
+def one_step_plan() -> str:
+    """The printed dry run of one step's chain, every job planned (--forceall), under the
+    SLURM profile: one run serves the tests that read it."""
+    result = snakemake(ONE_STEP, "--profile", "profiles/slurm", "-n", "--forceall")
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = job_counts(result.stdout + result.stderr)
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def mini_plan() -> str:
+    """The printed dry run of the whole miniature suite, every job planned (--forceall)."""
+    result = snakemake("--profile", "profiles/local", "-n", "--forceall", "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_one_step_target_plans_only_that_chain(one_step_plan):
+    counts = job_counts(one_step_plan)
     # steps 1..512 (10 segments) then 1000, 2000, 3000
     assert counts["train_segment"] == 13
     assert counts["init_checkpoint"] == 1
@@ -47,7 +64,7 @@ def test_one_step_target_plans_only_that_chain():
     assert "evaluate" not in counts
 
 
-def test_the_model_card_waits_for_every_receipt_it_reads():
+def test_the_model_card_waits_for_every_receipt_it_reads(mini_plan):
     """`model-card` reads every step's receipt; each must be an input, or the card can start
     before a publish job has written its receipt (seen as a missing step32.json)."""
     from pythia_suite import config as cfg
@@ -56,9 +73,8 @@ def test_the_model_card_waits_for_every_receipt_it_reads():
     config = cfg.load_config([REPO / "config.yaml", REPO / "config" / "mini.yaml"])
     run, results = "pythia-1.3m", config["paths"]["results"]
     target = paths.model_card(results, run)
-    result = snakemake("--profile", "profiles/local", "-n", "--force", target)  # even if built
-    assert result.returncode == 0, result.stderr[-3000:]
-    block = (result.stdout + result.stderr).split("rule model_card:", 1)[1]
+    blocks = mini_plan.split("rule model_card:")[1:]
+    (block,) = [b for b in blocks if f"output: {target}\n" in b]
     inputs = block.split("input:", 1)[1].split("\n", 1)[0].split(", ")
     receipts = [paths.receipt(results, run, step) for step in cfg.checkpoint_steps(config)]
     assert len(receipts) > 2 and set(receipts) <= {i.strip() for i in inputs}
@@ -117,18 +133,14 @@ def planned_outputs(output: str) -> set[str]:
     }
 
 
-def test_neither_suites_dry_run_plans_anything_in_the_others_results():
+def test_neither_suites_dry_run_plans_anything_in_the_others_results(mini_plan, one_step_plan):
     """The miniature suite (results-mini/) and the real suite (results/) never share an
     artifact: rebuilding either plans no job that would overwrite the other's tokenizer,
     report or hub."""
-    mini = snakemake("--profile", "profiles/local", "-n", "--forceall", "all")
-    assert mini.returncode == 0, mini.stderr[-3000:]
-    mini_outputs = planned_outputs(mini.stdout + mini.stderr)
+    mini_outputs = planned_outputs(mini_plan)
     assert len(mini_outputs) > 100
     assert all(p.startswith("results-mini/") for p in mini_outputs), sorted(mini_outputs)[:5]
-    real = snakemake("-n", "--forceall", "results/runs/pythia-410m-deduped/published/step3000.json")
-    assert real.returncode == 0, real.stderr[-3000:]
-    real_outputs = planned_outputs(real.stdout + real.stderr)
+    real_outputs = planned_outputs(one_step_plan)
     assert "results/data/tokenizer/tokenizer.json" in real_outputs  # fetch_tokenizer
     assert all(p.startswith("results/") for p in real_outputs), sorted(real_outputs)[:5]
 

@@ -37,6 +37,23 @@ TINY_CONFIG = dict(
     eos_token_id=0,
 )
 SEQ = 16
+# pythia-70m's shape (its config.json): 70,426,624 parameters with Pythia's other fields.
+PYTHIA_70M_SHAPE = dict(
+    vocab_size=50304,
+    hidden_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    intermediate_size=2048,
+    max_position_embeddings=2048,
+)
+
+
+def tiny_gpt_neox_config(**fields):
+    """transformers' ``GPTNeoXConfig`` of the tiny model (``TINY_CONFIG``), ``fields``
+    replacing any of its values."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(**{**TINY_CONFIG, **fields})
 
 
 class RandomTokens:
@@ -60,23 +77,25 @@ class RandomTokens:
         return out
 
 
+# The tiny model's TrainSettings as plain keyword arguments (tiny_settings builds them).
+TINY_SETTINGS = dict(
+    global_batch=8,
+    micro_batch=4,
+    seq_length=SEQ,
+    lr=1e-2,
+    min_lr=1e-3,
+    warmup_iters=2,
+    decay_iters=20,
+    log_interval=1,
+    deterministic=True,
+)
+
+
 def tiny_settings(**overrides):
     """TrainSettings for the tiny model: 8 sequences of 16 tokens per step, deterministic."""
     from pythia_suite.train.settings import TrainSettings
 
-    base = dict(
-        global_batch=8,
-        micro_batch=4,
-        seq_length=SEQ,
-        lr=1e-2,
-        min_lr=1e-3,
-        warmup_iters=2,
-        decay_iters=20,
-        log_interval=1,
-        deterministic=True,
-    )
-    base.update(overrides)
-    return TrainSettings(**base)
+    return TrainSettings(**{**TINY_SETTINGS, **overrides})
 
 
 def first_segment(root: Path, out_dir: Path, end_step: int, state_dir: Path | None = None) -> dict:

@@ -1,9 +1,12 @@
 # Helpers shared by the rules: the run matrix, paths (pythia_suite.paths) and resources
 # derived from the config.
+import inspect
 import os
 import re
 import shlex
 import sys
+
+from snakemake.common import overwrite_function_params
 
 from pythia_suite import config as suite_config
 from pythia_suite import costs as suite_costs
@@ -67,6 +70,18 @@ def log(*parts):
     return paths.log(RESULTS, *parts)
 
 
+def per_job(func):
+    """Mark `func` as a function Snakemake calls for every job (input, params, resources, group).
+
+    Snakemake reads the signature of such a function (inspect.signature) at every call. Its own
+    wrappers record the signature on the function once (snakemake.common.
+    overwrite_function_params); so does this: 56,000 fewer of the 131,000 signature reads in
+    the full suite's dry run (benchmarks/dryrun.py; the rest are Snakemake's resource
+    wrappers). What the function returns, and when it is called, do not change."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -74,6 +89,7 @@ def corpus_shards(variant):
     return [paths.corpus_shard(RESULTS, variant, shard) for shard in RAW_SHARDS]
 
 
+@per_job
 def training_data(wildcards):
     """What a training segment reads (pythia_suite.data.source): the dataset and its order,
     or the preshuffled set."""
@@ -98,6 +114,7 @@ def lens_documents(variant):
     return paths.document_table(RESULTS, variant) if config["data"]["source"] == "raw" else []
 
 
+@per_job
 def run_lens(wildcards):
     """A run's data lens; none under preshuffled (no document identity)."""
     if config["data"]["source"] == "preshuffled":
@@ -117,6 +134,7 @@ def lens_targets():
 # ----------------------------------------------------------------------------- training
 
 
+@per_job
 def previous_checkpoint(wildcards):
     step = int(wildcards.step)
     if step not in PREVIOUS_STEP:
@@ -124,6 +142,13 @@ def previous_checkpoint(wildcards):
     return paths.checkpoint_dir(RESULTS, wildcards.run, PREVIOUS_STEP[step])
 
 
+@per_job
+def run_config_hash(wildcards):
+    """The hash of what determines a run's weights (a param: a changed config reruns it)."""
+    return RUN_CONFIG_HASH[wildcards.run]
+
+
+@per_job
 def segment_group(wildcards):
     """The short early segments of a run share one allocation (a Snakemake group)."""
     return suite_config.segment_group(config, wildcards.run, int(wildcards.step))
@@ -133,19 +158,23 @@ def cluster_layout(wildcards):
     return config["sizes"][RUNS[wildcards.run].size]["cluster"]
 
 
+@per_job
 def train_nodes(wildcards):
     return cluster_layout(wildcards)["nodes"]
 
 
+@per_job
 def train_tasks(wildcards):
     return suite_config.devices(config, RUNS[wildcards.run].size)
 
 
+@per_job
 def train_gpus(wildcards):
     layout_ = cluster_layout(wildcards)
     return layout_["nodes"] * layout_["gpus_per_node"]
 
 
+@per_job
 def train_mem_mb(wildcards, attempt):
     """Memory per node: mem_mb_per_gpu for each GPU (or CPU rank) of a node, times the attempt:
     a segment killed for memory (OOM killer, SLURM OUT_OF_MEMORY) is retried (`retries`) with
@@ -181,21 +210,23 @@ if neox_backend():
     suite_neox.check_neox_supported(config, RUNS.values())
 
 
+@per_job
 def neox_index_maps(wildcards):
     """Under GPT-NeoX, the run's data prefix and index maps (rule neox_index_maps, one per
-    dataset and data seed, shared by the runs that read them); nothing otherwise."""
-    if not neox_backend():
-        return []
+    dataset and data seed, shared by the runs that read them). The training rules name this
+    input only under GPT-NeoX: otherwise there is nothing to call for each segment."""
     run = RUNS[wildcards.run]
     return suite_neox.neox_index_maps_dir(config, run.variant, run.data_seed)
 
 
+@per_job
 def neox_index_maps_data(wildcards):
     """What the neox_index_maps job reads: what a run of that dataset and seed trains on."""
     run = suite_neox.run_of_dataset(config, wildcards.variant, wildcards.seed)
     return suite_source.training_data(config, run).workflow_inputs()
 
 
+@per_job
 def train_mpi(wildcards):
     """The plugin's `mpi` resource: set for multi-rank segments under SLURM, so that the
     plugin does not wrap the command in its own `srun -n1` and the command (PyTorch: the srun
@@ -207,12 +238,14 @@ def train_mpi(wildcards):
     return ""
 
 
+@per_job
 def train_tasks_per_gpu(wildcards):
     """One rank per GPU. Without it the plugin turns `tasks` into --ntasks-per-gpu=<tasks> on a
     GPU job (tasks x GPUs ranks); 0 drops the flag (CPU-only nodes)."""
     return 1 if train_gpus(wildcards) else 0
 
 
+@per_job
 def train_launch(wildcards):
     """Command prefix that starts one process per rank (empty for a single process, and under
     GPT-NeoX, whose one deepy.py per segment starts them: a prefix would nest launchers)."""
@@ -248,11 +281,13 @@ def init_checkpoint_resources():
 # ----------------------------------------------------------------------------- evaluation
 
 
+@per_job
 def eval_batch_exports(wildcards):
     steps = EVAL_BATCHES[wildcards.shots][int(wildcards.batch)]
     return [paths.export_dir(RESULTS, wildcards.run, step) for step in steps]
 
 
+@per_job
 def eval_batch_dirs(wildcards):
     return [
         paths.eval_batch_dir(RESULTS, wildcards.run, shots, f"{i:03d}")
@@ -261,6 +296,7 @@ def eval_batch_dirs(wildcards):
     ]
 
 
+@per_job
 def eval_tasks_input(wildcards):
     """Local tasks are built from held-out text; lm-eval's own are prefetched (login node)."""
     if config["evaluation"]["local_tasks"]:
@@ -271,6 +307,7 @@ def eval_tasks_input(wildcards):
 # ----------------------------------------------------------------------------- targets
 
 
+@per_job
 def card_dedup_report(wildcards):
     """The dedup report a deduplicated run's card states its removed counts from (raw data)."""
     if config["data"]["source"] == "raw" and RUNS[wildcards.run].dedup:
@@ -278,11 +315,13 @@ def card_dedup_report(wildcards):
     return []
 
 
+@per_job
 def run_receipts(wildcards):
     """Every step's publish receipt of one run."""
     return [paths.receipt(RESULTS, wildcards.run, step) for step in STEPS]
 
 
+@per_job
 def run_targets(wildcards):
     """Everything one run produces: every step trained, exported and published; its evals."""
     run = wildcards.run

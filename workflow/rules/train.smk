@@ -25,14 +25,14 @@ rule neox_index_maps:
 rule init_checkpoint:
     input:
         training_data,
-        neox_index_maps,
+        neox_index_maps if neox_backend() else [],
     output:
         directory(paths.checkpoint_dir(RESULTS, "{run}", "0")),
     log:
         log("train", "{run}", "step0"),
     params:
         cli=CLI,
-        config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
+        config_hash=run_config_hash,
     resources:
         **init_checkpoint_resources(),
     conda:
@@ -45,7 +45,7 @@ rule train_segment:
     input:
         previous=previous_checkpoint,
         data=training_data,
-        neox_maps=neox_index_maps,
+        neox_maps=neox_index_maps if neox_backend() else [],
     output:
         directory(paths.checkpoint_dir(RESULTS, "{run}", "{step}")),
     log:
@@ -56,7 +56,7 @@ rule train_segment:
         segment_group
     params:
         cli=CLI,
-        config_hash=lambda wc: RUN_CONFIG_HASH[wc.run],
+        config_hash=run_config_hash,
     resources:
         # How ranks start is no rerun trigger (params are): it differs between a dry run, the
         # submitting Snakemake and the one nested in a SLURM job, and between executors.
