@@ -2,16 +2,16 @@
 
     python benchmarks/dryrun.py [--repeat 3]
 
-Runs `snakemake --profile profiles/slurm -n all` from the repository root and
-`snakemake -n` on benchmarks/bare_dryrun/Snakefile twice (with the edges the suite declares,
-and with the checkpoint chain's edges only, the yardstick before the suite gained the others),
-each as a child process, in one call: the cases take turns (bare, bare, suite, bare, bare,
-suite, ...) so that a change in the machine's load reaches all of them. It prints every
-timing, the best wall time and the peak resident memory (ru_maxrss of the child) per case, the number of jobs planned, and the
-machine's load (os.getloadavg, nproc) before and after. CPU time (user + system of the
-child and its children) is printed beside wall time: it moves less with the load of a
-shared machine. Goal (issue 20): the suite's dry run <= 1.2x the bare one of the same edges
-with the same executor, and <= 1 GB.
+Runs `snakemake --profile profiles/slurm -n all` from the repository root and `snakemake -n`
+on benchmarks/bare_dryrun/Snakefile twice (with the edges the suite declares, and with the
+checkpoint chain's edges only, the yardstick before the suite gained the others), each as a
+child process, in one call: the cases take turns (bare, bare, suite, bare, bare, suite, ...)
+so that a change in the machine's load reaches all of them. It prints every timing, the best
+wall time and the peak resident memory (ru_maxrss of the child) per case, the number of jobs
+planned, and the machine's load (os.getloadavg, nproc) before and after. CPU time (user +
+system of the child and its children) is printed beside wall time: it moves less with the
+load of a shared machine. Goal (issue 20): the suite's dry run <= 1.2x the bare one of the
+same edges with the same executor, and <= 1 GB.
 """
 
 from __future__ import annotations
