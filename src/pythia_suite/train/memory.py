@@ -247,7 +247,7 @@ def _fake_model(layout: StepLayout, layers: int):
     (``loop.init_train_state`` applies the parallelism). Call inside ``FakeTensorMode``."""
     import torch
 
-    from .loop import prepare_model
+    from .step import prepare_model
 
     return prepare_model(layout.hf_config(layers), _step_settings(layout), torch.device("cpu"))
 
@@ -480,9 +480,9 @@ def trace_step_peaks(
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from . import parallel
-    from .loop import init_train_state, train_step
     from .model import init_gpt_neox_weights
     from .optim import local_optimizer
+    from .step import init_train_state, train_step
 
     cpu = torch.device("cpu")
     settings = _step_settings(layout)
@@ -534,7 +534,8 @@ def _track_master_weights(tracker, optimizer) -> None:
     optimizer's state only, and a bare tensor as "Other")."""
     from torch.distributed._tools.mem_tracker import _MemRefType
 
-    from .parallel import MasterWeightOptimizer, local_view
+    from .optim import MasterWeightOptimizer
+    from .parallel import local_view
 
     if not isinstance(optimizer, MasterWeightOptimizer):
         return
@@ -688,7 +689,16 @@ def _versions() -> dict:
     return {pkg: metadata.version(pkg) for pkg in ("torch", "transformers")}
 
 
-_TRACED_CODE = ("memory.py", "loop.py", "parallel.py", "model.py", "optim.py", "device.py")
+_TRACED_CODE = (
+    "memory.py",
+    "loop.py",
+    "step.py",
+    "loss.py",
+    "parallel.py",
+    "model.py",
+    "optim.py",
+    "device.py",
+)
 
 
 def _plan_key(layouts: dict[str, StepLayout]) -> str:
