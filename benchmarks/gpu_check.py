@@ -53,14 +53,9 @@ from pythia_suite import config as cfg  # noqa: E402
 from pythia_suite.train import memory_plan as memory  # noqa: E402
 from pythia_suite.train.device import device_choices  # noqa: E402
 from pythia_suite.train.distributed import DistributedEnv, distributed_context  # noqa: E402
-from pythia_suite.train.loop import (  # noqa: E402
-    TrainSettings,
-    init_train_state,
-    prepare_model,
-    train_step,
-)
 from pythia_suite.train.model import init_gpt_neox_weights  # noqa: E402
-from pythia_suite.train.settings import hf_config, train_settings  # noqa: E402
+from pythia_suite.train.settings import TrainSettings, hf_config, train_settings  # noqa: E402
+from pythia_suite.train.step import init_train_state, prepare_model, train_step  # noqa: E402
 
 SINGLE = DistributedEnv(0, 1, 0, "127.0.0.1", 0, "single")
 GIB = 2**30

@@ -1,8 +1,9 @@
 """Optimizer-state bytes per rank with ZeRO-1 over 2 gloo ranks vs 1 rank (goal: ratio ~0.5).
 
-Builds the backend's model, parameter groups and optimizer exactly as ``train_segment`` does
-(``ZeroRedundancyOptimizer`` over AdamW when there are 2 ranks), takes one step on one short
-sequence, and counts the bytes of each rank's Adam state (exp_avg, exp_avg_sq, step).
+Builds the backend's model, parameter groups and optimizer with the loop's builder
+(``optim.build_optimizer``: ``ZeroOneOptimizer`` over AdamW when there are 2 data ranks), takes
+one step on one short sequence, and counts the bytes of each rank's Adam state (exp_avg,
+exp_avg_sq, step).
 
     python benchmarks/optimizer_memory.py [--size 70m|tiny]
 """
@@ -21,6 +22,7 @@ from suite_models import pythia_hf_config, tiny_hf_config
 
 from pythia_suite.train.model import build_model, count_parameters, init_gpt_neox_weights
 from pythia_suite.train.optim import build_optimizer, build_param_groups, local_optimizer
+from pythia_suite.train.parallel import build_parallelism
 
 SIZES = {"70m": pythia_hf_config(), "tiny": tiny_hf_config()}
 
@@ -37,9 +39,8 @@ def optimizer_state_bytes(rank: int, world_size: int, config: dict, port: int, o
         )
     model = build_model(config)
     init_gpt_neox_weights(model, weight_seed=1)
-    optimizer = build_optimizer(
-        build_param_groups(model, 0.1), betas=(0.9, 0.95), eps=1e-8, sharded=world_size > 1
-    )
+    par = build_parallelism(world_size, 1, torch.device("cpu"))
+    optimizer = build_optimizer(build_param_groups(model, 0.1), par, betas=(0.9, 0.95), eps=1e-8)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config["vocab_size"], (1, 33), generator=generator)
     model(input_ids=tokens[:, :-1]).logits.float().mean().backward()

@@ -137,7 +137,7 @@ def test_failed_incomplete_and_nan_abort_jobs(mini):
         "pythia-0.4m",
         "step64",
         text="step 40 loss 3.2\nTraceback (most recent call last):\n  File x\n"
-        "pythia_suite.train.loop.NonFiniteLossError: loss is not finite at iteration 40\n"
+        "pythia_suite.train.step.NonFiniteLossError: loss is not finite at iteration 40\n"
         "pythia-suite train-segment: done\n",
     )
     write_log(mini, "export", "pythia-1.3m", "step8", text="export ok\n")  # finished: no problem

@@ -18,9 +18,11 @@ from train_support import (
     tiny_settings,
 )
 
+from pythia_suite.data.order import fingerprint, fingerprint_steps
 from pythia_suite.train import checkpoint as ckpt
-from pythia_suite.train.loop import NonFiniteLossError, batch_fingerprint, train_segment
+from pythia_suite.train.loop import train_segment
 from pythia_suite.train.optim import lr_at
+from pythia_suite.train.step import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -80,6 +82,11 @@ def test_trainer_state_records_losses_lr_and_data_fingerprints(tmp_path):
     }
     whole = hashlib.sha256(b"".join(b.astype("<i8").tobytes() for b in batches)).hexdigest()
     assert on_disk["data_fingerprint"]["segment"] == whole
+    # The one data-order fingerprint (data.order's) is what the trainer records, step and segment.
+    assert on_disk["data_fingerprint"]["steps"] == {
+        str(s): fingerprint(b) for s, b in enumerate(batches)
+    }
+    assert whole == fingerprint(batches) == fingerprint_steps(samples, 0, 4, 8)
     assert on_disk["tokens_per_s"] > 0 and "rng" in on_disk
     assert state["losses"] == on_disk["losses"]
     # The model learns the synthetic sequences.
@@ -233,13 +240,6 @@ def test_bad_arguments_are_named():
         )
     with pytest.raises(ValueError, match="TrainSettings.init_method"):
         tiny_settings(init_method="xavier").validate()
-
-
-def test_batch_fingerprint_is_sha256_of_int64_ids():
-    tokens = np.arange(6, dtype=np.uint16).reshape(2, 3)
-    assert (
-        batch_fingerprint(tokens) == hashlib.sha256(np.arange(6, dtype="<i8").tobytes()).hexdigest()
-    )
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):

@@ -1,4 +1,4 @@
-"""Half-precision training with fp32 master weights (parallel.MasterWeightOptimizer): bf16 on
+"""Half-precision training with fp32 master weights (optim.MasterWeightOptimizer): bf16 on
 CPU, the fp16 loss-scaler path through ``loss_scaler_in_fp32``.
 
 Tolerances: bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per value), so a
@@ -28,10 +28,10 @@ from train_support import (
     train_in_this_process,
 )
 
-from pythia_suite.train import parallel
+from pythia_suite.train import optim
 from pythia_suite.train.distributed import DistributedEnv
-from pythia_suite.train.loop import init_train_state, prepare_model, train_step
 from pythia_suite.train.model import init_gpt_neox_weights
+from pythia_suite.train.step import init_train_state, prepare_model, train_step
 
 CPU = torch.device("cpu")
 SINGLE = DistributedEnv(0, 1, 0, "", 0, "single")
@@ -84,7 +84,7 @@ def test_parameters_are_bf16_and_the_checkpoint_holds_the_fp32_masters(runs):
     init_gpt_neox_weights(model, weight_seed=1234)
     fp32 = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = init_train_state(model, settings, SINGLE, CPU)
-    assert isinstance(state.optimizer, parallel.MasterWeightOptimizer)
+    assert isinstance(state.optimizer, optim.MasterWeightOptimizer)
     for name, p in state.model.named_parameters():
         assert p.dtype == torch.bfloat16, name
         master = state.optimizer.master_of(p)

@@ -243,7 +243,7 @@ def test_parallel_layout_matches_one_rank(reference, layout_run, layout):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_layout_with_fused_adamw_matches_unfused(layout_run, layout):
     """The GPU's optimizer choice in every layout: torch's fused AdamW (one kernel per group of
-    one placement kind, ``parallel.split_by_placement``) against the unfused run."""
+    one placement kind, ``optim.split_by_placement``) against the unfused run."""
     fused, unfused = layout_run(layout, fused=True), layout_run(layout, fused=False)
     assert "fused AdamW" in (fused.parent / "rank0.log").read_text()
     a = json.loads((fused / "trainer_state.json").read_text())
@@ -285,19 +285,20 @@ def _fused_step_under_tensor_parallelism(par: parallel.Parallelism) -> dict:
     what the input embedding's gradient holds on this rank."""
     from torch.distributed.tensor import DTensor
 
-    from pythia_suite.train.optim import build_param_groups
+    from pythia_suite.train.loss import causal_lm_loss, loss_context
+    from pythia_suite.train.optim import build_optimizer, build_param_groups
 
     model = build_model(TINY_CONFIG, empty=True)
     init_gpt_neox_weights(model, weight_seed=3)
     parallel.apply_tensor_parallel_once(model, par)
     groups = build_param_groups(model, 0.1)
     mixed = [{isinstance(p, DTensor) for p in g["params"]} == {True, False} for g in groups]
-    opt = parallel.build_optimizer(groups, par, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    opt = build_optimizer(groups, par, betas=(0.9, 0.95), eps=1e-8, fused=True)
     parallel.shard_gradients_like_parameters(model, par)
     tokens = torch.from_numpy(RandomTokens().batch(0, 2))
-    with parallel.loss_context(par):
+    with loss_context(par):
         logits = model(tokens[:, :-1]).logits
-        parallel.causal_lm_loss(logits, tokens[:, 1:]).backward()
+        causal_lm_loss(logits, tokens[:, 1:]).backward()
     grad = model.gpt_neox.embed_in.weight.grad
     for group in opt.param_groups:
         group["lr"] = 1e-3

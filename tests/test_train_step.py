@@ -13,16 +13,10 @@ import torch.nn.functional as F
 from train_support import SEQ, TINY_CONFIG, RandomTokens, read_weights, tiny_settings
 
 from pythia_suite.train.distributed import DistributedEnv
-from pythia_suite.train.loop import (
-    attention_kernel,
-    chunked_cross_entropy,
-    forward_loss,
-    init_train_state,
-    prepare_model,
-    train_segment,
-    train_step,
-)
+from pythia_suite.train.loop import train_segment
+from pythia_suite.train.loss import chunked_cross_entropy, forward_loss
 from pythia_suite.train.model import init_gpt_neox_weights
+from pythia_suite.train.step import attention_kernel, init_train_state, prepare_model, train_step
 
 SINGLE = DistributedEnv(0, 1, 0, "127.0.0.1", 0, "single")
 CPU = torch.device("cpu")
@@ -258,6 +252,7 @@ def test_device_choices_come_from_the_device_once_and_the_cpu_can_set_fused_adam
 
 def test_fused_adamw_is_the_same_update():
     from pythia_suite.train.optim import build_optimizer
+    from pythia_suite.train.parallel import build_parallelism
 
     results = []
     for fused in (False, True):
@@ -265,10 +260,11 @@ def test_fused_adamw_is_the_same_update():
         w = torch.nn.Parameter(torch.randn(4, 3))
         opt = build_optimizer(
             [{"params": [w], "weight_decay": 0.1}],
+            build_parallelism(1, 1, CPU),
             betas=(0.9, 0.95),
             eps=1e-8,
-            sharded=False,
-            fused=fused,
+            # As build_training_optimizer asks: fused only where wanted, torch's default else.
+            **({"fused": True} if fused else {}),
         )
         assert opt.param_groups[0]["fused"] is (True if fused else None)
         for group in opt.param_groups:
@@ -334,7 +330,7 @@ def test_overflow_skips_the_step_keeps_weights_and_schedule_halves_scale_after_h
 
 
 def test_overflow_without_a_loss_scaler_stops(monkeypatch):
-    from pythia_suite.train.loop import NonFiniteLossError
+    from pythia_suite.train.step import NonFiniteLossError
 
     state = _fresh_state()
     _poison_iterations(monkeypatch, {0})
@@ -476,7 +472,8 @@ def test_step0_summary_has_no_steps(tmp_path):
 def test_mfu_uses_the_gpu_peak_on_cuda_only():
     """The CUDA branch's arithmetic, with a CPU state dressed as a CUDA one."""
     from pythia_suite.train.device import device_choices
-    from pythia_suite.train.loop import Progress, RunInfo, Segment, segment_summary
+    from pythia_suite.train.loop import RunInfo, Segment, segment_summary
+    from pythia_suite.train.step import Progress
 
     state = _fresh_state()
     state.progress = Progress(

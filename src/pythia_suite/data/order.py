@@ -72,6 +72,7 @@ __all__ = [
     "build_sample_idx",
     "build_shuffle_idx",
     "compute_index_maps",
+    "token_bytes",
     "fingerprint",
     "fingerprint_steps",
     "index_map_paths",
@@ -486,21 +487,29 @@ class GPTNeoXSamples(SampleBatches):
         return tokens.astype(np.int64)
 
 
+def token_bytes(tokens: np.ndarray) -> bytes:
+    """What the data-order fingerprint hashes of an integer array: its ids as little-endian
+    int64, in C order (the shape does not count). Raises ``TypeError`` for non-integer arrays."""
+    array = np.asarray(tokens)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"fingerprint needs integer token ids, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype="<i8").tobytes()
+
+
 def fingerprint(tokens: np.ndarray | Iterable[np.ndarray]) -> str:
     """Data-order fingerprint: hex sha256 of the token ids as little-endian int64, in C order.
 
-    Accepts one integer array (any shape; only the ids and their order count, not the shape) or
-    an iterable of them, hashed as their concatenation: ``fingerprint([a, b]) ==
-    fingerprint(np.concatenate([a.ravel(), b.ravel()]))``. Raises ``TypeError`` for non-integer
-    arrays.
+    The one fingerprint: the trainer records it for every step's global batch and for the
+    segment's batches together (``trainer_state.json``'s ``data_fingerprint``), and the report
+    compares runs by it. Accepts one integer array (any shape; only the ids and their order
+    count, not the shape) or an iterable of them, hashed as their concatenation:
+    ``fingerprint([a, b]) == fingerprint(np.concatenate([a.ravel(), b.ravel()]))``. Raises
+    ``TypeError`` for non-integer arrays.
     """
     digest = hashlib.sha256()
     arrays = [tokens] if isinstance(tokens, np.ndarray) else tokens
     for array in arrays:
-        array = np.asarray(array)
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"fingerprint needs integer token ids, got dtype {array.dtype}")
-        digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        digest.update(token_bytes(array))
     return digest.hexdigest()
 
 

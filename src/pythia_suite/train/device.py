@@ -27,7 +27,7 @@ class DeviceChoices:
     """The trainer's device-dependent choices (``device_choices`` derives them).
 
     - ``fused_adamw``: torch's fused (single-kernel) AdamW for every optimizer the backend
-      builds (``parallel.build_optimizer``); the same update as the foreach kernel.
+      builds (``optim.build_optimizer``); the same update as the foreach kernel.
     - ``pin_memory``: the prefetched batches in page-locked host memory, copied without
       blocking (needs CUDA).
     - ``backend``: the process group's backend, ``"nccl"`` or ``"gloo"``;

@@ -4,17 +4,16 @@ One process per device on a (data, tensor) mesh (``parallel``): tensor paralleli
 (``sizes.*.tensor_parallel``), data parallelism with ZeRO-1 or FSDP2, gradient accumulation.
 Iteration ``s`` (0-based) consumes the global batch ``samples.batch(s, global_batch)`` whatever
 the layout: data-parallel rank ``r`` of ``D`` reads only rows ``[r*B/D, (r+1)*B/D)`` (every rank
-of a tensor group the same rows) and its micro-step ``m`` trains on the ``m``-th
-``micro_batch`` rows of those. The loss is the mean over the global batch. GPT-NeoX v1.0
-semantics otherwise: see ``model`` (init)
-and ``optim`` (decay groups, LR schedule, loss scaler).
+of a tensor group the same rows; ``batches``) and its micro-step ``m`` trains on the ``m``-th
+``micro_batch`` rows of those. The loss is the mean over the global batch (``loss``). GPT-NeoX
+v1.0 semantics otherwise: see ``model`` (init) and ``optim`` (decay groups, LR schedule, loss
+scaler, the optimizers).
 
 ``train_segment`` is the whole story, top to bottom: ``_set_up`` (model, weights from the start
 checkpoint or the newest in-segment snapshot, optimizer), ``_train_iteration`` per step (around
-``train_step``, one optimizer update), ``_save_checkpoint``. The state one step changes is a
-``TrainState``; a step's outcome a ``StepResult``. ``prepare_model`` / ``init_train_state`` /
-``train_step`` are public so that the memory tracer runs exactly the step the loop runs, and
-``parallelize`` / ``build_training_optimizer`` are the one seam where parallelism plugs in.
+``step.train_step``, one optimizer update), ``_save_checkpoint``. The state one step changes is
+a ``step.TrainState``; a step's outcome a ``step.StepResult``; what the segment reads, writes
+and reports a ``Segment``.
 
 With ``state_interval > 0`` it snapshots its state to
 ``state_dir`` every ``state_interval`` steps so that a killed or preempted run continues where it
@@ -26,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -37,58 +34,39 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import transformer_flops_per_token
 from . import checkpoint as ckpt
 from . import parallel
+from .batches import BatchSource, Fingerprints, Prefetcher, data_parallel_coords
 from .device import DeviceChoices, device_choices
 from .distributed import DistributedEnv, default_device, detect_distributed_env, distributed_context
-from .layout import data_ranks
-from .model import (
-    build_model,
-    count_parameters,
-    hf_name,
-    init_gpt_neox_weights,
-    load_hf_state_dict,
-)
-from .optim import (
-    DynamicLossScaler,
-    build_param_groups,
-    local_optimizer,
-    lr_at,
-    set_lr,
-)
+from .model import count_parameters, hf_name, init_gpt_neox_weights, load_hf_state_dict
+from .optim import MasterWeightOptimizer, local_optimizer, lr_at, parameter_names
 from .settings import TrainSettings
+from .step import (
+    Progress,
+    StepResult,
+    TrainState,
+    attention_kernel,
+    init_train_state,
+    prepare_model,
+    train_step,
+)
 from .summary import SEGMENT_SUMMARY_NAME, segment_summary_record
 
 __all__ = [
-    "BatchSource",
-    "NonFiniteLossError",
     "SegmentPreempted",
-    "Progress",
-    "TrainState",
-    "StepResult",
+    "RunInfo",
+    "Segment",
     "train_segment",
-    "prepare_model",
-    "parallelize",
-    "build_training_optimizer",
-    "init_train_state",
-    "forward_loss",
-    "chunked_cross_entropy",
-    "train_step",
-    "batch_fingerprint",
     "segment_key",
 ]
 
@@ -112,21 +90,6 @@ _NOT_IN_SEGMENT_KEY = (
 )
 
 
-class BatchSource(Protocol):
-    """What the trainer needs from the data side (``GPTNeoXSamples``, ``PreshuffledSamples``)."""
-
-    def batch(self, step: int, global_batch: int) -> np.ndarray:
-        """int64 array ``(global_batch, seq_length + 1)``: samples ``[step*B, (step+1)*B)``."""
-        ...
-
-    # Optional (``SampleBatches`` has it): ``local_batch(step, global_batch, dp_rank, dp_size)``,
-    # data-parallel rank ``dp_rank``'s block of ``global_batch / dp_size`` rows, read alone.
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf at the named step; nothing was saved for it."""
-
-
 class SegmentPreempted(RuntimeError):
     """SIGTERM arrived; a snapshot was saved (if a state dir was given). Exit non-zero."""
 
@@ -143,11 +106,6 @@ class RunInfo:
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def batch_fingerprint(tokens: np.ndarray) -> str:
-    """sha256 hex digest of a batch's token ids as little-endian int64, row-major."""
-    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i8").tobytes()).hexdigest()
 
 
 def segment_key(
@@ -174,10 +132,6 @@ def segment_key(
         "settings": computed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _format_eta(seconds: float) -> str:
@@ -256,195 +210,7 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def data_parallel_coords(env: DistributedEnv, settings: TrainSettings) -> tuple[int, int]:
-    """``(data-parallel size, data-parallel rank)`` of this process.
-
-    Ranks form a (data, tensor) grid with the tensor index fastest, global rank =
-    ``dp_rank * tensor_parallel + tp_rank``: a node's GPUs share tensor groups (as Megatron's).
-    Tensor-parallel peers read the same rows.
-    """
-    tp = settings.tensor_parallel
-    return data_ranks(env.world_size, tp), env.rank // tp
-
-
-def local_rows(
-    samples: BatchSource, step: int, global_batch: int, dp_size: int, dp_rank: int
-) -> np.ndarray:
-    """Rows ``[r*B/D, (r+1)*B/D)`` of global batch ``step`` for data-parallel rank ``r`` of
-    ``D``: read alone where the source can (``local_batch``), else cut from ``batch``."""
-    read_local = getattr(samples, "local_batch", None)
-    if read_local is not None:
-        return read_local(step, global_batch, dp_rank, dp_size)
-    rows = global_batch // dp_size
-    return samples.batch(step, global_batch)[dp_rank * rows : (dp_rank + 1) * rows]
-
-
-class _Prefetcher:
-    """This rank's rows of each step, read one step ahead by a background thread (into pinned
-    memory on CUDA) and copied to the device without blocking."""
-
-    def __init__(
-        self,
-        samples: BatchSource,
-        settings: TrainSettings,
-        env: DistributedEnv,
-        device: torch.device,
-        pin_memory: bool,
-    ) -> None:
-        self.samples, self.settings, self.device = samples, settings, device
-        self.pin_memory = pin_memory
-        self.dp_size, self.dp_rank = data_parallel_coords(env, settings)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
-        self._pending: dict[int, Future] = {}
-
-    def __enter__(self) -> _Prefetcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def tokens(self, step: int, next_step: int | None) -> torch.Tensor:
-        """Step ``step``'s rows on the device; starts reading ``next_step``'s."""
-        current = self._pending.pop(step, None) or self._pool.submit(self._load, step)
-        if next_step is not None and next_step not in self._pending:
-            self._pending[next_step] = self._pool.submit(self._load, next_step)
-        return current.result().to(self.device, non_blocking=True)
-
-    def _load(self, step: int) -> torch.Tensor:
-        s = self.settings
-        rows = local_rows(self.samples, step, s.global_batch, self.dp_size, self.dp_rank)
-        expected = (s.global_batch // self.dp_size, s.seq_length + 1)
-        if tuple(rows.shape) != expected or not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError(
-                f"samples: rows of step {step} for data-parallel rank {self.dp_rank} of "
-                f"{self.dp_size} have shape {tuple(rows.shape)} and dtype {rows.dtype}, "
-                f"expected {expected} integer ids"
-            )
-        host = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-        return host.pin_memory() if self.pin_memory else host
-
-
-class _Fingerprints:
-    """The data fingerprints, on global rank 0 only: sha256 of each step's whole global batch
-    and the running sha256 of the segment (``hasher``), computed by a background thread while
-    the step trains. Other ranks neither read the global batch nor hash it."""
-
-    def __init__(self, samples: BatchSource, settings: TrainSettings, enabled: bool) -> None:
-        self.samples, self.settings, self.enabled = samples, settings, enabled
-        self.hasher = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint") if enabled else None
-        self._pending: dict[int, Future] = {}
-
-    def __enter__(self) -> _Fingerprints:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, step: int) -> None:
-        if self.enabled:
-            self._pending[step] = self._pool.submit(self._digest, step)
-
-    def result(self, step: int) -> str | None:
-        """Step ``step``'s digest (waits for it); the segment hash then includes the step."""
-        return self._pending.pop(step).result() if self.enabled else None
-
-    def hexdigest(self) -> str | None:
-        return self.hasher.hexdigest() if self.enabled else None
-
-    def _digest(self, step: int) -> str:
-        batch = self.samples.batch(step, self.settings.global_batch)
-        _check_batch(batch, step, self.settings)
-        data = np.ascontiguousarray(batch, dtype="<i8").tobytes()
-        self.hasher.update(data)
-        return hashlib.sha256(data).hexdigest()
-
-
 # ----------------------------------------------------------------------------- segment state
-
-
-@dataclass
-class Progress:
-    """Per-segment bookkeeping: saved in every snapshot, so a resumed segment continues it."""
-
-    start_step: int
-    end_step: int
-    segment_key: str
-    step: int
-    scheduler_iteration: int = 0
-    history: list[dict] = field(default_factory=list)
-    spikes: list[dict] = field(default_factory=list)
-    # The spike detector's window carries over from the previous segment.
-    recent_losses: list[float] = field(default_factory=list)
-    train_time_s: float = 0.0
-    wall_s: float = 0.0  # wall time of earlier attempts, up to their last snapshot
-    started_at: str = field(default_factory=lambda: _utc_now())
-
-    @classmethod
-    def fresh(cls, start_step: int, end_step: int, key: str, start_state: dict | None):
-        """At the segment's start (history empty), continuing the start checkpoint's schedule."""
-        carried = start_state or {}
-        return cls(
-            start_step=start_step,
-            end_step=end_step,
-            segment_key=key,
-            step=start_step,
-            scheduler_iteration=carried.get("scheduler", {}).get("iteration", 0),
-            recent_losses=list(carried.get("recent_losses", [])),
-        )
-
-    @classmethod
-    def from_snapshot(cls, saved: dict):
-        """As recorded in a snapshot's ``trainer_state.json``."""
-        return cls(
-            start_step=saved["segment"]["start_step"],
-            end_step=saved["segment"]["end_step"],
-            segment_key=saved["segment_key"],
-            step=saved["step"],
-            scheduler_iteration=saved["scheduler"]["iteration"],
-            history=saved["history"],
-            spikes=saved["spikes"],
-            recent_losses=saved["recent_losses"],
-            train_time_s=saved["train_time_s"],
-            wall_s=saved.get("wall_s", 0.0),
-            started_at=saved.get("started_at") or _utc_now(),
-        )
-
-
-@dataclass
-class TrainState:
-    """What one optimizer step needs and changes (``train_step``); built by ``init_train_state``.
-
-    ``model`` is the ``GPTNeoXForCausalLM`` whose parameters are trained and saved;
-    ``train_module`` is what a micro-step calls (the LM loss of ``model``, wrapped for data
-    parallelism by ``parallelize``).
-    """
-
-    settings: TrainSettings
-    env: DistributedEnv
-    device: torch.device
-    model: nn.Module
-    train_module: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: DynamicLossScaler | None
-    progress: Progress
-    par: parallel.Parallelism  # this rank on the (data, tensor) mesh
-    choices: DeviceChoices  # what this device does differently (fused AdamW, ...)
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One optimizer step, as every rank agrees on it (the step's single host sync)."""
-
-    loss: float  # mean over the global batch, unscaled
-    grad_norm: float  # after unscaling, before clipping
-    lr: float
-    skipped: bool  # fp16 overflow: no update, schedule not advanced
-    stop_requested: bool  # some rank had ``stop_requested`` set (SIGTERM)
 
 
 @dataclass
@@ -460,389 +226,13 @@ class Segment:
     hook: Callable[[str, int], None]
     log: _Log
     preempt: threading.Event
-    batches: _Prefetcher
-    fingerprints: _Fingerprints
+    batches: Prefetcher
+    fingerprints: Fingerprints
     names: dict[int, str] = field(default_factory=dict)  # id(parameter) -> HF name
     run_info: RunInfo = field(default_factory=RunInfo)
     first_step: int = 0  # where this process started training (after a resume: the snapshot)
     begun: float = field(default_factory=time.perf_counter)  # this process's wall clock
     started: float = field(default_factory=time.perf_counter)  # the first step's start
-
-
-# ----------------------------------------------------------------------------- model and loss
-
-
-def prepare_model(hf_config: dict, settings: TrainSettings, device: torch.device) -> nn.Module:
-    """The model as it trains, weights left uninitialised (init or load them next).
-
-    ``GPTNeoXForCausalLM`` on ``device`` in fp32 with the fast paths of ``settings``: activation
-    checkpointing of every layer (non-reentrant, recomputed in backward: identical results,
-    about one forward more compute) and, with ``compile_layers``, each layer compiled by
-    ``torch.compile``. Parameter names are unchanged. The loop and the memory tracer both call
-    it; tensor parallelism is applied later, by ``parallelize``, to the initialised model.
-    """
-    model = build_model(hf_config, device, empty=True)
-    model.base_model.rotary_emb.register_forward_hook(_rotary_in_compute_dtype)
-    if settings.activation_checkpointing:
-        kwargs = {"use_reentrant": False}
-        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-        if enable is not None:
-            enable(kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if settings.compile_layers:
-        for layer in model.base_model.layers:
-            layer.compile()
-    return model
-
-
-def _rotary_in_compute_dtype(module: nn.Module, args, output):
-    """Under autocast, hand the layers rotary cos/sin in the compute dtype (fp16/bf16).
-
-    transformers returns them in the residual stream's dtype (fp32), which turns ``q * cos``
-    into an fp32 product of the half-precision q and k: two full fp32 copies per layer. Exact
-    enough in half precision because the angles (position x inverse frequency) are still
-    computed in fp32, only the values in [-1, 1] are rounded (relative 2^-11 in fp16, 2^-8 in
-    bf16), and q, k are half precision already; GPT-NeoX v1.0 itself applied rotary in the
-    training dtype (``cos_cached.to(x.dtype)``), Pythia's runs included.
-    """
-    device_type = output[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return output
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) for t in output)
-
-
-def attention_kernel(model: nn.Module, settings: TrainSettings, device: torch.device) -> str:
-    """Which scaled-dot-product-attention kernel the model's attention runs, checked by trying.
-
-    transformers' ``sdpa`` attention with no mask (causal by ``is_causal``) is what the flash
-    kernel needs. Tries flash, then memory-efficient, then math, at the model's head size in
-    the compute dtype on ``device``, and returns ``"SDPA flash"`` or the fallback's name with
-    why flash was refused. The loop logs it at start-up.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    impl = model.config._attn_implementation
-    if impl != "sdpa":
-        return f"{impl} attention (not SDPA: no flash kernel)"
-    dtype = settings.half_dtype or torch.float32
-    heads = model.config.num_attention_heads
-    q = torch.ones(1, heads, 64, model.config.hidden_size // heads, device=device, dtype=dtype)
-    refused = []
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
-        try:
-            with warnings.catch_warnings(), sdpa_kernel([backend]):
-                warnings.simplefilter("ignore")  # torch warns why; the reason is kept below
-                F.scaled_dot_product_attention(q, q, q, is_causal=True)
-        except RuntimeError as err:
-            refused.append(f"{backend.name}: {str(err).splitlines()[0]}")
-            continue
-        if not refused:
-            return f"SDPA {backend.name} ({device.type}, {dtype})"
-        return f"SDPA {backend.name} ({device.type}, {dtype}); refused: {'; '.join(refused)}"
-    return f"no SDPA kernel ({device.type}, {dtype}): {'; '.join(refused)}"
-
-
-class LMLoss(nn.Module):
-    """``forward(tokens)`` = ``forward_loss(model, tokens, settings)``: the module that data
-    parallel wrappers (DDP, FSDP2) see, so that their hooks run around the whole loss."""
-
-    def __init__(self, model: nn.Module, settings: TrainSettings) -> None:
-        super().__init__()
-        self.model = model
-        self.settings = settings
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return forward_loss(self.model, tokens, self.settings)
-
-
-def forward_loss(model: nn.Module, tokens: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``tokens`` (``(batch, seq_length + 1)`` ids), fp32.
-
-    Up to ``settings.loss_chunk_tokens`` predicted tokens: the output layer's logits in one
-    piece (as transformers computes them). More: ``chunked_cross_entropy``, which never holds
-    more than one chunk's logits. Under tensor parallelism: the loss-parallel cross-entropy of
-    the vocabulary-sharded logits (call inside ``parallel.loss_context``).
-    """
-    inputs, labels = tokens[:, :-1], tokens[:, 1:]
-    hidden = model.base_model(input_ids=inputs).last_hidden_state
-    head = model.get_output_embeddings()
-    if labels.numel() <= settings.loss_chunk_tokens or parallel.is_vocab_parallel(head):
-        # Under tensor parallelism the logits stay vocabulary-sharded (1/T per rank) and the
-        # loss is loss-parallel: never gathered, so no chunking is needed.
-        logits = head(hidden)
-        return parallel.causal_lm_loss(logits, labels)
-    return chunked_cross_entropy(
-        hidden.flatten(0, 1), head.weight, labels.flatten(), settings.loss_chunk_tokens
-    )
-
-
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Mean CE of ``hidden @ weight.T`` computed chunk by chunk, gradients included.
-
-    The forward pass computes each chunk's logits (in the autocast dtype where autocast is on,
-    as ``nn.Linear`` would), its loss in fp32, and at once the chunk's gradients
-    (``softmax - onehot``) with respect to ``hidden`` and ``weight``; the logits are then
-    dropped. Backward only scales the stored gradients. Same FLOPs as the plain loss; memory
-    ``chunk x vocab`` logits plus one ``weight``-sized fp32 gradient, not ``tokens x vocab``.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk_tokens):
-        n = hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk_tokens):
-            h = hidden[start : start + chunk_tokens]
-            y = labels[start : start + chunk_tokens]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            # d(sum of losses)/d(logits) = softmax - onehot, in place: one chunk buffer.
-            grad_logits = logits.sub_(lse[:, None]).exp_()
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            # Under autocast these matmuls run in the compute dtype, as autograd's would.
-            # Half-precision weights (master-weight training, no autocast): the gradient
-            # matmuls in their dtype; a no-op cast for fp32 weights and under autocast.
-            grad_hidden[start : start + chunk_tokens] = grad_logits.to(weight.dtype) @ weight
-            grad_weight += (grad_logits.t().to(h.dtype) @ h).float()
-            del logits, lse, grad_logits
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.n = n
-        ctx.weight_dtype = weight.dtype
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_output / ctx.n
-        return (
-            (grad_hidden * scale).to(grad_hidden.dtype),
-            (grad_weight * scale).to(ctx.weight_dtype),
-            None,
-            None,
-        )
-
-
-def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
-) -> torch.Tensor:
-    """``F.cross_entropy(hidden @ weight.T, labels)`` (mean) without all the logits at once.
-
-    ``hidden`` is ``(tokens, hidden)``, ``weight`` the output layer's ``(vocab, hidden)``,
-    ``labels`` ``(tokens,)``; at most ``chunk_tokens`` rows of logits exist at any time, in
-    the forward and the backward pass. Equal to the plain loss and its gradients within fp32
-    rounding (tests/test_train_loop.py).
-    """
-    if chunk_tokens <= 0:
-        raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_tokens)
-
-
-# ----------------------------------------------------------------------------- parallelism seam
-
-
-def parallelize(
-    model: nn.Module,
-    settings: TrainSettings,
-    env: DistributedEnv,
-    device: torch.device,
-    par: parallel.Parallelism | None = None,
-) -> tuple[nn.Module, parallel.Parallelism]:
-    """The module a micro-step calls (``LMLoss(model)``) and this rank's place on the mesh.
-
-    Tensor parallelism is applied first where ``_set_up`` has not already done so (it shards
-    before the weights are set, so no rank holds them whole); under ``data_parallel: fsdp``,
-    FSDP2 shards each layer and then ``LMLoss`` as the root. Under ``zero1`` DDP wraps it at
-    tensor parallel 1 (``init_train_state``, after the optimizer has set the parameters'
-    dtype), and with tensor parallelism the gradient all-reduce runs in ``train_step``
-    (``parallel.all_reduce_gradients``).
-    """
-    if par is None:
-        par = parallel.build_parallelism(
-            env.world_size, settings.tensor_parallel, device, settings.data_parallel
-        )
-    parallel.apply_tensor_parallel_once(model, par, settings.partition_activations)
-    train_module = LMLoss(model, settings)
-    parallel.apply_fsdp(model, train_module, par, settings.half_dtype)
-    return train_module, par
-
-
-def build_training_optimizer(
-    model: nn.Module,
-    settings: TrainSettings,
-    par: parallel.Parallelism,
-    choices: DeviceChoices,
-) -> torch.optim.Optimizer:
-    """AdamW with GPT-NeoX's decay groups; ZeRO-1 over the data ranks when ``zero_optimizer``
-    (under ``zero1``); torch's fused AdamW kernel where ``choices.fused_adamw`` (CUDA; the same
-    update, one kernel).
-
-    With ``settings.master_weights`` the model's parameters become fp16/bf16 here and their
-    fp32 values become the optimizer's master weights (``parallel.MasterWeightOptimizer``).
-    """
-    masters = None
-    if settings.master_weights:
-        masters = parallel.half_parameters(model, settings.half_dtype)
-    return parallel.build_optimizer(
-        build_param_groups(model, settings.weight_decay),
-        par,
-        betas=(settings.adam_beta1, settings.adam_beta2),
-        eps=settings.adam_eps,
-        sharded=settings.zero_optimizer,
-        masters=masters,
-        # Only ask for fused when wanted: torch picks its own default (foreach on CUDA) otherwise.
-        **({"fused": True} if choices.fused_adamw else {}),
-    )
-
-
-def new_loss_scaler(settings: TrainSettings) -> DynamicLossScaler | None:
-    """DeepSpeed's dynamic loss scaler for fp16 (or ``loss_scaler_in_fp32``), else ``None``."""
-    if settings.precision != "fp16" and not settings.loss_scaler_in_fp32:
-        return None
-    return DynamicLossScaler(
-        settings.loss_scale_initial,
-        settings.loss_scale_window,
-        settings.loss_scale_hysteresis,
-        settings.loss_scale_min,
-    )
-
-
-def init_train_state(
-    model: nn.Module,
-    settings: TrainSettings,
-    env: DistributedEnv,
-    device: torch.device,
-    progress: Progress | None = None,
-    par: parallel.Parallelism | None = None,
-    choices: DeviceChoices | None = None,
-) -> TrainState:
-    """Parallelise ``model`` (weights in place) and build its optimizer and loss scaler.
-
-    ``progress`` defaults to a fresh segment at step 0 (what the memory tracer needs); ``par``
-    to the mesh of ``env`` and ``settings``; ``choices`` to ``device_choices(device)``.
-    """
-    choices = choices or device_choices(device)
-    train_module, par = parallelize(model, settings, env, device, par)
-    optimizer = build_training_optimizer(model, settings, par, choices)
-    # After the optimizer: with master weights it replaces the parameters by half ones.
-    parallel.shard_gradients_like_parameters(model, par)
-    # DDP last: its gradient buckets take the parameters' final dtype.
-    train_module = parallel.wrap_data_parallel(train_module, par, choices.ddp_device_ids)
-    return TrainState(
-        settings=settings,
-        env=env,
-        device=device,
-        model=model,
-        train_module=train_module,
-        optimizer=optimizer,
-        scaler=new_loss_scaler(settings),
-        progress=progress or Progress(start_step=0, end_step=0, segment_key="", step=0),
-        par=par,
-        choices=choices,
-    )
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def autocast_context(settings: TrainSettings, device: torch.device):
-    """The forward pass's autocast: none for fp32 or master weights (the parameters are
-    fp16/bf16 already), else fp16/bf16 on ``device``'s type (FSDP2's mixed precision)."""
-    if settings.half_dtype is None or settings.master_weights:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=settings.half_dtype)
-
-
-def _forward_backward(state: TrainState, tokens: torch.Tensor, loss_scale: float) -> torch.Tensor:
-    """Accumulate the gradients of this data rank's rows; return their mean loss (not scaled).
-
-    Each micro-step's loss is divided by the number of micro-steps, and the data-parallel
-    reduction (DDP, FSDP2, or ``parallel.all_reduce_gradients`` under tensor parallelism)
-    averages over the data ranks, so the gradient is that of the mean loss over the global
-    batch.
-    """
-    micro_batch = state.settings.micro_batch
-    module, par = state.train_module, state.par
-    n_micro = tokens.shape[0] // micro_batch
-    total = torch.zeros((), device=tokens.device)
-    for m in range(n_micro):
-        chunk = tokens[m * micro_batch : (m + 1) * micro_batch]
-        # Reduce gradients across data ranks only once, after the last micro-step.
-        last = m == n_micro - 1
-        with parallel.gradient_sync(module, par, last), parallel.loss_context(par):
-            with autocast_context(state.settings, state.device):
-                loss = module(chunk)
-            (loss * (loss_scale / n_micro)).backward()
-        total += parallel.scalar(loss.detach()) / n_micro
-    return total
-
-
-def train_step(
-    state: TrainState, tokens: torch.Tensor, *, stop_requested: bool = False
-) -> StepResult:
-    """One optimizer iteration on this rank's rows ``tokens`` (``(rows, seq_length + 1)``).
-
-    Forward and backward over the micro-batches, loss averaged over ranks, unscale, clip, then
-    the update at the schedule's LR, or (fp16 overflow) a skipped update that leaves weights
-    and schedule alone and tells the loss scaler. One host sync: loss, gradient norm and the
-    ranks' stop flag in one small tensor. Raises ``NonFiniteLossError`` on a non-finite loss or
-    gradient norm without a loss scaler.
-    """
-    settings, env, progress = state.settings, state.env, state.progress
-    params = [p for p in state.model.parameters()]
-    loss_scale = state.scaler.scale if state.scaler else 1.0
-    local_loss = _forward_backward(state, tokens, loss_scale)
-    parallel.all_reduce_gradients(params, state.par)
-    # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy.
-    stop_flag = torch.full((), float(stop_requested), device=state.device)
-    reduced = torch.stack([local_loss, stop_flag])
-    if env.world_size > 1:
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        reduced[0] /= env.world_size
-    # The global norm over tensor- and data-sharded gradients (each block counted once); with
-    # master weights the unscaled, clipped gradients are formed in fp32 by the optimizer.
-    grad_norm = parallel.unscale_and_clip(state.optimizer, params, loss_scale, settings.grad_clip)
-    loss, stops, norm = _host_values(torch.stack([reduced[0], reduced[1], grad_norm.to(reduced)]))
-    overflow = not (math.isfinite(loss) and math.isfinite(norm))
-    it = progress.step
-    if overflow and state.scaler is None:
-        what = "loss" if not math.isfinite(loss) else "gradient norm"
-        raise NonFiniteLossError(
-            f"{what} is not finite at iteration {it} (the update to step {it + 1}): "
-            f"loss={loss}, grad_norm={norm}; stopping before anything is saved"
-        )
-    lr = lr_at(
-        progress.scheduler_iteration,
-        lr=settings.lr,
-        min_lr=settings.min_lr,
-        warmup_iters=settings.warmup_iters,
-        decay_iters=settings.decay_iters,
-    )
-    if overflow:
-        # fp16 overflow: DeepSpeed skips the update and the LR schedule does not advance.
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.update(True)
-    else:
-        set_lr(state.optimizer, lr)
-        state.optimizer.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        progress.scheduler_iteration += 1
-        if state.scaler is not None:
-            state.scaler.update(False)
-    return StepResult(loss, norm, lr, overflow, stops > 0)
-
-
-def _host_values(values: torch.Tensor) -> list[float]:
-    """The step's one host sync. Under ``FakeTensorMode`` (the memory tracer) there are no
-    values: the step is taken as finite, so that the update and its memory are traced."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if is_fake(values):
-        return [0.0] * values.numel()
-    return values.tolist()
 
 
 # ----------------------------------------------------------------------------- the segment
@@ -883,8 +273,9 @@ def train_segment(
 
     Raises ``ValueError`` for inconsistent arguments, ``FileExistsError`` if ``out_dir``
     exists, ``ckpt.CheckpointError`` for a start checkpoint that does not match,
-    ``ckpt.StateDirLockedError``, ``ckpt.InsufficientDiskSpaceError``, ``NonFiniteLossError``
-    (naming the step; nothing is saved for it) and ``SegmentPreempted`` after SIGTERM.
+    ``ckpt.StateDirLockedError``, ``ckpt.InsufficientDiskSpaceError``,
+    ``step.NonFiniteLossError`` (naming the step; nothing is saved for it) and
+    ``SegmentPreempted`` after SIGTERM.
     """
     settings.validate()
     env = env or detect_distributed_env()
@@ -910,9 +301,9 @@ def train_segment(
             log=_Log(log, enabled=env.is_main),
             preempt=threading.Event(),
             batches=stack.enter_context(
-                _Prefetcher(samples, settings, env, device, choices.pin_memory)
+                Prefetcher(samples, settings, env, device, choices.pin_memory)
             ),
-            fingerprints=stack.enter_context(_Fingerprints(samples, settings, env.is_main)),
+            fingerprints=stack.enter_context(Fingerprints(samples, settings, env.is_main)),
             run_info=run_info or RunInfo(),
         )
         stack.callback(seg.log.close)
@@ -1003,7 +394,7 @@ def _set_up(
             progress = Progress.from_snapshot(saved)
 
     state = init_train_state(model, settings, env, device, progress, par, choices)
-    seg.names = parallel.parameter_names(model, state.optimizer, hf_name)
+    seg.names = parameter_names(model, state.optimizer, hf_name)
     if saved is not None:
         owned = _owned_parameters(state.optimizer, seg.names)
         opt_state = ckpt.read_optimizer_state(resume_from, saved, owned)
@@ -1012,7 +403,7 @@ def _set_up(
             state.scaler.load_state_dict(saved["loss_scaler"])
         ckpt.restore_rng_state(saved["rng"])
         seg.log(f"starting at step {saved['step']} from {resume_from}")
-    seg.fingerprints.hasher = _segment_hasher(seg.samples, settings, progress, env)
+    seg.fingerprints.replay(progress.history)
     seg.first_step = progress.step
     seg.started = time.perf_counter()
     return state
@@ -1078,7 +469,7 @@ def _save_checkpoint(seg: Segment, state: TrainState) -> dict:
     ckpt.write_training_state(
         seg.out_dir,
         env=env,
-        model_tensors=parallel.full_state_dict(state.model, env.is_main, hf_name, state.optimizer),
+        model_tensors=_full_weights(state),
         optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=trainer_state,
         hf_config=seg.hf_config,
@@ -1105,9 +496,7 @@ def _save_snapshot(seg: Segment, state: TrainState, step: int) -> None:
     ckpt.write_training_state(
         path,
         env=state.env,
-        model_tensors=parallel.full_state_dict(
-            state.model, state.env.is_main, hf_name, state.optimizer
-        ),
+        model_tensors=_full_weights(state),
         optimizer_shard=_optimizer_shard(state, seg.names),
         trainer_state=_trainer_state(seg, state, step),
         hf_config=seg.hf_config,
@@ -1173,6 +562,14 @@ def _hosts(env: DistributedEnv) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- optimizer state
+
+
+def _full_weights(state: TrainState) -> dict | None:
+    """The full fp32 weights under their HF names on rank 0, else None (collective): the
+    optimizer's fp32 masters where it keeps them (``optim.MasterWeightOptimizer``)."""
+    optimizer = state.optimizer
+    master = optimizer.gathered_master if isinstance(optimizer, MasterWeightOptimizer) else None
+    return parallel.full_state_dict(state.model, state.env.is_main, hf_name, master)
 
 
 def _owned_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
@@ -1263,36 +660,6 @@ def _check_resumable(
         raise ckpt.CheckpointError(
             f"{state_file}: snapshot step {saved['step']} is outside ({start_step}, {end_step}]"
         )
-
-
-def _check_batch(batch: np.ndarray, it: int, settings: TrainSettings) -> None:
-    expected = (settings.global_batch, settings.seq_length + 1)
-    if tuple(batch.shape) != expected:
-        raise ValueError(f"samples.batch({it}) has shape {tuple(batch.shape)}, expected {expected}")
-    if not np.issubdtype(batch.dtype, np.integer):
-        raise ValueError(f"samples.batch({it}) has dtype {batch.dtype}, expected integer ids")
-
-
-def _segment_hasher(
-    samples: BatchSource, settings: TrainSettings, progress: Progress, env: DistributedEnv
-):
-    """sha256 over every token id the segment consumed so far (rank 0 only).
-
-    After a resume the batches before the snapshot are hashed again and checked against the
-    per-step digests recorded then: a data order that changed underneath fails loudly.
-    """
-    hasher = hashlib.sha256()
-    if not env.is_main:
-        return hasher
-    for record in progress.history:
-        batch = samples.batch(record["iteration"], settings.global_batch)
-        if batch_fingerprint(batch) != record["tokens_sha256"]:
-            raise ckpt.CheckpointError(
-                f"samples.batch({record['iteration']}) differs from the batch the snapshot "
-                "recorded: the data order changed since the snapshot was taken"
-            )
-        hasher.update(np.ascontiguousarray(batch, dtype="<i8").tobytes())
-    return hasher
 
 
 def _record_step(

@@ -2,11 +2,11 @@
 
 How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
 
-- **Traced: the loop's own step.** ``loop.prepare_model`` (activation checkpointing as
-  configured), ``loop.init_train_state`` (tensor parallelism with partitioned activations,
+- **Traced: the loop's own step.** ``step.prepare_model`` (activation checkpointing as
+  configured), ``step.init_train_state`` (tensor parallelism with partitioned activations,
   ZeRO-1 or FSDP2 over the data ranks, fp16/bf16 parameters with fp32 master weights in the
   optimizer, counted as optimizer state and sharded with it, AdamW, the fp16 loss scaler) and
-  two ``loop.train_step`` calls over the rank's ``micro_batch x gas`` rows run on fake tensors
+  two ``step.train_step`` calls over the rank's ``micro_batch x gas`` rows run on fake tensors
   (``FakeTensorMode``, CPU) inside ``torch.distributed._tools.MemTracker`` (``FSDPMemTracker``
   under FSDP), as rank 0 of a fake process group of the real world size (torch's testing
   backend, as torchtitan's estimator uses; the device mesh is built outside the fake mode).
@@ -16,7 +16,7 @@ How the estimate is made (docs/ARCHITECTURE.md, "The memory plan"):
 - **By rule, where the trace cannot run.** DDP's C++ reducer cannot run on fake tensors, so
   ZeRO-1 at tensor parallel 1 is traced as one rank, and its data parallelism is added by rule:
   the optimizer state of the largest data rank's partition (``zero1_shares``: the greedy,
-  largest-first partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer``; an
+  largest-first partition of ``ZeroRedundancyOptimizer`` and ``optim.ZeroOneOptimizer``; an
   embedding matrix is never split, so a share can exceed 1/DP), and DDP's gradient buckets:
   one whole set of gradients for DDP's whole life, which the gradients themselves are views
   into (``gradient_as_bucket_view``), so every phase counts the full gradient set once. Under
@@ -267,11 +267,11 @@ def _step_settings(layout: StepLayout) -> TrainSettings:
 
 
 def _fake_model(layout: StepLayout, layers: int):
-    """The loop's model (``loop.prepare_model``) ``layers`` deep, fake fp32 weights, unsharded
-    (``loop.init_train_state`` applies the parallelism). Call inside ``FakeTensorMode``."""
+    """The loop's model (``step.prepare_model``) ``layers`` deep, fake fp32 weights, unsharded
+    (``step.init_train_state`` applies the parallelism). Call inside ``FakeTensorMode``."""
     import torch
 
-    from .loop import prepare_model
+    from .step import prepare_model
 
     return prepare_model(layout.model_config(layers), _step_settings(layout), torch.device("cpu"))
 
@@ -482,13 +482,13 @@ def _untracked_shape_propagation() -> Iterator[None]:
 def trace_step_peaks(
     layout: StepLayout, layers: int, *, fake: bool = True
 ) -> dict[str, dict[str, int]]:
-    """Trace two ``loop.train_step`` calls of rank 0 of ``layout`` at depth ``layers``.
+    """Trace two ``step.train_step`` calls of rank 0 of ``layout`` at depth ``layers``.
 
-    The model is ``loop.prepare_model``'s (activation checkpointing as configured), the state
-    ``loop.init_train_state``'s (tensor parallelism with partitioned activations, FSDP2 or
+    The model is ``step.prepare_model``'s (activation checkpointing as configured), the state
+    ``step.init_train_state``'s (tensor parallelism with partitioned activations, FSDP2 or
     ZeRO-1 over the data ranks, fp16/bf16 parameters with fp32 master weights, AdamW, the fp16
     loss scaler) in a fake
-    process group of the real world size (``_traced_world``), the step ``loop.train_step`` over
+    process group of the real world size (``_traced_world``), the step ``step.train_step`` over
     ``micro_batch x gas`` rows: the loop's own code, on fake tensors. ``MemTracker``, or
     ``FSDPMemTracker`` under FSDP. Returns ``{phase: {category: bytes}}`` at each phase's peak
     during the second step (the first creates the optimizer state).
@@ -504,9 +504,9 @@ def trace_step_peaks(
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from . import parallel
-    from .loop import init_train_state, train_step
     from .model import init_gpt_neox_weights
     from .optim import local_optimizer
+    from .step import init_train_state, train_step
 
     cpu = torch.device("cpu")
     settings = _step_settings(layout)
@@ -558,7 +558,8 @@ def _track_master_weights(tracker, optimizer) -> None:
     optimizer's state only, and a bare tensor as "Other")."""
     from torch.distributed._tools.mem_tracker import _MemRefType
 
-    from .parallel import MasterWeightOptimizer, local_view
+    from .optim import MasterWeightOptimizer
+    from .parallel import local_view
 
     if not isinstance(optimizer, MasterWeightOptimizer):
         return
@@ -581,7 +582,7 @@ def _track_master_weights(tracker, optimizer) -> None:
 def zero1_shares(layout: StepLayout, layers: int | None = None) -> tuple[float, float]:
     """(rank 0's, the largest rank's) share of the optimizer state under ZeRO-1, at ``layers``.
 
-    The partition of ``ZeroRedundancyOptimizer`` and ``parallel.ZeroOneOptimizer`` alike: per
+    The partition of ``ZeroRedundancyOptimizer`` and ``optim.ZeroOneOptimizer`` alike: per
     parameter group (decay, then no decay), parameters largest first (by their full element
     count), each to the least-loaded data rank; a share counts the elements this rank holds (a
     tensor-parallel shard is 1/T of its parameter). (1, 1) without ZeRO-1 over several ranks.

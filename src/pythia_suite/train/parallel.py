@@ -22,10 +22,13 @@ reads rows ``[d*B/D, (d+1)*B/D)``.
   (``partitioned_checkpoint``). This is what DeepSpeed's option does; Megatron's later sequence
   parallelism (norms and residual sharded over the sequence) is not used.
 - **Data parallelism**: ``zero1`` (Pythia's ZeRO stage 1): gradients all-reduced (mean) over the
-  data group, AdamW state sharded over the data ranks (``ZeroOneOptimizer``: each data rank
-  updates the parameters it owns and broadcasts them). ``fsdp``: FSDP2 ``fully_shard`` per
+  data group, AdamW state sharded over the data ranks (``optim.ZeroOneOptimizer``: each data
+  rank updates the parameters it owns and broadcasts them). ``fsdp``: FSDP2 ``fully_shard`` per
   layer, then the embedding, the output layer and the root, over the data group, with a
   ``MixedPrecisionPolicy`` for bf16/fp16. FSDP is offered at tensor parallel 1 only.
+- **Reductions**: the gradient all-reduce over the data group (DDP, FSDP2, or
+  ``all_reduce_gradients`` under tensor parallelism) and the global gradient norm over sharded
+  gradients, each block counted once (``global_grad_norm``, ``clip_grad_norm``).
 - **Layout-free state**: ``full_state_dict`` gathers the weights (Hugging Face names) onto rank
   0; ``tensor_slice`` names the block of a parameter a rank holds so optimizer state is saved
   as (name, offsets, block) and any layout reads the blocks it needs (``checkpoint``).
@@ -58,18 +61,9 @@ __all__ = [
     "materialize",
     "is_vocab_parallel",
     "apply_fsdp",
-    "ZeroOneOptimizer",
-    "MasterWeightOptimizer",
-    "zero1_owners",
-    "half_parameters",
+    "placed_like",
     "shard_gradients_like_parameters",
-    "split_by_placement",
-    "build_optimizer",
-    "unscale_and_clip",
     "global_grad_norm",
-    "parameter_names",
-    "causal_lm_loss",
-    "loss_context",
     "wrap_data_parallel",
     "gradient_sync",
     "all_reduce_gradients",
@@ -78,6 +72,7 @@ __all__ = [
     "tensor_slice",
     "copy_full_into",
     "local_view",
+    "like_param",
     "is_saving_replica",
     "optimizer_blocks",
 ]
@@ -372,207 +367,10 @@ def apply_fsdp(
     fully_shard(root, mesh=mesh, mp_policy=mp_policy)
 
 
-def zero1_owners(param_groups: list[dict], world: int) -> dict[int, int]:
-    """ZeRO-1's partition: ``id(parameter) -> data rank`` that keeps its optimizer state.
-
-    Per parameter group, parameters in decreasing size go to the least-loaded rank
-    (deterministic, identical on every rank; ``ZeroRedundancyOptimizer``'s rule)."""
-    owner: dict[int, int] = {}
-    loads = [0] * world
-    for g in param_groups:
-        for p in sorted(g["params"], key=lambda p: -p.numel()):
-            rank = min(range(world), key=lambda r: loads[r])
-            loads[rank] += p.numel()
-            owner[id(p)] = rank
-    return owner
+# ----------------------------------------------------------------------------- gradients
 
 
-def _broadcast_from_owners(
-    params: list[torch.Tensor], owner: dict[int, int], rank: int, group
-) -> None:
-    """Each owner's (local blocks of) ``params``, flattened into one buffer, broadcast to the
-    group and copied in place on the other ranks."""
-    by_owner: dict[int, list[torch.Tensor]] = {}
-    for p in params:
-        by_owner.setdefault(owner[id(p)], []).append(local_view(p))
-    global_ranks = [dist.get_global_rank(group, r) for r in range(dist.get_world_size(group))]
-    for source, tensors in sorted(by_owner.items()):
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.broadcast(flat, src=global_ranks[source], group=group)
-        if source != rank:
-            offset = 0
-            for t in tensors:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
-
-
-def split_by_placement(param_groups: list[dict]) -> tuple[list[dict], list[int]]:
-    """Each group split into its plain tensors and its DTensors, with the same hyperparameters;
-    empty halves dropped. Returns the groups and, for each, the index of the group it came from.
-
-    Under tensor parallelism a group mixes LayerNorm weights (plain, replicated) with the
-    biases of sharded layers (DTensors), and torch's fused AdamW refuses the mix
-    (``aten._fused_adamw_.default got mixed torch.Tensor and DTensor``): one kernel per
-    placement kind. The update of each parameter is the same whatever its group.
-    """
-    from torch.distributed.tensor import DTensor
-
-    out, sources = [], []
-    for index, group in enumerate(param_groups):
-        for kind in (False, True):
-            params = [p for p in group["params"] if isinstance(p, DTensor) is kind]
-            if params:
-                out.append(dict(group, params=params))
-                sources.append(index)
-    return out, sources
-
-
-def _copy_hyperparameters(groups: list[dict], local_groups: list[dict], sources: list[int]) -> None:
-    """Each group's LR, decay, ... (set by the schedule) onto the local optimizer's groups
-    (``sources[i]``: the group that local group ``i`` came from)."""
-    for local, source in zip(local_groups, sources, strict=True):
-        for key, value in groups[source].items():
-            if key != "params":
-                local[key] = value
-
-
-def _zero_grads(params: list[torch.Tensor], set_to_none: bool) -> None:
-    for p in params:
-        if set_to_none:
-            p.grad = None
-        elif p.grad is not None:
-            p.grad.zero_()
-
-
-class ZeroOneOptimizer:
-    """ZeRO stage 1 over the data group: each data rank keeps AdamW state for the parameters it
-    owns, updates them, and broadcasts them to the other data ranks.
-
-    Ownership: per parameter group, parameters in decreasing size go to the least-loaded data
-    rank (deterministic, identical on every rank). Works with DTensor (tensor-parallel)
-    parameters: the broadcast moves each rank's local block within its tensor slice.
-    ``optim`` is the local AdamW (``optim.local_optimizer``); ``param_groups`` holds every
-    parameter and its LR/decay, copied to ``optim`` at each ``step``.
-    """
-
-    def __init__(
-        self,
-        param_groups: list[dict],
-        *,
-        group,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
-        **defaults,
-    ) -> None:
-        self.group = group
-        world = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-        self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
-        self.owner = zero1_owners(self.param_groups, world)
-        local_groups, self._sources = split_by_placement(
-            [
-                dict(g, params=[p for p in g["params"] if self.owner[id(p)] == self.rank])
-                for g in self.param_groups
-            ]
-        )
-        self.optim = optimizer_class(local_groups, **defaults)
-
-    def params(self) -> list[torch.Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        _zero_grads(self.params(), set_to_none)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        _copy_hyperparameters(self.param_groups, self.optim.param_groups, self._sources)
-        self.optim.step()
-        _broadcast_from_owners(self.params(), self.owner, self.rank, self.group)
-
-
-class MasterWeightOptimizer:
-    """Half-precision training with fp32 master weights: DeepSpeed's fp16/bf16 optimizer (as
-    Pythia trained), ZeRO stage 1 over ``group`` when one is given.
-
-    The model's parameters and gradients are fp16/bf16 (``half_parameters``). This rank keeps,
-    for the parameters it owns (``zero1_owners``; all of them without ``group``), an fp32 master
-    copy and AdamW's moments. A step: ``unscale_and_clip`` takes the global norm of the
-    (reduced, loss-scaled) half gradients, accumulated in fp32, and keeps the clip coefficient
-    divided by the loss scale; ``step`` writes each owned gradient, times that factor, into its
-    master's fp32 gradient, runs AdamW on the masters, rounds them into the half parameters and
-    broadcasts each owner's half parameters to the other data ranks. On an fp16 overflow the
-    loop calls only ``zero_grad``: masters, moments and schedule stay as they were.
-    ``optim`` is the AdamW over the masters (what checkpoints save and load, by name);
-    ``master_of(param)`` is a parameter's fp32 master (``None`` where another rank owns it).
-    """
-
-    def __init__(
-        self,
-        param_groups: list[dict],
-        masters: dict[int, torch.Tensor],
-        *,
-        group,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
-        **defaults,
-    ) -> None:
-        self.group = group
-        self.rank = dist.get_rank(group) if group is not None else 0
-        world = dist.get_world_size(group) if group is not None else 1
-        self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
-        self.owner = zero1_owners(self.param_groups, world)
-        self._master = {
-            id(p): masters[id(p)]
-            for g in self.param_groups
-            for p in g["params"]
-            if self.owner[id(p)] == self.rank
-        }
-        local_groups, self._sources = split_by_placement(
-            [
-                dict(g, params=[self._master[id(p)] for p in g["params"] if id(p) in self._master])
-                for g in self.param_groups
-            ]
-        )
-        self.optim = optimizer_class(local_groups, **defaults)
-        self._grad_factor: torch.Tensor | None = None
-
-    def master_of(self, param: torch.Tensor) -> torch.Tensor | None:
-        return self._master.get(id(param))
-
-    def params(self) -> list[torch.Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        _zero_grads(self.params(), set_to_none)
-        self._grad_factor = None
-
-    @torch.no_grad()
-    def unscale_and_clip(self, loss_scale: float, max_norm: float) -> torch.Tensor:
-        """The global gradient norm after unscaling (fp32, a 0-d tensor); the clip is applied
-        to the fp32 master gradients in ``step``. Non-finite on an fp16 overflow."""
-        norm = global_grad_norm(self.params()) / loss_scale
-        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        self._grad_factor = coef / loss_scale
-        return norm
-
-    @torch.no_grad()
-    def step(self) -> None:
-        if self._grad_factor is None:
-            raise RuntimeError("MasterWeightOptimizer.step needs unscale_and_clip first")
-        _copy_hyperparameters(self.param_groups, self.optim.param_groups, self._sources)
-        owned = [(p, self._master[id(p)]) for p in self.params() if id(p) in self._master]
-        for p, master in owned:
-            if p.grad is not None:
-                grad = _placed_like(p.grad, master)
-                grad = local_view(grad).float().mul_(self._grad_factor.to(grad.device))
-                master.grad = like_param(grad, master)
-        self.optim.step()
-        for p, master in owned:
-            local_view(p).copy_(local_view(master))
-            master.grad = None
-        if self.group is not None:
-            _broadcast_from_owners(self.params(), self.owner, self.rank, self.group)
-
-
-def _placed_like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def placed_like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """``grad`` with ``param``'s placements (a DTensor gradient may come back with others,
     e.g. replicated where the parameter is sharded); plain tensors as they are."""
     from torch.distributed.tensor import DTensor
@@ -598,66 +396,7 @@ def shard_gradients_like_parameters(model: nn.Module, par: Parallelism) -> None:
 
     for param in model.parameters():
         if isinstance(param, DTensor) and param.requires_grad:
-            param.register_hook(lambda grad, param=param: _placed_like(grad, param))
-
-
-def half_parameters(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:
-    """Replace every parameter of ``model`` by a ``dtype`` copy (DTensors stay DTensors);
-    return ``id(new parameter) -> the fp32 parameter it replaced`` (the master weights).
-
-    New ``Parameter`` objects rather than an in-place cast: a DTensor's ``.data`` cannot change
-    its local dtype, and fake tensors (the memory tracer) refuse ``module.to``."""
-    masters: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            half = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
-            setattr(module, name, half)
-            masters[id(half)] = param.detach()
-    return masters
-
-
-def build_optimizer(
-    param_groups: list[dict],
-    par: Parallelism,
-    *,
-    betas: tuple[float, float],
-    eps: float,
-    sharded: bool = True,
-    masters: dict[int, torch.Tensor] | None = None,
-    **kwargs,
-):
-    """AdamW for ``par``: ZeRO-1 over the data group under ``zero1`` with more than one data
-    rank (unless ``sharded=False``: every data rank keeps the whole state), else a plain AdamW
-    (under FSDP the parameters are already shards). With ``masters`` (``half_parameters``'
-    fp32 copies of half-precision parameters): ``MasterWeightOptimizer``, sharded the same way.
-    The LR starts at 0. Every AdamW built here gets groups of one placement kind
-    (``split_by_placement``), so ``fused=True`` works under tensor parallelism."""
-    defaults = dict(lr=0.0, betas=betas, eps=eps, **kwargs)
-    zero1 = sharded and par.mode == "zero1" and par.data > 1
-    if masters is not None:
-        group = par.data_group if zero1 else None
-        return MasterWeightOptimizer(param_groups, masters, group=group, **defaults)
-    if zero1:
-        return ZeroOneOptimizer(param_groups, group=par.data_group, **defaults)
-    return torch.optim.AdamW(split_by_placement(param_groups)[0], **defaults)
-
-
-def unscale_and_clip(
-    optimizer, params: list[torch.Tensor], loss_scale: float, max_norm: float
-) -> torch.Tensor:
-    """Divide the gradients by ``loss_scale`` and clip them to ``max_norm`` by their global
-    norm; return that norm (after unscaling, before clipping; a 0-d tensor).
-
-    With fp32 parameters: in place on the gradients (``clip_grad_norm``). With master weights
-    (``MasterWeightOptimizer``): the norm in fp32 from the half gradients, the unscale and the
-    clip applied when the optimizer forms its fp32 master gradients."""
-    if isinstance(optimizer, MasterWeightOptimizer):
-        return optimizer.unscale_and_clip(loss_scale, max_norm)
-    if loss_scale != 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(1.0 / loss_scale)
-    return clip_grad_norm(params, max_norm)
+            param.register_hook(lambda grad, param=param: placed_like(grad, param))
 
 
 def wrap_data_parallel(
@@ -767,31 +506,6 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     return total.sqrt()
 
 
-# ----------------------------------------------------------------------------- the loss
-
-
-def loss_context(par: Parallelism) -> contextlib.AbstractContextManager:
-    """``loss_parallel()`` under tensor parallelism (wrap forward-loss and backward), else none."""
-    if par.tensor > 1:
-        from torch.distributed.tensor.parallel import loss_parallel
-
-        return loss_parallel()
-    return contextlib.nullcontext()
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32; vocabulary-sharded DTensor logits stay sharded
-    (call inside ``loss_context``)."""
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-
-
-def scalar(value: torch.Tensor) -> torch.Tensor:
-    """A plain tensor for a (replicated) DTensor scalar such as the loss-parallel loss."""
-    from torch.distributed.tensor import DTensor
-
-    return value.full_tensor() if isinstance(value, DTensor) else value
-
-
 # ----------------------------------------------------------------------------- layout-free state
 
 
@@ -865,50 +579,28 @@ def like_param(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 
 def full_state_dict(
-    model: nn.Module, is_main: bool, rename: Callable[[str], str], optimizer=None
+    model: nn.Module,
+    is_main: bool,
+    rename: Callable[[str], str],
+    master: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict | None:
     """fp32 CPU copies of the full weights under ``rename(name)`` on the main rank, else None.
 
     Collective under tensor parallelism, FSDP or master weights: every rank must call it
-    (DTensors are gathered with ``full_tensor()``, one parameter at a time). With a
-    ``MasterWeightOptimizer`` the weights are its fp32 masters, not the half parameters: each
-    owner broadcasts its master block over the data group first.
+    (DTensors are gathered with ``full_tensor()``, one parameter at a time). With ``master``
+    (``optim.MasterWeightOptimizer.gathered_master``) the weights are the fp32 masters, not the
+    half parameters: each owner broadcasts its master block over the data group first.
     """
     from torch.distributed.tensor import DTensor
 
     out = {}
     for name, p in model.named_parameters():
-        if isinstance(optimizer, MasterWeightOptimizer):
-            p = _gathered_master(optimizer, p)
+        if master is not None:
+            p = master(p)
         full = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
         if is_main:
             out[rename(name)] = full.to("cpu", torch.float32).contiguous()
     return out if is_main else None
-
-
-def _gathered_master(optimizer: MasterWeightOptimizer, param: torch.Tensor) -> torch.Tensor:
-    """``param``'s fp32 master on every data rank (its owner's, broadcast over the data group)."""
-    master = optimizer.master_of(param)
-    if optimizer.group is None:
-        return master
-    block = local_view(master) if master is not None else None
-    if block is None:
-        block = torch.empty(local_view(param).shape, dtype=torch.float32, device=param.device)
-    owner = dist.get_global_rank(optimizer.group, optimizer.owner[id(param)])
-    dist.broadcast(block, src=owner, group=optimizer.group)
-    return master if master is not None else like_param(block, param)
-
-
-def parameter_names(model: nn.Module, optimizer, rename: Callable[[str], str]) -> dict[int, str]:
-    """``id(tensor) -> rename(name)`` for every parameter of ``model`` and, with master
-    weights, for each parameter's fp32 master (the tensors whose optimizer state is saved)."""
-    names = {id(p): rename(n) for n, p in model.named_parameters()}
-    if isinstance(optimizer, MasterWeightOptimizer):
-        for n, p in model.named_parameters():
-            master = optimizer.master_of(p)
-            if master is not None:
-                names[id(master)] = rename(n)
-    return names
 
 
 def optimizer_blocks(
