@@ -86,14 +86,11 @@ def pythia_state_dict_keys(num_layers: int) -> list[str]:
 def _read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object; raise :class:`ExportError` naming ``path`` when absent or malformed."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, kind=dict)
     except FileNotFoundError:
         raise ExportError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ExportError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    except JSONFileError as err:
+        raise ExportError(str(err)) from None
 
 
 def _require(config: dict[str, Any], key: str, source: Path) -> Any:

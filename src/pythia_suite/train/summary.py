@@ -10,8 +10,9 @@ standard library: the status tools read it without torch.
 from __future__ import annotations
 
 import datetime
-import json
 import os
+
+from pythia_suite.jsonfile import JSONFileError, read_json
 
 SEGMENT_SUMMARY_NAME = "segment_summary.json"
 SEGMENT_SUMMARY_FORMAT = "pythia-suite/segment-summary/1"
@@ -114,12 +115,11 @@ def read_summary(path: str) -> dict | None:
     """A segment summary, or None when the checkpoint has none (step0, or written before
     summaries existed). Raises ValueError naming the file when it is not a summary."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
+        data = read_json(path, missing=None)
+    except JSONFileError as err:
+        raise ValueError(f"{err.path}: unreadable segment summary: {err.reason}") from None
+    if data is None:
         return None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: unreadable segment summary: {err}") from None
     if not isinstance(data, dict) or data.get("format") != SEGMENT_SUMMARY_FORMAT:
         raise ValueError(f"{path}: format is not {SEGMENT_SUMMARY_FORMAT!r}")
     for key in ("end_step", "tokens", "wall_s", "device_hours", "devices"):
