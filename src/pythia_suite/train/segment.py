@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from pythia_suite import config as cfg
@@ -41,58 +41,57 @@ def train_run_segment(
         resume_from = paths.checkpoint_dir(results, run.name, start_step)
     inputs = [Path(resume_from)] if resume_from else []
     inputs += training_data(config, run).recorded_inputs()
-    backend = train_segment_pytorch
     if config["training"]["backend"] == "neox":
-        from pythia_suite.neox.segment import train_segment_neox as backend
-    state = backend(
-        config, run, start_checkpoint=resume_from, start_step=start_step, end_step=step,
-        out_dir=output, state_dir=paths.state_dir(config["paths"]["state"], run.name),
-        inputs=inputs,
-    )  # fmt: skip
-    if isinstance(state, dict):  # the PyTorch loop's trainer state, on rank 0
+        from pythia_suite.neox.segment import train_segment_neox
+
+        train_segment_neox(
+            config, run, start_checkpoint=resume_from, start_step=start_step,
+            end_step=step, out_dir=output,
+            state_dir=paths.state_dir(config["paths"]["state"], run.name), inputs=inputs,
+        )  # fmt: skip
+        return
+    state = _train_pytorch(config, run, start_step, step, output, resume_from, inputs)
+    if state is not None:
         _write_events(results, run, state, start_step, step, log)
 
 
-def train_segment_pytorch(
+def _train_pytorch(
     config: dict,
     run: cfg.Run,
-    *,
-    start_checkpoint: str | None,
     start_step: int,
-    end_step: int,
-    out_dir: str,
-    state_dir: str,
-    inputs: Sequence[Path] = (),
+    step: int,
+    output: str,
+    resume_from: str | None,
+    inputs: list[Path],
 ) -> dict | None:
-    """The PyTorch loop's segment ``(start_step, end_step]`` and its provenance record (rank 0);
-    the same entry signature as ``neox.segment.train_segment_neox``. Returns the trainer state
-    on rank 0, None on the others."""
+    """The PyTorch loop's segment, and its provenance record (rank 0). Returns the trainer
+    state on rank 0, None on the others."""
     from pythia_suite.data.source import training_data
     from pythia_suite.train.loop import RunInfo, train_segment
     from pythia_suite.train.settings import hf_config, settings_record, train_settings
 
     settings = train_settings(config, run)
     recorder = Recorder(
-        Path(out_dir),
+        Path(output),
         "checkpoint",
         {"run": run.as_dict(), "settings": settings_record(settings)},
-        list(inputs),
+        inputs,
     )
     try:
         state = train_segment(
             hf_config(config, run),
             settings,
             training_data(config, run).samples(),
-            start_checkpoint=start_checkpoint,
+            start_checkpoint=resume_from,
             start_step=start_step,
-            end_step=end_step,
-            out_dir=out_dir,
-            state_dir=state_dir,
+            end_step=step,
+            out_dir=output,
+            state_dir=paths.state_dir(config["paths"]["state"], run.name),
             run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
         )
     except (RuntimeError, OSError) as err:
-        explain_pruned_start(err, start_checkpoint)
-        explain_full_disk(err, Path(out_dir))
+        explain_pruned_start(err, resume_from)
+        explain_full_disk(err, Path(output))
         raise
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
         return None
