@@ -22,10 +22,10 @@ import importlib
 import os
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
+from neox_compat import load_neox
 
 REPO = Path(__file__).resolve().parents[1]
 PILE_ITEMS = 143000 * 1024
@@ -46,20 +46,6 @@ def regular_bytes(root: Path) -> dict[Path, tuple[int, int, int]]:
 def written(before: dict, after: dict) -> int:
     """Bytes of the files created or rewritten (new inode or mtime) between two snapshots."""
     return sum(stat[0] for path, stat in after.items() if before.get(path) != stat)
-
-
-def load_neox():
-    """The neox functions of the package under measure, as one namespace: the modules of the
-    ``pythia_suite.neox`` package (issue 20 on), or the one module ``pythia_suite.train.neox``
-    of a package from before."""
-    try:
-        importlib.import_module("pythia_suite.neox.config")
-    except ModuleNotFoundError:
-        return importlib.import_module("pythia_suite.train.neox")
-    names = {}
-    for part in ("config", "launch", "convert", "index_maps", "segment"):
-        names.update(vars(importlib.import_module(f"pythia_suite.neox.{part}")))
-    return types.SimpleNamespace(**names)
 
 
 def main() -> int:

@@ -22,8 +22,9 @@ import copy
 import importlib
 import sys
 import tempfile
-import types
 from pathlib import Path
+
+from neox_compat import load_neox
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config.yaml"
@@ -136,20 +137,6 @@ def converter(cfg, neox, us) -> None:
             f"{'patched' if patched else 'published'} converter converts {len(suite)}/16 runs' "
             f"layouts correctly{' and 14m/31m' if 'pythia-14m' in converted else ''}"
         )
-
-
-def load_neox():
-    """The neox functions of the package under measure, as one namespace: the modules of the
-    ``pythia_suite.neox`` package (issue 20 on), or the one module ``pythia_suite.train.neox``
-    of a package from before."""
-    try:
-        importlib.import_module("pythia_suite.neox.config")
-    except ModuleNotFoundError:
-        return importlib.import_module("pythia_suite.train.neox")
-    names = {}
-    for part in ("config", "launch", "convert", "index_maps", "segment"):
-        names.update(vars(importlib.import_module(f"pythia_suite.neox.{part}")))
-    return types.SimpleNamespace(**names)
 
 
 def main() -> int:
