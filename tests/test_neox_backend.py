@@ -969,3 +969,24 @@ def test_neox_dag_builds_index_maps_once_per_dataset_and_refuses_what_v1_cannot_
     assert "run pythia-1b: attention-config asks for flash, but head dimension 256" in (
         result.stdout + result.stderr
     )
+
+
+def test_both_backends_take_the_same_segment_entry_arguments():
+    """`train-segment` calls either backend's entry with the same keyword arguments."""
+    import inspect
+
+    from pythia_suite.errors import ConfigError
+    from pythia_suite.neox.segment import train_segment_neox
+    from pythia_suite.train.segment import backend_entry, train_segment_pytorch
+
+    def shape(entry):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(entry).parameters.values()]
+
+    assert backend_entry("pytorch") is train_segment_pytorch
+    assert backend_entry("neox") is train_segment_neox
+    assert shape(train_segment_pytorch) == shape(train_segment_neox)
+    assert [
+        n for n, kind, _ in shape(train_segment_neox) if kind == inspect.Parameter.KEYWORD_ONLY
+    ] == ["start_checkpoint", "start_step", "end_step", "out_dir", "state_dir", "inputs"]
+    with pytest.raises(ConfigError, match="training.backend: 'megatron'"):
+        backend_entry("megatron")

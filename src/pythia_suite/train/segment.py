@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pythia_suite import config as cfg
@@ -41,57 +41,70 @@ def train_run_segment(
         resume_from = paths.checkpoint_dir(results, run.name, start_step)
     inputs = [Path(resume_from)] if resume_from else []
     inputs += training_data(config, run).recorded_inputs()
-    if config["training"]["backend"] == "neox":
-        from pythia_suite.neox.segment import train_segment_neox
-
-        train_segment_neox(
-            config, run, start_checkpoint=resume_from, start_step=start_step,
-            end_step=step, out_dir=output,
-            state_dir=paths.state_dir(config["paths"]["state"], run.name), inputs=inputs,
-        )  # fmt: skip
-        return
-    state = _train_pytorch(config, run, start_step, step, output, resume_from, inputs)
-    if state is not None:
+    train = backend_entry(config["training"]["backend"])
+    state = train(
+        config, run, start_checkpoint=resume_from, start_step=start_step, end_step=step,
+        out_dir=output, state_dir=paths.state_dir(config["paths"]["state"], run.name),
+        inputs=inputs,
+    )  # fmt: skip
+    # Only the PyTorch loop returns a trainer state (on rank 0) whose history becomes events.
+    if train is train_segment_pytorch and state is not None:
         _write_events(results, run, state, start_step, step, log)
 
 
-def _train_pytorch(
+def backend_entry(backend: str) -> Callable[..., object]:
+    """The segment entry of ``training.backend``: ``train_segment_pytorch`` or
+    ``neox.segment.train_segment_neox``, which take the same arguments. Raises ConfigError for
+    another name (the schema allows only these two)."""
+    if backend == "pytorch":
+        return train_segment_pytorch
+    if backend == "neox":
+        from pythia_suite.neox.segment import train_segment_neox
+
+        return train_segment_neox
+    raise cfg.ConfigError(f"training.backend: {backend!r} is neither 'pytorch' nor 'neox'")
+
+
+def train_segment_pytorch(
     config: dict,
     run: cfg.Run,
+    *,
+    start_checkpoint: str | None,
     start_step: int,
-    step: int,
-    output: str,
-    resume_from: str | None,
-    inputs: list[Path],
+    end_step: int,
+    out_dir: str,
+    state_dir: str,
+    inputs: Sequence[Path] = (),
 ) -> dict | None:
-    """The PyTorch loop's segment, and its provenance record (rank 0). Returns the trainer
-    state on rank 0, None on the others."""
+    """The PyTorch loop's segment ``(start_step, end_step]`` and its provenance record (rank 0);
+    the same entry signature as ``neox.segment.train_segment_neox``. Returns the trainer state
+    on rank 0, None on the others."""
     from pythia_suite.data.source import training_data
     from pythia_suite.train.loop import RunInfo, train_segment
     from pythia_suite.train.settings import hf_config, settings_record, train_settings
 
     settings = train_settings(config, run)
     recorder = Recorder(
-        Path(output),
+        Path(out_dir),
         "checkpoint",
         {"run": run.as_dict(), "settings": settings_record(settings)},
-        inputs,
+        list(inputs),
     )
     try:
         state = train_segment(
             hf_config(config, run),
             settings,
             training_data(config, run).samples(),
-            start_checkpoint=resume_from,
+            start_checkpoint=start_checkpoint,
             start_step=start_step,
-            end_step=step,
-            out_dir=output,
-            state_dir=paths.state_dir(config["paths"]["state"], run.name),
+            end_step=end_step,
+            out_dir=out_dir,
+            state_dir=state_dir,
             run_info=RunInfo(run.name, run.size, cfg.gpu_record(config, run.size)["peak_tflops"]),
         )
     except (RuntimeError, OSError) as err:
-        explain_pruned_start(err, resume_from)
-        explain_full_disk(err, Path(output))
+        explain_pruned_start(err, start_checkpoint)
+        explain_full_disk(err, Path(out_dir))
         raise
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
         return None
