@@ -87,14 +87,24 @@ def _env() -> dict[str, str]:
 
 
 class NeoXSuite:
-    def __init__(self, root: Path, nodes: int, slots: int):
-        self.root, self.nodes, self.slots = root, nodes, slots
+    def __init__(self, root: Path, nodes: int, slots: int, run: str = RUN):
+        self.root, self.nodes, self.slots, self.run = root, nodes, slots, run
         self.results = root / "results-neox"
         self.checkout = root.parent / "gpt-neox"
         self.config_files = ["config.yaml", "config/mini.yaml", "neox-ci.yaml"]
 
     def snakemake(self, *targets: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        argv = [
+        return subprocess.run(self.argv(*targets), cwd=self.root, env=_env(),
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+    def start_snakemake(self, *targets: str) -> subprocess.Popen:
+        """``snakemake(*targets)`` started, not awaited: its output goes to snakemake.out."""
+        with (self.root / "snakemake.out").open("w") as out:
+            return subprocess.Popen(self.argv(*targets), cwd=self.root, env=_env(), stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    def argv(self, *targets: str) -> list[str]:
+        return [
             str(Path(sys.executable).with_name("snakemake")), "--profile", "profiles/slurm",
             "--configfile", *self.config_files, *SITE, *FAST,
             # Only training runs: the data it reads is placeholder files (the stand-in trainer
@@ -102,11 +112,9 @@ class NeoXSuite:
             "--allowed-rules", "init_checkpoint", "train_segment", "neox_index_maps", "--",
             *targets,
         ]  # fmt: skip
-        return subprocess.run(argv, cwd=self.root, env=_env(), capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
 
     def checkpoint(self, step: int) -> Path:
-        return self.results / "runs" / RUN / "checkpoints" / f"step{step}"
+        return self.results / "runs" / self.run / "checkpoints" / f"step{step}"
 
     def jobs(
         self, output: str, rules: tuple[str, ...] = ("init_checkpoint", "train_segment")
@@ -117,10 +125,13 @@ class NeoXSuite:
         return [job for job, rule in re.findall(pattern, output) if rule in rules]
 
 
-def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:
+def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int, seed: str = "default"
+                             ) -> NeoXSuite:  # fmt: skip
     """A copy of the repository under ``base`` set up to train steps 0, 1, 2 of one tiny run
     under the neox backend with the stand-in, on ``nodes`` x ``slots`` CPU ranks of the local
-    SLURM cluster (one job per step, no group), its data as placeholders."""
+    SLURM cluster (one job per step, no group), its data as placeholders. ``seed`` (a key of the
+    config's ``seeds``) names the run: suites trained at once need different runs, or each
+    segment job would wait for the other suite's job of the same segment (same comment)."""
     from pythia_suite import config as cfg
 
     root = base / "repo"
@@ -130,7 +141,7 @@ def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:
     neox_overlay(
         root / "neox-ci.yaml", suite.checkout, sys.executable,
         paths={"results": str(suite.results), "state": str(suite.results / "state")},
-        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": ["default"]}],
+        matrix=[{"sizes": ["0.4m"], "variants": ["standard"], "seeds": [seed]}],
         sizes={"0.4m": {"micro_batch": 8 // (nodes * slots),
                         "cluster": {"nodes": nodes, "gpus_per_node": 0}}},
         cluster={"cpu_ranks_per_node": slots, "cpus_per_task": 1, "mem_mb_per_gpu": 800,
@@ -141,7 +152,8 @@ def prepare_neox_slurm_suite(base: Path, nodes: int, slots: int) -> NeoXSuite:
         evaluation={"zero_shot_steps": [0, 2], "five_shot_steps": [2]},
     )  # fmt: skip
     config = cfg.load_config([root / f for f in suite.config_files])
-    placeholder_training_data(config, cfg.get_run(config, RUN))
+    (suite.run,) = cfg.expand_runs(config)
+    placeholder_training_data(config, cfg.get_run(config, suite.run))
     return suite
 
 

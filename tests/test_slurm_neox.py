@@ -1,11 +1,12 @@
 """The GPT-NeoX backend's segment jobs on the real two-node SLURM cluster
 (`scripts/slurm-cluster.sh start`), with the stand-in GPT-NeoX of tests/neox_standin.
 
-`snakemake --profile profiles/slurm` trains steps 0, 1, 2 of one tiny run with
-`training.backend: neox`, on 2 nodes x 1 slot and on 1 node x 2 slots (a slot is a CPU rank
-here: the cluster has no GPUs). The stand-ins log every process they start; the tests assert
-exactly one deepy.py per segment that trains, one rank per slot, no nested launcher (sacct's
-job steps), and that a restarted Snakemake re-attaches to a neox segment job still running.
+`snakemake --profile profiles/slurm` trains steps 0, 1, 2 of a tiny run with
+`training.backend: neox`, on 2 nodes x 1 slot and, at the same time, of another run on 1 node
+x 2 slots (a slot is a CPU rank here: the cluster has no GPUs). The stand-ins log every
+process they start; the tests assert exactly one deepy.py per segment that trains, one rank per
+slot, no nested launcher (sacct's job steps), and that a restarted Snakemake re-attaches to a
+neox segment job still running.
 Skipped when the cluster is not up. Slow: minutes.
 """
 
@@ -18,7 +19,7 @@ import subprocess
 import time
 
 import pytest
-from neox_support import RUN, NeoXSuite, calls, prepare_neox_slurm_suite
+from neox_support import NeoXSuite, calls, prepare_neox_slurm_suite
 from suite_support import require_slurm_cluster, run_text
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -26,27 +27,44 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 STEPS = (0, 1, 2)
 
 
-def _make_suite(tmp_path_factory, nodes: int, slots: int) -> tuple[NeoXSuite, str]:
-    suite = prepare_neox_slurm_suite(tmp_path_factory.mktemp(f"neox-{nodes}n"), nodes, slots)
-    started = time.monotonic()
-    proc = suite.snakemake(str(suite.checkpoint(2)))
-    output = proc.stdout + proc.stderr
-    (suite.root / "snakemake.out").write_text(output)
-    print(f"\nneox segments on {nodes} node(s): {time.monotonic() - started:.0f} s wall")
+# The two layouts, each with its own run, trained at the same time: their jobs fit the
+# cluster together (2 + 2 CPUs), and most of a run's wall time is waiting on SLURM.
+LAYOUTS = {"two_nodes": (2, 1, "default"), "one_node": (1, 2, "seed3")}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, tuple[NeoXSuite, subprocess.Popen]]:
+    require_slurm_cluster()
+    started = {}
+    for name, (nodes, slots, seed) in LAYOUTS.items():
+        suite = prepare_neox_slurm_suite(tmp_path_factory.mktemp(name), nodes, slots, seed)
+        started[name] = (suite, suite.start_snakemake(str(suite.checkpoint(2))))
+    t0 = time.monotonic()
+    try:
+        for _, proc in started.values():
+            proc.wait(timeout=900)
+    finally:
+        for _, proc in started.values():
+            proc.kill()
+    print(f"\nneox segments, both layouts at once: {time.monotonic() - t0:.0f} s wall")
+    return started
+
+
+def _finished(layouts, name: str) -> tuple[NeoXSuite, str]:
+    suite, proc = layouts[name]
+    output = (suite.root / "snakemake.out").read_text()
     assert proc.returncode == 0, output[-6000:]
     return suite, output
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
-    require_slurm_cluster()
-    return _make_suite(tmp_path_factory, nodes=2, slots=1)
+def two_nodes(layouts):
+    return _finished(layouts, "two_nodes")
 
 
 @pytest.fixture(scope="module")
-def one_node(tmp_path_factory):
-    require_slurm_cluster()
-    return _make_suite(tmp_path_factory, nodes=1, slots=2)
+def one_node(layouts):
+    return _finished(layouts, "one_node")
 
 
 def _sacct(job_ids: list[str], deadline_s: float = 30) -> dict[str, dict[str, str]]:
@@ -136,22 +154,22 @@ def test_a_restarted_snakemake_reattaches_to_a_running_neox_segment(two_nodes):
     once, in the orphan."""
     suite, _ = two_nodes
     shutil.rmtree(suite.checkpoint(2))
-    state = suite.results / "state" / RUN / "neox" / "checkpoints"
+    state = suite.results / "state" / suite.run / "neox" / "checkpoints"
     shutil.rmtree(state / "global_step2")
     (state / "latest").write_text("global_step1")
-    log = suite.results / "logs" / "train" / RUN / "step2.log"
+    log = suite.results / "logs" / "train" / suite.run / "step2.log"
     log.unlink()
     before = len(calls(suite.checkout, "deepy.py"))
     effective = suite.results / "config" / "effective.yaml"
     train = (
-        f"STANDIN_TRAIN_SECONDS=20 pythia-suite --config {effective} train-segment {RUN} "
+        f"STANDIN_TRAIN_SECONDS=20 pythia-suite --config {effective} train-segment {suite.run} "
         f"--step 2 --resume-from {suite.checkpoint(1)} --output {suite.checkpoint(2)} 2>> {log}"
     )
     orphan = run_text(
         "sbatch", "--parsable", "-A", "pythia", "-p", "debug", "-N", "2", "-n", "2",
         "--mem", "1000", "-t", "10", "-J", "orphan-neox-segment", "-D", str(suite.root),
         "-o", str(suite.root / "orphan.out"),
-        "--comment", f"rule_train_segment_wildcards_{RUN}_2", "--wrap", f"sleep 5; {train}",
+        "--comment", f"rule_train_segment_wildcards_{suite.run}_2", "--wrap", f"sleep 5; {train}",
     ).strip()  # fmt: skip
     try:
         rerun = suite.snakemake(str(suite.checkpoint(2)), timeout=600)
