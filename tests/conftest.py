@@ -50,3 +50,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/test.sh runs two workers): one
+    group per test file, so a module's shared set-up (a suite run) happens once; and one group
+    for every test marked ``slurm``, so they take turns on the one cluster (its capacity, its
+    accounting and its mail hook are shared). The long groups come first (SLURM, then ``slow``
+    files), so that neither worker starts one late; the order is otherwise unchanged."""
+
+    def group(item) -> str:
+        return "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: (group(item) != "slurm", group(item) not in slow_files))
