@@ -52,17 +52,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work a pytest-xdist worker takes whole (``--dist loadfile``, scripts/test.sh):
+    a test file, so that a module's shared set-up (a suite run) happens once, except that every
+    test of a ``test_slurm_*.py`` file, and every test named ``test_slurm_*``, is one unit: the
+    tests that use the cluster take turns on it (its capacity, accounting and mail hook are
+    shared)."""
+    path, _, name = nodeid.partition("::")
+    if Path(path).name.startswith("test_slurm_") or name.startswith("test_slurm_"):
+        return "slurm"
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the SLURM tests as one unit (``xdist_scope``)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrSlurmScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return FileOrSlurmScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/test.sh runs two workers): one
-    group per test file, so a module's shared set-up (a suite run) happens once; and one group
-    for every test marked ``slurm``, so they take turns on the one cluster (its capacity, its
-    accounting and its mail hook are shared). The long groups come first (SLURM, then ``slow``
-    files), so that neither worker starts one late; the order is otherwise unchanged."""
-
-    def group(item) -> str:
-        return "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
-
-    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: (group(item) != "slurm", group(item) not in slow_files))
+    """The long units first (the SLURM tests, then files with ``slow`` tests), so that neither
+    worker starts one late; the order is otherwise unchanged. A test marked ``slurm`` outside
+    the ``slurm`` unit is refused: it could run beside the other SLURM tests."""
+    stray = [i.nodeid for i in items if i.get_closest_marker("slurm")
+             and xdist_scope(i.nodeid) != "slurm"]  # fmt: skip
+    if stray:
+        raise pytest.UsageError(
+            f"marked slurm but neither in a tests/test_slurm_*.py file nor named test_slurm_*: "
+            f"{', '.join(stray)}"
+        )
+    slow = {xdist_scope(i.nodeid) for i in items if i.get_closest_marker("slow")}
+    items.sort(key=lambda i: (xdist_scope(i.nodeid) != "slurm", xdist_scope(i.nodeid) not in slow))
