@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pythia_suite import report as rp
+from pythia_suite.report import plots
 
 RUNS = [
     {"name": "mini-a", "size": "a", "variant": "standard", "params": 1000, "data_seed": 1234},
@@ -323,13 +324,13 @@ def test_identical_metrics_share_a_row_values_keep_one_format_and_perplexity_is_
         path.write_text(json.dumps({"results": results, "config": {"num_fewshot": 0}}))
         files.append(str(path))
     scales = {}
-    real_save = rp._save_figure
+    real_save = plots._save_figure
 
     def save(fig, path):
         scales[path.name] = fig.axes[0].get_yscale()
         return real_save(fig, path)
 
-    monkeypatch.setattr(rp, "_save_figure", save)
+    monkeypatch.setattr(plots, "_save_figure", save)
     chance = {"mini_next_word": {"acc": 0.25, "acc_norm": 0.25}}
     out = rp.build_report(runs, {"small": files}, {}, tmp_path / "report", chance)
     text = out["report"].read_text()
