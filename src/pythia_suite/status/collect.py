@@ -1,275 +1,36 @@
-"""Where a running suite stands: `pythia-suite status`, from finished artifacts only.
-
-What is read, and nothing else (so it is safe while the workflow runs and takes no lock):
-- the results tree's directory listings: checkpoints, exports, receipts, evaluation batches;
-- each checkpoint's segment summary (`paths.segment_summary`, never trainer_state.json);
-- each publish receipt's `verified` flag;
-- `results/plan.json`, the prediction recorded when the suite started (`pythia_suite.costs`);
-- Snakemake's incomplete markers (`.snakemake/incomplete/`, see `snakemake_incomplete`);
-- the tail of the per-job log of every job whose output is missing, and of the SLURM
-  plugin's log of such a job (`.snakemake/slurm_logs/`);
-- the `Error in rule` blocks of the newest Snakemake log (`.snakemake/log/`), for failures of
-  rules outside a run's table (data preparation, report);
-- `squeue` (running and pending jobs) and `sacct` (the state of a marked job), when reachable.
-
-A checkpoint, export or evaluation batch counts as finished when its directory exists, its
-provenance record is there (written last) and no Snakemake incomplete marker names it.
-"""
+"""The status of every run from the results tree, the plan, and what Snakemake and SLURM say:
+:func:`collect_status`."""
 
 from __future__ import annotations
 
-import base64
-import math
 import os
 import re
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pythia_suite import config as cfg
-from pythia_suite import costs, paths, units
+from pythia_suite import costs, paths
 from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
+from pythia_suite.status.jobs import (
+    ERROR_LINE,
+    Runner,
+    last_error_line,
+    sacct_state,
+    slurm_view,
+    snakemake_incomplete,
+    snakemake_log_failures,
+    snakemake_running,
+)
+from pythia_suite.status.records import Problem, RunStatus, SlurmView, SuiteStatus
 from pythia_suite.train.summary import read_summary
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
 _STEP_RECEIPT = re.compile(r"^step(0|[1-9][0-9]*)\.json$")
 _RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
-_LOG_TAIL_BYTES = 64 * 1024
-# A log line that says what went wrong (the last such line is shown).
-_ERROR_LINE = re.compile(
-    r"error|exception|traceback|killed|oom|out of memory|not finite|nan\b|cancelled|timeout",
-    re.IGNORECASE,
-)
 _NAN_ABORT = re.compile(r"NonFiniteLossError|not finite|\bnan\b", re.IGNORECASE)
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class Problem:
-    """A failed, interrupted or still-running job found without a finished output."""
-
-    kind: str  # "failed" | "incomplete" | "running" | "bad-record"
-    rule: str
-    run: str
-    target: str
-    log: str | None = None
-    error: str | None = None
-    job_id: str | None = None
-    slurm_state: str | None = None
-    slurm_log: str | None = None  # the SLURM plugin's log of the job, when one is kept
-
-
-@dataclass
-class RunStatus:
-    run: str
-    size: str
-    variant: str
-    planned: int  # checkpoints in the plan
-    trained: int = 0
-    exported: int = 0
-    published: int = 0
-    verified: int = 0
-    evaluated: int = 0  # checkpoints with every planned evaluation (zero- and five-shot) done
-    eval_planned: int = 0
-    last_step: int | None = None
-    final_step: int = 0
-    tokens_per_s: float | None = None  # segments' tokens / train time
-    mfu: float | None = None  # device-hour weighted mean of the segments' MFU
-    device_kind: str | None = None
-    device_hours: float = 0.0  # allocated devices x segment wall time, summed over summaries
-    segments_measured: int = 0
-    predicted_device_hours: float | None = None  # whole run, recorded at suite start
-    predicted_to_here: float | None = None  # the prediction pro rata for the steps trained
-    eta_s: float | None = None  # training left at the measured wall-clock rate
-    spikes: list[dict] = field(default_factory=list)
-    nan_aborts: list[str] = field(default_factory=list)
-    segments: list[dict] = field(default_factory=list)  # per segment: for the page's plots
-    eval_steps: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def over_prediction(self) -> float | None:
-        """Spent / predicted-to-here (1.0 = on plan); None without both figures."""
-        if not self.predicted_to_here or not self.segments_measured:
-            return None
-        return self.device_hours / self.predicted_to_here
-
-
-@dataclass
-class SlurmView:
-    reachable: bool
-    reason: str = ""
-    jobs: list[dict] = field(default_factory=list)  # running and pending jobs of the suite
-
-
-@dataclass
-class SuiteStatus:
-    generated_at: str
-    results: str
-    runs: list[RunStatus]
-    problems: list[Problem]
-    slurm: SlurmView
-    plan_recorded: str | None  # the plan.json path, or None when none was recorded
-    plan_recorded_at: str | None = None
-    snakemake_running: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for run, rec in zip(self.runs, out["runs"], strict=True):
-            rec["over_prediction"] = run.over_prediction
-        return out
-
-
-# ----------------------------------------------------------------------------- Snakemake state
-
-
-def snakemake_incomplete(workdir: str | os.PathLike = ".") -> dict[str, str | None]:
-    """Outputs Snakemake has marked incomplete, by normalised path -> external (SLURM) job id.
-
-    Snakemake 9's default (file) persistence writes one marker per output of a started job at
-    `.snakemake/incomplete/<urlsafe base64 of the output path>` (names longer than the file
-    system allows are split into `@`-prefixed directories) holding `{"external_jobid": ...}`,
-    and removes it when the job succeeds or its failure is cleaned up. A marker left behind
-    means the job is running, or its Snakemake died mid-job. With `--persistence-backend db`
-    the same flag is a column of `.snakemake/metadata.db`, read here read-only.
-    """
-    root = Path(workdir) / ".snakemake"
-    marked: dict[str, str | None] = {}
-    incomplete = root / "incomplete"
-    for dirpath, _, files in os.walk(incomplete):
-        rel = Path(dirpath).relative_to(incomplete).parts
-        for name in files:
-            if name == "migration_underway":
-                continue
-            encoded = "".join(part.lstrip("@") for part in rel) + name
-            try:
-                target = base64.urlsafe_b64decode(encoded.encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                continue
-            try:
-                job_id = read_json(Path(dirpath, name)).get("external_jobid")
-            except (OSError, ValueError, AttributeError):
-                job_id = None
-            marked[os.path.normpath(target)] = job_id
-    db = root / "metadata.db"
-    if db.is_file():
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-                rows = conn.execute(
-                    "SELECT target, external_jobid FROM snakemake_metadata WHERE incomplete = 1"
-                ).fetchall()
-            for target, job_id in rows:
-                marked[os.path.normpath(target)] = job_id
-        except sqlite3.Error:
-            pass
-    return marked
-
-
-def snakemake_running(workdir: str | os.PathLike = ".") -> bool:
-    """Whether a Snakemake holds the working directory's lock (read, never taken)."""
-    locks = Path(workdir) / ".snakemake" / "locks"
-    try:
-        return any(locks.iterdir())
-    except OSError:
-        return False
-
-
-def snakemake_log_failures(workdir: str | os.PathLike = ".") -> list[dict]:
-    """`Error in rule` blocks of the newest Snakemake log (`.snakemake/log/*.snakemake.log`):
-    rule, outputs, logs and the SLURM job id, for failures of any rule (data preparation,
-    report, model card... as well as a run's jobs). Older logs are not read: a later
-    Snakemake run has retried, or will retry, what failed in them."""
-    folder = Path(workdir) / ".snakemake" / "log"
-    try:
-        logs = sorted(folder.glob("*.snakemake.log"))
-    except OSError:
-        return []
-    if not logs:
-        return []
-    with open(logs[-1], "rb") as fh:
-        text = fh.read().decode("utf-8", "replace")
-    failures = []
-    for block in re.finditer(r"^Error in rule (\S+):\n((?:[ \t]+.*\n?)*)", text, re.M):
-        fields = dict(re.findall(r"^ {4}(output|log|external_jobid): (.*)$", block[2], re.M))
-        log = fields.get("log", "").replace(" (check log file(s) for error details)", "")
-        failures.append(
-            {
-                "rule": block[1],
-                "outputs": [o.strip() for o in fields.get("output", "").split(",") if o.strip()],
-                "logs": [p.strip() for p in log.split(",") if p.strip()],
-                "job_id": fields.get("external_jobid"),
-                "snakemake_log": str(logs[-1]),
-            }
-        )
-    return failures
-
-
-# ----------------------------------------------------------------------------- SLURM
-
-
-Runner = Callable[..., subprocess.CompletedProcess]
-
-
-_SQUEUE_SEP = "\x1f"
-
-
-def slurm_view(
-    run_names: Iterable[str],
-    workdir: str | os.PathLike = ".",
-    run: Runner = subprocess.run,
-    other_runs: Iterable[str] = (),
-) -> SlurmView:
-    """Running and pending jobs of this suite from `squeue`: submitted from `workdir` (the
-    job's working directory, `%Z`: another checkout's or another user's suite on the same
-    cluster is not this one) with the plugin's comment naming a run (`rule_<rule>_wildcards_
-    <values>`, e.g. `rule_train_segment_wildcards_pythia-70m_2000`)."""
-    argv = ["squeue", "-h", "-o", _SQUEUE_SEP.join(["%i", "%T", "%k", "%Z"])]
-    try:
-        result = run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except FileNotFoundError:
-        return SlurmView(False, "SLURM cannot be asked: squeue not found (not a SLURM host)")
-    except subprocess.TimeoutExpired:
-        return SlurmView(False, "SLURM cannot be asked: squeue gave no answer in 60 s")
-    if result.returncode != 0:
-        return SlurmView(
-            False,
-            f"SLURM cannot be asked: squeue exit {result.returncode}: "
-            f"{result.stderr.strip()[:200]}",
-        )
-    here = os.path.realpath(workdir)
-    names = sorted(run_names, key=len, reverse=True)
-    others = set(other_runs) - set(names)
-    rows = []
-    for line in result.stdout.splitlines():
-        parts = [p.strip() for p in line.split(_SQUEUE_SEP)]
-        if len(parts) != 4:
-            continue
-        job_id, state, comment, job_dir = parts
-        if not comment.startswith("rule_") or os.path.realpath(job_dir) != here:
-            continue
-        which = next((n for n in names if f"_{n}_" in comment + "_"), None)
-        if which is None and any(f"_{n}_" in comment + "_" for n in others):
-            continue  # a job of a run not asked about
-        rows.append({"job_id": job_id, "state": state, "run": which or "", "comment": comment})
-    return SlurmView(True, "", rows)
-
-
-def _sacct_state(job_id: str, run: Runner) -> str | None:
-    from pythia_suite.slurm import SlurmQueryError, job_state
-
-    try:
-        return job_state(job_id, run=run)
-    except SlurmQueryError:
-        return None
-
-
-# ----------------------------------------------------------------------------- reading
 
 
 def _step_dirs(path: str) -> set[int]:
@@ -340,26 +101,6 @@ def _eval_steps(results: str, run: str) -> dict[str, set[int]]:
             found[shots] |= _result_steps(os.path.join(batch, run, f"{shots}-shot"))
         found[shots] |= _result_steps(os.path.join(paths.evals_dir(results, run), f"{shots}-shot"))
     return found
-
-
-def last_error_line(log: str | os.PathLike) -> str | None:
-    """The last line of a log's tail that names an error (else its last non-empty line)."""
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - _LOG_TAIL_BYTES))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    lines = [line.strip() for line in lines if line.strip()]
-    for line in reversed(lines):
-        if _ERROR_LINE.search(line):
-            return line[:300]
-    return lines[-1][:300] if lines else None
-
-
-# ----------------------------------------------------------------------------- the status
 
 
 def _job_targets(config: dict, run: cfg.Run) -> list[tuple[str, str, tuple, str]]:
@@ -473,7 +214,7 @@ def _attach_slurm_log(problem: Problem, workdir: str | os.PathLike, values: tupl
     own = [e for e in candidates if problem.job_id and e.name == f"{problem.job_id}.log"]
     chosen = own[0] if own else max(candidates, key=lambda e: e.stat().st_mtime)
     problem.slurm_log = os.path.relpath(chosen.path, workdir)
-    if problem.error is None or not _ERROR_LINE.search(problem.error):
+    if problem.error is None or not ERROR_LINE.search(problem.error):
         problem.error = last_error_line(chosen.path) or problem.error
 
 
@@ -556,7 +297,7 @@ def _sacct_lookup(slurm: SlurmView, run_command: Runner) -> Callable[[str], str 
         if not slurm.reachable:
             return None
         if job_id not in sacct_cache:
-            sacct_cache[job_id] = _sacct_state(job_id, run_command)
+            sacct_cache[job_id] = sacct_state(job_id, run_command)
         return sacct_cache[job_id]
 
     return sacct
@@ -730,141 +471,3 @@ def collect_status(
         plan_recorded_at=recorded.get("recorded_at") if recorded else None,
         snakemake_running=snakemake_running(workdir),
     )
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _fmt_hours(h: float | None) -> str:
-    return "-" if h is None else units.hours(h)
-
-
-def _fmt_duration(s: float | None) -> str:
-    if s is None or math.isnan(s):
-        return "-"
-    if s < 3600:
-        return f"{s / 60:.0f} min"
-    if s < 86400 * 2:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
-
-
-def _fmt_rate(x: float | None) -> str:
-    return "-" if x is None else units.count(x)
-
-
-TABLE_COLUMNS = (
-    "run",
-    "trained",
-    "exported",
-    "published (verified)",
-    "evaluated",
-    "last step",
-    "tokens/s",
-    "MFU",
-    "device-h spent / predicted so far",
-    "predicted total",
-    "ETA",
-    "spikes",
-    "NaN aborts",
-)
-
-
-def table_rows(status: SuiteStatus) -> list[list[str]]:
-    """The status table as strings, one row per run (TABLE_COLUMNS)."""
-    rows = []
-    for r in status.runs:
-        ratio = r.over_prediction
-        spent = _fmt_hours(r.device_hours) if r.segments_measured else "-"
-        so_far = _fmt_hours(r.predicted_to_here) if r.predicted_to_here is not None else "-"
-        versus = f"{spent} / {so_far}" + (f" ({ratio:.0%})" if ratio is not None else "")
-        rows.append(
-            [
-                r.run,
-                f"{r.trained}/{r.planned}",
-                f"{r.exported}/{r.planned}",
-                f"{r.published} ({r.verified})/{r.planned}",
-                f"{r.evaluated}/{r.eval_planned}",
-                "-" if r.last_step is None else str(r.last_step),
-                _fmt_rate(r.tokens_per_s),
-                "-" if r.mfu is None else f"{r.mfu:.1%}",
-                versus,
-                _fmt_hours(r.predicted_device_hours),
-                "done" if r.last_step == r.final_step else _fmt_duration(r.eta_s),
-                str(len(r.spikes)),
-                str(len(r.nan_aborts)),
-            ]
-        )
-    return rows
-
-
-def render_text(status: SuiteStatus) -> str:
-    """The table, then the problems and the SLURM jobs, as plain text."""
-    rows = [list(TABLE_COLUMNS), *table_rows(status)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
-    lines = [f"pythia-suite status at {status.generated_at} ({status.results})"]
-    for i, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w)
-                for j, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    if status.plan_recorded:
-        lines.append(
-            f"predicted: {status.plan_recorded} (recorded {status.plan_recorded_at}); "
-            "device-hours = allocated devices x segment wall time (GPU-hours on GPUs)"
-        )
-    else:
-        lines.append(
-            "predicted: none recorded (results/plan.json is written when the workflow starts)"
-        )
-    lines.append(
-        "Snakemake: "
-        + ("a run holds the lock" if status.snakemake_running else "no run holds the lock")
-    )
-    if status.problems:
-        lines.append("")
-        lines.append(f"{len(status.problems)} failed or incomplete jobs:")
-        for p in status.problems:
-            job = (
-                f" SLURM job {p.job_id}" + (f" {p.slurm_state}" if p.slurm_state else "")
-                if p.job_id
-                else ""
-            )
-            lines.append(f"  {p.kind:<10} {p.rule} {p.target}{job}")
-            if p.log:
-                lines.append(f"             log: {p.log}")
-            if p.slurm_log:
-                lines.append(f"             SLURM log: {p.slurm_log}")
-            if p.error:
-                lines.append(f"             last error: {p.error}")
-    else:
-        lines.append("no failed or incomplete jobs")
-    lines.append("")
-    if not status.slurm.reachable:
-        lines.append(status.slurm.reason)
-    elif status.slurm.jobs:
-        lines.append(f"SLURM: {len(status.slurm.jobs)} running or pending jobs of the suite:")
-        for j in status.slurm.jobs:
-            lines.append(f"  {j['job_id']:>10} {j['state']:<10} {j['comment']}")
-    else:
-        lines.append("SLURM: no running or pending jobs of the suite")
-    spikes = [s for r in status.runs for s in r.spikes]
-    if spikes:
-        lines.append("")
-        lines.append("loss spikes:")
-        for s in spikes[:20]:
-            lines.append(
-                f"  {s['run']} step {s.get('step')}: loss {s.get('loss'):.4g} "
-                f"(running mean {s.get('running_mean'):.4g})"
-            )
-        if len(spikes) > 20:
-            lines.append(f"  ... and {len(spikes) - 20} more (--json)")
-    for r in status.runs:
-        for nan in r.nan_aborts:
-            lines.append(f"NaN abort: {nan}")
-    return "\n".join(lines) + "\n"
