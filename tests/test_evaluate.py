@@ -263,6 +263,15 @@ def test_evaluate_checkpoints_writes_pythia_layout(evaluated):
     ppl = [json.loads(p.read_text())["results"]["mini_lambada"]["ppl"] for p in written.values()]
     assert ppl[0] != ppl[1]
     assert not list(out.rglob("*.tmp"))
+    # The step is read back from the names written, and from no other name.
+    assert {ev.result_file_step(p.name) for p in written.values()} == {0, 4}
+    assert not any(ev.result_file_step(p.name) is not None for p in out.rglob("*.raw.json"))
+
+
+def test_result_file_step_reads_only_the_names_pythia_result_path_writes():
+    assert ev.result_file_step(ev.pythia_result_path("o", "pythia-70m", 143000, 0).name) == 143000
+    for name in ("r_step007.json", "r_step5.raw.json", "r_step5.json.tmp", "r_step.json"):
+        assert ev.result_file_step(name) is None, name
 
 
 def test_our_output_compares_with_itself_and_with_raw(evaluated):

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from pythia_suite import paths, units
 from pythia_suite.atomic import write_text_atomic
-from pythia_suite.evaluate import chance_levels
+from pythia_suite.evaluate import chance_levels, result_file_step
 from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.report import merge_identical_metrics
@@ -33,8 +32,6 @@ from pythia_suite.status import (
     render_text,
     table_rows,
 )
-
-_RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;
@@ -164,8 +161,8 @@ def eval_series(results: str, runs: list[str]) -> dict[tuple[int, str, str], dic
             if not (batch / RECORD_NAME).exists():
                 continue
             for path in batch.rglob("*_step*.json"):
-                match = _RESULT_FILE.search(path.name)
-                if not match or path.name.endswith(".raw.json"):
+                step = result_file_step(path.name)
+                if step is None:
                     continue
                 try:
                     doc = read_json(path)
@@ -177,7 +174,7 @@ def eval_series(results: str, runs: list[str]) -> dict[tuple[int, str, str], dic
                     for metric, value in metrics.items():
                         if metric.endswith("_stderr") or not isinstance(value, int | float):
                             continue
-                        series[(shots, task, metric)][run].append((int(match[1]), float(value)))
+                        series[(shots, task, metric)][run].append((step, float(value)))
     return series
 
 

@@ -45,6 +45,7 @@ from pythia_suite.evaluate.run import (
     evaluate_checkpoints,
     prefetch_datasets,
     pythia_result_path,
+    result_file_step,
     shot_dir_name,
 )
 from pythia_suite.evaluate.tasks import (
@@ -74,6 +75,7 @@ __all__ = [
     "prefetch_datasets",
     "pythia_metric_name",
     "pythia_result_path",
+    "result_file_step",
     "pythia_task_name",
     "shot_dir_name",
     "to_lm_eval_results",

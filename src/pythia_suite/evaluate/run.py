@@ -9,6 +9,7 @@ Pythia's published files, with lm-eval's raw output beside it (``<run>_step<N>.r
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from pythia_suite.atomic import write_json_atomic
 from pythia_suite.evaluate.names import pythia_task_name, to_pythia_results
 from pythia_suite.evaluate.tasks import load_local_tasks
+
+_RESULT_NAME = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -41,6 +44,13 @@ def pythia_result_path(
 ) -> Path:
     """``<out_dir>/<run>/<zero-shot|five-shot>/<run>_step<N>.json`` (raw output: ``.raw.json``)."""
     return Path(out_dir) / run_name / shot_dir_name(num_fewshot) / f"{run_name}_step{step}.json"
+
+
+def result_file_step(name: str) -> int | None:
+    """The step of a result file named as :func:`pythia_result_path` names it
+    (``<run>_step<N>.json``), or None for any other name, lm-eval's ``.raw.json`` included."""
+    match = _RESULT_NAME.search(name)
+    return int(match[1]) if match and not name.endswith(".raw.json") else None
 
 
 def _set_offline(offline: bool) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pythia_suite import config as cfg
 from pythia_suite import costs, paths
+from pythia_suite.evaluate.run import result_file_step
 from pythia_suite.jsonfile import read_json
 from pythia_suite.provenance import RECORD_NAME
 from pythia_suite.status.jobs import (
@@ -29,7 +30,6 @@ from pythia_suite.train.summary import read_summary
 
 _STEP_DIR = re.compile(r"^step(0|[1-9][0-9]*)$")
 _STEP_RECEIPT = re.compile(r"^step(0|[1-9][0-9]*)\.json$")
-_RESULT_FILE = re.compile(r"_step(0|[1-9][0-9]*)\.json$")
 _NAN_ABORT = re.compile(r"NonFiniteLossError|not finite|\bnan\b", re.IGNORECASE)
 
 
@@ -74,11 +74,7 @@ def _result_steps(folder: str) -> set[int]:
         names = os.listdir(folder)
     except OSError:
         return set()
-    return {
-        int(m[1])
-        for name in names
-        if not name.endswith(".raw.json") and (m := _RESULT_FILE.search(name))
-    }
+    return {step for name in names if (step := result_file_step(name)) is not None}
 
 
 def _eval_steps(results: str, run: str) -> dict[str, set[int]]:
